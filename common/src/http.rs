@@ -1,0 +1,184 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderName, Request, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::ApiError;
+
+/// The header that carries a request's id, set on every request and echoed on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Something `/readyz` checks: the records store, the bus.
+#[async_trait]
+pub trait ReadinessCheck: Send + Sync {
+    /// A short name for the component, shown in the probe's body.
+    fn name(&self) -> &'static str;
+    /// `Ok` when the component can serve, or why it cannot.
+    async fn check(&self) -> Result<(), String>;
+}
+
+type Checks = Arc<Vec<Arc<dyn ReadinessCheck>>>;
+
+/// `GET /healthz` (the process is alive) and `GET /readyz` (every check passes).
+pub fn health_router(checks: Vec<Arc<dyn ReadinessCheck>>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(checks))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(checks): State<Checks>) -> Result<Json<Value>, ApiError> {
+    let mut components = serde_json::Map::new();
+    let mut failures = Vec::new();
+    for check in checks.iter() {
+        // A probe that hangs is a failed probe: orchestrators time out at a few seconds.
+        let outcome = tokio::time::timeout(Duration::from_secs(2), check.check())
+            .await
+            .unwrap_or_else(|_| Err("no answer within 2 s".to_owned()));
+        match outcome {
+            Ok(()) => components.insert(check.name().to_owned(), json!("ok")),
+            Err(why) => {
+                failures.push(format!("{}: {why}", check.name()));
+                components.insert(check.name().to_owned(), json!(why))
+            }
+        };
+    }
+    if failures.is_empty() {
+        Ok(Json(json!({ "status": "ready", "checks": components })))
+    } else {
+        Err(ApiError::Unavailable(format!("not ready: {}", failures.join("; "))))
+    }
+}
+
+/// Finishes a plane's router: envelope-speaking 404 and 405 fallbacks, a request id
+/// on every request and response, and a tracing span per request that records the
+/// path but never the query string (it may carry `api_key`).
+pub fn finish_router(router: Router) -> Router {
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    router
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_request(())
+                        .on_response(log_response),
+                )
+                .layer(PropagateRequestIdLayer::new(request_id)),
+        )
+}
+
+fn request_span(request: &Request<Body>) -> Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+    )
+}
+
+fn log_response(response: &Response<Body>, latency: Duration, _span: &Span) {
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request finished"
+    );
+}
+
+async fn route_not_found(request: Request<Body>) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request<Body>) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use tower::ServiceExt;
+
+    struct Fixed(Result<(), String>);
+
+    #[async_trait]
+    impl ReadinessCheck for Fixed {
+        fn name(&self) -> &'static str {
+            "storage"
+        }
+        async fn check(&self) -> Result<(), String> {
+            self.0.clone()
+        }
+    }
+
+    async fn get(router: Router, uri: &str) -> (StatusCode, Value, Option<String>) {
+        let response = router
+            .oneshot(Request::get(uri).body(Body::empty()).expect("request builds"))
+            .await
+            .expect("router is infallible");
+        let status = response.status();
+        let id = response
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body reads");
+        (status, serde_json::from_slice(&bytes).expect("json body"), id)
+    }
+
+    #[tokio::test]
+    async fn readyz_reports_each_check_and_fails_when_one_fails() {
+        let ok = finish_router(health_router(vec![Arc::new(Fixed(Ok(())))]));
+        let (status, body, _) = get(ok, "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["checks"]["storage"], "ok");
+
+        let down = finish_router(health_router(vec![Arc::new(Fixed(Err("connection refused".into())))]));
+        let (status, body, _) = get(down, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("storage: connection refused")
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_get_the_envelope_and_every_response_a_request_id() {
+        let router = finish_router(health_router(vec![]));
+        let (status, body, id) = get(router, "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "NOT_FOUND");
+        assert_eq!(body["error"]["status"], 404);
+        assert!(id.is_some_and(|id| !id.is_empty()));
+    }
+}

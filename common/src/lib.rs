@@ -1,0 +1,14 @@
+//! Types every Quiver crate shares: identifiers and other domain newtypes, the one
+//! error type that speaks the HTTP error envelope, the HTTP plumbing common to both
+//! planes (request ids, health probes, fallbacks) and telemetry setup.
+
+/// Domain types parsed at the boundary: ids, roles, metrics, plans.
+pub mod domain;
+/// The error envelope: `ApiError` and the `AppJson` extractor.
+pub mod error;
+/// HTTP plumbing shared by both planes: request ids, tracing, health probes, fallbacks.
+pub mod http;
+/// Logging setup: pretty on a terminal, JSON for machines.
+pub mod telemetry;
+
+pub use error::{ApiError, AppJson};

@@ -1,0 +1,100 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use quiver_common::telemetry::LogFormat;
+
+use crate::serve;
+
+/// Quiver: a multi-tenant vector database.
+///
+/// With no command, runs standalone: the control plane, the data plane and storage in
+/// one process, on a SQLite file under --data-dir. Every flag can also be set through
+/// the environment variable shown next to it.
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// How to write logs (to stderr): `pretty` for people, `json` for log collectors.
+    #[arg(long, env = "QUIVER_LOG_FORMAT", default_value = "pretty", global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    standalone: StandaloneArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process on SQLite (the default).
+    Standalone(StandaloneArgs),
+    /// Run the control plane of a cluster (accounts, projects, keys, plans) on Postgres.
+    ControlPlane(ClusterArgs),
+    /// Run one data-plane pod of a cluster (the public vector, document and query APIs).
+    DataPlane(ClusterArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(StorageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    /// Where standalone keeps its database and index snapshots; created if missing.
+    #[arg(long, env = "QUIVER_DATA_DIR", default_value = "./quiver-data")]
+    pub data_dir: PathBuf,
+    /// Address of the data plane: the public vector, document and query APIs.
+    #[arg(long, env = "QUIVER_DATA_ADDR", default_value = "127.0.0.1:8080")]
+    pub data_addr: SocketAddr,
+    /// Address of the control plane: accounts, projects, keys, and the console.
+    #[arg(long, env = "QUIVER_CONTROL_ADDR", default_value = "127.0.0.1:8081")]
+    pub control_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The Postgres database that holds the catalog and the records.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Address to listen on.
+    #[arg(long, env = "QUIVER_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// A Postgres database (cluster mode). When absent, standalone's SQLite file under --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Standalone's data dir, used when no --database-url is given.
+    #[arg(long, env = "QUIVER_DATA_DIR", default_value = "./quiver-data")]
+    pub data_dir: PathBuf,
+}
+
+impl StorageArgs {
+    /// The database URL these arguments name, creating standalone's data dir if needed.
+    pub fn url(&self) -> anyhow::Result<String> {
+        match &self.database_url {
+            Some(url) => Ok(url.clone()),
+            None => serve::prepare_data_dir(&self.data_dir),
+        }
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            None => serve::standalone(self.standalone).await,
+            Some(Command::Standalone(args)) => serve::standalone(args).await,
+            Some(Command::ControlPlane(args)) => serve::cluster(serve::Plane::Control, args).await,
+            Some(Command::DataPlane(args)) => serve::cluster(serve::Plane::Data, args).await,
+            Some(Command::Migrate(args)) => {
+                let store = serve::open_store(&args.url()?).await?;
+                store.migrate().await.context("migrating the database")?;
+                tracing::info!(backend = store.backend(), "migrations applied");
+                store.close().await;
+                Ok(())
+            }
+        }
+    }
+}

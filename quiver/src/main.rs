@@ -1,0 +1,20 @@
+//! `quiver`: one binary for every way to run Quiver. See `quiver --help`.
+
+use clap::Parser;
+
+mod cli;
+mod serve;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    quiver_common::telemetry::init(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+    match runtime.block_on(cli.run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One line that says what to fix; the cause chain is folded into it.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

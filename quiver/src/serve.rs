@@ -1,0 +1,148 @@
+//! Binding listeners, serving the planes and shutting down cleanly.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use axum::Router;
+use quiver_store::Store;
+use quiver_store::sqlite::SqliteStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cli::{ClusterArgs, StandaloneArgs};
+
+/// Which plane a cluster process serves.
+#[derive(Debug, Clone, Copy)]
+pub enum Plane {
+    Control,
+    Data,
+}
+
+/// Creates the data dir if needed, checks it is writable, and returns the SQLite URL in it.
+pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir).map_err(|err| {
+        anyhow!(
+            "cannot create the data directory {}: {err}; choose a writable --data-dir",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(".quiver-write-test");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|err| {
+            anyhow!(
+                "the data directory {} is not writable: {err}; choose a writable --data-dir",
+                dir.display()
+            )
+        })?;
+    Ok(SqliteStore::url_for_data_dir(dir))
+}
+
+/// Opens and migrates the store at `url`.
+pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let store = quiver_store::connect(url).await?;
+    store.migrate().await.context("migrating the database")?;
+    Ok(store)
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow!("cannot listen on {addr}: {err}; choose another address with {flag}"))
+}
+
+pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let url = prepare_data_dir(&args.data_dir)?;
+    // Bind before opening storage, so a taken port fails fast and touches nothing.
+    let data = bind(args.data_addr, "--data-addr").await?;
+    let control = bind(args.control_addr, "--control-addr").await?;
+    let store = open_store(&url).await?;
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        data_api = %format!("http://{}", data.local_addr()?),
+        control_api = %format!("http://{}", control.local_addr()?),
+        "quiver standalone is up"
+    );
+    let servers = vec![
+        (data, quiver_data_plane::router(Arc::clone(&store))),
+        (control, quiver_control_plane::router(Arc::clone(&store))),
+    ];
+    serve_until_signal(servers, store).await
+}
+
+pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
+    let listener = bind(args.addr, "--addr").await?;
+    let store = open_store(&args.database_url).await?;
+    let router = match plane {
+        Plane::Control => quiver_control_plane::router(Arc::clone(&store)),
+        Plane::Data => quiver_data_plane::router(Arc::clone(&store)),
+    };
+    tracing::info!(plane = ?plane, addr = %listener.local_addr()?, "quiver is up");
+    serve_until_signal(vec![(listener, router)], store).await
+}
+
+/// Serves every router until SIGTERM or Ctrl-C, lets in-flight requests finish, then
+/// closes the store. If one server fails, the others are shut down too.
+async fn serve_until_signal(servers: Vec<(TcpListener, Router)>, store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(stop);
+    tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stop.send(true);
+        }
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, router) in servers {
+        let mut stopped = stopped.clone();
+        let stop = Arc::clone(&stop);
+        tasks.spawn(async move {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+            let _ = stop.send(true);
+            result
+        });
+    }
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => outcome = Err(anyhow!("a listener failed: {err}")),
+            Err(err) => outcome = Err(anyhow!("a server task failed: {err}")),
+        }
+    }
+    store.close().await;
+    tracing::info!("shut down cleanly");
+    outcome
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,840 @@
+//! The conformance suite: one set of behaviours every [`Store`] backend must have.
+//!
+//! [`store_conformance_suite!`](crate::store_conformance_suite) expands to one
+//! `#[tokio::test]` per function here, given an expression that yields a
+//! [`StoreFixture`] (a fresh, migrated store that stays alive while the test runs).
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use quiver_common::domain::{Metric, ProjectId, Role, UserId};
+use serde_json::json;
+
+use crate::{
+    Change, IdempotencyBegin, NewApiKey, NewProject, Project, RecordPatch, RecordWrite, Store, StoreError,
+    StoredResponse,
+};
+
+/// A fresh, migrated store, with whatever keeps it alive (a temp dir, a database).
+pub trait StoreFixture: Send + Sync {
+    fn store(&self) -> Arc<dyn Store>;
+}
+
+/// Expands to the whole suite for one backend: `store_conformance_suite!(make_fixture())`
+/// where `make_fixture()` is a future of a [`StoreFixture`].
+#[macro_export]
+macro_rules! store_conformance_suite {
+    ($fixture:expr) => {
+        $crate::store_conformance_suite!(@tests $fixture;
+            users_are_unique_by_email_and_found_by_email_or_id,
+            the_plan_catalog_is_seeded_cheapest_first,
+            projects_are_listed_by_owner_and_change_plan,
+            projects_refuse_unknown_plans_owners_and_bad_dimensions,
+            deleting_a_project_deletes_everything_it_owns,
+            api_keys_are_stored_listed_revoked_and_touched,
+            upserts_take_increasing_seqs_and_replace_records,
+            a_batch_that_repeats_an_id_keeps_the_last_write,
+            a_write_to_an_unknown_project_writes_nothing,
+            updates_merge_metadata_and_may_replace_vector_and_content,
+            updates_of_missing_records_change_nothing,
+            deletes_leave_tombstones_that_changes_since_replays,
+            changes_since_pages_in_seq_order,
+            list_ids_pages_in_byte_order_with_a_prefix,
+            namespaces_are_listed_with_live_counts_and_usage_adds_up,
+            a_deleted_namespace_loses_its_records_and_comes_back_with_a_new_epoch,
+            projects_never_see_each_others_records,
+            concurrent_writers_get_distinct_seqs_in_commit_order_and_lose_nothing,
+            a_large_batch_is_written_whole,
+            idempotency_claims_replays_and_refuses,
+            abandoned_or_expired_idempotency_claims_can_be_taken_over,
+            the_store_reports_ready,
+        );
+    };
+    (@tests $fixture:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let fixture = $fixture.await;
+                $crate::conformance::$name($crate::conformance::StoreFixture::store(&fixture)).await;
+            }
+        )*
+    };
+}
+
+async fn user(store: &dyn Store) -> UserId {
+    let email = format!("{}@example.com", uuid::Uuid::new_v4());
+    store
+        .create_user(&email, "$argon2id$v=19$stub")
+        .await
+        .expect("user is created")
+        .id
+}
+
+async fn project(store: &dyn Store) -> Project {
+    let owner = user(store).await;
+    store
+        .create_project(NewProject {
+            owner_id: owner,
+            name: "test".into(),
+            dimension: 3,
+            metric: Metric::Cosine,
+            plan_id: "starter".into(),
+        })
+        .await
+        .expect("project is created")
+}
+
+fn write(id: &str, x: f32, meta: serde_json::Value) -> RecordWrite {
+    RecordWrite {
+        id: id.into(),
+        vector: vec![x, x + 0.5, -x],
+        metadata: match meta {
+            serde_json::Value::Object(map) => map,
+            other => panic!("metadata must be an object, got {other}"),
+        },
+        content: None,
+    }
+}
+
+fn ids(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+pub async fn users_are_unique_by_email_and_found_by_email_or_id(store: Arc<dyn Store>) {
+    let created = store
+        .create_user("ada@example.com", "hash-1")
+        .await
+        .expect("first signup");
+    assert_eq!(created.email, "ada@example.com");
+    assert_eq!(created.password_hash, "hash-1");
+
+    let duplicate = store.create_user("ada@example.com", "hash-2").await;
+    assert!(matches!(duplicate, Err(StoreError::Conflict(_))), "{duplicate:?}");
+
+    let by_email = store
+        .user_by_email("ada@example.com")
+        .await
+        .expect("query")
+        .expect("found");
+    assert_eq!(by_email, created);
+    let by_id = store.user(created.id).await.expect("query").expect("found");
+    assert_eq!(by_id, created);
+    assert!(store.user_by_email("bob@example.com").await.expect("query").is_none());
+    assert!(store.user(UserId::new()).await.expect("query").is_none());
+}
+
+pub async fn the_plan_catalog_is_seeded_cheapest_first(store: Arc<dyn Store>) {
+    let plans = store.plans().await.expect("plans");
+    let summary: Vec<(&str, u32, u32)> = plans
+        .iter()
+        .map(|p| (p.id.as_str(), p.queries_per_minute, p.documents_per_minute))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("starter", 30, 100),
+            ("developer", 300, 1_000),
+            ("business", 3_000, 10_000),
+            ("business_plus", 10_000, 50_000)
+        ]
+    );
+    assert_eq!(
+        store.plan("business").await.expect("query").expect("exists").name,
+        "Business"
+    );
+    assert!(store.plan("platinum").await.expect("query").is_none());
+}
+
+pub async fn projects_are_listed_by_owner_and_change_plan(store: Arc<dyn Store>) {
+    let first = project(store.as_ref()).await;
+    let second = store
+        .create_project(NewProject {
+            owner_id: first.owner_id,
+            name: "second".into(),
+            dimension: 4096,
+            metric: Metric::DotProduct,
+            plan_id: "developer".into(),
+        })
+        .await
+        .expect("second project");
+    let other = project(store.as_ref()).await;
+
+    let mine = store.projects_of(first.owner_id).await.expect("list");
+    assert_eq!(mine, vec![first.clone(), second.clone()]);
+    assert_eq!(store.project(second.id).await.expect("get"), Some(second.clone()));
+    let all = store.all_projects().await.expect("all");
+    assert!(all.contains(&first) && all.contains(&other));
+
+    let changed = store
+        .set_project_plan(first.id, "business")
+        .await
+        .expect("replan")
+        .expect("exists");
+    assert_eq!(changed.plan_id, "business");
+    assert!(changed.updated_at >= first.updated_at);
+    assert_eq!(
+        store.project(first.id).await.expect("get").expect("exists").plan_id,
+        "business"
+    );
+    assert!(
+        store
+            .set_project_plan(ProjectId::new(), "business")
+            .await
+            .expect("query")
+            .is_none()
+    );
+}
+
+pub async fn projects_refuse_unknown_plans_owners_and_bad_dimensions(store: Arc<dyn Store>) {
+    let owner = user(store.as_ref()).await;
+    let new = |owner_id, dimension, plan: &str| NewProject {
+        owner_id,
+        name: "p".into(),
+        dimension,
+        metric: Metric::Euclidean,
+        plan_id: plan.into(),
+    };
+    for (attempt, what) in [
+        (new(owner, 8, "platinum"), "unknown plan"),
+        (new(UserId::new(), 8, "starter"), "unknown owner"),
+        (new(owner, 0, "starter"), "dimension 0"),
+        (new(owner, 4097, "starter"), "dimension 4097"),
+    ] {
+        let result = store.create_project(attempt).await;
+        assert!(matches!(result, Err(StoreError::Invalid(_))), "{what}: {result:?}");
+    }
+    let project = project(store.as_ref()).await;
+    let replan = store.set_project_plan(project.id, "platinum").await;
+    assert!(matches!(replan, Err(StoreError::Invalid(_))), "{replan:?}");
+    assert!(store.projects_of(owner).await.expect("list").is_empty());
+}
+
+pub async fn deleting_a_project_deletes_everything_it_owns(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    let keep = self::project(store.as_ref()).await;
+    for p in [&project, &keep] {
+        store
+            .create_api_key(NewApiKey {
+                id: format!("k{}", p.id.0.simple()),
+                project_id: p.id,
+                label: "l".into(),
+                role: Role::Admin,
+                secret_hash: "h".into(),
+                expires_at: None,
+            })
+            .await
+            .expect("key");
+        store
+            .upsert(p.id, "ns", &[write("a", 1.0, json!({}))])
+            .await
+            .expect("upsert");
+        let begun = store
+            .begin(p.id, "idem", "hash", Duration::seconds(30), Duration::hours(24))
+            .await
+            .expect("begin");
+        assert_eq!(begun, IdempotencyBegin::Started);
+    }
+
+    assert!(store.delete_project(project.id).await.expect("delete"));
+    assert!(
+        !store
+            .delete_project(project.id)
+            .await
+            .expect("second delete is a no-op")
+    );
+    assert!(store.project(project.id).await.expect("get").is_none());
+    assert!(store.api_keys_of(project.id).await.expect("keys").is_empty());
+    assert!(store.namespaces(project.id).await.expect("namespaces").is_empty());
+    assert!(
+        store
+            .fetch(project.id, "ns", &ids(&["a"]))
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    assert!(
+        store
+            .changes_since(project.id, "ns", 0, 10)
+            .await
+            .expect("changes")
+            .is_empty()
+    );
+
+    // The other project is untouched.
+    assert_eq!(store.api_keys_of(keep.id).await.expect("keys").len(), 1);
+    assert_eq!(store.fetch(keep.id, "ns", &ids(&["a"])).await.expect("fetch").len(), 1);
+    let again = store
+        .begin(keep.id, "idem", "hash", Duration::seconds(30), Duration::hours(24))
+        .await
+        .expect("begin");
+    assert_eq!(again, IdempotencyBegin::InFlight);
+}
+
+pub async fn api_keys_are_stored_listed_revoked_and_touched(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    let other = self::project(store.as_ref()).await;
+    let expires = Utc::now() + Duration::days(30);
+    let new = |id: &str, role| NewApiKey {
+        id: id.into(),
+        project_id: project.id,
+        label: format!("label-{id}"),
+        role,
+        secret_hash: format!("hash-{id}"),
+        expires_at: Some(expires),
+    };
+    let k1 = store.create_api_key(new("key1", Role::AppReadonly)).await.expect("k1");
+    let k2 = store.create_api_key(new("key2", Role::Admin)).await.expect("k2");
+    assert_eq!(
+        (k1.role, k1.label.as_str(), k1.secret_hash.as_str()),
+        (Role::AppReadonly, "label-key1", "hash-key1")
+    );
+    assert_eq!(
+        k1.expires_at.map(|t| t.timestamp_millis()),
+        Some(expires.timestamp_millis())
+    );
+    assert!(k1.last_used_at.is_none() && k1.revoked_at.is_none());
+
+    let duplicate = store.create_api_key(new("key1", Role::Admin)).await;
+    assert!(matches!(duplicate, Err(StoreError::Conflict(_))), "{duplicate:?}");
+
+    assert_eq!(
+        store.api_keys_of(project.id).await.expect("list"),
+        vec![k1.clone(), k2.clone()]
+    );
+    assert_eq!(store.api_key("key2").await.expect("get"), Some(k2));
+    assert!(store.api_key("nope").await.expect("get").is_none());
+
+    let used = Utc::now();
+    store.touch_api_key("key1", used).await.expect("touch");
+    let touched = store.api_key("key1").await.expect("get").expect("exists");
+    assert_eq!(
+        touched.last_used_at.map(|t| t.timestamp_millis()),
+        Some(used.timestamp_millis())
+    );
+
+    assert!(
+        !store
+            .revoke_api_key(other.id, "key1")
+            .await
+            .expect("revoke via another project")
+    );
+    assert!(store.revoke_api_key(project.id, "key1").await.expect("revoke"));
+    assert!(!store.revoke_api_key(project.id, "key1").await.expect("revoke twice"));
+    assert!(
+        store
+            .api_key("key1")
+            .await
+            .expect("get")
+            .expect("kept")
+            .revoked_at
+            .is_some()
+    );
+}
+
+pub async fn upserts_take_increasing_seqs_and_replace_records(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let first = store
+        .upsert(p, "ns", &[write("a", 1.0, json!({"k": 1})), write("b", 2.0, json!({}))])
+        .await
+        .expect("first");
+    assert_eq!((first.state.seq, first.affected), (1, 2));
+
+    let mut with_content = write("a", 3.0, json!({"k": 2, "tags": ["x"]}));
+    with_content.content = Some("hello".into());
+    let second = store.upsert(p, "ns", &[with_content.clone()]).await.expect("second");
+    assert_eq!(second.state.seq, 2);
+    assert_eq!(second.state.epoch, first.state.epoch);
+
+    let fetched = store.fetch(p, "ns", &ids(&["b", "missing", "a"])).await.expect("fetch");
+    assert_eq!(fetched.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+    let a = &fetched[1];
+    assert_eq!(a.vector, with_content.vector);
+    assert_eq!(a.metadata, with_content.metadata);
+    assert_eq!(a.content.as_deref(), Some("hello"));
+    assert_eq!(a.seq, 2);
+    assert!(a.updated_at >= a.created_at);
+    assert_eq!(fetched[0].seq, 1);
+    assert_eq!(store.namespace(p, "ns").await.expect("state"), Some(second.state));
+    assert!(store.namespace(p, "other").await.expect("state").is_none());
+}
+
+pub async fn a_batch_that_repeats_an_id_keeps_the_last_write(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let outcome = store
+        .upsert(
+            p,
+            "ns",
+            &[write("a", 1.0, json!({"v": 1})), write("a", 2.0, json!({"v": 2}))],
+        )
+        .await
+        .expect("upsert");
+    assert_eq!(outcome.affected, 1);
+    let fetched = store.fetch(p, "ns", &ids(&["a"])).await.expect("fetch");
+    assert_eq!(fetched[0].metadata["v"], 2);
+    assert_eq!(store.namespaces(p).await.expect("list")[0].count, 1);
+}
+
+pub async fn a_write_to_an_unknown_project_writes_nothing(store: Arc<dyn Store>) {
+    let ghost = ProjectId::new();
+    let result = store.upsert(ghost, "ns", &[write("a", 1.0, json!({}))]).await;
+    assert!(matches!(result, Err(StoreError::Invalid(_))), "{result:?}");
+    assert!(store.namespace(ghost, "ns").await.expect("state").is_none());
+    assert!(
+        store
+            .changes_since(ghost, "ns", 0, 10)
+            .await
+            .expect("changes")
+            .is_empty()
+    );
+}
+
+pub async fn updates_merge_metadata_and_may_replace_vector_and_content(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    store
+        .upsert(
+            p,
+            "ns",
+            &[write(
+                "a",
+                1.0,
+                json!({"name": "Widget A", "category": "hardware", "old": true}),
+            )],
+        )
+        .await
+        .expect("upsert");
+    let patch = RecordPatch {
+        metadata: Some(
+            json!({"category": "premium-hardware", "updated_at": "2025-01-15", "old": null})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        ..RecordPatch::default()
+    };
+    let (outcome, record) = store
+        .update(p, "ns", "a", &patch)
+        .await
+        .expect("update")
+        .expect("exists");
+    assert_eq!(outcome.state.seq, 2);
+    assert_eq!(
+        serde_json::Value::Object(record.metadata.clone()),
+        json!({"name": "Widget A", "category": "premium-hardware", "updated_at": "2025-01-15"})
+    );
+    assert_eq!(record.vector, vec![1.0, 1.5, -1.0], "values are kept when not given");
+
+    let replace = RecordPatch {
+        vector: Some(vec![9.0, 8.0, 7.0]),
+        content: Some("new text".into()),
+        ..RecordPatch::default()
+    };
+    store
+        .update(p, "ns", "a", &replace)
+        .await
+        .expect("update")
+        .expect("exists");
+    let stored = store.fetch(p, "ns", &ids(&["a"])).await.expect("fetch").remove(0);
+    assert_eq!(stored.vector, vec![9.0, 8.0, 7.0]);
+    assert_eq!(stored.content.as_deref(), Some("new text"));
+    assert_eq!(stored.metadata, record.metadata);
+    assert_eq!(stored.seq, 3);
+}
+
+pub async fn updates_of_missing_records_change_nothing(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let patch = RecordPatch::default();
+    assert!(store.update(p, "nowhere", "a", &patch).await.expect("update").is_none());
+    assert!(store.namespace(p, "nowhere").await.expect("state").is_none());
+
+    store
+        .upsert(p, "ns", &[write("a", 1.0, json!({}))])
+        .await
+        .expect("upsert");
+    assert!(store.update(p, "ns", "b", &patch).await.expect("update").is_none());
+    assert_eq!(
+        store.namespace(p, "ns").await.expect("state").expect("exists").seq,
+        1,
+        "no seq spent"
+    );
+}
+
+pub async fn deletes_leave_tombstones_that_changes_since_replays(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    assert!(
+        store.delete(p, "ns", &ids(&["a"])).await.expect("delete").is_none(),
+        "unknown namespace"
+    );
+    store
+        .upsert(
+            p,
+            "ns",
+            &[
+                write("a", 1.0, json!({})),
+                write("b", 2.0, json!({})),
+                write("c", 3.0, json!({})),
+            ],
+        )
+        .await
+        .expect("upsert");
+
+    let deleted = store
+        .delete(p, "ns", &ids(&["a", "c", "zzz"]))
+        .await
+        .expect("delete")
+        .expect("namespace");
+    assert_eq!((deleted.affected, deleted.state.seq), (2, 2));
+    let again = store
+        .delete(p, "ns", &ids(&["a"]))
+        .await
+        .expect("delete")
+        .expect("namespace");
+    assert_eq!((again.affected, again.state.seq), (0, 2), "a no-op spends no seq");
+
+    assert_eq!(
+        store.fetch(p, "ns", &ids(&["a", "b", "c"])).await.expect("fetch").len(),
+        1
+    );
+    let changes = store.changes_since(p, "ns", 1, 100).await.expect("changes");
+    assert_eq!(
+        changes,
+        vec![
+            Change::Delete { id: "a".into(), seq: 2 },
+            Change::Delete { id: "c".into(), seq: 2 }
+        ]
+    );
+
+    // Writing a tombstoned id revives it.
+    store
+        .upsert(p, "ns", &[write("a", 4.0, json!({"back": true}))])
+        .await
+        .expect("revive");
+    let revived = store.fetch(p, "ns", &ids(&["a"])).await.expect("fetch");
+    assert_eq!(revived.len(), 1);
+    assert_eq!(revived[0].metadata["back"], true);
+    assert_eq!(store.namespaces(p).await.expect("list")[0].count, 2);
+}
+
+pub async fn changes_since_pages_in_seq_order(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    for i in 0..5 {
+        store
+            .upsert(p, "ns", &[write(&format!("r{i}"), i as f32, json!({"i": i}))])
+            .await
+            .expect("upsert");
+    }
+    store
+        .upsert(p, "ns", &[write("r1", 9.0, json!({"i": 99}))])
+        .await
+        .expect("rewrite r1");
+
+    let all = store.changes_since(p, "ns", 0, 100).await.expect("changes");
+    let seqs: Vec<i64> = all.iter().map(Change::seq).collect();
+    assert_eq!(seqs, [1, 3, 4, 5, 6], "r1 moved to seq 6, the latest state only");
+    let page = store.changes_since(p, "ns", 3, 2).await.expect("page");
+    assert_eq!(page.iter().map(Change::seq).collect::<Vec<_>>(), [4, 5]);
+    match &all[4] {
+        Change::Upsert(record) => assert_eq!((record.id.as_str(), record.metadata["i"].clone()), ("r1", json!(99))),
+        other => panic!("expected r1's upsert, got {other:?}"),
+    }
+}
+
+pub async fn list_ids_pages_in_byte_order_with_a_prefix(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let names = ["doc#2", "doc#10", "Doc#1", "img#1", "doc#1", "é"];
+    let batch: Vec<RecordWrite> = names.iter().map(|id| write(id, 1.0, json!({}))).collect();
+    store.upsert(p, "ns", &batch).await.expect("upsert");
+    store.delete(p, "ns", &ids(&["img#1"])).await.expect("delete");
+
+    let all = store.list_ids(p, "ns", None, None, 100).await.expect("list");
+    assert_eq!(
+        all,
+        ids(&["Doc#1", "doc#1", "doc#10", "doc#2", "é"]),
+        "byte order, tombstones hidden"
+    );
+    let first = store.list_ids(p, "ns", Some("doc#"), None, 2).await.expect("page 1");
+    assert_eq!(first, ids(&["doc#1", "doc#10"]));
+    let next = store
+        .list_ids(p, "ns", Some("doc#"), Some("doc#10"), 2)
+        .await
+        .expect("page 2");
+    assert_eq!(next, ids(&["doc#2"]));
+}
+
+pub async fn namespaces_are_listed_with_live_counts_and_usage_adds_up(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    store
+        .upsert(
+            p,
+            "b",
+            &[
+                write("1", 1.0, json!({})),
+                write("2", 1.0, json!({})),
+                write("3", 1.0, json!({})),
+            ],
+        )
+        .await
+        .expect("b");
+    store.upsert(p, "a", &[write("1", 1.0, json!({}))]).await.expect("a");
+    store
+        .upsert(p, "b", &[write("1", 2.0, json!({})), write("4", 1.0, json!({}))])
+        .await
+        .expect("b again");
+    store.delete(p, "b", &ids(&["2"])).await.expect("delete");
+
+    let listed: Vec<(String, u64, i64)> = store
+        .namespaces(p)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|n| (n.name, n.count, n.seq))
+        .collect();
+    assert_eq!(listed, [("a".into(), 1, 1), ("b".into(), 3, 3)]);
+    let usage = store.project_usage(p).await.expect("usage");
+    assert_eq!((usage.vectors, usage.namespaces), (4, 2));
+}
+
+pub async fn a_deleted_namespace_loses_its_records_and_comes_back_with_a_new_epoch(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let before = store
+        .upsert(p, "ns", &[write("a", 1.0, json!({}))])
+        .await
+        .expect("upsert");
+    assert!(store.delete_namespace(p, "ns").await.expect("delete"));
+    assert!(!store.delete_namespace(p, "ns").await.expect("again"));
+    assert!(store.namespace(p, "ns").await.expect("state").is_none());
+    assert!(store.fetch(p, "ns", &ids(&["a"])).await.expect("fetch").is_empty());
+
+    let after = store
+        .upsert(p, "ns", &[write("b", 1.0, json!({}))])
+        .await
+        .expect("upsert");
+    assert_ne!(after.state.epoch, before.state.epoch);
+    assert_eq!(after.state.seq, 1);
+    let changes = store.changes_since(p, "ns", 0, 10).await.expect("changes");
+    assert_eq!(changes.len(), 1, "nothing of the old namespace is replayed");
+}
+
+pub async fn projects_never_see_each_others_records(store: Arc<dyn Store>) {
+    let (p, q) = (project(store.as_ref()).await.id, project(store.as_ref()).await.id);
+    store
+        .upsert(p, "shared-name", &[write("a", 1.0, json!({"owner": "p"}))])
+        .await
+        .expect("p");
+    store
+        .upsert(q, "shared-name", &[write("a", 2.0, json!({"owner": "q"}))])
+        .await
+        .expect("q");
+
+    assert_eq!(
+        store.fetch(q, "shared-name", &ids(&["a"])).await.expect("fetch")[0].metadata["owner"],
+        "q"
+    );
+    store.delete(q, "shared-name", &ids(&["a"])).await.expect("delete");
+    assert_eq!(
+        store.fetch(p, "shared-name", &ids(&["a"])).await.expect("fetch")[0].metadata["owner"],
+        "p"
+    );
+    assert!(store.delete_namespace(q, "shared-name").await.expect("delete ns"));
+    assert_eq!(store.namespaces(p).await.expect("list").len(), 1);
+    assert_eq!(store.project_usage(q).await.expect("usage").vectors, 0);
+}
+
+pub async fn concurrent_writers_get_distinct_seqs_in_commit_order_and_lose_nothing(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let writers = 8;
+    let batches = 12;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for b in 0..batches {
+                let batch: Vec<RecordWrite> = (0..10)
+                    .map(|i| write(&format!("w{w}-b{b}-{i}"), i as f32, json!({"w": w, "b": b})))
+                    .collect();
+                seqs.push(
+                    store
+                        .upsert(p, "ns", &batch)
+                        .await
+                        .expect("concurrent upsert")
+                        .state
+                        .seq,
+                );
+            }
+            seqs
+        }));
+    }
+    let mut seqs: Vec<i64> = Vec::new();
+    for task in tasks {
+        seqs.extend(task.await.expect("writer task"));
+    }
+    seqs.sort_unstable();
+    let expected: Vec<i64> = (1..=(writers * batches) as i64).collect();
+    assert_eq!(seqs, expected, "every write got its own seq, none skipped");
+
+    let changes = store.changes_since(p, "ns", 0, 10_000).await.expect("changes");
+    assert_eq!(changes.len(), writers * batches * 10);
+    let info = &store.namespaces(p).await.expect("list")[0];
+    assert_eq!(info.count, (writers * batches * 10) as u64);
+    // Records of one write share its seq: replay by seq sees whole writes.
+    let mut by_seq = std::collections::BTreeMap::<i64, Vec<String>>::new();
+    for change in changes {
+        if let Change::Upsert(r) = change {
+            by_seq.entry(r.seq).or_default().push(r.id);
+        }
+    }
+    assert!(
+        by_seq.values().all(|ids| ids.len() == 10),
+        "a write is never split across seqs"
+    );
+}
+
+pub async fn a_large_batch_is_written_whole(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let batch: Vec<RecordWrite> = (0..5_000)
+        .map(|i| {
+            let mut w = write(
+                &format!("id-{i:05}"),
+                i as f32 / 10.0,
+                json!({"i": i, "even": i % 2 == 0}),
+            );
+            w.content = Some(format!("document number {i}"));
+            w
+        })
+        .collect();
+    let outcome = store.upsert(p, "big", &batch).await.expect("large batch");
+    assert_eq!(outcome.affected, 5_000);
+    assert_eq!(store.namespaces(p).await.expect("list")[0].count, 5_000);
+    let sample = store
+        .fetch(p, "big", &ids(&["id-00000", "id-04999"]))
+        .await
+        .expect("fetch");
+    assert_eq!(sample[1].content.as_deref(), Some("document number 4999"));
+    assert_eq!(sample[1].vector, batch[4999].vector);
+    let mut listed = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_ids(p, "big", None, cursor.as_deref(), 1_000)
+            .await
+            .expect("page");
+        if page.is_empty() {
+            break;
+        }
+        listed += page.len();
+        cursor = page.last().cloned();
+    }
+    assert_eq!(listed, 5_000);
+}
+
+pub async fn idempotency_claims_replays_and_refuses(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let (lease, ttl) = (Duration::seconds(30), Duration::hours(24));
+    assert_eq!(
+        store.begin(p, "k", "h1", lease, ttl).await.expect("begin"),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        store.begin(p, "k", "h1", lease, ttl).await.expect("dup"),
+        IdempotencyBegin::InFlight
+    );
+    assert_eq!(
+        store.begin(p, "k", "h2", lease, ttl).await.expect("other"),
+        IdempotencyBegin::Mismatch
+    );
+
+    let response = StoredResponse {
+        status: 200,
+        body: br#"{"upserted_count":2}"#.to_vec(),
+    };
+    store.complete(p, "k", &response).await.expect("complete");
+    assert_eq!(
+        store.begin(p, "k", "h1", lease, ttl).await.expect("replay"),
+        IdempotencyBegin::Replay(response)
+    );
+    assert_eq!(
+        store.begin(p, "k", "h2", lease, ttl).await.expect("other"),
+        IdempotencyBegin::Mismatch
+    );
+
+    // Keys are per project.
+    let q = project(store.as_ref()).await.id;
+    assert_eq!(
+        store.begin(q, "k", "h2", lease, ttl).await.expect("begin"),
+        IdempotencyBegin::Started
+    );
+
+    // A failed request releases its claim.
+    assert_eq!(
+        store.begin(p, "k2", "h", lease, ttl).await.expect("begin"),
+        IdempotencyBegin::Started
+    );
+    store.abort(p, "k2").await.expect("abort");
+    assert_eq!(
+        store.begin(p, "k2", "h", lease, ttl).await.expect("retry"),
+        IdempotencyBegin::Started
+    );
+}
+
+pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let ttl = Duration::hours(24);
+    // A claim whose lease already ran out (its pod died) can be taken by the same request…
+    assert_eq!(
+        store
+            .begin(p, "k", "h", Duration::milliseconds(-1), ttl)
+            .await
+            .expect("begin"),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        store
+            .begin(p, "k", "other", Duration::seconds(30), ttl)
+            .await
+            .expect("mismatch"),
+        IdempotencyBegin::Mismatch,
+        "…but not by another request"
+    );
+    assert_eq!(
+        store
+            .begin(p, "k", "h", Duration::seconds(30), ttl)
+            .await
+            .expect("takeover"),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        store
+            .begin(p, "k", "h", Duration::seconds(30), ttl)
+            .await
+            .expect("held"),
+        IdempotencyBegin::InFlight
+    );
+
+    // An expired entry is forgotten: any request may use the key again, and purge removes it.
+    let done = StoredResponse {
+        status: 200,
+        body: b"{}".to_vec(),
+    };
+    assert_eq!(
+        store
+            .begin(p, "old", "h", Duration::seconds(30), Duration::milliseconds(-1))
+            .await
+            .expect("begin"),
+        IdempotencyBegin::Started
+    );
+    store.complete(p, "old", &done).await.expect("complete");
+    assert_eq!(store.purge_expired().await.expect("purge"), 1);
+    assert_eq!(
+        store
+            .begin(p, "old", "new-body", Duration::seconds(30), ttl)
+            .await
+            .expect("reuse"),
+        IdempotencyBegin::Started
+    );
+}
+
+pub async fn the_store_reports_ready(store: Arc<dyn Store>) {
+    assert_eq!(store.check().await, Ok(()));
+    assert_eq!(store.name(), "storage");
+    assert!(["sqlite", "postgres"].contains(&store.backend()));
+}

@@ -1,0 +1,61 @@
+use quiver_common::ApiError;
+
+/// What can go wrong in storage, in terms the layers above can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness constraint was violated (duplicate email, key id).
+    #[error("{0}")]
+    Conflict(String),
+    /// A reference or check constraint was violated (unknown plan, bad dimension).
+    #[error("{0}")]
+    Invalid(String),
+    /// The database cannot be reached: connection refused, pool timed out or closed.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
+    /// The configuration cannot work (bad URL, unwritable path).
+    #[error("{0}")]
+    Config(String),
+    /// Anything else, e.g. a corrupt row.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() || db.is_check_violation() => {
+                StoreError::Invalid(db.message().to_owned())
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
+            _ => StoreError::Other(err.into()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        match err {
+            sqlx::migrate::MigrateError::Execute(inner) => inner.into(),
+            other => StoreError::Other(anyhow::Error::new(other).context("migrating the database")),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(msg) => ApiError::Conflict(msg),
+            StoreError::Invalid(msg) => ApiError::validation(msg),
+            StoreError::Unavailable(msg) => {
+                ApiError::DatabaseUnavailable(format!("the records store is unreachable: {msg}"))
+            }
+            StoreError::Config(msg) => ApiError::Internal(anyhow::anyhow!(msg)),
+            StoreError::Other(err) => ApiError::Internal(err),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The Postgres backend, for cluster mode: every pod reads and writes the same
+//! database, which is the source of truth for the catalog and the records.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::sql::sql_store;
+
+/// Quiver's storage on Postgres.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to a `postgres://` URL; fails fast when the server does not answer.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|err| StoreError::Config(format!("invalid DATABASE_URL \"{}\": {err}", crate::redact_url(url))))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|err| match err {
+                sqlx::Error::Database(db) => StoreError::Config(format!(
+                    "cannot use the database at {}: {}",
+                    crate::redact_url(url),
+                    db.message()
+                )),
+                other => StoreError::Unavailable(format!(
+                    "{}: {other}; check DATABASE_URL and that Postgres is running",
+                    crate::redact_url(url)
+                )),
+            })?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool, for tests and tools.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Tests `id` against a JSON array of ids bound at `param`.
+    fn ids_in(param: &str) -> String {
+        format!("id IN (SELECT jsonb_array_elements_text(CAST({param} AS jsonb)))")
+    }
+
+    async fn insert_records(
+        tx: &mut Tx<'_>,
+        project: ProjectId,
+        namespace: &str,
+        seq: i64,
+        now: DateTime<Utc>,
+        batch: &[&RecordWrite],
+    ) -> StoreResult<()> {
+        // One statement for the whole batch: a round trip per row would dominate.
+        let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
+        let vectors: Vec<Vec<u8>> = batch.iter().map(|r| crate::encode_vector(&r.vector)).collect();
+        let metadata: Vec<String> = batch
+            .iter()
+            .map(|r| serde_json::Value::Object(r.metadata.clone()).to_string())
+            .collect();
+        let contents: Vec<Option<&str>> = batch.iter().map(|r| r.content.as_deref()).collect();
+        sqlx::query(
+            "INSERT INTO records (project_id, namespace, id, vector, metadata, content, seq, deleted, created_at, updated_at)
+             SELECT $1, $2, r.id, r.vector, CAST(r.metadata AS jsonb), r.content, $3, FALSE, $4, $4
+             FROM UNNEST($5::text[], $6::bytea[], $7::text[], $8::text[]) AS r (id, vector, metadata, content)
+             ON CONFLICT (project_id, namespace, id) DO UPDATE SET
+                 vector = excluded.vector, metadata = excluded.metadata, content = excluded.content,
+                 seq = excluded.seq, updated_at = excluded.updated_at,
+                 created_at = CASE WHEN records.deleted THEN excluded.created_at ELSE records.created_at END,
+                 deleted = FALSE",
+        )
+        .bind(project.0)
+        .bind(namespace)
+        .bind(seq)
+        .bind(now)
+        .bind(&ids)
+        .bind(&vectors)
+        .bind(&metadata)
+        .bind(&contents)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+sql_store!(PostgresStore, sqlx::Postgres);
+
+#[async_trait]
+impl quiver_common::http::ReadinessCheck for PostgresStore {
+    fn name(&self) -> &'static str {
+        "storage"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+}
+
+#[async_trait]
+impl crate::Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        // sqlx holds an advisory lock while migrating, so pods starting together are safe.
+        sqlx::migrate!("../migrations/postgres").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

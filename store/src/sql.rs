@@ -1,0 +1,710 @@
+//! The SQL both backends share. SQLite and Postgres accept the same statements here
+//! (`$n` parameters, `ON CONFLICT … DO UPDATE`, `RETURNING`, row values); where they
+//! differ, the backend supplies the piece: [`ids_in`](crate::sqlite::SqliteStore) (how
+//! to test `id` against a JSON array of ids) and `insert_records` (batch insert).
+//!
+//! `sql_store!` expands to the `Catalog`, `Records` and `Idempotency` impls for one
+//! backend type that has `reader()`/`writer()` pools of database `$db`.
+
+macro_rules! sql_store {
+    ($store:ty, $db:ty) => {
+        use std::str::FromStr as _;
+
+        use async_trait::async_trait;
+        use chrono::{DateTime, Utc};
+        use quiver_common::domain::{Metric, Plan, ProjectId, Role, UserId};
+        use sqlx::Row as _;
+        use sqlx::types::Json;
+        use uuid::Uuid;
+
+        use $crate::{
+            ApiKey, Catalog, Change, Idempotency, IdempotencyBegin, Metadata, NamespaceInfo, NamespaceState,
+            NewApiKey, NewProject, Project, ProjectUsage, Record, RecordPatch, RecordWrite, Records,
+            StoreError, StoreResult, StoredResponse, User, WriteOutcome,
+        };
+
+        type Row = <$db as sqlx::Database>::Row;
+        type Tx<'c> = sqlx::Transaction<'c, $db>;
+
+        fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
+            StoreError::Other(anyhow::anyhow!("corrupt {what} in the database: {err}"))
+        }
+
+        fn user_from_row(row: &Row) -> StoreResult<User> {
+            Ok(User {
+                id: UserId(row.try_get("id")?),
+                email: row.try_get("email")?,
+                password_hash: row.try_get("password_hash")?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
+        fn plan_from_row(row: &Row) -> StoreResult<Plan> {
+            let positive = |col: &str| -> StoreResult<u32> {
+                let v: i32 = row.try_get(col)?;
+                u32::try_from(v).map_err(|e| corrupt(col, e))
+            };
+            let max_vectors: i64 = row.try_get("max_vectors")?;
+            Ok(Plan {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                queries_per_minute: positive("queries_per_minute")?,
+                documents_per_minute: positive("documents_per_minute")?,
+                max_vectors: u64::try_from(max_vectors).map_err(|e| corrupt("max_vectors", e))?,
+                max_namespaces: positive("max_namespaces")?,
+                max_batch_size: positive("max_batch_size")?,
+            })
+        }
+
+        const PROJECT_COLUMNS: &str = "id, owner_id, name, dimension, metric, plan_id, created_at, updated_at";
+
+        fn project_from_row(row: &Row) -> StoreResult<Project> {
+            let dimension: i32 = row.try_get("dimension")?;
+            let metric: String = row.try_get("metric")?;
+            Ok(Project {
+                id: ProjectId(row.try_get("id")?),
+                owner_id: UserId(row.try_get("owner_id")?),
+                name: row.try_get("name")?,
+                dimension: u32::try_from(dimension).map_err(|e| corrupt("dimension", e))?,
+                metric: Metric::from_str(&metric).map_err(|e| corrupt("metric", e))?,
+                plan_id: row.try_get("plan_id")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        }
+
+        const KEY_COLUMNS: &str =
+            "id, project_id, label, role, secret_hash, created_at, expires_at, last_used_at, revoked_at";
+
+        fn key_from_row(row: &Row) -> StoreResult<ApiKey> {
+            let role: String = row.try_get("role")?;
+            Ok(ApiKey {
+                id: row.try_get("id")?,
+                project_id: ProjectId(row.try_get("project_id")?),
+                label: row.try_get("label")?,
+                role: Role::from_str(&role).map_err(|e| corrupt("role", e))?,
+                secret_hash: row.try_get("secret_hash")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+            })
+        }
+
+        const RECORD_COLUMNS: &str = "id, vector, metadata, content, seq, deleted, created_at, updated_at";
+
+        fn record_from_row(row: &Row) -> StoreResult<Record> {
+            let bytes: Vec<u8> = row.try_get("vector")?;
+            let Json(metadata): Json<Metadata> = row.try_get("metadata")?;
+            Ok(Record {
+                id: row.try_get("id")?,
+                vector: $crate::decode_vector(&bytes).map_err(|e| corrupt("vector", e))?,
+                metadata,
+                content: row.try_get("content")?,
+                seq: row.try_get("seq")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        }
+
+        fn ids_json(ids: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+            serde_json::Value::Array(ids.into_iter().map(|id| id.as_ref().into()).collect()).to_string()
+        }
+
+        fn state_from_row(row: &Row) -> StoreResult<NamespaceState> {
+            Ok(NamespaceState {
+                epoch: row.try_get("epoch")?,
+                seq: row.try_get("seq")?,
+            })
+        }
+
+        /// Takes the namespace's next seq (creating it when `create`), which also
+        /// locks its row until the transaction ends: writers of one namespace queue here.
+        async fn next_seq(
+            tx: &mut Tx<'_>,
+            project: ProjectId,
+            namespace: &str,
+            create: bool,
+        ) -> StoreResult<Option<NamespaceState>> {
+            let row = if create {
+                sqlx::query(
+                    "INSERT INTO namespaces (project_id, name, epoch, seq, live_count, created_at)
+                     VALUES ($1, $2, $3, 1, 0, $4)
+                     ON CONFLICT (project_id, name) DO UPDATE SET seq = namespaces.seq + 1
+                     RETURNING epoch, seq",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .bind(Uuid::now_v7())
+                .bind(Utc::now())
+                .fetch_optional(&mut **tx)
+                .await?
+            } else {
+                sqlx::query(
+                    "UPDATE namespaces SET seq = seq + 1 WHERE project_id = $1 AND name = $2 RETURNING epoch, seq",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .fetch_optional(&mut **tx)
+                .await?
+            };
+            row.as_ref().map(state_from_row).transpose()
+        }
+
+        async fn add_live(tx: &mut Tx<'_>, project: ProjectId, namespace: &str, delta: i64) -> StoreResult<()> {
+            if delta != 0 {
+                sqlx::query("UPDATE namespaces SET live_count = live_count + $3 WHERE project_id = $1 AND name = $2")
+                    .bind(project.0)
+                    .bind(namespace)
+                    .bind(delta)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        fn millis(at: DateTime<Utc>) -> i64 {
+            at.timestamp_millis()
+        }
+
+        #[async_trait]
+        impl Catalog for $store {
+            async fn create_user(&self, email: &str, password_hash: &str) -> StoreResult<User> {
+                let row = sqlx::query(
+                    "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)
+                     RETURNING id, email, password_hash, created_at",
+                )
+                .bind(UserId::new().0)
+                .bind(email)
+                .bind(password_hash)
+                .bind(Utc::now())
+                .fetch_one(self.writer())
+                .await
+                .map_err(|err| match StoreError::from(err) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!("an account with email {email} already exists")),
+                    other => other,
+                })?;
+                user_from_row(&row)
+            }
+
+            async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+                let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE email = $1")
+                    .bind(email)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(user_from_row).transpose()
+            }
+
+            async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+                let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(user_from_row).transpose()
+            }
+
+            async fn plans(&self) -> StoreResult<Vec<Plan>> {
+                let rows = sqlx::query("SELECT * FROM plans ORDER BY sort_order")
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(plan_from_row).collect()
+            }
+
+            async fn plan(&self, id: &str) -> StoreResult<Option<Plan>> {
+                let row = sqlx::query("SELECT * FROM plans WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(plan_from_row).transpose()
+            }
+
+            async fn create_project(&self, project: NewProject) -> StoreResult<Project> {
+                let dimension = i32::try_from(project.dimension)
+                    .map_err(|_| StoreError::Invalid(format!("dimension {} is out of range", project.dimension)))?;
+                let now = Utc::now();
+                let row = sqlx::query(&format!(
+                    "INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                     RETURNING {PROJECT_COLUMNS}"
+                ))
+                .bind(quiver_common::domain::ProjectId::new().0)
+                .bind(project.owner_id.0)
+                .bind(&project.name)
+                .bind(dimension)
+                .bind(project.metric.as_str())
+                .bind(&project.plan_id)
+                .bind(now)
+                .fetch_one(self.writer())
+                .await?;
+                project_from_row(&row)
+            }
+
+            async fn project(&self, id: ProjectId) -> StoreResult<Option<Project>> {
+                let row = sqlx::query(&format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1"))
+                    .bind(id.0)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(project_from_row).transpose()
+            }
+
+            async fn projects_of(&self, owner: UserId) -> StoreResult<Vec<Project>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {PROJECT_COLUMNS} FROM projects WHERE owner_id = $1 ORDER BY created_at, id"
+                ))
+                .bind(owner.0)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(project_from_row).collect()
+            }
+
+            async fn all_projects(&self) -> StoreResult<Vec<Project>> {
+                let rows = sqlx::query(&format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY created_at, id"))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(project_from_row).collect()
+            }
+
+            async fn set_project_plan(&self, id: ProjectId, plan_id: &str) -> StoreResult<Option<Project>> {
+                let row = sqlx::query(&format!(
+                    "UPDATE projects SET plan_id = $2, updated_at = $3 WHERE id = $1 RETURNING {PROJECT_COLUMNS}"
+                ))
+                .bind(id.0)
+                .bind(plan_id)
+                .bind(Utc::now())
+                .fetch_optional(self.writer())
+                .await?;
+                row.as_ref().map(project_from_row).transpose()
+            }
+
+            async fn delete_project(&self, id: ProjectId) -> StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM projects WHERE id = $1")
+                    .bind(id.0)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn project_usage(&self, id: ProjectId) -> StoreResult<ProjectUsage> {
+                let row = sqlx::query(
+                    "SELECT CAST(COALESCE(SUM(live_count), 0) AS BIGINT) AS vectors, COUNT(*) AS namespaces
+                     FROM namespaces WHERE project_id = $1",
+                )
+                .bind(id.0)
+                .fetch_one(self.reader())
+                .await?;
+                let vectors: i64 = row.try_get("vectors")?;
+                let namespaces: i64 = row.try_get("namespaces")?;
+                Ok(ProjectUsage {
+                    vectors: u64::try_from(vectors).map_err(|e| corrupt("live_count", e))?,
+                    namespaces: u64::try_from(namespaces).map_err(|e| corrupt("namespace count", e))?,
+                })
+            }
+
+            async fn create_api_key(&self, key: NewApiKey) -> StoreResult<ApiKey> {
+                let row = sqlx::query(&format!(
+                    "INSERT INTO api_keys (id, project_id, label, role, secret_hash, created_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
+                ))
+                .bind(&key.id)
+                .bind(key.project_id.0)
+                .bind(&key.label)
+                .bind(key.role.as_str())
+                .bind(&key.secret_hash)
+                .bind(Utc::now())
+                .bind(key.expires_at)
+                .fetch_one(self.writer())
+                .await?;
+                key_from_row(&row)
+            }
+
+            async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKey>> {
+                let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(key_from_row).transpose()
+            }
+
+            async fn api_keys_of(&self, project: ProjectId) -> StoreResult<Vec<ApiKey>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE project_id = $1 ORDER BY created_at, id"
+                ))
+                .bind(project.0)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(key_from_row).collect()
+            }
+
+            async fn revoke_api_key(&self, project: ProjectId, id: &str) -> StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $3 WHERE project_id = $1 AND id = $2 AND revoked_at IS NULL",
+                )
+                .bind(project.0)
+                .bind(id)
+                .bind(Utc::now())
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+                sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl Records for $store {
+            async fn upsert(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                records: &[RecordWrite],
+            ) -> StoreResult<WriteOutcome> {
+                let batch = $crate::last_write_wins(records);
+                let now = Utc::now();
+                let mut tx = self.writer().begin().await?;
+                let state = next_seq(&mut tx, project, namespace, true)
+                    .await?
+                    .ok_or_else(|| StoreError::Other(anyhow::anyhow!("namespace upsert returned no row")))?;
+                let already_live: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM records
+                     WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
+                    Self::ids_in("$3")
+                ))
+                .bind(project.0)
+                .bind(namespace)
+                .bind(ids_json(batch.iter().map(|r| &r.id)))
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::insert_records(&mut tx, project, namespace, state.seq, now, &batch).await?;
+                add_live(&mut tx, project, namespace, batch.len() as i64 - already_live).await?;
+                tx.commit().await?;
+                Ok(WriteOutcome {
+                    state,
+                    affected: batch.len() as u64,
+                })
+            }
+
+            async fn fetch(&self, project: ProjectId, namespace: &str, ids: &[String]) -> StoreResult<Vec<Record>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
+                     WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
+                    Self::ids_in("$3")
+                ))
+                .bind(project.0)
+                .bind(namespace)
+                .bind(ids_json(ids))
+                .fetch_all(self.reader())
+                .await?;
+                let mut found: std::collections::HashMap<String, Record> = rows
+                    .iter()
+                    .map(|row| record_from_row(row).map(|r| (r.id.clone(), r)))
+                    .collect::<StoreResult<_>>()?;
+                Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+            }
+
+            async fn update(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                id: &str,
+                patch: &RecordPatch,
+            ) -> StoreResult<Option<(WriteOutcome, Record)>> {
+                let mut tx = self.writer().begin().await?;
+                let Some(state) = next_seq(&mut tx, project, namespace, false).await? else {
+                    return Ok(None);
+                };
+                let row = sqlx::query(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
+                     WHERE project_id = $1 AND namespace = $2 AND id = $3 AND deleted = FALSE"
+                ))
+                .bind(project.0)
+                .bind(namespace)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(mut record) = row.as_ref().map(record_from_row).transpose()? else {
+                    // Dropping the transaction rolls the seq back: nothing changed.
+                    return Ok(None);
+                };
+                if let Some(metadata) = &patch.metadata {
+                    $crate::merge_metadata(&mut record.metadata, metadata);
+                }
+                if let Some(vector) = &patch.vector {
+                    record.vector.clone_from(vector);
+                }
+                if let Some(content) = &patch.content {
+                    record.content = Some(content.clone());
+                }
+                record.seq = state.seq;
+                record.updated_at = Utc::now();
+                sqlx::query(
+                    "UPDATE records SET vector = $4, metadata = $5, content = $6, seq = $7, updated_at = $8
+                     WHERE project_id = $1 AND namespace = $2 AND id = $3",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .bind(id)
+                .bind($crate::encode_vector(&record.vector))
+                .bind(Json(&record.metadata))
+                .bind(&record.content)
+                .bind(record.seq)
+                .bind(record.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some((WriteOutcome { state, affected: 1 }, record)))
+            }
+
+            async fn delete(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                ids: &[String],
+            ) -> StoreResult<Option<WriteOutcome>> {
+                let mut tx = self.writer().begin().await?;
+                let Some(state) = next_seq(&mut tx, project, namespace, false).await? else {
+                    return Ok(None);
+                };
+                let done = sqlx::query(&format!(
+                    "UPDATE records SET deleted = TRUE, vector = $3, metadata = $4, content = NULL, seq = $5, updated_at = $6
+                     WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
+                    Self::ids_in("$7")
+                ))
+                .bind(project.0)
+                .bind(namespace)
+                .bind(Vec::<u8>::new())
+                .bind(Json(Metadata::new()))
+                .bind(state.seq)
+                .bind(Utc::now())
+                .bind(ids_json(ids))
+                .execute(&mut *tx)
+                .await?;
+                let affected = done.rows_affected();
+                if affected == 0 {
+                    // Nothing to delete: roll back so no seq is spent on a no-op.
+                    tx.rollback().await?;
+                    let before = NamespaceState { seq: state.seq - 1, ..state };
+                    return Ok(Some(WriteOutcome { state: before, affected: 0 }));
+                }
+                add_live(&mut tx, project, namespace, -(affected as i64)).await?;
+                tx.commit().await?;
+                Ok(Some(WriteOutcome { state, affected }))
+            }
+
+            async fn changes_since(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                after: i64,
+                limit: u32,
+            ) -> StoreResult<Vec<Change>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
+                     WHERE project_id = $1 AND namespace = $2 AND seq > $3 ORDER BY seq, id LIMIT $4"
+                ))
+                .bind(project.0)
+                .bind(namespace)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        if row.try_get::<bool, _>("deleted")? {
+                            Ok(Change::Delete {
+                                id: row.try_get("id")?,
+                                seq: row.try_get("seq")?,
+                            })
+                        } else {
+                            record_from_row(row).map(Change::Upsert)
+                        }
+                    })
+                    .collect()
+            }
+
+            async fn list_ids(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                prefix: Option<&str>,
+                after: Option<&str>,
+                limit: u32,
+            ) -> StoreResult<Vec<String>> {
+                let ids = sqlx::query_scalar(
+                    "SELECT id FROM records
+                     WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE
+                       AND id > $3 AND substr(id, 1, length($4)) = $4
+                     ORDER BY id LIMIT $5",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .bind(after.unwrap_or(""))
+                .bind(prefix.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+                Ok(ids)
+            }
+
+            async fn namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<NamespaceState>> {
+                let row = sqlx::query("SELECT epoch, seq FROM namespaces WHERE project_id = $1 AND name = $2")
+                    .bind(project.0)
+                    .bind(namespace)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(state_from_row).transpose()
+            }
+
+            async fn namespaces(&self, project: ProjectId) -> StoreResult<Vec<NamespaceInfo>> {
+                let rows = sqlx::query(
+                    "SELECT name, epoch, seq, live_count FROM namespaces WHERE project_id = $1 ORDER BY name",
+                )
+                .bind(project.0)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let count: i64 = row.try_get("live_count")?;
+                        Ok(NamespaceInfo {
+                            name: row.try_get("name")?,
+                            epoch: row.try_get("epoch")?,
+                            seq: row.try_get("seq")?,
+                            count: u64::try_from(count).map_err(|e| corrupt("live_count", e))?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn delete_namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                // Records first, explicitly: a large namespace should not rely on a cascade's plan.
+                sqlx::query("DELETE FROM records WHERE project_id = $1 AND namespace = $2")
+                    .bind(project.0)
+                    .bind(namespace)
+                    .execute(&mut *tx)
+                    .await?;
+                let done = sqlx::query("DELETE FROM namespaces WHERE project_id = $1 AND name = $2")
+                    .bind(project.0)
+                    .bind(namespace)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() > 0)
+            }
+        }
+
+        #[async_trait]
+        impl Idempotency for $store {
+            async fn begin(
+                &self,
+                project: ProjectId,
+                key: &str,
+                request_hash: &str,
+                lease: chrono::Duration,
+                ttl: chrono::Duration,
+            ) -> StoreResult<IdempotencyBegin> {
+                let now = Utc::now();
+                let (now_ms, locked_until, expires_at) = (millis(now), millis(now + lease), millis(now + ttl));
+                let claimed = sqlx::query(
+                    "INSERT INTO idempotency_keys (project_id, key, request_hash, locked_until_ms, expires_at_ms)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (project_id, key) DO NOTHING",
+                )
+                .bind(project.0)
+                .bind(key)
+                .bind(request_hash)
+                .bind(locked_until)
+                .bind(expires_at)
+                .execute(self.writer())
+                .await?;
+                if claimed.rows_affected() == 1 {
+                    return Ok(IdempotencyBegin::Started);
+                }
+                // Take over an expired entry, or an abandoned claim of the same request.
+                // One statement, so two takers cannot both win.
+                let taken = sqlx::query(
+                    "UPDATE idempotency_keys
+                     SET request_hash = $3, response_status = NULL, response_body = NULL,
+                         locked_until_ms = $4, expires_at_ms = $5
+                     WHERE project_id = $1 AND key = $2
+                       AND (expires_at_ms <= $6
+                            OR (response_status IS NULL AND locked_until_ms <= $6 AND request_hash = $3))",
+                )
+                .bind(project.0)
+                .bind(key)
+                .bind(request_hash)
+                .bind(locked_until)
+                .bind(expires_at)
+                .bind(now_ms)
+                .execute(self.writer())
+                .await?;
+                if taken.rows_affected() == 1 {
+                    return Ok(IdempotencyBegin::Started);
+                }
+                let row = sqlx::query(
+                    "SELECT request_hash, response_status, response_body FROM idempotency_keys
+                     WHERE project_id = $1 AND key = $2",
+                )
+                .bind(project.0)
+                .bind(key)
+                .fetch_optional(self.writer())
+                .await?;
+                let Some(row) = row else {
+                    // Purged between our statements: claim it afresh.
+                    return Box::pin(self.begin(project, key, request_hash, lease, ttl)).await;
+                };
+                let stored_hash: String = row.try_get("request_hash")?;
+                let status: Option<i32> = row.try_get("response_status")?;
+                Ok(if stored_hash != request_hash {
+                    IdempotencyBegin::Mismatch
+                } else if let Some(status) = status {
+                    IdempotencyBegin::Replay(StoredResponse {
+                        status: u16::try_from(status).map_err(|e| corrupt("response_status", e))?,
+                        body: row.try_get::<Option<Vec<u8>>, _>("response_body")?.unwrap_or_default(),
+                    })
+                } else {
+                    IdempotencyBegin::InFlight
+                })
+            }
+
+            async fn complete(&self, project: ProjectId, key: &str, response: &StoredResponse) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET response_status = $3, response_body = $4
+                     WHERE project_id = $1 AND key = $2",
+                )
+                .bind(project.0)
+                .bind(key)
+                .bind(i32::from(response.status))
+                .bind(&response.body)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn abort(&self, project: ProjectId, key: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE project_id = $1 AND key = $2 AND response_status IS NULL",
+                )
+                .bind(project.0)
+                .bind(key)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn purge_expired(&self) -> StoreResult<u64> {
+                let done = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at_ms <= $1")
+                    .bind(millis(Utc::now()))
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected())
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;

@@ -1,0 +1,8 @@
+//! The harness Quiver's integration tests share: a fresh Postgres database per test
+//! (from `DATABASE_URL`, or a testcontainers Postgres when that is unset and Docker
+//! answers), store fixtures for both backends, and a way to run the real `quiver`
+//! binary.
+
+pub mod crash;
+pub mod postgres;
+pub mod stores;

@@ -1,0 +1,52 @@
+use std::sync::Arc;
+
+use quiver_store::Store;
+use quiver_store::conformance::StoreFixture;
+use quiver_store::sqlite::SqliteStore;
+
+use crate::postgres::TestDatabase;
+
+/// A migrated SQLite store in a temporary data dir.
+pub struct SqliteFixture {
+    pub store: Arc<dyn Store>,
+    pub dir: tempfile::TempDir,
+}
+
+impl SqliteFixture {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = quiver_store::connect(&SqliteStore::url_for_data_dir(dir.path()))
+            .await
+            .expect("SQLite opens");
+        store.migrate().await.expect("SQLite migrates");
+        Self { store, dir }
+    }
+}
+
+impl StoreFixture for SqliteFixture {
+    fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+}
+
+/// A migrated Postgres store in a database of its own.
+pub struct PostgresFixture {
+    pub store: Arc<dyn Store>,
+    // Declared after the store: fields drop in order, so the pool closes first.
+    pub database: TestDatabase,
+}
+
+impl PostgresFixture {
+    pub async fn new() -> Self {
+        let database = TestDatabase::create().await;
+        let store = quiver_store::connect(database.url()).await.expect("Postgres connects");
+        store.migrate().await.expect("Postgres migrates");
+        Self { store, database }
+    }
+}
+
+impl StoreFixture for PostgresFixture {
+    fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+}
