@@ -136,7 +136,10 @@ impl fmt::Display for Role {
 }
 
 /// One permission a data-plane operation requires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// `read`: search, fetch, query, list. `write`: upsert, update, delete records.
+/// `admin`: delete whole namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     Read,

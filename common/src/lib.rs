@@ -2,13 +2,19 @@
 //! error type that speaks the HTTP error envelope, the HTTP plumbing common to both
 //! planes (request ids, health probes, fallbacks) and telemetry setup.
 
+/// Notices from the control plane to every data-plane pod, in-process or over Redis.
+pub mod bus;
 /// Domain types parsed at the boundary: ids, roles, metrics, plans.
 pub mod domain;
 /// The error envelope: `ApiError` and the `AppJson` extractor.
 pub mod error;
 /// HTTP plumbing shared by both planes: request ids, tracing, health probes, fallbacks.
 pub mod http;
+/// Passwords and API keys: generation, argon2id hashing, parsing.
+pub mod secrets;
 /// Logging setup: pretty on a terminal, JSON for machines.
 pub mod telemetry;
+/// Signed JWTs: console sessions and browser tokens for the data plane.
+pub mod token;
 
 pub use error::{ApiError, AppJson};

@@ -1,0 +1,119 @@
+//! Passwords and API keys: generation, argon2id hashing, parsing.
+//!
+//! An API key reads `qv_live_<key id>_<secret>`. The key id is public (it names the
+//! stored row and appears in listings as the key's prefix); the secret carries 190
+//! bits from the OS's random source and is stored only as an argon2id hash.
+
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand::TryRngCore as _;
+use rand::distr::{Alphanumeric, SampleString as _};
+use rand::rngs::OsRng;
+use sha2::{Digest as _, Sha256};
+
+/// The fixed start of every key.
+pub const KEY_PREFIX: &str = "qv_live_";
+const KEY_ID_LEN: usize = 16;
+const SECRET_LEN: usize = 32;
+
+/// The shortest password an account may have.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// argon2id with the OWASP-recommended minimum: 19 MiB of memory, 2 passes, 1 lane.
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("the OWASP argon2id parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes a password or key secret into a PHC string (random salt included).
+/// CPU-heavy (tens of milliseconds): call it off the async executor.
+pub fn hash_secret(secret: &str) -> String {
+    argon2()
+        .hash_password(secret.as_bytes())
+        .expect("argon2id hashing with valid parameters cannot fail")
+        .to_string()
+}
+
+/// Checks a password or key secret against its PHC hash. A malformed hash never matches.
+/// CPU-heavy: call it off the async executor.
+pub fn verify_secret(secret: &str, hash: &str) -> bool {
+    argon2().verify_password(secret.as_bytes(), hash).is_ok()
+}
+
+/// A newly minted key; `full` is shown to its owner once and never stored.
+#[derive(Debug, Clone)]
+pub struct GeneratedKey {
+    pub id: String,
+    pub secret: String,
+    pub full: String,
+}
+
+/// Mints a key from the OS's random source.
+pub fn generate_api_key() -> GeneratedKey {
+    let mut os = OsRng.unwrap_err();
+    let id = Alphanumeric.sample_string(&mut os, KEY_ID_LEN).to_ascii_lowercase();
+    let secret = Alphanumeric.sample_string(&mut os, SECRET_LEN);
+    let full = format!("{KEY_PREFIX}{id}_{secret}");
+    GeneratedKey { id, secret, full }
+}
+
+/// Splits a presented key into its id and secret, or `None` when it is not shaped like one.
+pub fn parse_api_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(KEY_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let well_formed = id.len() == KEY_ID_LEN
+        && secret.len() == SECRET_LEN
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+    well_formed.then_some((id, secret))
+}
+
+/// The public part of a key, as listings show it: `qv_live_<key id>`.
+pub fn key_prefix(id: &str) -> String {
+    format!("{KEY_PREFIX}{id}")
+}
+
+/// A SHA-256 of a whole presented key: what caches are keyed by, so a cache never
+/// holds a usable secret.
+pub fn fingerprint(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_back_and_differ() {
+        let a = generate_api_key();
+        let b = generate_api_key();
+        assert_ne!(a.full, b.full);
+        assert_eq!(parse_api_key(&a.full), Some((a.id.as_str(), a.secret.as_str())));
+        assert!(a.full.starts_with(&key_prefix(&a.id)));
+    }
+
+    #[test]
+    fn malformed_keys_do_not_parse() {
+        let key = generate_api_key().full;
+        for bad in [
+            "",
+            "qv_live_",
+            &key[..key.len() - 1],
+            &key.replace("qv_live_", "qv_test_"),
+            &format!("{key}x"),
+            "ndb_live_your_api_key_here",
+        ] {
+            assert_eq!(parse_api_key(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_verify_only_against_their_own_hash() {
+        let hash = hash_secret("correct horse battery staple");
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(!hash.contains("correct horse"));
+        assert!(verify_secret("correct horse battery staple", &hash));
+        assert!(!verify_secret("correct horse battery stapl", &hash));
+        assert!(!verify_secret("anything", "not a phc string"));
+    }
+}
