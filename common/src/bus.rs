@@ -98,7 +98,13 @@ impl RedisBus {
         let (sender, _) = broadcast::channel(CAPACITY);
         let subscribed = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(listen(client, channel.clone(), sender.clone(), Arc::clone(&subscribed), ready_tx));
+        tokio::spawn(listen(
+            client,
+            channel.clone(),
+            sender.clone(),
+            Arc::clone(&subscribed),
+            ready_tx,
+        ));
         // Wait for the first subscription so that notices published right after
         // start-up are not missed; give up waiting after a few seconds.
         let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
@@ -214,6 +220,9 @@ mod tests {
     fn notices_have_a_stable_json_shape() {
         let project_id = ProjectId::new();
         let json = serde_json::to_value(Notice::ProjectDeleted { project_id }).expect("serializes");
-        assert_eq!(json, serde_json::json!({"kind": "project_deleted", "project_id": project_id}));
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "project_deleted", "project_id": project_id})
+        );
     }
 }

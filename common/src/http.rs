@@ -96,6 +96,7 @@ fn request_span(request: &Request<Body>) -> Span {
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %request_id,
+        project_id = tracing::field::Empty,
     )
 }
 

@@ -69,7 +69,10 @@ impl JwtKeys {
     /// Keys from a secret of at least 32 bytes.
     pub fn new(secret: &[u8]) -> Result<Self, String> {
         if secret.len() < 32 {
-            return Err(format!("the JWT secret must have at least 32 bytes, it has {}", secret.len()));
+            return Err(format!(
+                "the JWT secret must have at least 32 bytes, it has {}",
+                secret.len()
+            ));
         }
         Ok(Self {
             encoding: EncodingKey::from_secret(secret),
@@ -164,12 +167,19 @@ mod tests {
         let user = UserId::new();
         let (session, _) = keys.issue_session(user, Duration::hours(1));
         assert_eq!(keys.verify_session(&session).expect("valid"), user);
-        assert!(keys.verify_project_token(&session).is_err(), "a session is not a data-plane token");
+        assert!(
+            keys.verify_project_token(&session).is_err(),
+            "a session is not a data-plane token"
+        );
 
         let project = ProjectId::new();
         let scopes = BTreeSet::from([Scope::Read]);
-        let (token, expires) = keys.issue_project_token(project, scopes.clone(), None, "key:x".into(), Duration::days(3));
-        assert!(expires <= Utc::now() + MAX_PROJECT_TOKEN_TTL, "ttl is capped at an hour");
+        let (token, expires) =
+            keys.issue_project_token(project, scopes.clone(), None, "key:x".into(), Duration::days(3));
+        assert!(
+            expires <= Utc::now() + MAX_PROJECT_TOKEN_TTL,
+            "ttl is capped at an hour"
+        );
         let claims = keys.verify_project_token(&token).expect("valid");
         assert_eq!((claims.project_id, claims.scopes), (project, scopes));
         assert!(keys.verify_session(&token).is_err());

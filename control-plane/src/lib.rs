@@ -1,14 +1,71 @@
-//! The control plane: accounts, projects, API keys and plans, served as a JSON API
-//! under `/v1` (and the console) on its own listener.
+//! The control plane: accounts, projects, API keys, plans and browser tokens, served
+//! as a JSON API under `/v1` on its own listener.
+//!
+//! Every route but signup, login and the plan catalog needs a console session
+//! (`Authorization: Bearer <session JWT>`), and every project route checks that the
+//! project belongs to the session's account: another account's project is a 404.
 
 use std::sync::Arc;
 
 use axum::Router;
+use quiver_common::bus::Bus;
 use quiver_common::http::{ReadinessCheck, finish_router, health_router};
+use quiver_common::token::JwtKeys;
 use quiver_store::Store;
 
-/// The control plane's router: health probes and, as the product grows, the `/v1` API.
-pub fn router(store: Arc<dyn Store>) -> Router {
-    let checks: Vec<Arc<dyn ReadinessCheck>> = vec![store];
-    finish_router(health_router(checks))
+/// Signup and login.
+pub mod accounts;
+/// API keys: mint, list, revoke; also used by the `quiver keys` CLI.
+pub mod keys;
+/// The plan catalog.
+pub mod plans;
+/// Projects: create, list, read, change plan, delete.
+pub mod projects;
+/// The session extractor.
+pub mod session;
+/// Short-lived project tokens for browser clients.
+pub mod tokens;
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The data plane's public base URL, shown on every project.
+    pub api_base_url: String,
+    /// How long a console session lasts.
+    pub session_ttl: chrono::Duration,
+}
+
+/// Everything a control-plane handler may use.
+#[derive(Clone)]
+pub struct ControlPlane {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub jwt: JwtKeys,
+    pub settings: Arc<Settings>,
+    login_attempts: Arc<accounts::LoginThrottle>,
+}
+
+impl ControlPlane {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, jwt: JwtKeys, settings: Settings) -> Self {
+        Self {
+            store,
+            bus,
+            jwt,
+            settings: Arc::new(settings),
+            login_attempts: Arc::new(accounts::LoginThrottle::default()),
+        }
+    }
+
+    /// The control plane's router: `/v1` and the health probes.
+    pub fn router(self) -> Router {
+        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![self.store.clone(), self.bus.clone()];
+        let api = Router::new()
+            .merge(accounts::router())
+            .merge(plans::router())
+            .merge(projects::router())
+            .merge(keys::router())
+            .merge(tokens::router())
+            .with_state(self);
+        finish_router(api.merge(health_router(checks)))
+    }
 }

@@ -1,14 +1,39 @@
-//! The data plane: stateless pods that authenticate API keys, enforce limits and serve
-//! the vector, document and query APIs over per-namespace indexes.
+//! The data plane: stateless pods that authenticate API keys and project tokens and
+//! serve the public APIs over each project's data.
 
 use std::sync::Arc;
 
 use axum::Router;
+use quiver_common::bus::Bus;
 use quiver_common::http::{ReadinessCheck, finish_router, health_router};
+use quiver_common::token::JwtKeys;
 use quiver_store::Store;
 
-/// The data plane's router: health probes and, as the product grows, the public APIs.
-pub fn router(store: Arc<dyn Store>) -> Router {
-    let checks: Vec<Arc<dyn ReadinessCheck>> = vec![store];
-    finish_router(health_router(checks))
+/// Credentials to principals: API keys (cached) and project tokens.
+pub mod auth;
+/// Listing and deleting namespaces.
+pub mod namespaces;
+
+/// Everything a data-plane handler may use.
+#[derive(Clone)]
+pub struct DataPlane {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub auth: Arc<auth::Authenticator>,
+}
+
+impl DataPlane {
+    /// A pod's state; starts the tasks that keep its key cache current.
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, jwt: JwtKeys) -> Self {
+        let auth = Arc::new(auth::Authenticator::new(Arc::clone(&store), jwt));
+        auth.spawn_watchers(bus.as_ref());
+        Self { store, bus, auth }
+    }
+
+    /// The data plane's router: the public APIs and the health probes.
+    pub fn router(self) -> Router {
+        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![self.store.clone(), self.bus.clone()];
+        let api = Router::new().merge(namespaces::router()).with_state(self);
+        finish_router(api.merge(health_router(checks)))
+    }
 }

@@ -48,6 +48,7 @@ CREATE TABLE api_keys (
     revoked_at   TIMESTAMPTZ
 );
 CREATE INDEX api_keys_by_project ON api_keys (project_id, created_at);
+CREATE INDEX api_keys_by_revocation ON api_keys (revoked_at) WHERE revoked_at IS NOT NULL;
 
 -- One row per namespace: its write sequence, its live record count and its epoch (new each time it is created).
 -- Writers take the row lock by bumping seq, so seq order is commit order.

@@ -1,11 +1,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use quiver_common::telemetry::LogFormat;
 
-use crate::serve;
+use crate::{keys, serve};
 
 /// Quiver: a multi-tenant vector database.
 ///
@@ -36,11 +35,14 @@ enum Command {
     DataPlane(ClusterArgs),
     /// Apply pending database migrations and exit.
     Migrate(StorageArgs),
+    /// Create, list and revoke API keys from the shell, for automation and first start.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
-    /// Where standalone keeps its database and index snapshots; created if missing.
+    /// Where standalone keeps its database, JWT secret and index snapshots; created if missing.
     #[arg(long, env = "QUIVER_DATA_DIR", default_value = "./quiver-data")]
     pub data_dir: PathBuf,
     /// Address of the data plane: the public vector, document and query APIs.
@@ -56,9 +58,21 @@ pub struct ClusterArgs {
     /// The Postgres database that holds the catalog and the records.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    /// The Redis that carries notices (key revocations, plan changes) between pods.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel, to share one Redis between deployments.
+    #[arg(long, env = "QUIVER_BUS_PREFIX", default_value = "quiver:")]
+    pub bus_prefix: String,
+    /// The secret (at least 32 bytes) that signs sessions and project tokens; the same on every pod.
+    #[arg(long, env = "QUIVER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
     /// Address to listen on.
     #[arg(long, env = "QUIVER_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
+    /// The data plane's public URL, shown on projects as `api_base_url` (control plane).
+    #[arg(long, env = "QUIVER_PUBLIC_DATA_URL", default_value = "http://localhost:8080")]
+    pub public_data_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -90,11 +104,11 @@ impl Cli {
             Some(Command::DataPlane(args)) => serve::cluster(serve::Plane::Data, args).await,
             Some(Command::Migrate(args)) => {
                 let store = serve::open_store(&args.url()?).await?;
-                store.migrate().await.context("migrating the database")?;
                 tracing::info!(backend = store.backend(), "migrations applied");
                 store.close().await;
                 Ok(())
             }
+            Some(Command::Keys(command)) => command.run().await,
         }
     }
 }

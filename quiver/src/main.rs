@@ -3,6 +3,7 @@
 use clap::Parser;
 
 mod cli;
+mod keys;
 mod serve;
 
 fn main() -> std::process::ExitCode {

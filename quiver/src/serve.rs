@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
 use axum::Router;
+use quiver_common::bus::{Bus, InProcessBus, RedisBus};
+use quiver_common::token::JwtKeys;
+use quiver_control_plane::{ControlPlane, Settings};
+use quiver_data_plane::DataPlane;
 use quiver_store::Store;
 use quiver_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
@@ -53,31 +57,101 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
         .map_err(|err| anyhow!("cannot listen on {addr}: {err}; choose another address with {flag}"))
 }
 
+/// How long console sessions last.
+const SESSION_TTL: chrono::Duration = chrono::Duration::hours(12);
+
+/// The JWT secret of a standalone install: generated into the data dir on first
+/// start, readable by its owner only.
+fn standalone_jwt_secret(dir: &Path) -> anyhow::Result<JwtKeys> {
+    let path = dir.join("jwt-secret");
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(secret) => secret,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            use rand::TryRngCore as _;
+            use std::io::Write as _;
+            #[cfg(unix)]
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut bytes = [0u8; 32];
+            rand::rngs::OsRng
+                .try_fill_bytes(&mut bytes)
+                .map_err(|err| anyhow!("the OS random source failed: {err}"))?;
+            let secret = hex::encode(bytes);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            options.mode(0o600);
+            let mut file = options
+                .open(&path)
+                .map_err(|err| anyhow!("cannot create {}: {err}", path.display()))?;
+            file.write_all(secret.as_bytes())?;
+            file.sync_all()?;
+            secret
+        }
+        Err(err) => return Err(anyhow!("cannot read {}: {err}", path.display())),
+    };
+    JwtKeys::new(secret.trim().as_bytes()).map_err(|err| anyhow!("{}: {err}", path.display()))
+}
+
 pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let url = prepare_data_dir(&args.data_dir)?;
     // Bind before opening storage, so a taken port fails fast and touches nothing.
     let data = bind(args.data_addr, "--data-addr").await?;
     let control = bind(args.control_addr, "--control-addr").await?;
+    let jwt = standalone_jwt_secret(&args.data_dir)?;
     let store = open_store(&url).await?;
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
+    let data_url = format!("http://{}", data.local_addr()?);
+    let control_url = format!("http://{}", control.local_addr()?);
+    let settings = Settings {
+        api_base_url: data_url.clone(),
+        session_ttl: SESSION_TTL,
+    };
+    let servers = vec![
+        (
+            data,
+            DataPlane::new(Arc::clone(&store), Arc::clone(&bus), jwt.clone()).router(),
+        ),
+        (
+            control,
+            ControlPlane::new(Arc::clone(&store), bus, jwt, settings).router(),
+        ),
+    ];
     tracing::info!(
         data_dir = %args.data_dir.display(),
-        data_api = %format!("http://{}", data.local_addr()?),
-        control_api = %format!("http://{}", control.local_addr()?),
+        data_api = %data_url,
+        control_api = %control_url,
         "quiver standalone is up"
     );
-    let servers = vec![
-        (data, quiver_data_plane::router(Arc::clone(&store))),
-        (control, quiver_control_plane::router(Arc::clone(&store))),
-    ];
+    if store.all_projects().await?.is_empty() {
+        tracing::info!(
+            sign_up = %format!(
+                "curl -X POST {control_url}/v1/auth/signup -H 'content-type: application/json' \
+                 -d '{{\"email\":\"you@example.com\",\"password\":\"a long passphrase\"}}'"
+            ),
+            first_key = %format!(
+                "quiver keys create --data-dir {} --project <project id> --label my-app --role app_readwrite",
+                args.data_dir.display()
+            ),
+            "first start: sign up on the control plane, create a project, then make a key from the shell"
+        );
+    }
     serve_until_signal(servers, store).await
 }
 
 pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
+    let jwt = JwtKeys::new(args.jwt_secret.as_bytes()).map_err(|err| anyhow!("QUIVER_JWT_SECRET: {err}"))?;
     let listener = bind(args.addr, "--addr").await?;
     let store = open_store(&args.database_url).await?;
+    let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&args.redis_url, &args.bus_prefix).await?);
     let router = match plane {
-        Plane::Control => quiver_control_plane::router(Arc::clone(&store)),
-        Plane::Data => quiver_data_plane::router(Arc::clone(&store)),
+        Plane::Control => {
+            let settings = Settings {
+                api_base_url: args.public_data_url.clone(),
+                session_ttl: SESSION_TTL,
+            };
+            ControlPlane::new(Arc::clone(&store), bus, jwt, settings).router()
+        }
+        Plane::Data => DataPlane::new(Arc::clone(&store), bus, jwt).router(),
     };
     tracing::info!(plane = ?plane, addr = %listener.local_addr()?, "quiver is up");
     serve_until_signal(vec![(listener, router)], store).await

@@ -21,6 +21,9 @@ fn quiver() -> Command {
     ] {
         command.env_remove(var);
     }
+    // Cluster commands need these; tests that reach them point at nothing on purpose.
+    command.env("REDIS_URL", "redis://127.0.0.1:1");
+    command.env("QUIVER_JWT_SECRET", "a-test-secret-of-at-least-32-bytes");
     command.env("RUST_LOG", "info");
     command
 }
@@ -112,7 +115,9 @@ struct Standalone {
     data: String,
     control: String,
     log: std::sync::mpsc::Receiver<Value>,
-    _dir: tempfile::TempDir,
+    /// Every log line so far, for scans.
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    dir: tempfile::TempDir,
 }
 
 impl Standalone {
@@ -134,8 +139,11 @@ impl Standalone {
             .expect("quiver starts");
         let (tx, log) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().expect("piped stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().expect("not poisoned").push(line.clone());
                 let event =
                     serde_json::from_str(&line).unwrap_or_else(|_| panic!("a log line that is not JSON: {line}"));
                 if tx.send(event).is_err() {
@@ -150,7 +158,8 @@ impl Standalone {
             control: field("control_api"),
             child,
             log,
-            _dir: dir,
+            lines,
+            dir,
         }
     }
 }
@@ -243,4 +252,178 @@ fn help_explains_every_standalone_flag_and_its_environment_variable() {
     ] {
         assert!(help.contains(expected), "--help does not mention {expected}:\n{help}");
     }
+}
+
+/// Every file under `dir`, as bytes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("readable dir").map(|e| e.expect("entry")) {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).expect("readable file")));
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn no_password_or_key_secret_reaches_the_data_dir_the_logs_or_an_error() {
+    let mut server = Standalone::start();
+    let http = reqwest::Client::new();
+    let password = "Tr0ub4dor&3-horse-battery";
+    let signup: Value = http
+        .post(format!("{}/v1/auth/signup", server.control))
+        .json(&serde_json::json!({"email": "leak@example.com", "password": password}))
+        .send()
+        .await
+        .expect("signup")
+        .json()
+        .await
+        .expect("json");
+    let session = signup["token"].as_str().expect("token").to_owned();
+    let project: Value = http
+        .post(format!("{}/v1/projects", server.control))
+        .bearer_auth(&session)
+        .json(&serde_json::json!({"name": "p", "dimension": 4, "metric": "cosine"}))
+        .send()
+        .await
+        .expect("project")
+        .json()
+        .await
+        .expect("json");
+    let project_id = project["id"].as_str().expect("id").to_owned();
+
+    // One key from the API, one from the CLI while the server runs.
+    let created: Value = http
+        .post(format!("{}/v1/projects/{project_id}/keys", server.control))
+        .bearer_auth(&session)
+        .json(&serde_json::json!({"label": "api", "role": "admin"}))
+        .send()
+        .await
+        .expect("key")
+        .json()
+        .await
+        .expect("json");
+    let api_key = created["key"].as_str().expect("key").to_owned();
+    let cli = quiver()
+        .args([
+            "keys",
+            "create",
+            "--project",
+            &project_id,
+            "--label",
+            "cli",
+            "--role",
+            "app_readonly",
+            "--data-dir",
+        ])
+        .arg(server.dir.path())
+        .output()
+        .expect("quiver keys runs");
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let cli_key = String::from_utf8(cli.stdout).expect("utf-8").trim().to_owned();
+    assert!(cli_key.starts_with("qv_live_"), "{cli_key}");
+
+    // Use them every way, including the query string, and fail a few times.
+    for key in [&api_key, &cli_key] {
+        let ok = http
+            .get(format!("{}/v1/namespaces?api_key={key}", server.data))
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(ok.status(), 200);
+        let wrong = format!("{}x", &key[..key.len() - 1]);
+        let refused = http
+            .get(format!("{}/v1/namespaces", server.data))
+            .header("x-api-key", &wrong)
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(refused.status(), 401);
+        let body = refused.text().await.expect("body");
+        assert!(!body.contains(&key[24..]), "an error echoed a secret: {body}");
+    }
+    let failed_login = http
+        .post(format!("{}/v1/auth/login", server.control))
+        .json(&serde_json::json!({"email": "leak@example.com", "password": format!("{password}!")}))
+        .send()
+        .await
+        .expect("login");
+    assert!(!failed_login.text().await.expect("body").contains(password));
+
+    let listed = quiver()
+        .args(["keys", "list", "--project", &project_id, "--data-dir"])
+        .arg(server.dir.path())
+        .output()
+        .expect("quiver keys list runs");
+    let listing = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(listing.contains("cli") && listing.contains("api"), "{listing}");
+
+    kill(Pid::from_raw(server.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    wait_for(&server.log, "shut down cleanly");
+    server.child.wait().expect("exit");
+
+    let secrets = [password, &api_key[24..], &cli_key[24..]];
+    for (path, bytes) in files_under(server.dir.path()) {
+        for secret in secrets {
+            assert!(!contains(&bytes, secret), "{} contains a secret", path.display());
+        }
+    }
+    let logs = server.lines.lock().expect("not poisoned").join("\n");
+    for secret in secrets {
+        assert!(!logs.contains(secret), "the logs contain a secret");
+    }
+    assert!(!listing.contains(&cli_key[24..]) && !listing.contains(&api_key[24..]));
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(server.dir.path().join("jwt-secret"))
+            .expect("jwt secret")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the JWT secret is readable by its owner only");
+    }
+}
+
+#[test]
+fn keys_cli_refuses_unknown_projects_and_roles_with_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let unknown = quiver()
+        .args([
+            "keys",
+            "create",
+            "--project",
+            "0190a1b2-0000-7000-8000-000000000000",
+            "--label",
+            "x",
+            "--role",
+            "admin",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert_fails_with_one_line(unknown, &["no project", "--project"]);
+    let bad_role = quiver()
+        .args([
+            "keys",
+            "create",
+            "--project",
+            "0190a1b2-0000-7000-8000-000000000000",
+            "--label",
+            "x",
+            "--role",
+            "owner",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!bad_role.status.success());
+    assert!(String::from_utf8_lossy(&bad_role.stderr).contains("app_readonly"));
 }

@@ -133,6 +133,9 @@ pub trait Catalog: Send + Sync {
     async fn api_keys_of(&self, project: ProjectId) -> StoreResult<Vec<ApiKey>>;
     /// Marks a key revoked; `false` when the project has no such live key.
     async fn revoke_api_key(&self, project: ProjectId, id: &str) -> StoreResult<bool>;
+    /// Keys revoked at or after `since`, oldest first: pods poll this so that a
+    /// revocation holds even when its bus notice is lost.
+    async fn keys_revoked_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<ApiKey>>;
     /// Records that a key was used (best effort, coarse-grained by the caller).
     async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()>;
 }

@@ -346,6 +346,16 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() > 0)
             }
 
+            async fn keys_revoked_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<ApiKey>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at >= $1 ORDER BY revoked_at, id"
+                ))
+                .bind(since)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(key_from_row).collect()
+            }
+
             async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
                 sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
                     .bind(id)

@@ -3,6 +3,8 @@
 //! answers), store fixtures for both backends, and a way to run the real `quiver`
 //! binary.
 
+pub mod app;
 pub mod crash;
 pub mod postgres;
+pub mod redis;
 pub mod stores;

@@ -1,4 +1,8 @@
 //! Quiver's integration tests, in one binary so the workspace links once.
 
+mod support;
+
+mod control_plane;
 mod crash;
+mod data_plane_auth;
 mod store_conformance;

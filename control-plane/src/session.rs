@@ -1,0 +1,47 @@
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use quiver_common::ApiError;
+use quiver_common::domain::{ProjectId, UserId};
+use quiver_store::Project;
+
+use crate::ControlPlane;
+
+/// The account behind a valid console session (`Authorization: Bearer <JWT>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    pub user: UserId,
+}
+
+impl FromRequestParts<ControlPlane> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ControlPlane) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or_else(|| {
+                ApiError::Unauthorized("sign in first: send Authorization: Bearer <session token>".into())
+            })?;
+        let user = state
+            .jwt
+            .verify_session(token.trim())
+            .map_err(|_| ApiError::Unauthorized("the session token is invalid or expired: sign in again".into()))?;
+        Ok(Session { user })
+    }
+}
+
+impl Session {
+    /// The project if this session's account owns it; otherwise a 404, so that
+    /// other accounts' project ids cannot be probed.
+    pub async fn owned_project(&self, state: &ControlPlane, id: &str) -> Result<Project, ApiError> {
+        let not_found = || ApiError::NotFound(format!("no project {id}"));
+        let id: ProjectId = id.parse().map_err(|_| not_found())?;
+        match state.store.project(id).await? {
+            Some(project) if project.owner_id == self.user => Ok(project),
+            _ => Err(not_found()),
+        }
+    }
+}

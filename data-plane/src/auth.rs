@@ -1,0 +1,321 @@
+//! Who is calling: API keys and project tokens, resolved to a [`Principal`].
+//!
+//! An API key is checked against its argon2id hash once; the outcome is cached under a
+//! SHA-256 of the whole key (bounded, with a TTL), so a cached check costs
+//! microseconds and the cache never holds a usable secret. Revocations reach the cache
+//! two ways: bus notices (immediately) and a poll of recently revoked keys every
+//! second (a safety net for lost notices, and for revocations made by the CLI).
+//! Project tokens (JWTs) are verified with the shared secret, no database involved.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use quiver_common::ApiError;
+use quiver_common::bus::{Bus, Notice};
+use quiver_common::domain::{ProjectId, Scope};
+use quiver_common::secrets::{fingerprint, parse_api_key, verify_secret};
+use quiver_common::token::{JwtKeys, looks_like_jwt};
+use quiver_store::Store;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::DataPlane;
+
+/// How long a verified key stays cached when nothing revokes it.
+const CACHE_TTL: Duration = Duration::from_secs(300);
+/// How many verified keys a pod keeps.
+const CACHE_CAPACITY: u64 = 100_000;
+/// How often `last_used_at` is written per key, at most.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// An authenticated caller. The only way to a project's data: handlers take the
+/// project from here, never from the request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub project_id: ProjectId,
+    pub scopes: BTreeSet<Scope>,
+    /// `Some` for tokens limited to some namespaces.
+    pub namespaces: Option<BTreeSet<String>>,
+    /// The API key's id, or the token's subject.
+    pub credential: String,
+}
+
+impl Principal {
+    /// A 403 unless the caller has `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            let name = match scope {
+                Scope::Read => "read",
+                Scope::Write => "write",
+                Scope::Admin => "admin",
+            };
+            Err(ApiError::Forbidden(format!(
+                "this credential lacks the {name} scope needed for this operation"
+            )))
+        }
+    }
+
+    /// A 403 unless the caller may touch `namespace`.
+    pub fn require_namespace(&self, namespace: &str) -> Result<(), ApiError> {
+        match &self.namespaces {
+            Some(allowed) if !allowed.contains(namespace) => Err(ApiError::Forbidden(format!(
+                "this token may not access namespace \"{namespace}\""
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the caller may see `namespace` (for listings).
+    pub fn may_see(&self, namespace: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(namespace))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct VerifiedKey {
+    key_id: String,
+    project_id: ProjectId,
+    scopes: BTreeSet<Scope>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Resolves credentials to principals. One per pod.
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    jwt: JwtKeys,
+    verified: moka::future::Cache<[u8; 32], Arc<VerifiedKey>>,
+    /// Keys revoked recently: checked on every hit, so a verification that raced a
+    /// revocation cannot resurrect the key. Pruned after the cache TTL.
+    revoked: Mutex<HashMap<String, Instant>>,
+    touched: moka::future::Cache<String, ()>,
+}
+
+/// Why a credential was refused; all become 401s with the same message shape.
+#[derive(Debug)]
+enum Refusal {
+    Unknown,
+    Revoked,
+    Expired,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>, jwt: JwtKeys) -> Self {
+        Self {
+            store,
+            jwt,
+            verified: moka::future::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(CACHE_TTL)
+                .support_invalidation_closures()
+                .build(),
+            revoked: Mutex::new(HashMap::new()),
+            touched: moka::future::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(TOUCH_EVERY)
+                .build(),
+        }
+    }
+
+    /// Starts the tasks that keep the cache honest: bus notices and the revocation poll.
+    pub fn spawn_watchers(self: &Arc<Self>, bus: &dyn Bus) {
+        let mut notices = bus.subscribe();
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match notices.recv().await {
+                    Ok(notice) => this.apply(&notice),
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "missed bus notices; dropping every cached key");
+                        this.verified.invalidate_all();
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut since = Utc::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Overlap the windows a little: clocks of pods and database differ.
+                let now = Utc::now();
+                match this
+                    .store
+                    .keys_revoked_since(since - chrono::Duration::seconds(2))
+                    .await
+                {
+                    Ok(keys) => {
+                        for key in keys {
+                            this.forget_key(&key.id);
+                        }
+                        since = now;
+                    }
+                    Err(err) => tracing::debug!(error = %err, "polling revoked keys failed; will retry"),
+                }
+            }
+        });
+    }
+
+    fn apply(&self, notice: &Notice) {
+        match notice {
+            Notice::KeyRevoked { key_id, .. } => self.forget_key(key_id),
+            Notice::ProjectDeleted { project_id } => {
+                let project_id = *project_id;
+                let _ = self
+                    .verified
+                    .invalidate_entries_if(move |_, v| v.project_id == project_id);
+            }
+            Notice::ProjectChanged { .. } => {}
+        }
+    }
+
+    fn forget_key(&self, key_id: &str) {
+        {
+            let mut revoked = self.revoked.lock().expect("the revoked set is never poisoned");
+            let now = Instant::now();
+            revoked.retain(|_, at| now.duration_since(*at) < CACHE_TTL);
+            revoked.insert(key_id.to_owned(), now);
+        }
+        let key_id = key_id.to_owned();
+        let _ = self.verified.invalidate_entries_if(move |_, v| v.key_id == key_id);
+    }
+
+    fn recently_revoked(&self, key_id: &str) -> bool {
+        self.revoked
+            .lock()
+            .expect("the revoked set is never poisoned")
+            .contains_key(key_id)
+    }
+
+    /// Resolves a presented credential: an API key or a project token.
+    pub async fn authenticate(&self, credential: &str) -> Result<Principal, ApiError> {
+        if looks_like_jwt(credential) {
+            let claims = self
+                .jwt
+                .verify_project_token(credential)
+                .map_err(|_| ApiError::Unauthorized("the token is invalid or expired".into()))?;
+            return Ok(Principal {
+                project_id: claims.project_id,
+                scopes: claims.scopes,
+                namespaces: claims.namespaces,
+                credential: claims.sub,
+            });
+        }
+        let key = self.verify_key(credential).await.map_err(|refusal| {
+            ApiError::Unauthorized(match refusal {
+                Refusal::Unknown => "invalid API key".to_owned(),
+                Refusal::Revoked => "this API key was revoked".to_owned(),
+                Refusal::Expired => "this API key has expired".to_owned(),
+            })
+        })?;
+        self.touch(&key.key_id).await;
+        Ok(Principal {
+            project_id: key.project_id,
+            scopes: key.scopes.clone(),
+            namespaces: None,
+            credential: key.key_id.clone(),
+        })
+    }
+
+    async fn verify_key(&self, presented: &str) -> Result<Arc<VerifiedKey>, Refusal> {
+        let (key_id, secret) = parse_api_key(presented).ok_or(Refusal::Unknown)?;
+        let fingerprint = fingerprint(presented);
+        let key = match self.verified.get(&fingerprint).await {
+            Some(hit) => hit,
+            None => {
+                let loaded = self.load_key(key_id, secret).await?;
+                self.verified.insert(fingerprint, Arc::clone(&loaded)).await;
+                loaded
+            }
+        };
+        if self.recently_revoked(&key.key_id) {
+            self.verified.invalidate(&fingerprint).await;
+            return Err(Refusal::Revoked);
+        }
+        if key.expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Err(Refusal::Expired);
+        }
+        Ok(key)
+    }
+
+    async fn load_key(&self, key_id: &str, secret: &str) -> Result<Arc<VerifiedKey>, Refusal> {
+        let stored = match self.store.api_key(key_id).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Err(Refusal::Unknown),
+            Err(err) => {
+                // Fail closed, but say so in the log: a database outage is not a bad key.
+                tracing::warn!(error = %err, "cannot load an API key");
+                return Err(Refusal::Unknown);
+            }
+        };
+        if stored.revoked_at.is_some() {
+            return Err(Refusal::Revoked);
+        }
+        let (secret, hash) = (secret.to_owned(), stored.secret_hash.clone());
+        let matches = tokio::task::spawn_blocking(move || verify_secret(&secret, &hash))
+            .await
+            .unwrap_or(false);
+        if !matches {
+            return Err(Refusal::Unknown);
+        }
+        Ok(Arc::new(VerifiedKey {
+            key_id: stored.id,
+            project_id: stored.project_id,
+            scopes: stored.role.scopes().iter().copied().collect(),
+            expires_at: stored.expires_at,
+        }))
+    }
+
+    /// Writes `last_used_at` at most once a minute per key, off the request path.
+    async fn touch(&self, key_id: &str) {
+        if self.touched.contains_key(key_id) {
+            return;
+        }
+        self.touched.insert(key_id.to_owned(), ()).await;
+        let (store, key_id) = (Arc::clone(&self.store), key_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(err) = store.touch_api_key(&key_id, Utc::now()).await {
+                tracing::debug!(error = %err, key_id = %key_id, "recording key use failed");
+            }
+        });
+    }
+}
+
+/// The credential of a request: `x-api-key`, `Authorization: Bearer`, or `?api_key=`
+/// (accepted for clients that cannot set headers; the query is never logged).
+fn credential(parts: &Parts) -> Option<String> {
+    if let Some(key) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key.trim().to_owned());
+    }
+    if let Some(auth) = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, value) = auth.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| value.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == "api_key").then(|| value.to_owned())
+    })
+}
+
+impl FromRequestParts<DataPlane> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &DataPlane) -> Result<Self, Self::Rejection> {
+        let credential = credential(parts)
+            .ok_or_else(|| ApiError::Unauthorized("missing API key: send x-api-key or Authorization: Bearer".into()))?;
+        let principal = state.auth.authenticate(&credential).await?;
+        tracing::Span::current().record("project_id", tracing::field::display(principal.project_id));
+        Ok(principal)
+    }
+}

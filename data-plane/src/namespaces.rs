@@ -1,0 +1,68 @@
+use axum::extract::{Path, State};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use quiver_common::ApiError;
+use quiver_common::domain::Scope;
+use serde::Serialize;
+
+use crate::DataPlane;
+use crate::auth::Principal;
+
+pub fn router() -> Router<DataPlane> {
+    Router::new()
+        .route("/v1/namespaces", get(list))
+        .route("/v1/namespaces/{namespace}", delete(remove))
+}
+
+#[derive(Debug, Serialize)]
+pub struct NamespaceView {
+    pub name: String,
+    pub vector_count: u64,
+    /// The sequence number of the namespace's last write.
+    pub seq: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NamespaceList {
+    pub namespaces: Vec<NamespaceView>,
+}
+
+async fn list(State(state): State<DataPlane>, principal: Principal) -> Result<Json<NamespaceList>, ApiError> {
+    principal.require(Scope::Read)?;
+    let namespaces = state
+        .store
+        .namespaces(principal.project_id)
+        .await?
+        .into_iter()
+        .filter(|ns| principal.may_see(&ns.name))
+        .map(|ns| NamespaceView {
+            name: ns.name,
+            vector_count: ns.count,
+            seq: ns.seq,
+        })
+        .collect();
+    Ok(Json(NamespaceList { namespaces }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Deleted {
+    pub deleted: bool,
+    pub namespace: String,
+}
+
+async fn remove(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    Path(namespace): Path<String>,
+) -> Result<Json<Deleted>, ApiError> {
+    principal.require(Scope::Admin)?;
+    principal.require_namespace(&namespace)?;
+    if !state.store.delete_namespace(principal.project_id, &namespace).await? {
+        return Err(ApiError::NotFound(format!("no namespace \"{namespace}\"")));
+    }
+    tracing::info!(project_id = %principal.project_id, namespace = %namespace, "namespace deleted");
+    Ok(Json(Deleted {
+        deleted: true,
+        namespace,
+    }))
+}

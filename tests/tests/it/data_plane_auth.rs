@@ -1,0 +1,407 @@
+//! Data-plane authentication and authorization, over HTTP on both backends, and key
+//! revocation across pods through Redis.
+
+use std::time::{Duration, Instant};
+
+use quiver_common::domain::{Metric, ProjectId};
+use quiver_store::{NewProject, RecordWrite};
+use quiver_tests::app::{JWT_SECRET, TestApp, read};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{assert_error, on_both_backends};
+
+on_both_backends!(
+    keys_are_accepted_in_every_documented_place,
+    missing_malformed_unknown_and_wrong_keys_are_401s,
+    each_role_has_exactly_its_scopes,
+    the_project_always_comes_from_the_credential,
+    revoked_keys_are_refused_at_once,
+    expired_keys_are_refused,
+    project_tokens_carry_scopes_and_namespaces,
+    forged_expired_and_foreign_tokens_are_401s,
+    deleting_a_project_stops_its_keys,
+);
+
+async fn list(app: &TestApp, pod: usize, key: &str) -> (u16, Value) {
+    read(
+        app.data_request(pod, Method::GET, "/v1/namespaces")
+            .header("x-api-key", key)
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await
+}
+
+async fn delete_namespace(app: &TestApp, key: &str, namespace: &str) -> (u16, Value) {
+    let path = format!("/v1/namespaces/{namespace}");
+    read(
+        app.data_request(0, Method::DELETE, &path)
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await
+}
+
+async fn seed(app: &TestApp, project: &str, namespace: &str) {
+    let project: ProjectId = project.parse().expect("project id");
+    let record = RecordWrite {
+        id: "sku-1".into(),
+        vector: vec![0.11, 0.22, 0.33, 0.44],
+        metadata: Default::default(),
+        content: None,
+    };
+    app.store.upsert(project, namespace, &[record]).await.expect("seed");
+}
+
+async fn keys_are_accepted_in_every_documented_place(app: TestApp) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let (key, _) = app.key(&session, &project, "app_readonly").await;
+    seed(&app, &project, "products").await;
+
+    let header = app
+        .data_request(0, Method::GET, "/v1/namespaces")
+        .header("x-api-key", &key);
+    let bearer = app
+        .data_request(0, Method::GET, "/v1/namespaces")
+        .header("authorization", format!("Bearer {key}"));
+    let query = app.data_request(0, Method::GET, &format!("/v1/namespaces?api_key={key}"));
+    for request in [header, bearer, query] {
+        let (status, body) = read(request.send().await.expect("answer")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["namespaces"],
+            json!([{"name": "products", "vector_count": 1, "seq": 1}])
+        );
+    }
+}
+
+async fn missing_malformed_unknown_and_wrong_keys_are_401s(app: TestApp) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let (key, id) = app.key(&session, &project, "admin").await;
+    let wrong_secret = format!("qv_live_{id}_{}", "A".repeat(32));
+    let unknown = format!("qv_live_{}_{}", "0".repeat(16), "A".repeat(32));
+
+    let (status, body) = read(
+        app.data_request(0, Method::GET, "/v1/namespaces")
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    let message = assert_error(status, &body, 401, "UNAUTHORIZED");
+    assert!(message.contains("x-api-key"), "{message}");
+    for bad in [
+        "",
+        "garbage",
+        "ndb_live_your_api_key_here",
+        &unknown,
+        &wrong_secret,
+        &key[..key.len() - 1],
+    ] {
+        let (status, body) = list(&app, 0, bad).await;
+        assert_error(status, &body, 401, "UNAUTHORIZED");
+        assert!(!body.to_string().contains(&key[20..]), "the error echoes no secret");
+    }
+    let (status, body) = read(
+        app.data_request(0, Method::GET, "/v1/namespaces")
+            .header("authorization", format!("Basic {key}"))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_error(status, &body, 401, "UNAUTHORIZED");
+    assert_eq!(
+        list(&app, 0, &key).await.0,
+        200,
+        "the real key still works after the failures"
+    );
+}
+
+async fn each_role_has_exactly_its_scopes(app: TestApp) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    seed(&app, &project, "a").await;
+    seed(&app, &project, "b").await;
+    let (readonly, _) = app.key(&session, &project, "app_readonly").await;
+    let (readwrite, _) = app.key(&session, &project, "app_readwrite").await;
+    let (admin, _) = app.key(&session, &project, "admin").await;
+
+    for key in [&readonly, &readwrite, &admin] {
+        assert_eq!(list(&app, 0, key).await.0, 200);
+    }
+    for key in [&readonly, &readwrite] {
+        let (status, body) = delete_namespace(&app, key, "a").await;
+        let message = assert_error(status, &body, 403, "FORBIDDEN");
+        assert!(message.contains("admin"), "{message}");
+    }
+    let (status, body) = delete_namespace(&app, &admin, "a").await;
+    assert_eq!((status, body), (200, json!({"deleted": true, "namespace": "a"})));
+    let (status, body) = delete_namespace(&app, &admin, "a").await;
+    assert_error(status, &body, 404, "NOT_FOUND");
+    let (_, listed) = list(&app, 0, &readonly).await;
+    assert_eq!(listed["namespaces"].as_array().map(Vec::len), Some(1));
+}
+
+async fn the_project_always_comes_from_the_credential(app: TestApp) {
+    let alice = app.signup().await;
+    let bob = app.signup().await;
+    let alices = app.project(&alice).await;
+    let bobs = app.project(&bob).await;
+    seed(&app, &alices, "private").await;
+    let (bob_admin, _) = app.key(&bob, &bobs, "admin").await;
+
+    let (_, listed) = list(&app, 0, &bob_admin).await;
+    assert_eq!(listed["namespaces"], json!([]));
+    let (status, body) = delete_namespace(&app, &bob_admin, "private").await;
+    assert_error(status, &body, 404, "NOT_FOUND");
+    let namespaces = app
+        .store
+        .namespaces(alices.parse().expect("id"))
+        .await
+        .expect("namespaces");
+    assert_eq!(namespaces.len(), 1, "alice's namespace survives bob's attempt");
+}
+
+async fn revoked_keys_are_refused_at_once(app: TestApp) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let (key, id) = app.key(&session, &project, "app_readonly").await;
+    assert_eq!(list(&app, 0, &key).await.0, 200, "the key is verified and cached");
+
+    let (status, _) = app
+        .control_call(
+            Method::DELETE,
+            &format!("/v1/projects/{project}/keys/{id}"),
+            Some(&session),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = list(&app, 0, &key).await;
+    let message = assert_error(status, &body, 401, "UNAUTHORIZED");
+    assert!(message.contains("revoked"), "{message}");
+}
+
+async fn expired_keys_are_refused(app: TestApp) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let (status, created) = app
+        .control_call(
+            Method::POST,
+            &format!("/v1/projects/{project}/keys"),
+            Some(&session),
+            Some(json!({"label": "short-lived", "role": "admin", "expires_at": expires.to_rfc3339()})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().expect("key").to_owned();
+    assert_eq!(list(&app, 0, &key).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (status, body) = list(&app, 0, &key).await;
+    let message = assert_error(status, &body, 401, "UNAUTHORIZED");
+    assert!(message.contains("expired"), "{message}");
+}
+
+async fn mint_token(app: &TestApp, session: &str, project: &str, body: Value) -> String {
+    let (status, minted) = app
+        .control_call(
+            Method::POST,
+            &format!("/v1/projects/{project}/tokens"),
+            Some(session),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    minted["token"].as_str().expect("token").to_owned()
+}
+
+async fn project_tokens_carry_scopes_and_namespaces(app: TestApp) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    seed(&app, &project, "public").await;
+    seed(&app, &project, "secret").await;
+
+    let reader = mint_token(&app, &session, &project, json!({})).await;
+    let (status, body) = read(
+        app.data_request(0, Method::GET, "/v1/namespaces")
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["namespaces"].as_array().map(Vec::len), Some(2));
+    let (status, body) = delete_namespace(&app, &reader, "public").await;
+    assert_error(status, &body, 403, "FORBIDDEN");
+
+    let scoped = mint_token(
+        &app,
+        &session,
+        &project,
+        json!({"scopes": ["read", "admin"], "namespaces": ["public"]}),
+    )
+    .await;
+    let (_, body) = read(
+        app.data_request(0, Method::GET, "/v1/namespaces")
+            .bearer_auth(&scoped)
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!(body["namespaces"][0]["name"], "public");
+    assert_eq!(
+        body["namespaces"].as_array().map(Vec::len),
+        Some(1),
+        "only its namespaces are visible"
+    );
+    let (status, body) = delete_namespace(&app, &scoped, "secret").await;
+    assert_error(status, &body, 403, "FORBIDDEN");
+    let (status, _) = delete_namespace(&app, &scoped, "public").await;
+    assert_eq!(status, 200);
+}
+
+fn forge(secret: &[u8], algorithm: jsonwebtoken::Algorithm, project: &str, exp_offset: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "project_id": project, "scopes": ["read", "write", "admin"], "sub": "forger",
+        "aud": "quiver-data", "iss": "quiver", "iat": now, "exp": now + exp_offset, "jti": "x",
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(algorithm),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("sign")
+}
+
+async fn forged_expired_and_foreign_tokens_are_401s(app: TestApp) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let other_project = app.project(&app.signup().await).await;
+    seed(&app, &project, "ns").await;
+    let genuine = forge(JWT_SECRET, jsonwebtoken::Algorithm::HS256, &project, 60);
+    let (status, _) = delete_namespace(&app, &genuine, "nothing-here").await;
+    assert_eq!(status, 404, "a well-signed token passes authentication");
+
+    let mut tampered = genuine.clone();
+    tampered.pop();
+    tampered.push(if genuine.ends_with('A') { 'B' } else { 'A' });
+    let refused = [
+        forge(
+            b"another-secret-of-at-least-32-bytes",
+            jsonwebtoken::Algorithm::HS256,
+            &project,
+            60,
+        ),
+        forge(JWT_SECRET, jsonwebtoken::Algorithm::HS512, &project, 60),
+        forge(JWT_SECRET, jsonwebtoken::Algorithm::HS256, &project, -5),
+        tampered,
+        session.clone(),
+    ];
+    for token in &refused {
+        let (status, body) = read(
+            app.data_request(0, Method::GET, "/v1/namespaces")
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("answer"),
+        )
+        .await;
+        assert_error(status, &body, 401, "UNAUTHORIZED");
+    }
+    // A genuine token for another project sees that project, not this one.
+    let theirs = forge(JWT_SECRET, jsonwebtoken::Algorithm::HS256, &other_project, 60);
+    let (status, body) = read(
+        app.data_request(0, Method::GET, "/v1/namespaces")
+            .bearer_auth(&theirs)
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!((status, body["namespaces"].clone()), (200, json!([])));
+}
+
+async fn deleting_a_project_stops_its_keys(app: TestApp) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let (key, _) = app.key(&session, &project, "admin").await;
+    assert_eq!(list(&app, 0, &key).await.0, 200);
+    let (status, _) = app
+        .control_call(Method::DELETE, &format!("/v1/projects/{project}"), Some(&session), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = list(&app, 0, &key).await;
+    assert_error(status, &body, 401, "UNAUTHORIZED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_pod_through_redis_within_a_second() {
+    let app = TestApp::cluster(2).await;
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let (key, id) = app.key(&session, &project, "app_readonly").await;
+    for pod in 0..2 {
+        assert_eq!(list(&app, pod, &key).await.0, 200, "pod {pod} caches the key");
+    }
+    let revoked_at = Instant::now();
+    let (status, _) = app
+        .control_call(
+            Method::DELETE,
+            &format!("/v1/projects/{project}/keys/{id}"),
+            Some(&session),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    for pod in 0..2 {
+        loop {
+            let (status, _) = list(&app, pod, &key).await;
+            if status == 401 {
+                break;
+            }
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "pod {pod} still accepts the revoked key"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_the_store_work_without_the_control_plane() {
+    // Keys written by `quiver keys create` (straight into the store) authenticate too.
+    let app = TestApp::start(quiver_tests::app::Backend::Sqlite).await;
+    let user = app.store.create_user("cli@example.com", "h").await.expect("user");
+    let project = app
+        .store
+        .create_project(NewProject {
+            owner_id: user.id,
+            name: "cli".into(),
+            dimension: 4,
+            metric: Metric::Cosine,
+            plan_id: "starter".into(),
+        })
+        .await
+        .expect("project");
+    let request = quiver_control_plane::keys::CreateKey {
+        label: "cli".into(),
+        role: quiver_common::domain::Role::AppReadonly,
+        expires_at: None,
+    };
+    let created = quiver_control_plane::keys::mint(app.store.as_ref(), project.id, request)
+        .await
+        .expect("mint");
+    assert_eq!(list(&app, 0, &created.key).await.0, 200);
+}

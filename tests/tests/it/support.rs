@@ -1,0 +1,33 @@
+//! Helpers for writing one test body and running it on both backends.
+
+/// `on_both_backends!(name, ...)` expands, for each `name`, to `name::sqlite` and
+/// `name::postgres` tests that call `name(TestApp::start(backend))`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use quiver_tests::app::{Backend, TestApp};
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(TestApp::start(Backend::Sqlite).await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(TestApp::start(Backend::Postgres).await).await;
+                }
+            }
+        )*
+    };
+}
+
+pub(crate) use on_both_backends;
+
+/// Asserts an error envelope with this status and code, and returns its message.
+pub fn assert_error(status: u16, body: &serde_json::Value, expected_status: u16, code: &str) -> String {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(body["error"]["status"], expected_status, "{body}");
+    body["error"]["message"].as_str().expect("a message").to_owned()
+}
