@@ -60,15 +60,16 @@ pub enum ApiError {
 }
 
 /// The body of every error response.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorEnvelope {
     pub error: ErrorBody,
 }
 
 /// The inner object of [`ErrorEnvelope`].
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable, machine-readable code such as `VALIDATION_ERROR`.
+    #[schema(example = "VALIDATION_ERROR")]
     pub code: String,
     /// What went wrong, in one lowercase sentence.
     pub message: String,

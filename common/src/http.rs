@@ -37,11 +37,23 @@ pub fn health_router(checks: Vec<Arc<dyn ReadinessCheck>>) -> Router {
         .with_state(Arc::new(checks))
 }
 
-async fn healthz() -> Json<Value> {
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "alive", example = json!({"status": "ok"}))))]
+pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(checks): State<Checks>) -> Result<Json<Value>, ApiError> {
+/// Every dependency (storage, bus) answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "ready", example = json!({"status": "ready", "checks": {"storage": "ok", "bus": "ok"}})),
+        (status = 503, description = "a check failed", body = crate::error::ErrorEnvelope),
+    )
+)]
+pub async fn readyz(State(checks): State<Checks>) -> Result<Json<Value>, ApiError> {
     let mut components = serde_json::Map::new();
     let mut failures = Vec::new();
     for check in checks.iter() {

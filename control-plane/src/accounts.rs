@@ -29,20 +29,23 @@ impl Default for LoginThrottle {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
+    #[schema(example = "ada@example.com")]
     pub email: String,
+    /// At least 12 characters.
+    #[schema(min_length = 12, max_length = 1024, example = "correct horse battery")]
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: UserId,
     pub email: String,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<UserView>,
@@ -89,7 +92,19 @@ fn check_password(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn signup(
+/// Create an account and start a session.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/signup",
+    tag = "accounts",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "account created", body = SessionView),
+        (status = 400, description = "bad email or password shorter than 12 characters", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, description = "the email is taken", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn signup(
     State(state): State<ControlPlane>,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
@@ -119,7 +134,19 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-async fn login(
+/// Start a session.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    tag = "accounts",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "signed in", body = SessionView),
+        (status = 401, description = "wrong email or password", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "too many attempts for this email", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn login(
     State(state): State<ControlPlane>,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Json<SessionView>, ApiError> {

@@ -19,16 +19,17 @@ pub fn router() -> Router<ControlPlane> {
         .route("/v1/projects/{id}/keys/{key_id}", delete(revoke))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    #[schema(min_length = 1, max_length = 100, example = "my-app")]
     pub label: String,
     pub role: Role,
     pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A key as listings show it: never the secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: String,
     /// `qv_live_<id>`: the public start of the key, to recognise it by.
@@ -57,7 +58,7 @@ impl From<ApiKey> for KeyView {
 }
 
 /// A new key: the only time the whole key is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     /// The whole key. Store it now: Quiver keeps only a hash of its secret.
     pub key: String,
@@ -65,7 +66,7 @@ pub struct CreatedKey {
     pub view: KeyView,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyList {
     pub keys: Vec<KeyView>,
 }
@@ -129,7 +130,22 @@ pub async fn revoke_key(
     Ok(())
 }
 
-async fn create(
+/// Create a key. The response is the only time the whole key is shown.
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{id}/keys",
+    tag = "keys",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "project id")),
+    request_body = CreateKey,
+    responses(
+        (status = 201, body = CreatedKey),
+        (status = 400, description = "bad label, role or expiry", body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn create(
     State(state): State<ControlPlane>,
     session: Session,
     Path(id): Path<String>,
@@ -140,7 +156,16 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn list(
+/// A project's keys: prefix, label, role, dates; never the secret.
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{id}/keys",
+    tag = "keys",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "project id")),
+    responses((status = 200, body = KeyList), (status = 401, body = quiver_common::error::ErrorEnvelope), (status = 404, body = quiver_common::error::ErrorEnvelope))
+)]
+pub async fn list(
     State(state): State<ControlPlane>,
     session: Session,
     Path(id): Path<String>,
@@ -152,7 +177,16 @@ async fn list(
     }))
 }
 
-async fn revoke(
+/// Revoke a key: every data-plane pod refuses it within a second.
+#[utoipa::path(
+    delete,
+    path = "/v1/projects/{id}/keys/{key_id}",
+    tag = "keys",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "project id"), ("key_id" = String, Path, description = "key id")),
+    responses((status = 204, description = "revoked"), (status = 401, body = quiver_common::error::ErrorEnvelope), (status = 404, body = quiver_common::error::ErrorEnvelope))
+)]
+pub async fn revoke(
     State(state): State<ControlPlane>,
     session: Session,
     Path((id, key_id)): Path<(String, String)>,

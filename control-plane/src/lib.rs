@@ -17,6 +17,8 @@ use quiver_store::Store;
 pub mod accounts;
 /// API keys: mint, list, revoke; also used by the `quiver keys` CLI.
 pub mod keys;
+/// The OpenAPI document of this plane.
+pub mod openapi;
 /// The plan catalog.
 pub mod plans;
 /// Projects: create, list, read, change plan, delete.
@@ -25,6 +27,13 @@ pub mod projects;
 pub mod session;
 /// Short-lived project tokens for browser clients.
 pub mod tokens;
+
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi::spec_json(),
+    )
+}
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -65,6 +74,7 @@ impl ControlPlane {
             .merge(projects::router())
             .merge(keys::router())
             .merge(tokens::router())
+            .route("/openapi.json", axum::routing::get(openapi_json))
             .with_state(self);
         finish_router(api.merge(health_router(checks)))
     }

@@ -11,12 +11,14 @@ pub fn router() -> Router<ControlPlane> {
     Router::new().route("/v1/plans", get(list))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PlanList {
     pub plans: Vec<Plan>,
 }
 
-async fn list(State(state): State<ControlPlane>) -> Result<Json<PlanList>, ApiError> {
+/// The plan catalog, cheapest first.
+#[utoipa::path(get, path = "/v1/plans", tag = "plans", responses((status = 200, body = PlanList)))]
+pub async fn list(State(state): State<ControlPlane>) -> Result<Json<PlanList>, ApiError> {
     Ok(Json(PlanList {
         plans: state.store.plans().await?,
     }))

@@ -21,13 +21,18 @@ pub fn router() -> Router<ControlPlane> {
 /// The largest dimension a project may have.
 pub const MAX_DIMENSION: u32 = 4096;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
+    #[schema(min_length = 1, max_length = 200, example = "shop search")]
     pub name: String,
+    /// The length of every vector in the project.
+    #[schema(minimum = 1, maximum = 4096, example = 768)]
     pub dimension: u32,
     pub metric: Metric,
+    /// A plan id from `GET /v1/plans`.
     #[serde(default = "default_plan")]
+    #[schema(default = "starter", example = "developer")]
     pub plan: String,
 }
 
@@ -35,13 +40,13 @@ fn default_plan() -> String {
     "starter".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
     pub plan: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProjectView {
     pub id: ProjectId,
     pub name: String,
@@ -58,7 +63,7 @@ pub struct ProjectView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageView {
     pub vectors: u64,
     pub namespaces: u64,
@@ -73,7 +78,7 @@ impl From<ProjectUsage> for UsageView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProjectList {
     pub projects: Vec<ProjectView>,
 }
@@ -114,7 +119,20 @@ async fn known_plan(state: &ControlPlane, plan: &str) -> Result<(), ApiError> {
     })
 }
 
-async fn create(
+/// Create a project.
+#[utoipa::path(
+    post,
+    path = "/v1/projects",
+    tag = "projects",
+    security(("session" = [])),
+    request_body = CreateProject,
+    responses(
+        (status = 201, body = ProjectView),
+        (status = 400, description = "bad name, dimension, metric or plan", body = quiver_common::error::ErrorEnvelope),
+        (status = 401, description = "no valid session", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn create(
     State(state): State<ControlPlane>,
     session: Session,
     AppJson(body): AppJson<CreateProject>,
@@ -151,7 +169,15 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, project, true).await?)))
 }
 
-async fn list(State(state): State<ControlPlane>, session: Session) -> Result<Json<ProjectList>, ApiError> {
+/// The caller's projects.
+#[utoipa::path(
+    get,
+    path = "/v1/projects",
+    tag = "projects",
+    security(("session" = [])),
+    responses((status = 200, body = ProjectList), (status = 401, body = quiver_common::error::ErrorEnvelope))
+)]
+pub async fn list(State(state): State<ControlPlane>, session: Session) -> Result<Json<ProjectList>, ApiError> {
     let mut projects = Vec::new();
     for project in state.store.projects_of(session.user).await? {
         projects.push(view(&state, project, false).await?);
@@ -159,7 +185,16 @@ async fn list(State(state): State<ControlPlane>, session: Session) -> Result<Jso
     Ok(Json(ProjectList { projects }))
 }
 
-async fn read(
+/// A project with its limits, usage and data-plane URL.
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{id}",
+    tag = "projects",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "project id")),
+    responses((status = 200, body = ProjectView), (status = 401, body = quiver_common::error::ErrorEnvelope), (status = 404, body = quiver_common::error::ErrorEnvelope))
+)]
+pub async fn read(
     State(state): State<ControlPlane>,
     session: Session,
     Path(id): Path<String>,
@@ -168,7 +203,22 @@ async fn read(
     Ok(Json(view(&state, project, true).await?))
 }
 
-async fn update(
+/// Change a project's plan.
+#[utoipa::path(
+    patch,
+    path = "/v1/projects/{id}",
+    tag = "projects",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "project id")),
+    request_body = UpdateProject,
+    responses(
+        (status = 200, body = ProjectView),
+        (status = 400, description = "unknown plan", body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn update(
     State(state): State<ControlPlane>,
     session: Session,
     Path(id): Path<String>,
@@ -191,7 +241,16 @@ async fn update(
     Ok(Json(view(&state, project, true).await?))
 }
 
-async fn remove(
+/// Delete a project with its keys, namespaces and records.
+#[utoipa::path(
+    delete,
+    path = "/v1/projects/{id}",
+    tag = "projects",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "project id")),
+    responses((status = 204, description = "deleted"), (status = 401, body = quiver_common::error::ErrorEnvelope), (status = 404, body = quiver_common::error::ErrorEnvelope))
+)]
+pub async fn remove(
     State(state): State<ControlPlane>,
     session: Session,
     Path(id): Path<String>,

@@ -17,7 +17,7 @@ pub fn router() -> Router<ControlPlane> {
     Router::new().route("/v1/projects/{id}/tokens", post(mint))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// What the token may do; by default, read only.
@@ -28,10 +28,11 @@ pub struct CreateToken {
     pub namespaces: Option<BTreeSet<String>>,
     /// Lifetime in seconds, 1 to 3600 (default 900).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600, default = 900)]
     pub ttl_seconds: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenView {
     pub token: String,
     pub project_id: ProjectId,
@@ -41,7 +42,22 @@ pub struct TokenView {
     pub expires_at: DateTime<Utc>,
 }
 
-async fn mint(
+/// Mint a short-lived token for browser clients of one project's data plane.
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{id}/tokens",
+    tag = "tokens",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "project id")),
+    request_body = CreateToken,
+    responses(
+        (status = 201, body = TokenView),
+        (status = 400, description = "bad scopes, namespaces or ttl", body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn mint(
     State(state): State<ControlPlane>,
     session: Session,
     Path(id): Path<String>,

@@ -13,6 +13,15 @@ use quiver_store::Store;
 pub mod auth;
 /// Listing and deleting namespaces.
 pub mod namespaces;
+/// The OpenAPI document of this plane.
+pub mod openapi;
+
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi::spec_json(),
+    )
+}
 
 /// Everything a data-plane handler may use.
 #[derive(Clone)]
@@ -33,7 +42,10 @@ impl DataPlane {
     /// The data plane's router: the public APIs and the health probes.
     pub fn router(self) -> Router {
         let checks: Vec<Arc<dyn ReadinessCheck>> = vec![self.store.clone(), self.bus.clone()];
-        let api = Router::new().merge(namespaces::router()).with_state(self);
+        let api = Router::new()
+            .merge(namespaces::router())
+            .route("/openapi.json", axum::routing::get(openapi_json))
+            .with_state(self);
         finish_router(api.merge(health_router(checks)))
     }
 }

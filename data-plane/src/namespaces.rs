@@ -14,7 +14,7 @@ pub fn router() -> Router<DataPlane> {
         .route("/v1/namespaces/{namespace}", delete(remove))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NamespaceView {
     pub name: String,
     pub vector_count: u64,
@@ -22,12 +22,24 @@ pub struct NamespaceView {
     pub seq: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NamespaceList {
     pub namespaces: Vec<NamespaceView>,
 }
 
-async fn list(State(state): State<DataPlane>, principal: Principal) -> Result<Json<NamespaceList>, ApiError> {
+/// The project's namespaces with their vector counts.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces",
+    tag = "namespaces",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    responses(
+        (status = 200, body = NamespaceList),
+        (status = 401, description = "missing or invalid credential", body = quiver_common::error::ErrorEnvelope),
+        (status = 403, description = "no read scope", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn list(State(state): State<DataPlane>, principal: Principal) -> Result<Json<NamespaceList>, ApiError> {
     principal.require(Scope::Read)?;
     let namespaces = state
         .store
@@ -44,13 +56,27 @@ async fn list(State(state): State<DataPlane>, principal: Principal) -> Result<Js
     Ok(Json(NamespaceList { namespaces }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
     pub deleted: bool,
     pub namespace: String,
 }
 
-async fn remove(
+/// Delete a namespace and every record in it (admin scope).
+#[utoipa::path(
+    delete,
+    path = "/v1/namespaces/{namespace}",
+    tag = "namespaces",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(("namespace" = String, Path)),
+    responses(
+        (status = 200, body = Deleted),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, description = "no admin scope", body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn remove(
     State(state): State<DataPlane>,
     principal: Principal,
     Path(namespace): Path<String>,

@@ -38,6 +38,12 @@ enum Command {
     /// Create, list and revoke API keys from the shell, for automation and first start.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Print a plane's OpenAPI document (JSON) on stdout.
+    Openapi {
+        /// Which plane: control-plane or data-plane.
+        #[arg(value_parser = ["control-plane", "data-plane"])]
+        plane: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +115,14 @@ impl Cli {
                 Ok(())
             }
             Some(Command::Keys(command)) => command.run().await,
+            Some(Command::Openapi { plane }) => {
+                let spec = match plane.as_str() {
+                    "control-plane" => quiver_control_plane::openapi::spec_json(),
+                    _ => quiver_data_plane::openapi::spec_json(),
+                };
+                println!("{spec}");
+                Ok(())
+            }
         }
     }
 }

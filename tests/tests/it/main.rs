@@ -5,4 +5,5 @@ mod support;
 mod control_plane;
 mod crash;
 mod data_plane_auth;
+mod openapi;
 mod store_conformance;
