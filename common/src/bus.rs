@@ -1,18 +1,19 @@
 //! The bus: how the control plane tells every data-plane pod that something changed
 //! (a key was revoked, a project changed plan or was deleted).
 //!
-//! Standalone uses [`InProcessBus`]; a cluster uses [`RedisBus`] (Redis pub/sub on one
-//! channel per deployment prefix). Subscribers get a `tokio::sync::broadcast` receiver;
-//! one that lags behind must assume it missed notices and drop what it cached.
+//! Standalone uses [`InProcessBus`], which calls listeners before `publish` returns, so
+//! a revocation holds before the control plane answers. A cluster uses [`RedisBus`]
+//! (Redis pub/sub on one channel per deployment prefix); after any gap in its
+//! subscription it tells listeners [`BusEvent::MayHaveMissed`], and they must drop
+//! what they cached.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
 use crate::domain::ProjectId;
 use crate::http::ReadinessCheck;
@@ -29,41 +30,58 @@ pub enum Notice {
     ProjectDeleted { project_id: ProjectId },
 }
 
-/// Publishes notices and hands out subscriptions.
+/// What a listener hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    Notice(Notice),
+    /// The subscription had a gap (Redis restarted, the network dropped): notices
+    /// may have been lost, so cached state must be dropped or revalidated.
+    MayHaveMissed,
+}
+
+/// A listener: called for every event, on the publisher's task (in-process) or the
+/// bus's task (Redis). It must be quick and must not block.
+pub type Listener = Arc<dyn Fn(&BusEvent) + Send + Sync>;
+
+/// Publishes notices and calls listeners.
 #[async_trait]
 pub trait Bus: ReadinessCheck + Send + Sync {
-    /// Sends a notice to every subscriber, in this process and others.
+    /// Sends a notice to every listener, in this process and others.
     async fn publish(&self, notice: Notice) -> anyhow::Result<()>;
-    /// A receiver of every notice published from now on.
-    fn subscribe(&self) -> broadcast::Receiver<Notice>;
+    /// Adds a listener for every event from now on.
+    fn listen(&self, listener: Listener);
 }
 
-const CAPACITY: usize = 4096;
+#[derive(Default, Clone)]
+struct Listeners(Arc<RwLock<Vec<Listener>>>);
 
-/// The bus of a single process.
-#[derive(Debug, Clone)]
-pub struct InProcessBus {
-    sender: broadcast::Sender<Notice>,
-}
+impl Listeners {
+    fn add(&self, listener: Listener) {
+        self.0.write().expect("listeners are never poisoned").push(listener);
+    }
 
-impl Default for InProcessBus {
-    fn default() -> Self {
-        Self {
-            sender: broadcast::channel(CAPACITY).0,
+    fn call(&self, event: &BusEvent) {
+        for listener in self.0.read().expect("listeners are never poisoned").iter() {
+            listener(event);
         }
     }
+}
+
+/// The bus of a single process: `publish` calls every listener before it returns.
+#[derive(Default, Clone)]
+pub struct InProcessBus {
+    listeners: Listeners,
 }
 
 #[async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, notice: Notice) -> anyhow::Result<()> {
-        // No receiver yet is fine: nobody has anything cached.
-        let _ = self.sender.send(notice);
+        self.listeners.call(&BusEvent::Notice(notice));
         Ok(())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.sender.subscribe()
+    fn listen(&self, listener: Listener) {
+        self.listeners.add(listener);
     }
 }
 
@@ -79,11 +97,11 @@ impl ReadinessCheck for InProcessBus {
 }
 
 /// A bus over Redis pub/sub. A background task keeps one subscription open,
-/// reconnecting with backoff, and fans notices out to local subscribers.
+/// reconnecting with backoff, and calls the local listeners.
 pub struct RedisBus {
     channel: String,
     connection: redis::aio::ConnectionManager,
-    sender: broadcast::Sender<Notice>,
+    listeners: Listeners,
     subscribed: Arc<AtomicBool>,
 }
 
@@ -95,13 +113,13 @@ impl RedisBus {
             .await
             .map_err(|err| anyhow::anyhow!("cannot reach Redis: {err}; check REDIS_URL and that Redis is running"))?;
         let channel = format!("{prefix}notices");
-        let (sender, _) = broadcast::channel(CAPACITY);
+        let listeners = Listeners::default();
         let subscribed = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(listen(
+        tokio::spawn(subscribe(
             client,
             channel.clone(),
-            sender.clone(),
+            listeners.clone(),
             Arc::clone(&subscribed),
             ready_tx,
         ));
@@ -111,20 +129,21 @@ impl RedisBus {
         Ok(Self {
             channel,
             connection,
-            sender,
+            listeners,
             subscribed,
         })
     }
 }
 
-async fn listen(
+async fn subscribe(
     client: redis::Client,
     channel: String,
-    sender: broadcast::Sender<Notice>,
+    listeners: Listeners,
     subscribed: Arc<AtomicBool>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
+    let mut had_gap = false;
     let mut backoff = Duration::from_millis(100);
     loop {
         match client.get_async_pubsub().await {
@@ -137,13 +156,14 @@ async fn listen(
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(());
                     }
+                    if std::mem::take(&mut had_gap) {
+                        listeners.call(&BusEvent::MayHaveMissed);
+                    }
                     let mut messages = pubsub.into_on_message();
                     while let Some(message) = messages.next().await {
                         let payload: Vec<u8> = message.get_payload_bytes().to_vec();
                         match serde_json::from_slice::<Notice>(&payload) {
-                            Ok(notice) => {
-                                let _ = sender.send(notice);
-                            }
+                            Ok(notice) => listeners.call(&BusEvent::Notice(notice)),
                             Err(err) => tracing::warn!(error = %err, "ignoring a malformed bus notice"),
                         }
                     }
@@ -152,6 +172,7 @@ async fn listen(
             },
             Err(err) => tracing::debug!(error = %err, "connecting to Redis failed"),
         }
+        had_gap = true;
         if subscribed.swap(false, Ordering::SeqCst) {
             // Log once per outage, not once per retry.
             tracing::warn!(channel = %channel, "lost the bus subscription; reconnecting");
@@ -175,8 +196,8 @@ impl Bus for RedisBus {
         Ok(())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.sender.subscribe()
+    fn listen(&self, listener: Listener) {
+        self.listeners.add(listener);
     }
 }
 
@@ -204,16 +225,20 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn in_process_notices_reach_every_subscriber() {
+    async fn in_process_notices_reach_every_listener_before_publish_returns() {
         let bus = InProcessBus::default();
-        let (mut a, mut b) = (bus.subscribe(), bus.subscribe());
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for _ in 0..2 {
+            let heard = Arc::clone(&heard);
+            bus.listen(Arc::new(move |event| heard.lock().expect("lock").push(event.clone())));
+        }
         let notice = Notice::KeyRevoked {
             project_id: ProjectId::new(),
             key_id: "abc".into(),
         };
         bus.publish(notice.clone()).await.expect("publish");
-        assert_eq!(a.recv().await.expect("a"), notice);
-        assert_eq!(b.recv().await.expect("b"), notice);
+        let expected = BusEvent::Notice(notice);
+        assert_eq!(*heard.lock().expect("lock"), vec![expected.clone(), expected]);
     }
 
     #[test]

@@ -16,12 +16,11 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use quiver_common::ApiError;
-use quiver_common::bus::{Bus, Notice};
+use quiver_common::bus::{Bus, BusEvent, Notice};
 use quiver_common::domain::{ProjectId, Scope};
 use quiver_common::secrets::{fingerprint, parse_api_key, verify_secret};
 use quiver_common::token::{JwtKeys, looks_like_jwt};
 use quiver_store::Store;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::DataPlane;
 
@@ -124,22 +123,15 @@ impl Authenticator {
         }
     }
 
-    /// Starts the tasks that keep the cache honest: bus notices and the revocation poll.
+    /// Keeps the cache honest: listens to bus notices and polls revocations.
     pub fn spawn_watchers(self: &Arc<Self>, bus: &dyn Bus) {
-        let mut notices = bus.subscribe();
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                match notices.recv().await {
-                    Ok(notice) => this.apply(&notice),
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "missed bus notices; dropping every cached key");
-                        this.verified.invalidate_all();
-                    }
-                    Err(RecvError::Closed) => break,
-                }
+        // A weak reference: the bus must not keep a dropped pod's cache alive.
+        let weak = Arc::downgrade(self);
+        bus.listen(Arc::new(move |event| {
+            if let Some(this) = weak.upgrade() {
+                this.apply(event);
             }
-        });
+        }));
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let mut since = Utc::now();
@@ -166,16 +158,20 @@ impl Authenticator {
         });
     }
 
-    fn apply(&self, notice: &Notice) {
-        match notice {
-            Notice::KeyRevoked { key_id, .. } => self.forget_key(key_id),
-            Notice::ProjectDeleted { project_id } => {
+    fn apply(&self, event: &BusEvent) {
+        match event {
+            BusEvent::Notice(Notice::KeyRevoked { key_id, .. }) => self.forget_key(key_id),
+            BusEvent::Notice(Notice::ProjectDeleted { project_id }) => {
                 let project_id = *project_id;
                 let _ = self
                     .verified
                     .invalidate_entries_if(move |_, v| v.project_id == project_id);
             }
-            Notice::ProjectChanged { .. } => {}
+            BusEvent::Notice(Notice::ProjectChanged { .. }) => {}
+            BusEvent::MayHaveMissed => {
+                tracing::warn!("the bus had a gap; dropping every cached key");
+                self.verified.invalidate_all();
+            }
         }
     }
 

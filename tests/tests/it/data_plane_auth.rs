@@ -34,6 +34,23 @@ async fn list(app: &TestApp, pod: usize, key: &str) -> (u16, Value) {
     .await
 }
 
+/// Polls pod `pod` until `key` is refused, failing if that takes a second or more:
+/// the promise is that a revocation holds on every pod within one second.
+async fn assert_refused_within_a_second(app: &TestApp, pod: usize, key: &str, since: Instant) -> Value {
+    loop {
+        let (status, body) = list(app, pod, key).await;
+        if status == 401 {
+            assert_error(status, &body, 401, "UNAUTHORIZED");
+            return body;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "pod {pod} still accepts the key after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn delete_namespace(app: &TestApp, key: &str, namespace: &str) -> (u16, Value) {
     let path = format!("/v1/namespaces/{namespace}");
     read(
@@ -365,17 +382,8 @@ async fn a_revocation_reaches_every_pod_through_redis_within_a_second() {
         .await;
     assert_eq!(status, 204);
     for pod in 0..2 {
-        loop {
-            let (status, _) = list(&app, pod, &key).await;
-            if status == 401 {
-                break;
-            }
-            assert!(
-                revoked_at.elapsed() < Duration::from_secs(1),
-                "pod {pod} still accepts the revoked key"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Across processes the notice travels through Redis: the promise is one second.
+        assert_refused_within_a_second(&app, pod, &key, revoked_at).await;
     }
 }
 
