@@ -20,7 +20,7 @@ use quiver_common::bus::{Bus, BusEvent, Notice};
 use quiver_common::domain::{ProjectId, Scope};
 use quiver_common::secrets::{fingerprint, parse_api_key, verify_secret};
 use quiver_common::token::{JwtKeys, looks_like_jwt};
-use quiver_store::Store;
+use quiver_store::{Project, Store};
 
 use crate::DataPlane;
 
@@ -31,11 +31,13 @@ const CACHE_CAPACITY: u64 = 100_000;
 /// How often `last_used_at` is written per key, at most.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
-/// An authenticated caller. The only way to a project's data: handlers take the
-/// project from here, never from the request.
+/// An authenticated caller and its project. The only way to a project's data:
+/// handlers take the project from here, never from the request.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub project_id: ProjectId,
+    /// The project, from the pod's cache.
+    pub project: Arc<Project>,
     pub scopes: BTreeSet<Scope>,
     /// `Some` for tokens limited to some namespaces.
     pub namespaces: Option<BTreeSet<String>>,
@@ -84,6 +86,15 @@ struct VerifiedKey {
     project_id: ProjectId,
     scopes: BTreeSet<Scope>,
     expires_at: Option<DateTime<Utc>>,
+}
+
+/// Who a credential belongs to, before its project is looked up.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub project_id: ProjectId,
+    pub scopes: BTreeSet<Scope>,
+    pub namespaces: Option<BTreeSet<String>>,
+    pub credential: String,
 }
 
 /// Resolves credentials to principals. One per pod.
@@ -163,9 +174,13 @@ impl Authenticator {
             BusEvent::Notice(Notice::KeyRevoked { key_id, .. }) => self.forget_key(key_id),
             BusEvent::Notice(Notice::ProjectDeleted { project_id }) => {
                 let project_id = *project_id;
-                let _ = self
+                if self
                     .verified
-                    .invalidate_entries_if(move |_, v| v.project_id == project_id);
+                    .invalidate_entries_if(move |_, v| v.project_id == project_id)
+                    .is_err()
+                {
+                    self.verified.invalidate_all();
+                }
             }
             BusEvent::Notice(Notice::ProjectChanged { .. }) => {}
             BusEvent::MayHaveMissed => {
@@ -183,7 +198,13 @@ impl Authenticator {
             revoked.insert(key_id.to_owned(), now);
         }
         let key_id = key_id.to_owned();
-        let _ = self.verified.invalidate_entries_if(move |_, v| v.key_id == key_id);
+        if self
+            .verified
+            .invalidate_entries_if(move |_, v| v.key_id == key_id)
+            .is_err()
+        {
+            self.verified.invalidate_all();
+        }
     }
 
     fn recently_revoked(&self, key_id: &str) -> bool {
@@ -194,13 +215,13 @@ impl Authenticator {
     }
 
     /// Resolves a presented credential: an API key or a project token.
-    pub async fn authenticate(&self, credential: &str) -> Result<Principal, ApiError> {
+    pub async fn authenticate(&self, credential: &str) -> Result<Credential, ApiError> {
         if looks_like_jwt(credential) {
             let claims = self
                 .jwt
                 .verify_project_token(credential)
                 .map_err(|_| ApiError::Unauthorized("the token is invalid or expired".into()))?;
-            return Ok(Principal {
+            return Ok(Credential {
                 project_id: claims.project_id,
                 scopes: claims.scopes,
                 namespaces: claims.namespaces,
@@ -215,7 +236,7 @@ impl Authenticator {
             })
         })?;
         self.touch(&key.key_id).await;
-        Ok(Principal {
+        Ok(Credential {
             project_id: key.project_id,
             scopes: key.scopes.clone(),
             namespaces: None,
@@ -310,8 +331,20 @@ impl FromRequestParts<DataPlane> for Principal {
     async fn from_request_parts(parts: &mut Parts, state: &DataPlane) -> Result<Self, Self::Rejection> {
         let credential = credential(parts)
             .ok_or_else(|| ApiError::Unauthorized("missing API key: send x-api-key or Authorization: Bearer".into()))?;
-        let principal = state.auth.authenticate(&credential).await?;
-        tracing::Span::current().record("project_id", tracing::field::display(principal.project_id));
-        Ok(principal)
+        let credential = state.auth.authenticate(&credential).await?;
+        // A token outlives nothing: one for a deleted project is refused like a bad one.
+        let project = state
+            .projects
+            .get(credential.project_id)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("the credential's project does not exist".into()))?;
+        tracing::Span::current().record("project_id", tracing::field::display(project.id));
+        Ok(Principal {
+            project_id: project.id,
+            project,
+            scopes: credential.scopes,
+            namespaces: credential.namespaces,
+            credential: credential.credential,
+        })
     }
 }

@@ -15,6 +15,8 @@ pub mod auth;
 pub mod namespaces;
 /// The OpenAPI document of this plane.
 pub mod openapi;
+/// The projects this pod serves, cached.
+pub mod projects;
 
 async fn openapi_json() -> impl axum::response::IntoResponse {
     (
@@ -29,6 +31,7 @@ pub struct DataPlane {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub auth: Arc<auth::Authenticator>,
+    pub projects: Arc<projects::Projects>,
 }
 
 impl DataPlane {
@@ -36,7 +39,13 @@ impl DataPlane {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, jwt: JwtKeys) -> Self {
         let auth = Arc::new(auth::Authenticator::new(Arc::clone(&store), jwt));
         auth.spawn_watchers(bus.as_ref());
-        Self { store, bus, auth }
+        let projects = projects::Projects::new(Arc::clone(&store), bus.as_ref());
+        Self {
+            store,
+            bus,
+            auth,
+            projects,
+        }
     }
 
     /// The data plane's router: the public APIs and the health probes.

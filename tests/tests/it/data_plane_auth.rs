@@ -336,6 +336,37 @@ async fn forged_expired_and_foreign_tokens_are_401s(app: TestApp) {
         .await;
         assert_error(status, &body, 401, "UNAUTHORIZED");
     }
+    // A well-signed token for a project that does not exist (or was deleted) is refused.
+    let ghost = forge(
+        JWT_SECRET,
+        jsonwebtoken::Algorithm::HS256,
+        &ProjectId::new().to_string(),
+        60,
+    );
+    let (status, body) = read(
+        app.data_request(0, Method::GET, "/v1/namespaces")
+            .bearer_auth(&ghost)
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    let message = assert_error(status, &body, 401, "UNAUTHORIZED");
+    assert!(message.contains("project"), "{message}");
+    let (status, _) = app
+        .control_call(Method::DELETE, &format!("/v1/projects/{project}"), Some(&session), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = read(
+        app.data_request(0, Method::GET, "/v1/namespaces")
+            .bearer_auth(&genuine)
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_error(status, &body, 401, "UNAUTHORIZED");
+
     // A genuine token for another project sees that project, not this one.
     let theirs = forge(JWT_SECRET, jsonwebtoken::Algorithm::HS256, &other_project, 60);
     let (status, body) = read(
