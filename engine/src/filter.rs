@@ -1,0 +1,290 @@
+//! Metadata filters: the vector API's filter language, parsed once into a [`Filter`]
+//! and evaluated against a record's metadata.
+//!
+//! `{"category": "hardware"}` is equality; operators are `$eq $ne $gt $gte $lt $lte
+//! $in $nin $exists`, combined with `$and` / `$or` (arrays of filters). Several keys in
+//! one object must all hold. When the metadata value is an array, `$eq`/`$in` match if
+//! any element matches, and `$ne`/`$nin` if none does. Comparisons (`$gt`…) apply to
+//! numbers, and to strings (byte order); values of other types never compare.
+
+use std::cmp::Ordering;
+
+use serde_json::{Map, Value};
+
+/// A parsed filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// Every record.
+    All,
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Field { key: String, op: Op },
+}
+
+/// A condition on one metadata field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Eq(Value),
+    Ne(Value),
+    Gt(Value),
+    Gte(Value),
+    Lt(Value),
+    Lte(Value),
+    In(Vec<Value>),
+    Nin(Vec<Value>),
+    Exists(bool),
+}
+
+/// Why a filter was refused; the message names the offending part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid filter: {0}")]
+pub struct FilterError(pub String);
+
+/// How deep `$and`/`$or` may nest: bounded, so a hostile filter cannot exhaust the stack.
+const MAX_DEPTH: usize = 16;
+
+impl Filter {
+    /// Parses the JSON form.
+    pub fn parse(value: &Value) -> Result<Filter, FilterError> {
+        parse(value, 0)
+    }
+
+    /// Whether `metadata` satisfies the filter.
+    pub fn matches(&self, metadata: &Map<String, Value>) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::And(all) => all.iter().all(|f| f.matches(metadata)),
+            Filter::Or(any) => any.iter().any(|f| f.matches(metadata)),
+            Filter::Field { key, op } => op.holds(metadata.get(key)),
+        }
+    }
+
+    /// Whether the filter lets every record through.
+    pub fn is_all(&self) -> bool {
+        matches!(self, Filter::All)
+    }
+}
+
+fn parse(value: &Value, depth: usize) -> Result<Filter, FilterError> {
+    if depth > MAX_DEPTH {
+        return Err(FilterError(format!("nested deeper than {MAX_DEPTH} levels")));
+    }
+    let object = value
+        .as_object()
+        .ok_or_else(|| FilterError(format!("expected an object, got {}", kind(value))))?;
+    let mut parts = Vec::with_capacity(object.len());
+    for (key, condition) in object {
+        match key.as_str() {
+            "$and" | "$or" => {
+                let items = condition
+                    .as_array()
+                    .filter(|items| !items.is_empty())
+                    .ok_or_else(|| FilterError(format!("{key} takes a non-empty array of filters")))?;
+                let parsed = items.iter().map(|item| parse(item, depth + 1)).collect::<Result<Vec<_>, _>>()?;
+                parts.push(if key == "$and" { Filter::And(parsed) } else { Filter::Or(parsed) });
+            }
+            other if other.starts_with('$') => {
+                return Err(FilterError(format!(
+                    "unknown operator {other} at the top level: use $and, $or, or a metadata key"
+                )));
+            }
+            field => parts.extend(parse_field(field, condition)?),
+        }
+    }
+    Ok(match parts.len() {
+        0 => Filter::All,
+        1 => parts.pop().expect("one part"),
+        _ => Filter::And(parts),
+    })
+}
+
+fn parse_field(key: &str, condition: &Value) -> Result<Vec<Filter>, FilterError> {
+    let field = |op| Filter::Field { key: key.to_owned(), op };
+    let Some(operators) = condition.as_object() else {
+        // A bare value is equality.
+        return Ok(vec![field(Op::Eq(scalar(key, "$eq", condition)?))]);
+    };
+    if operators.is_empty() {
+        return Err(FilterError(format!("the condition on \"{key}\" is an empty object")));
+    }
+    operators
+        .iter()
+        .map(|(op, operand)| {
+            Ok(field(match op.as_str() {
+                "$eq" => Op::Eq(scalar(key, op, operand)?),
+                "$ne" => Op::Ne(scalar(key, op, operand)?),
+                "$gt" => Op::Gt(comparable(key, op, operand)?),
+                "$gte" => Op::Gte(comparable(key, op, operand)?),
+                "$lt" => Op::Lt(comparable(key, op, operand)?),
+                "$lte" => Op::Lte(comparable(key, op, operand)?),
+                "$in" => Op::In(list(key, op, operand)?),
+                "$nin" => Op::Nin(list(key, op, operand)?),
+                "$exists" => Op::Exists(
+                    operand
+                        .as_bool()
+                        .ok_or_else(|| FilterError(format!("$exists on \"{key}\" takes true or false")))?,
+                ),
+                other => {
+                    return Err(FilterError(format!(
+                        "unknown operator {other} on \"{key}\": use $eq, $ne, $gt, $gte, $lt, $lte, $in, $nin or $exists"
+                    )));
+                }
+            }))
+        })
+        .collect()
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn scalar(key: &str, op: &str, value: &Value) -> Result<Value, FilterError> {
+    match value {
+        Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(value.clone()),
+        other => Err(FilterError(format!(
+            "{op} on \"{key}\" takes a string, number or boolean, got {}",
+            kind(other)
+        ))),
+    }
+}
+
+fn comparable(key: &str, op: &str, value: &Value) -> Result<Value, FilterError> {
+    match value {
+        Value::String(_) | Value::Number(_) => Ok(value.clone()),
+        other => Err(FilterError(format!("{op} on \"{key}\" takes a number or a string, got {}", kind(other)))),
+    }
+}
+
+fn list(key: &str, op: &str, value: &Value) -> Result<Vec<Value>, FilterError> {
+    let items = value
+        .as_array()
+        .ok_or_else(|| FilterError(format!("{op} on \"{key}\" takes an array, got {}", kind(value))))?;
+    items.iter().map(|item| scalar(key, op, item)).collect()
+}
+
+/// Equality across JSON numbers compares values, so 1 equals 1.0.
+fn equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        _ => None,
+    }
+}
+
+impl Op {
+    fn holds(&self, value: Option<&Value>) -> bool {
+        // Arrays in metadata: match on any element (for $eq, $in, comparisons).
+        let any = |pred: &dyn Fn(&Value) -> bool| match value {
+            Some(Value::Array(items)) => items.iter().any(pred),
+            Some(v) => pred(v),
+            None => false,
+        };
+        match self {
+            Op::Eq(target) => any(&|v| equal(v, target)),
+            Op::Ne(target) => !any(&|v| equal(v, target)),
+            Op::In(targets) => any(&|v| targets.iter().any(|t| equal(v, t))),
+            Op::Nin(targets) => !any(&|v| targets.iter().any(|t| equal(v, t))),
+            Op::Gt(target) => any(&|v| compare(v, target) == Some(Ordering::Greater)),
+            Op::Gte(target) => any(&|v| matches!(compare(v, target), Some(Ordering::Greater | Ordering::Equal))),
+            Op::Lt(target) => any(&|v| compare(v, target) == Some(Ordering::Less)),
+            Op::Lte(target) => any(&|v| matches!(compare(v, target), Some(Ordering::Less | Ordering::Equal))),
+            Op::Exists(should) => value.is_some_and(|v| !v.is_null()) == *should,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().expect("an object")
+    }
+
+    fn check(filter: Value, metadata: Value) -> bool {
+        Filter::parse(&filter).expect("valid filter").matches(&meta(metadata))
+    }
+
+    #[test]
+    fn a_plain_map_is_equality_on_every_key() {
+        let m = json!({"category": "hardware", "name": "Widget A", "price": 10});
+        assert!(check(json!({"category": "hardware"}), m.clone()));
+        assert!(check(json!({"category": "hardware", "price": 10.0}), m.clone()));
+        assert!(!check(json!({"category": "software"}), m.clone()));
+        assert!(!check(json!({"category": "hardware", "name": "Widget B"}), m.clone()));
+        assert!(check(json!({}), m));
+    }
+
+    #[test]
+    fn every_operator_does_what_it_says() {
+        let m = json!({"price": 10, "name": "b", "tags": ["x", "y"], "flag": true, "none": null});
+        let cases = [
+            (json!({"price": {"$eq": 10}}), true),
+            (json!({"price": {"$ne": 10}}), false),
+            (json!({"price": {"$gt": 9.5}}), true),
+            (json!({"price": {"$gte": 10}}), true),
+            (json!({"price": {"$lt": 10}}), false),
+            (json!({"price": {"$lte": 10}}), true),
+            (json!({"price": {"$gt": 5, "$lt": 20}}), true),
+            (json!({"name": {"$gt": "a"}}), true),
+            (json!({"name": {"$gt": 1}}), false),
+            (json!({"price": {"$in": [1, 10]}}), true),
+            (json!({"price": {"$nin": [1, 10]}}), false),
+            (json!({"tags": "y"}), true),
+            (json!({"tags": {"$in": ["z", "x"]}}), true),
+            (json!({"tags": {"$nin": ["z"]}}), true),
+            (json!({"tags": {"$ne": "x"}}), false),
+            (json!({"flag": true}), true),
+            (json!({"price": {"$exists": true}}), true),
+            (json!({"missing": {"$exists": false}}), true),
+            (json!({"none": {"$exists": true}}), false),
+            (json!({"missing": {"$ne": 1}}), true),
+            (json!({"missing": {"$eq": 1}}), false),
+            (json!({"$or": [{"price": 1}, {"name": "b"}]}), true),
+            (json!({"$and": [{"price": 10}, {"name": "a"}]}), false),
+            (json!({"$or": [{"$and": [{"price": {"$gte": 10}}, {"flag": true}]}, {"name": "zzz"}]}), true),
+        ];
+        for (filter, expected) in cases {
+            assert_eq!(check(filter.clone(), m.clone()), expected, "{filter}");
+        }
+    }
+
+    #[test]
+    fn malformed_filters_are_refused_with_what_was_wrong() {
+        for (filter, needle) in [
+            (json!([1]), "expected an object"),
+            (json!({"price": {"$regex": "x"}}), "unknown operator $regex"),
+            (json!({"$not": {"a": 1}}), "unknown operator $not"),
+            (json!({"price": {"$in": 3}}), "takes an array"),
+            (json!({"price": {"$gt": true}}), "number or a string"),
+            (json!({"price": {"$exists": "yes"}}), "true or false"),
+            (json!({"$and": []}), "non-empty array"),
+            (json!({"price": {}}), "empty object"),
+            (json!({"price": [1, 2]}), "got an array"),
+            (json!({"price": null}), "got null"),
+        ] {
+            let err = Filter::parse(&filter).expect_err("refused");
+            assert!(err.0.contains(needle), "{filter}: {err}");
+        }
+        let mut deep = json!({"a": 1});
+        for _ in 0..20 {
+            deep = json!({"$and": [deep]});
+        }
+        assert!(Filter::parse(&deep).is_err());
+    }
+}

@@ -1,0 +1,472 @@
+//! One namespace's index: a usearch HNSW graph (f16 vectors) plus a slot table that
+//! maps usearch keys to record ids and metadata, so filters run inside the graph walk
+//! without touching the database.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use quiver_common::domain::Metric;
+use quiver_store::{Change, Metadata};
+use rand::Rng as _;
+use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
+
+use crate::filter::Filter;
+
+/// How many threads may use one index at once; the manager's semaphore keeps
+/// concurrent callers within it (usearch fails calls beyond its reserved slots).
+pub const THREADS: usize = 64;
+
+/// When a filter is estimated to match at most this many records, or this small a
+/// share of them, search scans the matches exactly instead of walking the graph.
+const EXACT_MAX_MATCHES: f64 = 4096.0;
+const EXACT_MAX_SELECTIVITY: f64 = 0.02;
+/// Records sampled to estimate a filter's selectivity.
+const SAMPLE: usize = 512;
+
+/// A search hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    pub id: String,
+    /// Similarity, higher is better (see [`score`]).
+    pub score: f32,
+    pub metadata: Arc<Metadata>,
+    pub values: Option<Vec<f32>>,
+}
+
+/// How a search was carried out, for `explain` and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// HNSW walk, no filter.
+    Graph,
+    /// HNSW walk with the filter applied to each visited node.
+    FilteredGraph,
+    /// Exact scan over the records that match the filter.
+    ExactScan,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: String,
+    metadata: Arc<Metadata>,
+}
+
+struct State {
+    index: usearch::Index,
+    /// usearch key → record; `None` for freed keys, which `free` lists for reuse.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u64>,
+    by_id: HashMap<String, u64>,
+    /// The seq of the last change applied.
+    seq: i64,
+    /// Bytes held by `slots` (ids and metadata), kept up to date on every change.
+    slot_bytes: usize,
+}
+
+fn slot_bytes(slot: &Slot) -> usize {
+    std::mem::size_of::<Option<Slot>>() + 48 + slot.id.len() * 2 + approx_json_bytes(&slot.metadata)
+}
+
+/// An in-memory index of one namespace.
+pub struct NamespaceIndex {
+    metric: Metric,
+    dimension: usize,
+    epoch: uuid::Uuid,
+    state: RwLock<State>,
+}
+
+/// Errors of the index itself (usearch refusing an operation).
+#[derive(Debug, thiserror::Error)]
+#[error("index error: {0}")]
+pub struct IndexError(String);
+
+fn usearch_metric(metric: Metric) -> MetricKind {
+    match metric {
+        Metric::Cosine => MetricKind::Cos,
+        Metric::Euclidean => MetricKind::L2sq,
+        Metric::DotProduct => MetricKind::IP,
+    }
+}
+
+/// The similarity reported for a usearch distance, higher is better:
+/// cosine → cosine similarity (1 − distance), in [−1, 1];
+/// dotproduct → the inner product (1 − distance);
+/// euclidean → 1 / (1 + Euclidean distance), in (0, 1].
+pub fn score(metric: Metric, distance: f32) -> f32 {
+    match metric {
+        Metric::Cosine | Metric::DotProduct => 1.0 - distance,
+        Metric::Euclidean => 1.0 / (1.0 + distance.max(0.0).sqrt()),
+    }
+}
+
+/// The usearch-style distance between two vectors, computed exactly in f32.
+fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+    match metric {
+        Metric::Cosine => {
+            let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+            for (x, y) in a.iter().zip(b) {
+                dot += x * y;
+                na += x * x;
+                nb += y * y;
+            }
+            let norm = (na * nb).sqrt();
+            if norm == 0.0 { 1.0 } else { 1.0 - dot / norm }
+        }
+        Metric::DotProduct => 1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>(),
+        Metric::Euclidean => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+    }
+}
+
+/// A candidate in the exact scan's top-k heap (max-heap on distance).
+struct Candidate(f32, u64);
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0) == Ordering::Equal
+    }
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl NamespaceIndex {
+    pub fn new(dimension: usize, metric: Metric, epoch: uuid::Uuid) -> Result<Self, IndexError> {
+        let options = IndexOptions {
+            dimensions: dimension,
+            metric: usearch_metric(metric),
+            quantization: ScalarKind::F16,
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 96,
+            multi: false,
+        };
+        let index = usearch::Index::new(&options).map_err(|e| IndexError(e.to_string()))?;
+        index
+            .reserve_capacity_and_threads(1024, THREADS)
+            .map_err(|e| IndexError(e.to_string()))?;
+        Ok(Self {
+            metric,
+            dimension,
+            epoch,
+            state: RwLock::new(State {
+                index,
+                slots: Vec::new(),
+                free: Vec::new(),
+                by_id: HashMap::new(),
+                seq: 0,
+                slot_bytes: 0,
+            }),
+        })
+    }
+
+    pub fn epoch(&self) -> uuid::Uuid {
+        self.epoch
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// The seq of the last change applied.
+    pub fn seq(&self) -> i64 {
+        self.read().seq
+    }
+
+    /// Live records.
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes this index holds: usearch's graph and vectors plus the slot table.
+    pub fn memory_bytes(&self) -> usize {
+        let state = self.read();
+        state.index.memory_usage() + state.slot_bytes
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies changes in order: upserts replace, deletes free their key.
+    /// CPU-heavy for large batches: call from a blocking thread.
+    pub fn apply(&self, changes: &[Change]) -> Result<(), IndexError> {
+        let mut state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = &mut *state;
+        let needed = state.by_id.len() + changes.len();
+        if needed > state.index.capacity() {
+            // Exclusive access (we hold the write lock): safe to grow.
+            let capacity = needed.max(state.index.capacity() * 2).max(1024);
+            state
+                .index
+                .reserve_capacity_and_threads(capacity, THREADS)
+                .map_err(|e| IndexError(e.to_string()))?;
+        }
+        for change in changes {
+            match change {
+                Change::Upsert(record) => {
+                    if record.vector.len() != self.dimension {
+                        return Err(IndexError(format!(
+                            "record {} has {} values, the index has {} dimensions",
+                            record.id,
+                            record.vector.len(),
+                            self.dimension
+                        )));
+                    }
+                    let key = match state.by_id.get(&record.id) {
+                        Some(&key) => {
+                            state.index.remove(key).map_err(|e| IndexError(e.to_string()))?;
+                            key
+                        }
+                        None => {
+                            let key = state.free.pop().unwrap_or_else(|| {
+                                state.slots.push(None);
+                                (state.slots.len() - 1) as u64
+                            });
+                            state.by_id.insert(record.id.clone(), key);
+                            key
+                        }
+                    };
+                    state.index.add(key, &record.vector).map_err(|e| IndexError(e.to_string()))?;
+                    let slot = Slot {
+                        id: record.id.clone(),
+                        metadata: Arc::new(record.metadata.clone()),
+                    };
+                    state.slot_bytes += slot_bytes(&slot);
+                    if let Some(old) = state.slots[key as usize].replace(slot) {
+                        state.slot_bytes -= slot_bytes(&old);
+                    }
+                }
+                Change::Delete { id, .. } => {
+                    if let Some(key) = state.by_id.remove(id) {
+                        state.index.remove(key).map_err(|e| IndexError(e.to_string()))?;
+                        if let Some(old) = state.slots[key as usize].take() {
+                            state.slot_bytes -= slot_bytes(&old);
+                        }
+                        state.free.push(key);
+                    }
+                }
+            }
+            state.seq = state.seq.max(change.seq());
+        }
+        Ok(())
+    }
+
+    /// Marks changes up to `seq` as applied when there were none to apply (a no-op write).
+    pub fn advance_to(&self, seq: i64) {
+        let mut state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.seq = state.seq.max(seq);
+    }
+
+    /// The `k` most similar records that pass `filter`, best first, and how they were found.
+    /// CPU-heavy: call from a blocking thread.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+        include_values: bool,
+    ) -> Result<(Vec<Match>, Plan), IndexError> {
+        let state = self.read();
+        let live = state.by_id.len();
+        if live == 0 || k == 0 {
+            return Ok((Vec::new(), Plan::Graph));
+        }
+        let passes = |key: u64| {
+            state
+                .slots
+                .get(key as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|slot| filter.matches(&slot.metadata))
+        };
+        let (keys_and_distances, plan) = if filter.is_all() {
+            let found = state.index.search(query, k).map_err(|e| IndexError(e.to_string()))?;
+            (found.keys.into_iter().zip(found.distances).collect::<Vec<_>>(), Plan::Graph)
+        } else {
+            let selectivity = Self::estimate_selectivity(&state, &passes);
+            let expected = selectivity * live as f64;
+            if expected <= EXACT_MAX_MATCHES || selectivity <= EXACT_MAX_SELECTIVITY {
+                (self.exact(&state, query, k, &passes)?, Plan::ExactScan)
+            } else {
+                let found = state
+                    .index
+                    .filtered_search(query, k, passes)
+                    .map_err(|e| IndexError(e.to_string()))?;
+                if found.keys.len() < k.min(expected as usize) {
+                    // The walk ran dry before finding k matches: scan instead.
+                    (self.exact(&state, query, k, &passes)?, Plan::ExactScan)
+                } else {
+                    (found.keys.into_iter().zip(found.distances).collect(), Plan::FilteredGraph)
+                }
+            }
+        };
+        let mut matches = Vec::with_capacity(keys_and_distances.len());
+        for (key, distance) in keys_and_distances {
+            let Some(slot) = state.slots.get(key as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            let values = if include_values {
+                let mut values = Vec::new();
+                state.index.export(key, &mut values).map_err(|e| IndexError(e.to_string()))?;
+                Some(values)
+            } else {
+                None
+            };
+            matches.push(Match {
+                id: slot.id.clone(),
+                score: score(self.metric, distance),
+                metadata: Arc::clone(&slot.metadata),
+                values,
+            });
+        }
+        Ok((matches, plan))
+    }
+
+    /// The share of live records that pass, estimated from a random sample (exact for
+    /// small namespaces).
+    fn estimate_selectivity(state: &State, passes: &dyn Fn(u64) -> bool) -> f64 {
+        let live = state.by_id.len();
+        if live <= SAMPLE {
+            let matched = state.by_id.values().filter(|&&key| passes(key)).count();
+            return matched as f64 / live as f64;
+        }
+        let mut rng = rand::rng();
+        let (mut seen, mut matched, mut tries) = (0usize, 0usize, 0usize);
+        while seen < SAMPLE && tries < SAMPLE * 8 {
+            tries += 1;
+            let key = rng.random_range(0..state.slots.len()) as u64;
+            if state.slots[key as usize].is_some() {
+                seen += 1;
+                matched += usize::from(passes(key));
+            }
+        }
+        if seen == 0 { 1.0 } else { matched as f64 / seen as f64 }
+    }
+
+    /// Exact top-k over the records that pass, distances computed in f32.
+    fn exact(
+        &self,
+        state: &State,
+        query: &[f32],
+        k: usize,
+        passes: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
+        let mut heap = BinaryHeap::with_capacity(k + 1);
+        let mut buffer = vec![0f32; self.dimension];
+        for (key, slot) in state.slots.iter().enumerate() {
+            let key = key as u64;
+            if slot.is_none() || !passes(key) {
+                continue;
+            }
+            state.index.get(key, &mut buffer).map_err(|e| IndexError(e.to_string()))?;
+            let d = distance(self.metric, query, &buffer);
+            if heap.len() < k {
+                heap.push(Candidate(d, key));
+            } else if heap.peek().is_some_and(|worst| d < worst.0) {
+                heap.pop();
+                heap.push(Candidate(d, key));
+            }
+        }
+        let mut best: Vec<(u64, f32)> = heap.into_iter().map(|Candidate(d, key)| (key, d)).collect();
+        best.sort_by(|a, b| a.1.total_cmp(&b.1));
+        Ok(best)
+    }
+}
+
+fn approx_json_bytes(metadata: &Metadata) -> usize {
+    metadata.iter().map(|(k, v)| k.len() + 16 + v.to_string().len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_store::Record;
+    use serde_json::json;
+
+    fn upsert(id: &str, seq: i64, vector: Vec<f32>, metadata: serde_json::Value) -> Change {
+        Change::Upsert(Record {
+            id: id.into(),
+            vector,
+            metadata: metadata.as_object().cloned().unwrap_or_default(),
+            content: None,
+            seq,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        })
+    }
+
+    #[test]
+    fn upserts_replace_deletes_free_and_keys_are_reused() {
+        let index = NamespaceIndex::new(2, Metric::Euclidean, uuid::Uuid::nil()).expect("index");
+        index
+            .apply(&[
+                upsert("a", 1, vec![0.0, 0.0], json!({})),
+                upsert("b", 1, vec![10.0, 10.0], json!({})),
+            ])
+            .expect("apply");
+        index.apply(&[upsert("a", 2, vec![9.0, 9.0], json!({"moved": true}))]).expect("replace");
+        let (hits, _) = index.search(&[9.0, 9.0], 1, &Filter::All, true).expect("search");
+        assert_eq!(hits[0].id, "a");
+        assert_eq!(hits[0].score, 1.0, "distance 0 → score 1");
+        assert_eq!(hits[0].values.as_deref(), Some(&[9.0, 9.0][..]));
+        assert_eq!(hits[0].metadata["moved"], true);
+
+        index.apply(&[Change::Delete { id: "a".into(), seq: 3 }]).expect("delete");
+        assert_eq!(index.len(), 1);
+        index.apply(&[upsert("c", 4, vec![9.0, 9.0], json!({}))]).expect("reuse");
+        let (hits, _) = index.search(&[9.0, 9.0], 2, &Filter::All, false).expect("search");
+        assert_eq!(hits.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["c", "b"]);
+        assert_eq!(index.seq(), 4);
+    }
+
+    #[test]
+    fn scores_are_similarities_for_every_metric() {
+        for (metric, expected) in [(Metric::Cosine, 1.0), (Metric::DotProduct, 2.0), (Metric::Euclidean, 1.0)] {
+            let index = NamespaceIndex::new(2, metric, uuid::Uuid::nil()).expect("index");
+            index.apply(&[upsert("a", 1, vec![1.0, 1.0], json!({}))]).expect("apply");
+            let (hits, _) = index.search(&[1.0, 1.0], 1, &Filter::All, false).expect("search");
+            assert!((hits[0].score - expected).abs() < 1e-3, "{metric}: {}", hits[0].score);
+        }
+    }
+
+    #[test]
+    fn selective_filters_scan_exactly_and_broad_ones_walk_the_graph() {
+        let index = NamespaceIndex::new(4, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        let changes: Vec<Change> = (0..20_000)
+            .map(|i| {
+                let x = i as f32;
+                upsert(
+                    &format!("r{i}"),
+                    1,
+                    vec![x.sin(), x.cos(), (x * 0.5).sin(), 1.0],
+                    json!({"rare": i % 1000 == 0, "half": i % 2 == 0}),
+                )
+            })
+            .collect();
+        index.apply(&changes).expect("apply");
+        let query = [0.3, 0.2, 0.1, 1.0];
+        let rare = Filter::parse(&json!({"rare": true})).expect("filter");
+        let (hits, plan) = index.search(&query, 10, &rare, false).expect("search");
+        assert_eq!(plan, Plan::ExactScan);
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|m| m.metadata["rare"] == true));
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "best first");
+
+        let half = Filter::parse(&json!({"half": true})).expect("filter");
+        let (hits, plan) = index.search(&query, 10, &half, false).expect("search");
+        assert_eq!(plan, Plan::FilteredGraph);
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|m| m.metadata["half"] == true));
+    }
+}

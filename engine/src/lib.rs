@@ -1,0 +1,11 @@
+//! Quiver's index engine: per-namespace HNSW indexes on usearch, metadata filters,
+//! and the manager that loads indexes from the records store and keeps them current.
+//! Nothing here knows about HTTP.
+
+/// The filter language of the vector API.
+pub mod filter;
+/// One namespace's in-memory index.
+pub mod index;
+
+pub use filter::{Filter, FilterError};
+pub use index::{Match, NamespaceIndex, Plan};
