@@ -28,6 +28,15 @@ pub enum Notice {
     ProjectChanged { project_id: ProjectId },
     /// A project was deleted with all its keys and data.
     ProjectDeleted { project_id: ProjectId },
+    /// A write committed to a namespace: pods holding its index catch up to `seq`.
+    NamespaceChanged {
+        project_id: ProjectId,
+        namespace: String,
+        epoch: uuid::Uuid,
+        seq: i64,
+    },
+    /// A namespace was deleted with all its records.
+    NamespaceDeleted { project_id: ProjectId, namespace: String },
 }
 
 /// What a listener hears.

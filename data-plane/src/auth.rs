@@ -182,7 +182,9 @@ impl Authenticator {
                     self.verified.invalidate_all();
                 }
             }
-            BusEvent::Notice(Notice::ProjectChanged { .. }) => {}
+            BusEvent::Notice(
+                Notice::ProjectChanged { .. } | Notice::NamespaceChanged { .. } | Notice::NamespaceDeleted { .. },
+            ) => {}
             BusEvent::MayHaveMissed => {
                 tracing::warn!("the bus had a gap; dropping every cached key");
                 self.verified.invalidate_all();

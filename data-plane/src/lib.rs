@@ -4,15 +4,38 @@
 use std::sync::Arc;
 
 use axum::Router;
+use quiver_common::ApiError;
 use quiver_common::bus::Bus;
+use quiver_common::bus::{BusEvent, Notice};
+use quiver_common::domain::Plan;
 use quiver_common::http::{ReadinessCheck, finish_router, health_router};
 use quiver_common::token::JwtKeys;
-use quiver_store::Store;
+use quiver_engine::{Filter, IndexManager};
+use quiver_store::{NamespaceState, Store};
+
+use crate::auth::Principal;
 
 /// Credentials to principals: API keys (cached) and project tokens.
 pub mod auth;
+/// `x-idempotency-key` for mutating requests.
+pub mod idempotency;
+/// Reading JSON bodies with envelope errors.
+pub mod json;
 /// Listing and deleting namespaces.
 pub mod namespaces;
+/// The vector API.
+pub mod vectors;
+
+/// The largest request body the data plane reads: 1,000 vectors of 4,096 dimensions
+/// as JSON fit with room to spare.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Settings of a data-plane pod.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bytes of vector indexes this pod keeps in memory before evicting the least used.
+    pub index_memory: u64,
+}
 /// The OpenAPI document of this plane.
 pub mod openapi;
 /// The projects this pod serves, cached.
@@ -32,20 +55,96 @@ pub struct DataPlane {
     pub bus: Arc<dyn Bus>,
     pub auth: Arc<auth::Authenticator>,
     pub projects: Arc<projects::Projects>,
+    pub indexes: Arc<IndexManager>,
 }
 
 impl DataPlane {
     /// A pod's state; starts the tasks that keep its key cache current.
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, jwt: JwtKeys) -> Self {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, jwt: JwtKeys, settings: Settings) -> Self {
         let auth = Arc::new(auth::Authenticator::new(Arc::clone(&store), jwt));
         auth.spawn_watchers(bus.as_ref());
         let projects = projects::Projects::new(Arc::clone(&store), bus.as_ref());
+        let indexes = Arc::new(IndexManager::new(Arc::clone(&store), settings.index_memory));
+        let weak = Arc::downgrade(&indexes);
+        bus.listen(Arc::new(move |event| {
+            let Some(indexes) = weak.upgrade() else { return };
+            match event.clone() {
+                BusEvent::Notice(Notice::NamespaceChanged {
+                    project_id,
+                    namespace,
+                    epoch,
+                    seq,
+                }) => {
+                    tokio::spawn(async move {
+                        indexes
+                            .heard_of(project_id, &namespace, NamespaceState { epoch, seq })
+                            .await;
+                    });
+                }
+                BusEvent::Notice(Notice::NamespaceDeleted { project_id, namespace }) => {
+                    tokio::spawn(async move { indexes.forget_namespace(project_id, &namespace).await });
+                }
+                BusEvent::Notice(Notice::ProjectDeleted { project_id }) => indexes.forget_project(project_id),
+                BusEvent::Notice(Notice::KeyRevoked { .. } | Notice::ProjectChanged { .. }) => {}
+                // Indexes hear of missed writes on the next strong read or notice.
+                BusEvent::MayHaveMissed => {}
+            }
+        }));
         Self {
             store,
             bus,
             auth,
             projects,
+            indexes,
         }
+    }
+
+    /// The caller's plan.
+    pub async fn plan_of(&self, principal: &Principal) -> Result<Plan, ApiError> {
+        let plan_id = &principal.project.plan_id;
+        Ok(self
+            .store
+            .plan(plan_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("project {} has unknown plan {plan_id}", principal.project_id))?)
+    }
+
+    /// Refuses a write that would take the project past its plan's namespaces or vectors.
+    pub async fn check_capacity(
+        &self,
+        principal: &Principal,
+        plan: &Plan,
+        namespace: &str,
+        incoming: usize,
+    ) -> Result<(), ApiError> {
+        let usage = self.store.project_usage(principal.project_id).await?;
+        let is_new = self.store.namespace(principal.project_id, namespace).await?.is_none();
+        if is_new && usage.namespaces >= u64::from(plan.max_namespaces) {
+            return Err(ApiError::Forbidden(format!(
+                "the {} plan allows {} namespaces and the project has {}: delete one or change plan",
+                plan.name, plan.max_namespaces, usage.namespaces
+            )));
+        }
+        if usage.vectors + incoming as u64 > plan.max_vectors {
+            return Err(ApiError::Forbidden(format!(
+                "the {} plan allows {} vectors; the project has {} and this write adds up to {incoming}",
+                plan.name, plan.max_vectors, usage.vectors
+            )));
+        }
+        Ok(())
+    }
+
+    /// The ids of a namespace's records that pass `filter`.
+    pub async fn matching_ids(
+        &self,
+        principal: &Principal,
+        namespace: &str,
+        filter: Filter,
+    ) -> Result<Vec<String>, ApiError> {
+        self.indexes
+            .matching_ids(&principal.project, namespace, filter)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("namespace \"{namespace}\" does not exist")))
     }
 
     /// The data plane's router: the public APIs and the health probes.
@@ -53,7 +152,9 @@ impl DataPlane {
         let checks: Vec<Arc<dyn ReadinessCheck>> = vec![self.store.clone(), self.bus.clone()];
         let api = Router::new()
             .merge(namespaces::router())
+            .merge(vectors::router())
             .route("/openapi.json", axum::routing::get(openapi_json))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self);
         finish_router(api.merge(health_router(checks)))
     }

@@ -86,6 +86,14 @@ pub async fn remove(
     if !state.store.delete_namespace(principal.project_id, &namespace).await? {
         return Err(ApiError::NotFound(format!("no namespace \"{namespace}\"")));
     }
+    state.indexes.forget_namespace(principal.project_id, &namespace).await;
+    let notice = quiver_common::bus::Notice::NamespaceDeleted {
+        project_id: principal.project_id,
+        namespace: namespace.clone(),
+    };
+    if let Err(err) = state.bus.publish(notice).await {
+        tracing::warn!(error = %err, "publishing a namespace deletion failed");
+    }
     tracing::info!(project_id = %principal.project_id, namespace = %namespace, "namespace deleted");
     Ok(Json(Deleted {
         deleted: true,

@@ -38,7 +38,9 @@ impl Projects {
                         projects.cache.invalidate_all();
                     }
                 }
-                BusEvent::Notice(Notice::KeyRevoked { .. }) => {}
+                BusEvent::Notice(
+                    Notice::KeyRevoked { .. } | Notice::NamespaceChanged { .. } | Notice::NamespaceDeleted { .. },
+                ) => {}
                 BusEvent::MayHaveMissed => projects.cache.invalidate_all(),
             }
         }));

@@ -18,7 +18,10 @@ pub enum Filter {
     All,
     And(Vec<Filter>),
     Or(Vec<Filter>),
-    Field { key: String, op: Op },
+    Field {
+        key: String,
+        op: Op,
+    },
 }
 
 /// A condition on one metadata field.
@@ -80,8 +83,15 @@ fn parse(value: &Value, depth: usize) -> Result<Filter, FilterError> {
                     .as_array()
                     .filter(|items| !items.is_empty())
                     .ok_or_else(|| FilterError(format!("{key} takes a non-empty array of filters")))?;
-                let parsed = items.iter().map(|item| parse(item, depth + 1)).collect::<Result<Vec<_>, _>>()?;
-                parts.push(if key == "$and" { Filter::And(parsed) } else { Filter::Or(parsed) });
+                let parsed = items
+                    .iter()
+                    .map(|item| parse(item, depth + 1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                parts.push(if key == "$and" {
+                    Filter::And(parsed)
+                } else {
+                    Filter::Or(parsed)
+                });
             }
             other if other.starts_with('$') => {
                 return Err(FilterError(format!(
@@ -99,7 +109,10 @@ fn parse(value: &Value, depth: usize) -> Result<Filter, FilterError> {
 }
 
 fn parse_field(key: &str, condition: &Value) -> Result<Vec<Filter>, FilterError> {
-    let field = |op| Filter::Field { key: key.to_owned(), op };
+    let field = |op| Filter::Field {
+        key: key.to_owned(),
+        op,
+    };
     let Some(operators) = condition.as_object() else {
         // A bare value is equality.
         return Ok(vec![field(Op::Eq(scalar(key, "$eq", condition)?))]);
@@ -158,7 +171,10 @@ fn scalar(key: &str, op: &str, value: &Value) -> Result<Value, FilterError> {
 fn comparable(key: &str, op: &str, value: &Value) -> Result<Value, FilterError> {
     match value {
         Value::String(_) | Value::Number(_) => Ok(value.clone()),
-        other => Err(FilterError(format!("{op} on \"{key}\" takes a number or a string, got {}", kind(other)))),
+        other => Err(FilterError(format!(
+            "{op} on \"{key}\" takes a number or a string, got {}",
+            kind(other)
+        ))),
     }
 }
 
@@ -257,7 +273,10 @@ mod tests {
             (json!({"missing": {"$eq": 1}}), false),
             (json!({"$or": [{"price": 1}, {"name": "b"}]}), true),
             (json!({"$and": [{"price": 10}, {"name": "a"}]}), false),
-            (json!({"$or": [{"$and": [{"price": {"$gte": 10}}, {"flag": true}]}, {"name": "zzz"}]}), true),
+            (
+                json!({"$or": [{"$and": [{"price": {"$gte": 10}}, {"flag": true}]}, {"name": "zzz"}]}),
+                true,
+            ),
         ];
         for (filter, expected) in cases {
             assert_eq!(check(filter.clone(), m.clone()), expected, "{filter}");

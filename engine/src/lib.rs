@@ -6,6 +6,9 @@
 pub mod filter;
 /// One namespace's in-memory index.
 pub mod index;
+/// Loading, updating and evicting a pod's indexes.
+pub mod manager;
 
 pub use filter::{Filter, FilterError};
 pub use index::{Match, NamespaceIndex, Plan};
+pub use manager::{EngineError, IndexManager, Query, SearchOutcome};

@@ -57,6 +57,31 @@ pub struct StandaloneArgs {
     /// Address of the control plane: accounts, projects, keys, and the console.
     #[arg(long, env = "QUIVER_CONTROL_ADDR", default_value = "127.0.0.1:8081")]
     pub control_addr: SocketAddr,
+    /// Memory for vector indexes (e.g. 512MiB, 4GiB); the least used are evicted beyond it.
+    #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    pub index_memory: u64,
+}
+
+/// Parses a size: plain bytes, or a number with KiB, MiB or GiB.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => return Err(format!("unknown unit \"{other}\": use KiB, MiB or GiB")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a size like 512MiB"))?;
+    number
+        .checked_mul(scale)
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("\"{text}\" is not a usable size"))
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +101,9 @@ pub struct ClusterArgs {
     /// Address to listen on.
     #[arg(long, env = "QUIVER_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
+    /// Memory for vector indexes on a data-plane pod (e.g. 512MiB, 4GiB).
+    #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    pub index_memory: u64,
     /// The data plane's public URL, shown on projects as `api_base_url` (control plane).
     #[arg(long, env = "QUIVER_PUBLIC_DATA_URL", default_value = "http://localhost:8080")]
     pub public_data_url: String,

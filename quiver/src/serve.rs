@@ -10,6 +10,7 @@ use quiver_common::bus::{Bus, InProcessBus, RedisBus};
 use quiver_common::token::JwtKeys;
 use quiver_control_plane::{ControlPlane, Settings};
 use quiver_data_plane::DataPlane;
+use quiver_data_plane::Settings as DataSettings;
 use quiver_store::Store;
 use quiver_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
@@ -109,7 +110,15 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let servers = vec![
         (
             data,
-            DataPlane::new(Arc::clone(&store), Arc::clone(&bus), jwt.clone()).router(),
+            DataPlane::new(
+                Arc::clone(&store),
+                Arc::clone(&bus),
+                jwt.clone(),
+                DataSettings {
+                    index_memory: args.index_memory,
+                },
+            )
+            .router(),
         ),
         (
             control,
@@ -151,7 +160,12 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
             };
             ControlPlane::new(Arc::clone(&store), bus, jwt, settings).router()
         }
-        Plane::Data => DataPlane::new(Arc::clone(&store), bus, jwt).router(),
+        Plane::Data => {
+            let settings = DataSettings {
+                index_memory: args.index_memory,
+            };
+            DataPlane::new(Arc::clone(&store), bus, jwt, settings).router()
+        }
     };
     tracing::info!(plane = ?plane, addr = %listener.local_addr()?, "quiver is up");
     serve_until_signal(vec![(listener, router)], store).await

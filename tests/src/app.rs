@@ -86,7 +86,10 @@ impl TestApp {
         let jwt = JwtKeys::new(JWT_SECRET).expect("test secret is long enough");
         let mut data = Vec::new();
         for bus in pod_buses {
-            data.push(serve(DataPlane::new(Arc::clone(&store), bus, jwt.clone()).router()).await);
+            let settings = quiver_data_plane::Settings {
+                index_memory: 256 * 1024 * 1024,
+            };
+            data.push(serve(DataPlane::new(Arc::clone(&store), bus, jwt.clone(), settings).router()).await);
         }
         let settings = Settings {
             api_base_url: data[0].clone(),
@@ -182,4 +185,56 @@ pub async fn read(response: reqwest::Response) -> (u16, Value) {
         serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
     };
     (status, body)
+}
+
+/// A project and keys of each role, ready for data-plane calls.
+pub struct Tenant {
+    pub session: String,
+    pub project: String,
+    pub readonly: String,
+    pub readwrite: String,
+    pub admin: String,
+}
+
+impl TestApp {
+    /// Signs up, creates a project with this dimension and metric, and a key per role.
+    pub async fn tenant(&self, dimension: u32, metric: &str) -> Tenant {
+        let session = self.signup().await;
+        let (status, body) = self
+            .control_call(
+                reqwest::Method::POST,
+                "/v1/projects",
+                Some(&session),
+                Some(json!({"name": "t", "dimension": dimension, "metric": metric, "plan": "business"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let project = body["id"].as_str().expect("id").to_owned();
+        let readonly = self.key(&session, &project, "app_readonly").await.0;
+        let readwrite = self.key(&session, &project, "app_readwrite").await.0;
+        let admin = self.key(&session, &project, "admin").await.0;
+        Tenant {
+            session,
+            project,
+            readonly,
+            readwrite,
+            admin,
+        }
+    }
+
+    /// A JSON call to data-plane pod `pod` with `x-api-key`.
+    pub async fn data_call(
+        &self,
+        pod: usize,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.data_request(pod, method, path).header("x-api-key", key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.expect("data plane answers")).await
+    }
 }

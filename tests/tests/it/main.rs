@@ -7,3 +7,4 @@ mod crash;
 mod data_plane_auth;
 mod openapi;
 mod store_conformance;
+mod vectors;

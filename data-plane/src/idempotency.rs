@@ -1,0 +1,101 @@
+//! `x-idempotency-key` on mutating requests: the first request with a key runs and
+//! its successful response is kept for 24 hours per project; a retry with the same
+//! body gets that response again (`Idempotent-Replayed: true`) without running twice.
+//! The same key with another body is a 422; a retry while the first is still running
+//! is a 409. Failed requests (which wrote nothing) release the key.
+
+use std::future::Future;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use quiver_common::ApiError;
+use quiver_store::{IdempotencyBegin, StoredResponse};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::DataPlane;
+use crate::auth::Principal;
+
+pub const HEADER: &str = "x-idempotency-key";
+const TTL: chrono::Duration = chrono::Duration::hours(24);
+/// How long a claim holds before a retry may assume its pod died.
+const LEASE: chrono::Duration = chrono::Duration::seconds(60);
+
+fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response {
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Runs `operation` at most once per idempotency key (when the request has one).
+pub async fn idempotent<F>(
+    state: &DataPlane,
+    principal: &Principal,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+    operation: F,
+) -> Result<Response, ApiError>
+where
+    F: Future<Output = Result<Value, ApiError>>,
+{
+    let Some(key) = headers.get(HEADER) else {
+        let value = operation.await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&value).map_err(anyhow::Error::from)?,
+            false,
+        ));
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| ApiError::validation(format!("{HEADER} must be 1 to 255 visible ASCII characters")))?;
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    let request_hash = hex::encode(hasher.finalize());
+    let scoped_key = format!("{route}:{key}");
+    match state
+        .store
+        .begin(principal.project_id, &scoped_key, &request_hash, LEASE, TTL)
+        .await?
+    {
+        IdempotencyBegin::Replay(stored) => {
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+            Ok(json_response(status, stored.body, true))
+        }
+        IdempotencyBegin::InFlight => Err(ApiError::Conflict(format!(
+            "a request with {HEADER} \"{key}\" is still being processed; retry shortly"
+        ))),
+        IdempotencyBegin::Mismatch => Err(ApiError::Unprocessable(format!(
+            "{HEADER} \"{key}\" was already used with a different request body"
+        ))),
+        IdempotencyBegin::Started => match operation.await {
+            Ok(value) => {
+                let body = serde_json::to_vec(&value).map_err(anyhow::Error::from)?;
+                let stored = StoredResponse {
+                    status: 200,
+                    body: body.clone(),
+                };
+                if let Err(err) = state.store.complete(principal.project_id, &scoped_key, &stored).await {
+                    // The write is done; only the replay record is missing.
+                    tracing::warn!(error = %err, "storing an idempotent response failed");
+                }
+                Ok(json_response(StatusCode::OK, body, false))
+            }
+            Err(err) => {
+                if let Err(release) = state.store.abort(principal.project_id, &scoped_key).await {
+                    tracing::warn!(error = %release, "releasing an idempotency key failed");
+                }
+                Err(err)
+            }
+        },
+    }
+}

@@ -1,0 +1,639 @@
+//! The vector API of `shared/seeds/vector-api-reference.txt`: upsert, search, query
+//! (fetch by id), update, delete, and listing ids. Each write is one transaction in
+//! the records store (all of a batch or none of it), then reaches this pod's index.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use chrono::Utc;
+use quiver_common::ApiError;
+use quiver_common::bus::Notice;
+use quiver_common::domain::{Metric, Scope};
+use quiver_engine::Filter;
+use quiver_store::{Change, Metadata, Record, RecordPatch, RecordWrite, WriteOutcome};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::DataPlane;
+use crate::auth::Principal;
+use crate::idempotency::idempotent;
+use crate::json::{kind, parse_body};
+
+pub fn router() -> Router<DataPlane> {
+    Router::new()
+        .route("/v1/vectors/upsert", post(upsert))
+        .route("/v1/vectors/search", post(search))
+        .route("/v1/vectors/query", post(query))
+        .route("/v1/vectors/update", post(update))
+        .route("/v1/vectors/delete", delete(remove).post(remove))
+        .route("/v1/vectors/list", get(list))
+}
+
+/// The namespace used when a request names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Longest record id, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
+/// Largest metadata object, serialized, in bytes.
+pub const MAX_METADATA_BYTES: usize = 40 * 1024;
+/// Most results a search returns.
+pub const MAX_TOP_K: usize = 1000;
+/// Most ids one fetch or delete may name.
+pub const MAX_IDS: usize = 1000;
+
+/// A namespace name: 1 to 256 bytes, no control characters.
+fn namespace(name: Option<String>) -> Result<String, ApiError> {
+    let name = name.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(ApiError::Validation {
+            message: "namespace must have 1 to 256 bytes and no control characters".into(),
+            detail: Some("field namespace".into()),
+        });
+    }
+    Ok(name)
+}
+
+fn no_namespace(name: &str) -> ApiError {
+    ApiError::NotFound(format!("namespace \"{name}\" does not exist"))
+}
+
+/// Checks a vector's values: numbers, finite as f32, of the project's dimension, and
+/// (for cosine) not all zero. `what` names the vector in messages.
+fn parse_values(value: &Value, dimension: u32, metric: Metric, what: &str) -> Result<Vec<f32>, ApiError> {
+    let items = value.as_array().ok_or_else(|| {
+        ApiError::validation(format!(
+            "{what} values must be an array of numbers, got {}",
+            kind(value)
+        ))
+    })?;
+    if items.len() != dimension as usize {
+        return Err(ApiError::validation(format!(
+            "{what} has {} values, the project's dimension is {dimension}",
+            items.len()
+        )));
+    }
+    let mut values = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let x = item
+            .as_f64()
+            .ok_or_else(|| ApiError::validation(format!("{what} value {i} is {}, not a number", kind(item))))?;
+        let x = x as f32;
+        if !x.is_finite() {
+            return Err(ApiError::validation(format!(
+                "{what} value {i} is not a finite 32-bit float"
+            )));
+        }
+        values.push(x);
+    }
+    if metric == Metric::Cosine && values.iter().all(|x| *x == 0.0) {
+        return Err(ApiError::validation(format!(
+            "{what} is all zeros, which has no direction for cosine similarity"
+        )));
+    }
+    Ok(values)
+}
+
+fn parse_id(value: Option<&Value>, what: &str) -> Result<String, ApiError> {
+    match value {
+        None | Some(Value::Null) => Err(ApiError::validation(format!("{what} has no id"))),
+        Some(Value::String(id)) if id.is_empty() || id.len() > MAX_ID_BYTES => Err(ApiError::validation(format!(
+            "{what} has an id of {} bytes; ids have 1 to {MAX_ID_BYTES} bytes",
+            id.len()
+        ))),
+        Some(Value::String(id)) => Ok(id.clone()),
+        Some(other) => Err(ApiError::validation(format!(
+            "{what} has an id that is {}; vector ids must be strings",
+            kind(other)
+        ))),
+    }
+}
+
+fn parse_metadata(value: Option<&Value>, what: &str) -> Result<Metadata, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(Metadata::new()),
+        Some(Value::Object(map)) => {
+            let bytes = serde_json::to_vec(map).map(|v| v.len()).unwrap_or(usize::MAX);
+            if bytes > MAX_METADATA_BYTES {
+                return Err(ApiError::validation(format!(
+                    "{what} has {bytes} bytes of metadata; the limit is {MAX_METADATA_BYTES}"
+                )));
+            }
+            Ok(map.clone())
+        }
+        Some(other) => Err(ApiError::validation(format!(
+            "{what} metadata must be an object, got {}",
+            kind(other)
+        ))),
+    }
+}
+
+fn describe(i: usize, id: Option<&Value>) -> String {
+    match id {
+        Some(Value::String(id)) => format!("vector {i} (id \"{id}\")"),
+        _ => format!("vector {i}"),
+    }
+}
+
+/// Parses a batch into records, refusing the whole batch at the first bad vector.
+fn parse_vectors(vectors: &[Value], principal: &Principal) -> Result<Vec<RecordWrite>, ApiError> {
+    let project = &principal.project;
+    vectors
+        .iter()
+        .enumerate()
+        .map(|(i, vector)| {
+            let object = vector.as_object().ok_or_else(|| {
+                ApiError::validation(format!(
+                    "vector {i} must be an object with id and values, got {}",
+                    kind(vector)
+                ))
+            })?;
+            let what = describe(i, object.get("id"));
+            if let Some(unknown) = object
+                .keys()
+                .find(|k| !["id", "values", "metadata"].contains(&k.as_str()))
+            {
+                return Err(ApiError::validation(format!(
+                    "{what} has an unknown field \"{unknown}\": expected id, values, metadata"
+                )));
+            }
+            let id = parse_id(object.get("id"), &what)?;
+            let values = object
+                .get("values")
+                .ok_or_else(|| ApiError::validation(format!("{what} has no values")))?;
+            Ok(RecordWrite {
+                id,
+                vector: parse_values(values, project.dimension, project.metric, &what)?,
+                metadata: parse_metadata(object.get("metadata"), &what)?,
+                content: None,
+            })
+        })
+        .collect()
+}
+
+/// After a write commits: bring this pod's index along and tell the other pods.
+async fn committed(
+    state: &DataPlane,
+    principal: &Principal,
+    namespace: &str,
+    outcome: WriteOutcome,
+    changes: Vec<Change>,
+) {
+    if let Err(err) = state
+        .indexes
+        .committed(principal.project_id, namespace, outcome.state, changes)
+        .await
+    {
+        // The write is durable; the index catches up from the store on its next use.
+        tracing::warn!(error = %err, namespace, "applying a committed write to the index failed");
+        state.indexes.forget_namespace(principal.project_id, namespace).await;
+    }
+    let notice = Notice::NamespaceChanged {
+        project_id: principal.project_id,
+        namespace: namespace.to_owned(),
+        epoch: outcome.state.epoch,
+        seq: outcome.state.seq,
+    };
+    if let Err(err) = state.bus.publish(notice).await {
+        tracing::warn!(error = %err, "publishing a namespace change failed; other pods catch up on strong reads");
+    }
+}
+
+fn record_change(write: RecordWrite, seq: i64) -> Change {
+    let now = Utc::now();
+    Change::Upsert(Record {
+        id: write.id,
+        vector: write.vector,
+        metadata: write.metadata,
+        content: write.content,
+        seq,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpsertRequest {
+    namespace: Option<String>,
+    vectors: Vec<Value>,
+}
+
+async fn upsert(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::Write)?;
+    let body = body.map_err(crate::json::body_rejection)?;
+    idempotent(&state, &principal, &headers, "upsert", &body, async {
+        let request: UpsertRequest = parse_body(&headers, &body)?;
+        let namespace = namespace(request.namespace)?;
+        principal.require_namespace(&namespace)?;
+        let plan = state.plan_of(&principal).await?;
+        if request.vectors.is_empty() {
+            return Err(ApiError::validation("vectors is empty: send 1 to 1000 vectors"));
+        }
+        if request.vectors.len() > plan.max_batch_size as usize {
+            return Err(ApiError::Validation {
+                message: format!(
+                    "the batch has {} vectors; the limit is {} per request",
+                    request.vectors.len(),
+                    plan.max_batch_size
+                ),
+                detail: Some("field vectors".into()),
+            });
+        }
+        let records = parse_vectors(&request.vectors, &principal)?;
+        state
+            .check_capacity(&principal, &plan, &namespace, records.len())
+            .await?;
+        let outcome = state.store.upsert(principal.project_id, &namespace, &records).await?;
+        let count = outcome.affected;
+        let changes = records
+            .into_iter()
+            .map(|r| record_change(r, outcome.state.seq))
+            .collect();
+        committed(&state, &principal, &namespace, outcome, changes).await;
+        Ok(json!({ "upserted_count": count, "namespace": namespace, "seq": outcome.state.seq }))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchRequest {
+    namespace: Option<String>,
+    vector: Option<Value>,
+    top_k: Option<Value>,
+    filter: Option<Value>,
+    #[serde(default)]
+    include_values: bool,
+    include_metadata: Option<bool>,
+    consistency: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct MatchView {
+    id: String,
+    score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    values: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Arc<Metadata>>,
+}
+
+fn parse_top_k(value: Option<&Value>) -> Result<usize, ApiError> {
+    match value {
+        None => Ok(10),
+        Some(v) => v
+            .as_u64()
+            .filter(|k| (1..=MAX_TOP_K as u64).contains(k))
+            .map(|k| k as usize)
+            .ok_or_else(|| ApiError::Validation {
+                message: format!("top_k must be an integer from 1 to {MAX_TOP_K}, got {v}"),
+                detail: Some("field top_k".into()),
+            }),
+    }
+}
+
+pub(crate) fn parse_filter(value: Option<&Value>) -> Result<Filter, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(Filter::All),
+        Some(v) => Filter::parse(v).map_err(|err| ApiError::Validation {
+            message: err.to_string(),
+            detail: Some("field filter".into()),
+        }),
+    }
+}
+
+fn strong(consistency: Option<&str>) -> Result<bool, ApiError> {
+    match consistency {
+        None | Some("eventual") => Ok(false),
+        Some("strong") => Ok(true),
+        Some(other) => Err(ApiError::Validation {
+            message: format!("consistency must be \"eventual\" or \"strong\", got \"{other}\""),
+            detail: Some("field consistency".into()),
+        }),
+    }
+}
+
+async fn search(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(Scope::Read)?;
+    let body = body.map_err(crate::json::body_rejection)?;
+    let request: SearchRequest = parse_body(&headers, &body)?;
+    let namespace = namespace(request.namespace)?;
+    principal.require_namespace(&namespace)?;
+    let project = &principal.project;
+    let vector = request
+        .vector
+        .as_ref()
+        .ok_or_else(|| ApiError::validation("the search has no vector"))?;
+    let query = parse_values(vector, project.dimension, project.metric, "the query vector")?;
+    let k = parse_top_k(request.top_k.as_ref())?;
+    let filter = Arc::new(parse_filter(request.filter.as_ref())?);
+    let strong = strong(request.consistency.as_deref())?;
+    let query = quiver_engine::Query {
+        vector: query,
+        k,
+        filter,
+        include_values: request.include_values,
+        strong,
+    };
+    let outcome = state
+        .indexes
+        .search(project, &namespace, query)
+        .await?
+        .ok_or_else(|| no_namespace(&namespace))?;
+    let include_metadata = request.include_metadata.unwrap_or(true);
+    let matches: Vec<MatchView> = outcome
+        .matches
+        .into_iter()
+        .map(|m| MatchView {
+            id: m.id,
+            score: m.score,
+            values: m.values,
+            metadata: include_metadata.then_some(m.metadata),
+        })
+        .collect();
+    Ok(Json(
+        json!({ "matches": matches, "namespace": namespace, "seq": outcome.seq }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    namespace: Option<String>,
+    id: Option<Value>,
+    ids: Option<Vec<Value>>,
+    include_values: Option<bool>,
+    include_metadata: Option<bool>,
+}
+
+fn parse_ids(id: Option<Value>, ids: Option<Vec<Value>>) -> Result<(Vec<String>, bool), ApiError> {
+    match (id, ids) {
+        (Some(id), None) => Ok((vec![parse_id(Some(&id), "the request")?], true)),
+        (None, Some(ids)) => {
+            if ids.is_empty() || ids.len() > MAX_IDS {
+                return Err(ApiError::Validation {
+                    message: format!("ids must list 1 to {MAX_IDS} ids, got {}", ids.len()),
+                    detail: Some("field ids".into()),
+                });
+            }
+            let parsed = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| parse_id(Some(id), &format!("ids[{i}]")))
+                .collect::<Result<_, _>>()?;
+            Ok((parsed, false))
+        }
+        (Some(_), Some(_)) => Err(ApiError::validation("send either id or ids, not both")),
+        (None, None) => Err(ApiError::validation("send the id (or ids) of the vectors")),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct VectorView {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    values: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata>,
+}
+
+async fn query(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(Scope::Read)?;
+    let body = body.map_err(crate::json::body_rejection)?;
+    let request: QueryRequest = parse_body(&headers, &body)?;
+    let namespace = namespace(request.namespace)?;
+    principal.require_namespace(&namespace)?;
+    let (ids, single) = parse_ids(request.id, request.ids)?;
+    let records = state.store.fetch(principal.project_id, &namespace, &ids).await?;
+    let (with_values, with_metadata) = (
+        request.include_values.unwrap_or(true),
+        request.include_metadata.unwrap_or(true),
+    );
+    let mut views: Vec<VectorView> = records
+        .into_iter()
+        .map(|r| VectorView {
+            id: r.id,
+            values: with_values.then_some(r.vector),
+            metadata: with_metadata.then_some(r.metadata),
+        })
+        .collect();
+    if single {
+        let view = views
+            .pop()
+            .ok_or_else(|| ApiError::NotFound(format!("no vector \"{}\" in namespace \"{namespace}\"", ids[0])))?;
+        let mut body = serde_json::to_value(view).map_err(anyhow::Error::from)?;
+        body["namespace"] = json!(namespace);
+        return Ok(Json(body));
+    }
+    Ok(Json(json!({ "vectors": views, "namespace": namespace })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    namespace: Option<String>,
+    id: Option<Value>,
+    metadata: Option<Value>,
+    values: Option<Value>,
+}
+
+async fn update(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::Write)?;
+    let body = body.map_err(crate::json::body_rejection)?;
+    idempotent(&state, &principal, &headers, "update", &body, async {
+        let request: UpdateRequest = parse_body(&headers, &body)?;
+        let namespace = namespace(request.namespace)?;
+        principal.require_namespace(&namespace)?;
+        let id = parse_id(request.id.as_ref(), "the request")?;
+        let what = format!("vector \"{id}\"");
+        let project = &principal.project;
+        let patch = RecordPatch {
+            metadata: request
+                .metadata
+                .as_ref()
+                .map(|m| parse_metadata(Some(m), &what))
+                .transpose()?,
+            vector: request
+                .values
+                .as_ref()
+                .map(|v| parse_values(v, project.dimension, project.metric, &what))
+                .transpose()?,
+            content: None,
+        };
+        if patch.metadata.is_none() && patch.vector.is_none() {
+            return Err(ApiError::validation(
+                "nothing to update: send metadata, values, or both",
+            ));
+        }
+        let (outcome, record) = state
+            .store
+            .update(principal.project_id, &namespace, &id, &patch)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no vector \"{id}\" in namespace \"{namespace}\"")))?;
+        committed(&state, &principal, &namespace, outcome, vec![Change::Upsert(record)]).await;
+        Ok(json!({ "updated": true, "id": id, "namespace": namespace, "seq": outcome.state.seq }))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteRequest {
+    namespace: Option<String>,
+    id: Option<Value>,
+    ids: Option<Vec<Value>>,
+    filter: Option<Value>,
+}
+
+async fn remove(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::Write)?;
+    let body = body.map_err(crate::json::body_rejection)?;
+    idempotent(&state, &principal, &headers, "delete", &body, async {
+        let request: DeleteRequest = parse_body(&headers, &body)?;
+        let namespace = namespace(request.namespace)?;
+        principal.require_namespace(&namespace)?;
+        let ids = match (request.filter, request.id, request.ids) {
+            (Some(filter), None, None) => {
+                let filter = parse_filter(Some(&filter))?;
+                if filter.is_all() {
+                    return Err(ApiError::Validation {
+                        message: "an empty filter would delete everything: delete the namespace instead".into(),
+                        detail: Some("field filter".into()),
+                    });
+                }
+                state.matching_ids(&principal, &namespace, filter).await?
+            }
+            (Some(_), _, _) => return Err(ApiError::validation("send id, ids or filter, only one of them")),
+            (None, id, ids) => parse_ids(id, ids)?.0,
+        };
+        let mut deleted = 0;
+        let mut seq = None;
+        for chunk in ids.chunks(MAX_IDS) {
+            let outcome = state
+                .store
+                .delete(principal.project_id, &namespace, chunk)
+                .await?
+                .ok_or_else(|| no_namespace(&namespace))?;
+            deleted += outcome.affected;
+            seq = Some(outcome.state.seq);
+            if outcome.affected > 0 {
+                let changes = chunk
+                    .iter()
+                    .map(|id| Change::Delete {
+                        id: id.clone(),
+                        seq: outcome.state.seq,
+                    })
+                    .collect();
+                committed(&state, &principal, &namespace, outcome, changes).await;
+            }
+        }
+        let seq = match seq {
+            Some(seq) => seq,
+            None => {
+                state
+                    .store
+                    .namespace(principal.project_id, &namespace)
+                    .await?
+                    .ok_or_else(|| no_namespace(&namespace))?
+                    .seq
+            }
+        };
+        Ok(json!({ "deleted_count": deleted, "namespace": namespace, "seq": seq }))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    namespace: Option<String>,
+    prefix: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+    /// Accepted here only so the key is not refused as an unknown parameter.
+    #[allow(dead_code)]
+    api_key: Option<String>,
+}
+
+async fn list(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(Scope::Read)?;
+    let Query(query) = query.map_err(|err| ApiError::validation(err.body_text()))?;
+    let namespace = namespace(query.namespace)?;
+    principal.require_namespace(&namespace)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Validation {
+            message: format!("limit must be from 1 to 1000, got {limit}"),
+            detail: Some("field limit".into()),
+        });
+    }
+    let after = query
+        .cursor
+        .map(|cursor| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(cursor)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| ApiError::Validation {
+                    message: "the cursor is not one this API returned".into(),
+                    detail: Some("field cursor".into()),
+                })
+        })
+        .transpose()?;
+    if state.store.namespace(principal.project_id, &namespace).await?.is_none() {
+        return Err(no_namespace(&namespace));
+    }
+    let ids = state
+        .store
+        .list_ids(
+            principal.project_id,
+            &namespace,
+            query.prefix.as_deref(),
+            after.as_deref(),
+            limit,
+        )
+        .await?;
+    let next_cursor = (ids.len() == limit as usize)
+        .then(|| {
+            ids.last()
+                .map(|id| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id))
+        })
+        .flatten();
+    Ok(Json(
+        json!({ "ids": ids, "namespace": namespace, "next_cursor": next_cursor }),
+    ))
+}

@@ -1,0 +1,335 @@
+//! The index manager: which namespaces this pod has in memory, loading them from the
+//! records store on first use, keeping them current in seq order, and evicting the
+//! least useful ones when they outgrow the pod's memory budget.
+//!
+//! Every change reaches an index through one path, [`IndexManager::catch_up`]: a write
+//! on this pod hands over its own changes when they are the next seq; otherwise (a
+//! write on another pod, a gap) the index replays `changes_since` its seq from the
+//! store. Indexes are caches: dropping one loses nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use quiver_common::domain::ProjectId;
+use quiver_store::{Change, NamespaceState, Project, Store, StoreError};
+use tokio::sync::Semaphore;
+
+use crate::filter::Filter;
+use crate::index::{IndexError, Match, NamespaceIndex, Plan, THREADS};
+
+/// Changes read from the store per round trip while loading or catching up.
+const PAGE: u32 = 2_000;
+
+/// What can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("an index task failed: {0}")]
+    Task(String),
+}
+
+impl From<EngineError> for quiver_common::ApiError {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::Store(store) => store.into(),
+            other => quiver_common::ApiError::Internal(other.into()),
+        }
+    }
+}
+
+type Key = (ProjectId, String);
+
+/// A loaded index and what keeps it in order.
+pub struct Loaded {
+    pub index: NamespaceIndex,
+    /// Held while changes are applied, so they apply in seq order.
+    applying: tokio::sync::Mutex<()>,
+    /// The highest seq this pod has heard of (from its own writes or notices).
+    wanted: AtomicI64,
+}
+
+/// All the indexes of one pod.
+pub struct IndexManager {
+    store: Arc<dyn Store>,
+    cache: moka::future::Cache<Key, Arc<Loaded>>,
+    permits: Arc<Semaphore>,
+}
+
+/// What to search for.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub vector: Vec<f32>,
+    /// How many results, at most.
+    pub k: usize,
+    pub filter: Arc<Filter>,
+    pub include_values: bool,
+    /// Catch up with the store before answering (read-your-writes across pods).
+    pub strong: bool,
+}
+
+/// A search's outcome.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub matches: Vec<Match>,
+    pub plan: Plan,
+    /// The namespace seq the search saw.
+    pub seq: i64,
+}
+
+impl IndexManager {
+    /// A manager whose indexes together stay within about `memory_budget` bytes.
+    pub fn new(store: Arc<dyn Store>, memory_budget: u64) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity((memory_budget / 1024).max(1))
+            .weigher(|_, loaded: &Arc<Loaded>| {
+                u32::try_from(loaded.index.memory_bytes() / 1024)
+                    .unwrap_or(u32::MAX)
+                    .max(1)
+            })
+            .support_invalidation_closures()
+            .eviction_listener(|key: Arc<Key>, _, cause| {
+                tracing::info!(project_id = %key.0, namespace = %key.1, ?cause, "index dropped from memory");
+            })
+            .build();
+        Self {
+            store,
+            cache,
+            permits: Arc::new(Semaphore::new(THREADS)),
+        }
+    }
+
+    /// The namespace's index, loading it on first use; `None` when the namespace does
+    /// not exist. Catches up first when this pod heard of newer writes.
+    pub async fn open(&self, project: &Project, namespace: &str) -> Result<Option<Arc<Loaded>>, EngineError> {
+        let key = (project.id, namespace.to_owned());
+        if let Some(loaded) = self.cache.get(&key).await {
+            if loaded.wanted.load(Ordering::SeqCst) > loaded.index.seq() {
+                self.catch_up(&loaded, project.id, namespace, None).await?;
+            }
+            return Ok(Some(loaded));
+        }
+        let Some(state) = self.store.namespace(project.id, namespace).await? else {
+            return Ok(None);
+        };
+        let loaded = self
+            .cache
+            .try_get_with(key, self.load(project, namespace, state))
+            .await
+            .map_err(|err| EngineError::Task(err.to_string()))?;
+        Ok(Some(loaded))
+    }
+
+    async fn load(
+        &self,
+        project: &Project,
+        namespace: &str,
+        state: NamespaceState,
+    ) -> Result<Arc<Loaded>, EngineError> {
+        let started = std::time::Instant::now();
+        let index = NamespaceIndex::new(project.dimension as usize, project.metric, state.epoch)?;
+        let loaded = Arc::new(Loaded {
+            index,
+            applying: tokio::sync::Mutex::new(()),
+            wanted: AtomicI64::new(state.seq),
+        });
+        self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?;
+        tracing::info!(
+            project_id = %project.id,
+            namespace,
+            records = loaded.index.len(),
+            seq = loaded.index.seq(),
+            ms = started.elapsed().as_millis() as u64,
+            "index loaded"
+        );
+        Ok(loaded)
+    }
+
+    /// Replays changes from the store until the index has applied at least `target`
+    /// (or everything the store has, when `None`).
+    async fn catch_up(
+        &self,
+        loaded: &Arc<Loaded>,
+        project: ProjectId,
+        namespace: &str,
+        target: Option<i64>,
+    ) -> Result<(), EngineError> {
+        let _applying = loaded.applying.lock().await;
+        let mut limit = PAGE;
+        loop {
+            let after = loaded.index.seq();
+            if target.is_some_and(|t| after >= t) {
+                return Ok(());
+            }
+            let mut changes = self.store.changes_since(project, namespace, after, limit).await?;
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let full_page = changes.len() == limit as usize;
+            if full_page {
+                // The last seq may continue on the next page: apply only whole writes.
+                let last = changes.last().map(Change::seq).unwrap_or_default();
+                let whole = changes.iter().position(|c| c.seq() == last).unwrap_or(0);
+                if whole == 0 {
+                    // One write larger than a page: read it whole.
+                    limit = limit.saturating_mul(2);
+                    continue;
+                }
+                changes.truncate(whole);
+            }
+            self.apply(loaded, changes).await?;
+            if !full_page {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn apply(&self, loaded: &Arc<Loaded>, changes: Vec<Change>) -> Result<(), EngineError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+        let loaded = Arc::clone(loaded);
+        tokio::task::spawn_blocking(move || loaded.index.apply(&changes))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Brings a loaded index up to a write this pod just committed. `changes` are the
+    /// write's own changes, applied directly when they are the next seq.
+    pub async fn committed(
+        &self,
+        project: ProjectId,
+        namespace: &str,
+        state: NamespaceState,
+        changes: Vec<Change>,
+    ) -> Result<(), EngineError> {
+        let key = (project, namespace.to_owned());
+        let Some(loaded) = self.cache.get(&key).await else {
+            return Ok(()); // Not in memory: it loads with this write when next used.
+        };
+        if loaded.index.epoch() != state.epoch {
+            self.cache.invalidate(&key).await;
+            return Ok(());
+        }
+        loaded.wanted.fetch_max(state.seq, Ordering::SeqCst);
+        {
+            let _applying = loaded.applying.lock().await;
+            if loaded.index.seq() == state.seq - 1 {
+                if changes.is_empty() {
+                    loaded.index.advance_to(state.seq);
+                } else {
+                    self.apply(&loaded, changes).await?;
+                }
+            }
+        }
+        // Another write got in between (or this one was not next): replay from the store.
+        if loaded.index.seq() < state.seq {
+            self.catch_up(&loaded, project, namespace, Some(state.seq)).await?;
+        }
+        // Re-insert so the memory budget sees the index's new size.
+        self.cache.insert(key, loaded).await;
+        Ok(())
+    }
+
+    /// Another pod wrote `seq` to the namespace: catch up before the next search.
+    pub async fn heard_of(&self, project: ProjectId, namespace: &str, state: NamespaceState) {
+        let key = (project, namespace.to_owned());
+        if let Some(loaded) = self.cache.get(&key).await {
+            if loaded.index.epoch() != state.epoch {
+                self.cache.invalidate(&key).await;
+            } else {
+                loaded.wanted.fetch_max(state.seq, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Searches a namespace; `None` when it does not exist. With `query.strong`, first
+    /// reads the namespace's seq from the store and catches up to it.
+    pub async fn search(
+        &self,
+        project: &Project,
+        namespace: &str,
+        query: Query,
+    ) -> Result<Option<SearchOutcome>, EngineError> {
+        let Some(loaded) = self.open(project, namespace).await? else {
+            return Ok(None);
+        };
+        if query.strong {
+            match self.store.namespace(project.id, namespace).await? {
+                None => {
+                    self.forget_namespace(project.id, namespace).await;
+                    return Ok(None);
+                }
+                Some(state) if state.epoch != loaded.index.epoch() => {
+                    self.forget_namespace(project.id, namespace).await;
+                    return Box::pin(self.search(project, namespace, query)).await;
+                }
+                Some(state) => self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?,
+            }
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let seq = loaded.index.seq();
+            loaded
+                .index
+                .search(&query.vector, query.k, &query.filter, query.include_values)
+                .map(|(matches, plan)| SearchOutcome { matches, plan, seq })
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))??;
+        Ok(Some(outcome))
+    }
+
+    /// The ids of the records that pass `filter`, after catching up with the store;
+    /// `None` when the namespace does not exist.
+    pub async fn matching_ids(
+        &self,
+        project: &Project,
+        namespace: &str,
+        filter: Filter,
+    ) -> Result<Option<Vec<String>>, EngineError> {
+        let Some(loaded) = self.open(project, namespace).await? else {
+            return Ok(None);
+        };
+        self.catch_up(&loaded, project.id, namespace, None).await?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+        let ids = tokio::task::spawn_blocking(move || loaded.index.matching_ids(&filter))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+        Ok(Some(ids))
+    }
+
+    /// Drops a namespace's index (it was deleted).
+    pub async fn forget_namespace(&self, project: ProjectId, namespace: &str) {
+        self.cache.invalidate(&(project, namespace.to_owned())).await;
+    }
+
+    /// Drops every index of a project (it was deleted).
+    pub fn forget_project(&self, project: ProjectId) {
+        if self
+            .cache
+            .invalidate_entries_if(move |key, _| key.0 == project)
+            .is_err()
+        {
+            self.cache.invalidate_all();
+        }
+    }
+
+    /// Bytes held by the indexes in memory.
+    pub fn memory_bytes(&self) -> u64 {
+        self.cache.weighted_size() * 1024
+    }
+}

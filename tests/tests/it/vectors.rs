@@ -1,0 +1,899 @@
+//! The vector API: every curl of `shared/seeds/vector-api-reference.txt` verbatim,
+//! every refusal, idempotency, filters, and recall against brute force.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{assert_error, on_both_backends};
+use quiver_tests::app::{Backend, Tenant, TestApp, read};
+
+on_both_backends!(
+    every_request_of_the_page_works_as_written,
+    bad_vectors_are_refused_naming_the_vector_and_nothing_is_written,
+    bad_searches_and_unknown_namespaces_are_4xx,
+    idempotency_keys_replay_refuse_reuse_and_report_in_flight,
+    filters_narrow_searches_and_deletes,
+    scopes_and_tenancy_hold_on_every_route,
+    ids_are_listed_with_a_cursor_and_fetched_in_bulk,
+);
+
+/// Sends a request the way the page's curl does: raw JSON text and these headers.
+async fn curl(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    key: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = app
+        .data_request(0, method, path)
+        .header("Content-Type", "application/json")
+        .header("x-api-key", key);
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let response = request.body(body.to_owned()).send().await.expect("answer");
+    let headers = response.headers().clone();
+    let (status, body) = read(response).await;
+    (status, body, headers)
+}
+
+const UPSERT: &str = r#"{
+    "namespace": "products",
+    "vectors": [
+      {
+        "id": "sku-1",
+        "values": [0.11, 0.22, 0.33, 0.44],
+        "metadata": {
+          "name": "Widget A",
+          "category": "hardware"
+        }
+      },
+      {
+        "id": "sku-2",
+        "values": [0.55, 0.66, 0.77, 0.88],
+        "metadata": {
+          "name": "Widget B",
+          "category": "software"
+        }
+      }
+    ]
+  }"#;
+
+async fn every_request_of_the_page_works_as_written(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+
+    let (status, body, headers) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        &[("x-idempotency-key", "upsert-batch-001")],
+        UPSERT,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["upserted_count"], 2);
+    assert_eq!(body["namespace"], "products");
+    assert_eq!(body["seq"], 1);
+    assert!(headers.get("idempotent-replayed").is_none());
+    // The same retry is replayed, not re-run.
+    let (status, replay, headers) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        &[("x-idempotency-key", "upsert-batch-001")],
+        UPSERT,
+    )
+    .await;
+    assert_eq!((status, &replay), (200, &body));
+    assert_eq!(headers["idempotent-replayed"], "true");
+
+    let search = r#"{
+    "namespace": "products",
+    "vector": [0.11, 0.22, 0.33, 0.44],
+    "top_k": 10
+  }"#;
+    let (status, body, _) = curl(&app, Method::POST, "/v1/vectors/search", &key, &[], search).await;
+    assert_eq!(status, 200, "{body}");
+    let matches = body["matches"].as_array().expect("matches");
+    assert_eq!(matches.len(), 2);
+    assert_eq!(matches[0]["id"], "sku-1");
+    assert!(
+        (matches[0]["score"].as_f64().expect("score") - 1.0).abs() < 1e-3,
+        "{body}"
+    );
+    assert!(matches[0]["score"].as_f64() > matches[1]["score"].as_f64());
+    assert_eq!(
+        matches[0]["metadata"],
+        json!({"name": "Widget A", "category": "hardware"})
+    );
+
+    let query = r#"{
+    "namespace": "products",
+    "id": "sku-1"
+  }"#;
+    let (status, body, _) = curl(&app, Method::POST, "/v1/vectors/query", &key, &[], query).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "sku-1");
+    let values: Vec<f64> = body["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect();
+    for (got, want) in values.iter().zip([0.11, 0.22, 0.33, 0.44]) {
+        assert!((got - want).abs() < 1e-6, "{values:?}");
+    }
+    assert_eq!(body["metadata"]["name"], "Widget A");
+
+    let update = r#"{
+    "namespace": "products",
+    "id": "sku-1",
+    "metadata": {
+      "category": "premium-hardware",
+      "updated_at": "2025-01-15"
+    }
+  }"#;
+    let (status, body, _) = curl(&app, Method::POST, "/v1/vectors/update", &key, &[], update).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, fetched, _) = curl(&app, Method::POST, "/v1/vectors/query", &key, &[], query).await;
+    assert_eq!(
+        fetched["metadata"],
+        json!({"name": "Widget A", "category": "premium-hardware", "updated_at": "2025-01-15"}),
+        "update merges metadata"
+    );
+    let (_, searched, _) = curl(&app, Method::POST, "/v1/vectors/search", &key, &[], search).await;
+    assert_eq!(
+        searched["matches"][0]["metadata"]["category"], "premium-hardware",
+        "the index sees the update"
+    );
+
+    let delete = r#"{
+    "namespace": "products",
+    "id": "sku-1"
+  }"#;
+    let (status, body, _) = curl(&app, Method::DELETE, "/v1/vectors/delete", &key, &[], delete).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted_count"], 1);
+    let (status, body, _) = curl(&app, Method::POST, "/v1/vectors/query", &key, &[], query).await;
+    assert_error(status, &body, 404, "NOT_FOUND");
+    let (_, searched, _) = curl(&app, Method::POST, "/v1/vectors/search", &key, &[], search).await;
+    assert_eq!(
+        searched["matches"].as_array().map(Vec::len),
+        Some(1),
+        "the deleted vector is gone from search"
+    );
+
+    // `namespace` is optional and defaults to `default`; Bearer works as the page says.
+    let response = app
+        .data_request(0, Method::POST, "/v1/vectors/upsert")
+        .header("authorization", format!("Bearer {key}"))
+        .json(&json!({"vectors": [{"id": "x", "values": [1, 0, 0, 0]}]}))
+        .send()
+        .await
+        .expect("answer");
+    let (status, body) = read(response).await;
+    assert_eq!((status, body["namespace"].clone()), (200, json!("default")));
+}
+
+async fn upsert_count(app: &TestApp, key: &str) -> u64 {
+    let (_, body) = app.data_call(0, Method::GET, "/v1/namespaces", key, None).await;
+    body["namespaces"]
+        .as_array()
+        .expect("namespaces")
+        .iter()
+        .map(|n| n["vector_count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let good = json!({"id": "ok", "values": [1, 2, 3, 4]});
+    let long_id = "x".repeat(513);
+    let big_metadata = json!({"blob": "y".repeat(41 * 1024)});
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"id": "sku-9", "values": [1, 2, 3]}),
+            "vector 1 (id \"sku-9\") has 3 values, the project's dimension is 4",
+        ),
+        (json!({"id": 7, "values": [1, 2, 3, 4]}), "ids must be strings"),
+        (json!({"id": "", "values": [1, 2, 3, 4]}), "1 to 512 bytes"),
+        (json!({"id": long_id, "values": [1, 2, 3, 4]}), "1 to 512 bytes"),
+        (json!({"values": [1, 2, 3, 4]}), "has no id"),
+        (json!({"id": "a"}), "has no values"),
+        (json!({"id": "a", "values": [1, "2", 3, 4]}), "value 1 is a string"),
+        (json!({"id": "a", "values": [1, 2, 3, 1e39]}), "not a finite"),
+        (json!({"id": "a", "values": [0, 0, 0, 0]}), "all zeros"),
+        (
+            json!({"id": "a", "values": [1, 2, 3, 4], "metadata": [1]}),
+            "metadata must be an object",
+        ),
+        (
+            json!({"id": "a", "values": [1, 2, 3, 4], "metadata": big_metadata}),
+            "bytes of metadata",
+        ),
+        (
+            json!({"id": "a", "values": [1, 2, 3, 4], "sparse": {}}),
+            "unknown field",
+        ),
+        (json!("a string"), "must be an object"),
+    ];
+    for (bad, needle) in cases {
+        let body = json!({"namespace": "ns", "vectors": [good.clone(), bad.clone()]});
+        let (status, response) = app
+            .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(body))
+            .await;
+        let message = assert_error(status, &response, 400, "VALIDATION_ERROR");
+        assert!(message.contains(needle), "{bad}: {message}");
+    }
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| json!({"id": format!("v{i}"), "values": [1, 2, 3, 4]}))
+        .collect();
+    let (status, response) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"vectors": too_many})),
+        )
+        .await;
+    let message = assert_error(status, &response, 400, "VALIDATION_ERROR");
+    assert!(message.contains("1001") && message.contains("1000"), "{message}");
+    let (status, response) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"vectors": []})),
+        )
+        .await;
+    assert_error(status, &response, 400, "VALIDATION_ERROR");
+    let (status, response) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "ns"})),
+        )
+        .await;
+    assert_error(status, &response, 400, "VALIDATION_ERROR");
+    let (status, response, _) = curl(&app, Method::POST, "/v1/vectors/upsert", &key, &[], "{\"vectors\": [").await;
+    let message = assert_error(status, &response, 400, "VALIDATION_ERROR");
+    assert!(message.contains("not valid JSON"), "{message}");
+    let (status, response) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "", "vectors": [good.clone()]})),
+        )
+        .await;
+    assert_error(status, &response, 400, "VALIDATION_ERROR");
+
+    assert_eq!(upsert_count(&app, &key).await, 0, "no refused batch wrote anything");
+    let (status, _) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "ns", "vectors": [good]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(upsert_count(&app, &key).await, 1);
+}
+
+async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "euclidean").await;
+    app.data_call(
+        0,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        Some(json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]})),
+    )
+    .await;
+    for (body, needle) in [
+        (
+            json!({"namespace": "ns", "vector": [1, 2, 3], "top_k": 3}),
+            "dimension is 4",
+        ),
+        (json!({"namespace": "ns", "top_k": 3}), "no vector"),
+        (json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 0}), "top_k"),
+        (
+            json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 1001}),
+            "top_k",
+        ),
+        (
+            json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": "ten"}),
+            "top_k",
+        ),
+        (
+            json!({"namespace": "ns", "vector": [1, 2, 3, 4], "filter": {"a": {"$regex": "x"}}}),
+            "$regex",
+        ),
+        (
+            json!({"namespace": "ns", "vector": [1, 2, 3, 4], "consistency": "psychic"}),
+            "consistency",
+        ),
+        (json!({"namespace": "ns", "vector": [1, 2, 3, 4], "topK": 3}), "topK"),
+    ] {
+        let (status, response) = app
+            .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(body.clone()))
+            .await;
+        assert_error(status, &response, 400, "VALIDATION_ERROR");
+        assert!(response["error"].to_string().contains(needle), "{body}: {response}");
+    }
+    for (path, method, body) in [
+        (
+            "/v1/vectors/search",
+            Method::POST,
+            json!({"namespace": "nope", "vector": [1, 2, 3, 4]}),
+        ),
+        (
+            "/v1/vectors/query",
+            Method::POST,
+            json!({"namespace": "nope", "id": "a"}),
+        ),
+        (
+            "/v1/vectors/update",
+            Method::POST,
+            json!({"namespace": "nope", "id": "a", "metadata": {"x": 1}}),
+        ),
+        (
+            "/v1/vectors/delete",
+            Method::DELETE,
+            json!({"namespace": "nope", "id": "a"}),
+        ),
+        (
+            "/v1/vectors/update",
+            Method::POST,
+            json!({"namespace": "ns", "id": "missing", "metadata": {"x": 1}}),
+        ),
+    ] {
+        let (status, response) = app.data_call(0, method, path, &key, Some(body.clone())).await;
+        assert_error(status, &response, 404, "NOT_FOUND");
+    }
+    let (status, response) = app.data_call(0, Method::GET, "/v1/vectors/nowhere", &key, None).await;
+    assert_error(status, &response, 404, "NOT_FOUND");
+    let (status, response) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/update",
+            &key,
+            Some(json!({"namespace": "ns", "id": "a"})),
+        )
+        .await;
+    assert_error(status, &response, 400, "VALIDATION_ERROR");
+}
+
+async fn idempotency_keys_replay_refuse_reuse_and_report_in_flight(app: TestApp) {
+    let Tenant {
+        readwrite: key,
+        project,
+        ..
+    } = app.tenant(4, "cosine").await;
+    let body = r#"{"namespace":"ns","vectors":[{"id":"a","values":[1,2,3,4]}]}"#;
+    let (status, first, _) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        &[("x-idempotency-key", "k1")],
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let other = r#"{"namespace":"ns","vectors":[{"id":"b","values":[1,2,3,4]}]}"#;
+    let (status, response, _) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        &[("x-idempotency-key", "k1")],
+        other,
+    )
+    .await;
+    assert_error(status, &response, 422, "UNPROCESSABLE");
+    assert_eq!(upsert_count(&app, &key).await, 1, "the mismatched retry wrote nothing");
+
+    // A request still being processed elsewhere: the same key and body are claimed.
+    use sha2::Digest as _;
+    let hash = hex::encode(
+        sha2::Sha256::new()
+            .chain_update(b"upsert")
+            .chain_update([0])
+            .chain_update(other.as_bytes())
+            .finalize(),
+    );
+    let claimed = app
+        .store
+        .begin(
+            project.parse().expect("id"),
+            "upsert:k2",
+            &hash,
+            chrono::Duration::seconds(60),
+            chrono::Duration::hours(24),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(claimed, quiver_store::IdempotencyBegin::Started);
+    let (status, response, _) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        &[("x-idempotency-key", "k2")],
+        other,
+    )
+    .await;
+    assert_error(status, &response, 409, "CONFLICT");
+
+    // A failed request releases its key: the corrected retry runs.
+    let bad = r#"{"namespace":"ns","vectors":[{"id":"c","values":[1,2,3]}]}"#;
+    let (status, _, _) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        &[("x-idempotency-key", "k3")],
+        bad,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        &[("x-idempotency-key", "k3")],
+        bad,
+    )
+    .await;
+    assert_eq!(status, 400, "the same bad request fails again rather than replaying");
+    let fixed = r#"{"namespace":"ns","vectors":[{"id":"c","values":[1,2,3,4]}]}"#;
+    let (status, _, _) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        &[("x-idempotency-key", "k3")],
+        fixed,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Keys belong to a route: the same key on update is a separate request.
+    let update = r#"{"namespace":"ns","id":"a","metadata":{"x":1}}"#;
+    let (status, _, _) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/update",
+        &key,
+        &[("x-idempotency-key", "k1")],
+        update,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+async fn filters_narrow_searches_and_deletes(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(2, "euclidean").await;
+    let vectors: Vec<Value> = (0..60)
+        .map(|i| {
+            let color = ["red", "green", "blue"][i % 3];
+            let tags = if i % 10 == 0 { json!(["round"]) } else { json!([]) };
+            json!({
+                "id": format!("v{i}"),
+                "values": [i as f64, 0.0],
+                "metadata": {"color": color, "size": i, "tags": tags}
+            })
+        })
+        .collect();
+    let (status, _) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "f", "vectors": vectors})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let search = |filter: Value, k: u32| json!({"namespace": "f", "vector": [0.0, 0.0], "top_k": k, "filter": filter});
+    let ids = |body: &Value| -> Vec<String> {
+        body["matches"]
+            .as_array()
+            .expect("matches")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &key,
+            Some(search(json!({"color": "blue"}), 3)),
+        )
+        .await;
+    assert_eq!(ids(&body), ["v2", "v5", "v8"]);
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &key,
+            Some(search(json!({"size": {"$gte": 10, "$lt": 13}}), 10)),
+        )
+        .await;
+    assert_eq!(ids(&body), ["v10", "v11", "v12"]);
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &key,
+            Some(search(json!({"$or": [{"tags": "round"}, {"size": 1}]}), 3)),
+        )
+        .await;
+    assert_eq!(ids(&body), ["v0", "v1", "v10"]);
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &key,
+            Some(search(
+                json!({"color": {"$nin": ["red", "green"]}, "size": {"$gt": 50}}),
+                10,
+            )),
+        )
+        .await;
+    assert_eq!(ids(&body), ["v53", "v56", "v59"]);
+
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::DELETE,
+            "/v1/vectors/delete",
+            &key,
+            Some(json!({"namespace": "f", "filter": {"color": "red"}})),
+        )
+        .await;
+    assert_eq!((status, body["deleted_count"].clone()), (200, json!(20)), "{body}");
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &key,
+            Some(search(json!({"color": "red"}), 5)),
+        )
+        .await;
+    assert_eq!(ids(&body), Vec::<String>::new());
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::DELETE,
+            "/v1/vectors/delete",
+            &key,
+            Some(json!({"namespace": "f", "filter": {}})),
+        )
+        .await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+    assert_eq!(upsert_count(&app, &key).await, 40);
+}
+
+async fn scopes_and_tenancy_hold_on_every_route(app: TestApp) {
+    let alice = app.tenant(4, "cosine").await;
+    let bob = app.tenant(4, "cosine").await;
+    let upsert = json!({"namespace": "private", "vectors": [{"id": "a", "values": [1, 2, 3, 4], "metadata": {"owner": "alice"}}]});
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &alice.readonly,
+            Some(upsert.clone()),
+        )
+        .await;
+    assert_error(status, &body, 403, "FORBIDDEN");
+    for (path, method, body) in [
+        (
+            "/v1/vectors/update",
+            Method::POST,
+            json!({"namespace": "private", "id": "a", "metadata": {"x": 1}}),
+        ),
+        (
+            "/v1/vectors/delete",
+            Method::DELETE,
+            json!({"namespace": "private", "id": "a"}),
+        ),
+    ] {
+        let (status, response) = app.data_call(0, method, path, &alice.readonly, Some(body)).await;
+        assert_error(status, &response, 403, "FORBIDDEN");
+    }
+    let (status, _) = app
+        .data_call(0, Method::POST, "/v1/vectors/upsert", &alice.readwrite, Some(upsert))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &alice.readonly,
+            Some(json!({"namespace": "private", "vector": [1, 2, 3, 4]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Bob's admin key names alice's namespace: it is not there for him.
+    for (path, method, body) in [
+        (
+            "/v1/vectors/search",
+            Method::POST,
+            json!({"namespace": "private", "vector": [1, 2, 3, 4]}),
+        ),
+        (
+            "/v1/vectors/query",
+            Method::POST,
+            json!({"namespace": "private", "id": "a"}),
+        ),
+        (
+            "/v1/vectors/update",
+            Method::POST,
+            json!({"namespace": "private", "id": "a", "metadata": {"owner": "bob"}}),
+        ),
+        (
+            "/v1/vectors/delete",
+            Method::DELETE,
+            json!({"namespace": "private", "id": "a"}),
+        ),
+    ] {
+        let (status, response) = app.data_call(0, method, path, &bob.admin, Some(body)).await;
+        assert_error(status, &response, 404, "NOT_FOUND");
+    }
+    let (_, fetched) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &alice.readonly,
+            Some(json!({"namespace": "private", "id": "a"})),
+        )
+        .await;
+    assert_eq!(fetched["metadata"]["owner"], "alice");
+    let (status, body) = read(
+        app.data_request(0, Method::POST, "/v1/vectors/search")
+            .json(&json!({"vector": [1, 2, 3, 4]}))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_error(status, &body, 401, "UNAUTHORIZED");
+}
+
+async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(2, "dotproduct").await;
+    let vectors: Vec<Value> = (0..25)
+        .map(|i| json!({"id": format!("doc#{i:02}"), "values": [1.0, i as f64]}))
+        .collect();
+    app.data_call(
+        0,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        Some(json!({"namespace": "l", "vectors": vectors})),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/vectors/list?namespace=l&prefix=doc%23&limit=10&cursor={c}"),
+            None => "/v1/vectors/list?namespace=l&prefix=doc%23&limit=10".to_owned(),
+        };
+        let (status, body) = app.data_call(0, Method::GET, &path, &key, None).await;
+        assert_eq!(status, 200, "{body}");
+        seen.extend(
+            body["ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .map(|v| v.as_str().expect("id").to_owned()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    assert_eq!(seen[0], "doc#00");
+    let (status, body) = app
+        .data_call(0, Method::GET, "/v1/vectors/list?namespace=l&cursor=%%%", &key, None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = app
+        .data_call(0, Method::GET, "/v1/vectors/list?namespace=l&limit=0", &key, None)
+        .await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "l", "ids": ["doc#03", "missing", "doc#01"], "include_values": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let fetched: Vec<&str> = body["vectors"]
+        .as_array()
+        .expect("vectors")
+        .iter()
+        .map(|v| v["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(fetched, ["doc#03", "doc#01"]);
+    assert!(body["vectors"][0].get("values").is_none());
+    let (_, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(json!({"namespace": "l", "vector": [0.0, 1.0], "top_k": 2, "include_values": true, "include_metadata": false})))
+        .await;
+    assert_eq!(
+        body["matches"][0]["id"], "doc#24",
+        "dotproduct ranks the largest inner product first"
+    );
+    assert!(
+        (body["matches"][0]["score"].as_f64().expect("score") - 24.0).abs() < 0.05,
+        "{body}"
+    );
+    assert!(body["matches"][0]["values"].is_array() && body["matches"][0].get("metadata").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_one_pod_are_seen_by_another() {
+    let app = TestApp::cluster(2).await;
+    let key = app.tenant(4, "cosine").await.readwrite;
+    let search = json!({"namespace": "shared", "vector": [1, 0, 0, 0], "top_k": 5, "consistency": "strong"});
+    app.data_call(
+        0,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        Some(json!({"namespace": "shared", "vectors": [{"id": "a", "values": [1, 0, 0, 0]}]})),
+    )
+    .await;
+    let (_, body) = app
+        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
+        .await;
+    assert_eq!(
+        body["matches"].as_array().map(Vec::len),
+        Some(1),
+        "pod 1 loads the index from the store"
+    );
+
+    app.data_call(
+        0,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        Some(json!({"namespace": "shared", "vectors": [{"id": "b", "values": [0.9, 0.1, 0, 0]}]})),
+    )
+    .await;
+    let (_, body) = app
+        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search))
+        .await;
+    assert_eq!(
+        body["matches"].as_array().map(Vec::len),
+        Some(2),
+        "a strong read catches up at once"
+    );
+
+    app.data_call(
+        0,
+        Method::DELETE,
+        "/v1/vectors/delete",
+        &key,
+        Some(json!({"namespace": "shared", "id": "a"})),
+    )
+    .await;
+    let eventual = json!({"namespace": "shared", "vector": [1, 0, 0, 0], "top_k": 5});
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = app
+            .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(eventual.clone()))
+            .await;
+        if body["matches"].as_array().map(Vec::len) == Some(1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "pod 1 did not hear of the delete: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// 20,000 random 128-d vectors, 200 queries: recall@10 against brute force, with and
+/// without a 1%-selective filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_at_10_is_at_least_095_with_and_without_a_selective_filter() {
+    use rand::{Rng as _, SeedableRng as _};
+    let app = TestApp::start(Backend::Sqlite).await;
+    let key = app.tenant(128, "cosine").await.readwrite;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let data: Vec<Vec<f32>> = (0..20_000)
+        .map(|_| (0..128).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+        .collect();
+    for (batch, chunk) in data.chunks(1000).enumerate() {
+        let vectors: Vec<Value> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let n = batch * 1000 + i;
+                json!({"id": format!("{n}"), "values": v, "metadata": {"bucket": n % 100}})
+            })
+            .collect();
+        let (status, body) = app
+            .data_call(
+                0,
+                Method::POST,
+                "/v1/vectors/upsert",
+                &key,
+                Some(json!({"namespace": "r", "vectors": vectors})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (na * nb)
+    };
+    for filtered in [false, true] {
+        let (mut hits, mut total) = (0usize, 0usize);
+        for q in 0..200 {
+            let query: Vec<f32> = (0..128).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let mut truth: Vec<(f32, usize)> = data
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| !filtered || n % 100 == 7)
+                .map(|(n, v)| (cosine(&query, v), n))
+                .collect();
+            truth.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let expected: std::collections::HashSet<String> =
+                truth.iter().take(10).map(|(_, n)| n.to_string()).collect();
+            let mut body = json!({"namespace": "r", "vector": query, "top_k": 10, "include_metadata": false});
+            if filtered {
+                body["filter"] = json!({"bucket": 7});
+            }
+            let (status, response) = app
+                .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(body))
+                .await;
+            assert_eq!(status, 200, "query {q}: {response}");
+            let got = response["matches"].as_array().expect("matches");
+            hits += got
+                .iter()
+                .filter(|m| expected.contains(m["id"].as_str().expect("id")))
+                .count();
+            total += expected.len();
+        }
+        let recall = hits as f64 / total as f64;
+        eprintln!("recall@10 (filtered: {filtered}) = {recall:.4}");
+        assert!(recall >= 0.95, "recall@10 {recall:.4} < 0.95 (filtered: {filtered})");
+    }
+}
