@@ -122,7 +122,11 @@ struct Standalone {
 
 impl Standalone {
     fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// Starts on an existing data dir (a restart).
+    fn start_in(dir: tempfile::TempDir) -> Self {
         let mut child = quiver()
             .args([
                 "--log-format",
@@ -161,6 +165,15 @@ impl Standalone {
             lines,
             dir,
         }
+    }
+}
+
+impl Standalone {
+    /// Kills the process with SIGKILL and hands back its data dir.
+    fn sigkill(mut self) -> tempfile::TempDir {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).expect("SIGKILL");
+        self.child.wait().expect("exit");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }
 }
 
@@ -426,4 +439,83 @@ fn keys_cli_refuses_unknown_projects_and_roles_with_one_line() {
         .expect("runs");
     assert!(!bad_role.status.success());
     assert!(String::from_utf8_lossy(&bad_role.stderr).contains("app_readonly"));
+}
+
+#[tokio::test]
+async fn a_restart_after_sigkill_serves_every_acknowledged_write() {
+    let first = Standalone::start();
+    let http = reqwest::Client::new();
+    let signup: Value = http
+        .post(format!("{}/v1/auth/signup", first.control))
+        .json(&serde_json::json!({"email": "kill@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .expect("signup")
+        .json()
+        .await
+        .expect("json");
+    let session = signup["token"].as_str().expect("token").to_owned();
+    let project: Value = http
+        .post(format!("{}/v1/projects", first.control))
+        .bearer_auth(&session)
+        .json(&serde_json::json!({"name": "p", "dimension": 3, "metric": "euclidean", "plan": "business"}))
+        .send()
+        .await
+        .expect("project")
+        .json()
+        .await
+        .expect("json");
+    let project_id = project["id"].as_str().expect("id").to_owned();
+    let created: Value = http
+        .post(format!("{}/v1/projects/{project_id}/keys", first.control))
+        .bearer_auth(&session)
+        .json(&serde_json::json!({"label": "k", "role": "admin"}))
+        .send()
+        .await
+        .expect("key")
+        .json()
+        .await
+        .expect("json");
+    let key = created["key"].as_str().expect("key").to_owned();
+    let mut acknowledged = 0;
+    for batch in 0..20 {
+        let vectors: Vec<Value> = (0..50)
+            .map(|i| serde_json::json!({"id": format!("b{batch}-{i}"), "values": [batch as f32, i as f32, 1.0]}))
+            .collect();
+        let response = http
+            .post(format!("{}/v1/vectors/upsert", first.data))
+            .header("x-api-key", &key)
+            .json(&serde_json::json!({"namespace": "n", "vectors": vectors}))
+            .send()
+            .await
+            .expect("upsert");
+        assert_eq!(response.status(), 200);
+        acknowledged += 50;
+    }
+    // No graceful anything: SIGKILL, then a new process on the same data dir.
+    let second = Standalone::start_in(first.sigkill());
+    let listed: Value = http
+        .get(format!("{}/v1/namespaces", second.data))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["namespaces"][0]["vector_count"], acknowledged);
+    let found: Value = http
+        .post(format!("{}/v1/vectors/search", second.data))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({"namespace": "n", "vector": [19.0, 49.0, 1.0], "top_k": 1}))
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        found["matches"][0]["id"], "b19-49",
+        "the last acknowledged batch is searchable: {found}"
+    );
 }
