@@ -15,9 +15,17 @@ use utoipa::{Modify, OpenApi};
         quiver_common::http::readyz,
         crate::namespaces::list,
         crate::namespaces::remove,
+        crate::vectors::upsert,
+        crate::vectors::search,
+        crate::vectors::query,
+        crate::vectors::update,
+        crate::vectors::remove,
+        crate::vectors::list,
     ),
+    components(schemas(crate::vectors::VectorInput, crate::vectors::VectorView)),
     modifiers(&KeyAuth),
     tags(
+        (name = "vectors", description = "Upsert, search, fetch, update, delete and list vectors"),
         (name = "namespaces", description = "Namespaces of the key's project"),
         (name = "health", description = "Probes"),
     )

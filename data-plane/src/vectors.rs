@@ -216,14 +216,60 @@ fn record_change(write: RecordWrite, seq: i64) -> Change {
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// One vector to write.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: vectors are validated one by one from JSON
+pub struct VectorInput {
+    /// 1 to 512 bytes.
+    #[schema(example = "sku-1")]
+    pub id: String,
+    /// Exactly the project's dimension; finite.
+    #[schema(example = json!([0.11, 0.22, 0.33, 0.44]))]
+    pub values: Vec<f32>,
+    /// A JSON object of at most 40 KiB.
+    #[schema(value_type = Option<Object>, example = json!({"name": "Widget A", "category": "hardware"}))]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpsertRequest {
+pub struct UpsertRequest {
+    /// Defaults to `default`.
+    #[schema(example = "products")]
     namespace: Option<String>,
+    /// 1 to 1,000 vectors.
+    #[schema(value_type = Vec<VectorInput>, min_items = 1, max_items = 1000)]
     vectors: Vec<Value>,
 }
 
-async fn upsert(
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UpsertResponse {
+    pub upserted_count: u64,
+    pub namespace: String,
+    /// The namespace's sequence number after this write.
+    pub seq: i64,
+}
+
+/// Insert or replace vectors; all of the batch or none of it.
+#[utoipa::path(
+    post,
+    path = "/v1/vectors/upsert",
+    tag = "vectors",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(("x-idempotency-key" = Option<String>, Header, description = "replay-safe retries for 24 h")),
+    request_body = UpsertRequest,
+    responses(
+        (status = 200, body = UpsertResponse),
+        (status = 400, description = "invalid body or vector", body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, description = "no write scope, or a plan cap", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, description = "the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
+        (status = 413, body = quiver_common::error::ErrorEnvelope),
+        (status = 422, description = "the idempotency key was used with another body", body = quiver_common::error::ErrorEnvelope),
+        (status = 503, description = "the records store is unreachable", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn upsert(
     State(state): State<DataPlane>,
     principal: Principal,
     headers: HeaderMap,
@@ -260,32 +306,57 @@ async fn upsert(
             .map(|r| record_change(r, outcome.state.seq))
             .collect();
         committed(&state, &principal, &namespace, outcome, changes).await;
-        Ok(json!({ "upserted_count": count, "namespace": namespace, "seq": outcome.state.seq }))
+        Ok(serde_json::to_value(UpsertResponse {
+            upserted_count: count,
+            namespace,
+            seq: outcome.state.seq,
+        })
+        .map_err(anyhow::Error::from)?)
     })
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SearchRequest {
+pub struct SearchRequest {
+    #[schema(example = "products")]
     namespace: Option<String>,
+    /// The query: the project's dimension, finite.
+    #[schema(value_type = Vec<f32>, example = json!([0.11, 0.22, 0.33, 0.44]))]
     vector: Option<Value>,
+    /// 1 to 1,000 (default 10).
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000, example = 10)]
     top_k: Option<Value>,
+    /// A metadata filter, e.g. `{"category": "hardware"}` or `{"price": {"$lt": 20}}`.
+    #[schema(value_type = Option<Object>)]
     filter: Option<Value>,
     #[serde(default)]
     include_values: bool,
+    /// Default true.
     include_metadata: Option<bool>,
+    /// `eventual` (default) or `strong`: catch up with the records store first.
+    #[schema(example = "eventual")]
     consistency: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct MatchView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MatchView {
     id: String,
+    /// Similarity, higher is better (cosine similarity, inner product, or 1/(1+distance)).
     score: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     values: Option<Vec<f32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Arc<Metadata>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SearchResponse {
+    matches: Vec<MatchView>,
+    namespace: String,
+    /// The namespace seq the search saw.
+    seq: i64,
 }
 
 fn parse_top_k(value: Option<&Value>) -> Result<usize, ApiError> {
@@ -323,7 +394,22 @@ fn strong(consistency: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-async fn search(
+/// k-NN similarity search, optionally filtered by metadata.
+#[utoipa::path(
+    post,
+    path = "/v1/vectors/search",
+    tag = "vectors",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    request_body = SearchRequest,
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn search(
     State(state): State<DataPlane>,
     principal: Principal,
     headers: HeaderMap,
@@ -367,15 +453,25 @@ async fn search(
         })
         .collect();
     Ok(Json(
-        json!({ "matches": matches, "namespace": namespace, "seq": outcome.seq }),
+        serde_json::to_value(SearchResponse {
+            matches,
+            namespace,
+            seq: outcome.seq,
+        })
+        .map_err(anyhow::Error::from)?,
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct QueryRequest {
+pub struct QueryRequest {
+    #[schema(example = "products")]
     namespace: Option<String>,
+    /// One id: the answer is that vector, or a 404.
+    #[schema(value_type = Option<String>, example = "sku-1")]
     id: Option<Value>,
+    /// Up to 1,000 ids: the answer lists those that exist.
+    #[schema(value_type = Option<Vec<String>>)]
     ids: Option<Vec<Value>>,
     include_values: Option<bool>,
     include_metadata: Option<bool>,
@@ -403,16 +499,33 @@ fn parse_ids(id: Option<Value>, ids: Option<Vec<Value>>) -> Result<(Vec<String>,
     }
 }
 
-#[derive(Debug, Serialize)]
-struct VectorView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VectorView {
     id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     values: Option<Vec<f32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Metadata>,
 }
 
-async fn query(
+/// Fetch vectors by id: with `id`, that vector (plus `namespace`); with `ids`,
+/// `{"vectors": [...], "namespace"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/vectors/query",
+    tag = "vectors",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "the vector (for `id`) or `{vectors, namespace}` (for `ids`)", body = Object),
+        (status = 400, body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such vector (for `id`)", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn query(
     State(state): State<DataPlane>,
     principal: Principal,
     headers: HeaderMap,
@@ -448,16 +561,48 @@ async fn query(
     Ok(Json(json!({ "vectors": views, "namespace": namespace })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateRequest {
+pub struct UpdateRequest {
+    #[schema(example = "products")]
     namespace: Option<String>,
+    #[schema(value_type = String, example = "sku-1")]
     id: Option<Value>,
+    /// Merged into the vector's metadata key by key; `null` removes a key.
+    #[schema(value_type = Option<Object>, example = json!({"category": "premium-hardware", "updated_at": "2025-01-15"}))]
     metadata: Option<Value>,
+    /// New values, of the project's dimension.
+    #[schema(value_type = Option<Vec<f32>>)]
     values: Option<Value>,
 }
 
-async fn update(
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UpdateResponse {
+    updated: bool,
+    id: String,
+    namespace: String,
+    seq: i64,
+}
+
+/// Merge metadata into a vector, and optionally replace its values.
+#[utoipa::path(
+    post,
+    path = "/v1/vectors/update",
+    tag = "vectors",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(("x-idempotency-key" = Option<String>, Header, description = "replay-safe retries for 24 h")),
+    request_body = UpdateRequest,
+    responses(
+        (status = 200, body = UpdateResponse),
+        (status = 400, body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such namespace or vector", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, body = quiver_common::error::ErrorEnvelope),
+        (status = 422, body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn update(
     State(state): State<DataPlane>,
     principal: Principal,
     headers: HeaderMap,
@@ -496,21 +641,57 @@ async fn update(
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no vector \"{id}\" in namespace \"{namespace}\"")))?;
         committed(&state, &principal, &namespace, outcome, vec![Change::Upsert(record)]).await;
-        Ok(json!({ "updated": true, "id": id, "namespace": namespace, "seq": outcome.state.seq }))
+        Ok(serde_json::to_value(UpdateResponse {
+            updated: true,
+            id,
+            namespace,
+            seq: outcome.state.seq,
+        })
+        .map_err(anyhow::Error::from)?)
     })
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DeleteRequest {
+pub struct DeleteRequest {
+    #[schema(example = "products")]
     namespace: Option<String>,
+    #[schema(value_type = Option<String>, example = "sku-1")]
     id: Option<Value>,
+    #[schema(value_type = Option<Vec<String>>)]
     ids: Option<Vec<Value>>,
+    /// Delete every vector whose metadata matches (not empty).
+    #[schema(value_type = Option<Object>)]
     filter: Option<Value>,
 }
 
-async fn remove(
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeleteResponse {
+    deleted_count: u64,
+    namespace: String,
+    seq: i64,
+}
+
+/// Delete vectors by id, by ids, or by metadata filter.
+#[utoipa::path(
+    delete,
+    path = "/v1/vectors/delete",
+    tag = "vectors",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(("x-idempotency-key" = Option<String>, Header, description = "replay-safe retries for 24 h")),
+    request_body = DeleteRequest,
+    responses(
+        (status = 200, body = DeleteResponse),
+        (status = 400, body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, body = quiver_common::error::ErrorEnvelope),
+        (status = 422, body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn remove(
     State(state): State<DataPlane>,
     principal: Principal,
     headers: HeaderMap,
@@ -568,24 +749,54 @@ async fn remove(
                     .seq
             }
         };
-        Ok(json!({ "deleted_count": deleted, "namespace": namespace, "seq": seq }))
+        Ok(serde_json::to_value(DeleteResponse {
+            deleted_count: deleted,
+            namespace,
+            seq,
+        })
+        .map_err(anyhow::Error::from)?)
     })
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
     namespace: Option<String>,
     prefix: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
     /// Accepted here only so the key is not refused as an unknown parameter.
     #[allow(dead_code)]
+    #[param(ignore)]
     api_key: Option<String>,
 }
 
-async fn list(
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ListResponse {
+    ids: Vec<String>,
+    namespace: String,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// List a namespace's ids in byte order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/vectors/list",
+    tag = "vectors",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, body = ListResponse),
+        (status = 400, body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn list(
     State(state): State<DataPlane>,
     principal: Principal,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -634,6 +845,11 @@ async fn list(
         })
         .flatten();
     Ok(Json(
-        json!({ "ids": ids, "namespace": namespace, "next_cursor": next_cursor }),
+        serde_json::to_value(ListResponse {
+            ids,
+            namespace,
+            next_cursor,
+        })
+        .map_err(anyhow::Error::from)?,
     ))
 }

@@ -15,6 +15,7 @@ on_both_backends!(
     filters_narrow_searches_and_deletes,
     scopes_and_tenancy_hold_on_every_route,
     ids_are_listed_with_a_cursor_and_fetched_in_bulk,
+    with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503,
 );
 
 /// Sends a request the way the page's curl does: raw JSON text and these headers.
@@ -896,4 +897,41 @@ async fn recall_at_10_is_at_least_095_with_and_without_a_selective_filter() {
         eprintln!("recall@10 (filtered: {filtered}) = {recall:.4}");
         assert!(recall >= 0.95, "recall@10 {recall:.4} < 0.95 (filtered: {filtered})");
     }
+}
+
+async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let upsert = json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]});
+    let search = json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 1});
+    app.data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert.clone()))
+        .await;
+    let (status, _) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
+        .await;
+    assert_eq!(status, 200, "the index is loaded and the key cached");
+
+    // Every connection to the records store goes away.
+    app.store.close().await;
+
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(search))
+        .await;
+    assert_eq!(status, 200, "searches keep serving from memory: {body}");
+    assert_eq!(body["matches"][0]["id"], "a");
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert))
+        .await;
+    let message = assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
+    assert!(
+        !message.contains("sqlite") && !message.contains("postgres://"),
+        "{message}"
+    );
+    let (status, body) = read(
+        app.data_request(0, Method::GET, "/readyz")
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_error(status, &body, 503, "SERVICE_UNAVAILABLE");
 }

@@ -1,0 +1,270 @@
+//! Measures the vector API over HTTP on this machine: upsert throughput, search QPS and
+//! p50/p99 latency at a given concurrency with recall@10, index memory per vector,
+//! and the QPS raw usearch reaches in-process with the same settings and data.
+//!
+//! `cargo run --release -p quiver-bench --bin vector-load -- --vectors 100000 --dim 768`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use quiver_bench::{brute_force, clustered_unit_vectors, percentile};
+use quiver_common::bus::{Bus, InProcessBus};
+use quiver_common::domain::{Metric, Role};
+use quiver_common::token::JwtKeys;
+use quiver_store::NewProject;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Vectors to load.
+    #[arg(long, default_value_t = 100_000)]
+    vectors: usize,
+    /// Dimensions.
+    #[arg(long, default_value_t = 768)]
+    dim: usize,
+    /// Vectors per upsert request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Concurrent search clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds of searching per measurement.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Queries whose recall@10 is checked against brute force.
+    #[arg(long, default_value_t = 200)]
+    recall_queries: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let store = quiver_store::connect(&quiver_store::sqlite::SqliteStore::url_for_data_dir(dir.path())).await?;
+    store.migrate().await?;
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
+    let jwt = JwtKeys::new(&[9u8; 32]).map_err(anyhow::Error::msg)?;
+    let settings = quiver_data_plane::Settings { index_memory: 8 << 30 };
+    let plane = quiver_data_plane::DataPlane::new(Arc::clone(&store), bus, jwt, settings);
+    let indexes = Arc::clone(&plane.indexes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, plane.router()).await });
+
+    let user = store.create_user("bench@example.com", "unused").await?;
+    let project = store
+        .create_project(NewProject {
+            owner_id: user.id,
+            name: "bench".into(),
+            dimension: args.dim as u32,
+            metric: Metric::Cosine,
+            plan_id: "business_plus".into(),
+        })
+        .await?;
+    let request = quiver_control_plane::keys::CreateKey {
+        label: "bench".into(),
+        role: Role::Admin,
+        expires_at: None,
+    };
+    let key = quiver_control_plane::keys::mint(store.as_ref(), project.id, request)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.envelope().error.message))?
+        .key;
+
+    eprintln!("generating {} × {}-d vectors…", args.vectors, args.dim);
+    let data = Arc::new(clustered_unit_vectors(args.vectors, args.dim, 1000, 1));
+    let queries: Vec<Vec<f32>> = clustered_unit_vectors(args.recall_queries.max(1000), args.dim, 1000, 2);
+    let http = reqwest::Client::new();
+
+    // Upsert, two requests in flight (one per core).
+    eprintln!("upserting…");
+    let started = Instant::now();
+    let chunks: Vec<(usize, usize)> = (0..args.vectors)
+        .step_by(args.batch)
+        .map(|s| (s, (s + args.batch).min(args.vectors)))
+        .collect();
+    let chunks = Arc::new(std::sync::Mutex::new(chunks.into_iter()));
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let (http, base, key, data, chunks) = (
+            http.clone(),
+            base.clone(),
+            key.clone(),
+            Arc::clone(&data),
+            Arc::clone(&chunks),
+        );
+        writers.push(tokio::spawn(async move {
+            loop {
+                let Some((from, to)) = chunks.lock().expect("lock").next() else {
+                    break;
+                };
+                let vectors: Vec<Value> = (from..to)
+                    .map(|i| json!({"id": i.to_string(), "values": data[i]}))
+                    .collect();
+                let response = http
+                    .post(format!("{base}/v1/vectors/upsert"))
+                    .header("x-api-key", &key)
+                    .json(&json!({"namespace": "bench", "vectors": vectors}))
+                    .send()
+                    .await
+                    .expect("upsert answers");
+                assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await?;
+    }
+    let upsert_secs = started.elapsed().as_secs_f64();
+
+    // First search loads the index from the store (cold load by replay).
+    let search = |q: &[f32]| json!({"namespace": "bench", "vector": q, "top_k": 10, "include_metadata": false});
+    let started = Instant::now();
+    http.post(format!("{base}/v1/vectors/search"))
+        .header("x-api-key", &key)
+        .json(&search(&queries[0]))
+        .send()
+        .await?;
+    let load_secs = started.elapsed().as_secs_f64();
+
+    // Recall@10 over HTTP.
+    let mut hits = 0;
+    for q in queries.iter().take(args.recall_queries) {
+        let truth: std::collections::HashSet<String> =
+            brute_force(&data, q, 10).into_iter().map(|i| i.to_string()).collect();
+        let body: Value = http
+            .post(format!("{base}/v1/vectors/search"))
+            .header("x-api-key", &key)
+            .json(&search(q))
+            .send()
+            .await?
+            .json()
+            .await?;
+        hits += body["matches"].as_array().map_or(0, |m| {
+            m.iter()
+                .filter(|m| truth.contains(m["id"].as_str().unwrap_or("")))
+                .count()
+        });
+    }
+    let recall = hits as f64 / (10 * args.recall_queries) as f64;
+
+    // Search load over HTTP.
+    eprintln!(
+        "searching over HTTP with {} clients for {} s…",
+        args.clients, args.seconds
+    );
+    let bodies: Arc<Vec<String>> = Arc::new(queries.iter().map(|q| search(q).to_string()).collect());
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut clients = Vec::new();
+    for c in 0..args.clients {
+        let (http, base, key, bodies) = (http.clone(), base.clone(), key.clone(), Arc::clone(&bodies));
+        clients.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = c;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let response = http
+                    .post(format!("{base}/v1/vectors/search"))
+                    .header("x-api-key", &key)
+                    .header("content-type", "application/json")
+                    .body(bodies[i % bodies.len()].clone())
+                    .send()
+                    .await
+                    .expect("search answers");
+                let _ = response.bytes().await.expect("body");
+                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                i += args.clients;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for client in clients {
+        latencies.extend(client.await?);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let http_qps = latencies.len() as f64 / args.seconds as f64;
+    let memory = indexes.memory_bytes();
+
+    // Raw usearch in-process: same options, same data, same concurrency, no HTTP.
+    eprintln!("searching raw usearch in-process…");
+    let raw = Arc::new(quiver_engine::NamespaceIndex::new(
+        args.dim,
+        Metric::Cosine,
+        Default::default(),
+    )?);
+    {
+        let changes: Vec<quiver_store::Change> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                quiver_store::Change::Upsert(quiver_store::Record {
+                    id: i.to_string(),
+                    vector: v.clone(),
+                    metadata: Default::default(),
+                    content: None,
+                    seq: 1,
+                    created_at: Default::default(),
+                    updated_at: Default::default(),
+                })
+            })
+            .collect();
+        let raw = Arc::clone(&raw);
+        tokio::task::spawn_blocking(move || raw.apply(&changes)).await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let queries = Arc::new(queries);
+    let mut threads = Vec::new();
+    for c in 0..args.clients {
+        let (raw, queries) = (Arc::clone(&raw), Arc::clone(&queries));
+        threads.push(std::thread::spawn(move || {
+            let mut done = 0usize;
+            let mut i = c;
+            while Instant::now() < deadline {
+                let _ = raw
+                    .search(&queries[i % queries.len()], 10, &quiver_engine::Filter::All, false)
+                    .expect("search");
+                done += 1;
+                i += 8;
+            }
+            done
+        }));
+    }
+    let raw_done: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+    let raw_qps = raw_done as f64 / args.seconds as f64;
+
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| data | {} × {}-d clustered unit vectors, cosine |",
+        args.vectors, args.dim
+    );
+    println!(
+        "| upsert over HTTP (batches of {}, 2 in flight) | {:.0} vectors/s |",
+        args.batch,
+        args.vectors as f64 / upsert_secs
+    );
+    println!("| cold index load (replay from SQLite) | {:.1} s |", load_secs);
+    println!(
+        "| recall@10 over HTTP ({} queries) | {:.3} |",
+        args.recall_queries, recall
+    );
+    println!(
+        "| search over HTTP, {} clients | {:.0} QPS, p50 {:.2} ms, p99 {:.2} ms |",
+        args.clients,
+        http_qps,
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0)
+    );
+    println!(
+        "| raw usearch in-process, {} threads | {:.0} QPS |",
+        args.clients, raw_qps
+    );
+    println!("| HTTP / raw | {:.0} % |", 100.0 * http_qps / raw_qps);
+    println!(
+        "| index memory | {:.0} bytes/vector |",
+        memory as f64 / args.vectors as f64
+    );
+    Ok(())
+}

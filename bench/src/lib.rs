@@ -1,0 +1,55 @@
+//! Shared pieces of Quiver's load tools: synthetic embedding-like data and latency stats.
+
+use rand::{Rng as _, SeedableRng as _};
+
+/// `n` unit vectors of `dim` dimensions around `clusters` random centres, the way
+/// sentence embeddings bunch around topics. Deterministic for a seed.
+pub fn clustered_unit_vectors(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let centres: Vec<Vec<f32>> = (0..clusters)
+        .map(|_| normalized(gaussian(&mut rng, dim, 1.0)))
+        .collect();
+    (0..n)
+        .map(|_| {
+            let centre = &centres[rng.random_range(0..clusters)];
+            let noise = gaussian(&mut rng, dim, 0.6 / (dim as f32).sqrt());
+            normalized(centre.iter().zip(noise).map(|(c, e)| c + e).collect())
+        })
+        .collect()
+}
+
+fn gaussian(rng: &mut rand::rngs::StdRng, dim: usize, sigma: f32) -> Vec<f32> {
+    (0..dim)
+        .map(|_| {
+            // Box–Muller.
+            let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+            sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
+fn normalized(v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+/// The ids of the `k` vectors most cosine-similar to `query` (unit vectors: dot product).
+pub fn brute_force(data: &[Vec<f32>], query: &[f32], k: usize) -> Vec<usize> {
+    let mut scored: Vec<(f32, usize)> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.iter().zip(query).map(|(a, b)| a * b).sum(), i))
+        .collect();
+    scored.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
+    scored.truncate(k);
+    scored.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Percentile (0–100) of sorted samples, in the samples' unit.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
