@@ -3,16 +3,19 @@
 use rand::{Rng as _, SeedableRng as _};
 
 /// `n` unit vectors of `dim` dimensions around `clusters` random centres, the way
-/// sentence embeddings bunch around topics. Deterministic for a seed.
+/// sentence embeddings bunch around topics. The centres are the same for every seed,
+/// so data and queries drawn with different seeds share one distribution.
 pub fn clustered_unit_vectors(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut centre_rng = rand::rngs::StdRng::seed_from_u64(0x00C0_FFEE);
     let centres: Vec<Vec<f32>> = (0..clusters)
-        .map(|_| normalized(gaussian(&mut rng, dim, 1.0)))
+        .map(|_| normalized(gaussian(&mut centre_rng, dim, 1.0)))
         .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
         .map(|_| {
             let centre = &centres[rng.random_range(0..clusters)];
-            let noise = gaussian(&mut rng, dim, 0.6 / (dim as f32).sqrt());
+            // Noise of norm about 1: a point's cosine to its centre is about 0.7.
+            let noise = gaussian(&mut rng, dim, 1.0 / (dim as f32).sqrt());
             normalized(centre.iter().zip(noise).map(|(c, e)| c + e).collect())
         })
         .collect()

@@ -3,7 +3,7 @@
 //! without touching the database.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use quiver_common::domain::Metric;
@@ -193,44 +193,59 @@ impl NamespaceIndex {
         self.len() == 0
     }
 
-    /// Bytes this index holds: usearch's graph and vectors plus the slot table.
+    /// Bytes this index holds: usearch's allocations (graph and vectors, including
+    /// reserved room to grow) plus the slot table.
     pub fn memory_bytes(&self) -> usize {
         let state = self.read();
         state.index.memory_usage() + state.slot_bytes
+    }
+
+    /// Bytes in use, without usearch's reserved-but-unused room: what the index would
+    /// take if allocated exactly.
+    pub fn used_bytes(&self) -> usize {
+        let state = self.read();
+        let stats = state.index.memory_stats();
+        let reserve = stats.graph_reserved + stats.graph_wasted + stats.vectors_reserved + stats.vectors_wasted;
+        state.index.memory_usage().saturating_sub(reserve) + state.slot_bytes
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies changes in order: upserts replace, deletes free their key.
+    /// Applies changes in order: upserts replace, deletes free their key. Bookkeeping
+    /// runs in order; then replaced and deleted vectors leave the graph, and the new
+    /// ones are added on every core (usearch takes concurrent adds).
     /// CPU-heavy for large batches: call from a blocking thread.
     pub fn apply(&self, changes: &[Change]) -> Result<(), IndexError> {
-        let mut state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let state = &mut *state;
-        let needed = state.by_id.len() + changes.len();
-        if needed > state.index.capacity() {
-            // Exclusive access (we hold the write lock): safe to grow.
-            let capacity = needed.max(state.index.capacity() * 2).max(1024);
-            state
-                .index
-                .reserve_capacity_and_threads(capacity, THREADS)
-                .map_err(|e| IndexError(e.to_string()))?;
+        for change in changes {
+            if let Change::Upsert(record) = change
+                && record.vector.len() != self.dimension
+            {
+                return Err(IndexError(format!(
+                    "record {} has {} values, the index has {} dimensions",
+                    record.id,
+                    record.vector.len(),
+                    self.dimension
+                )));
+            }
         }
+        let mut guard = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = &mut *guard;
+        // Keys whose vector is in the graph and must leave it, keys given out in this
+        // batch (not in the graph), and the vector each key ends up with.
+        let mut vacate = Vec::new();
+        let mut vacated = HashSet::new();
+        let mut fresh = HashSet::new();
+        let mut adds: HashMap<u64, &[f32]> = HashMap::new();
         for change in changes {
             match change {
                 Change::Upsert(record) => {
-                    if record.vector.len() != self.dimension {
-                        return Err(IndexError(format!(
-                            "record {} has {} values, the index has {} dimensions",
-                            record.id,
-                            record.vector.len(),
-                            self.dimension
-                        )));
-                    }
                     let key = match state.by_id.get(&record.id) {
                         Some(&key) => {
-                            state.index.remove(key).map_err(|e| IndexError(e.to_string()))?;
+                            if !fresh.contains(&key) && vacated.insert(key) {
+                                vacate.push(key);
+                            }
                             key
                         }
                         None => {
@@ -239,13 +254,11 @@ impl NamespaceIndex {
                                 (state.slots.len() - 1) as u64
                             });
                             state.by_id.insert(record.id.clone(), key);
+                            fresh.insert(key);
                             key
                         }
                     };
-                    state
-                        .index
-                        .add(key, &record.vector)
-                        .map_err(|e| IndexError(e.to_string()))?;
+                    adds.insert(key, &record.vector);
                     let slot = Slot {
                         id: record.id.clone(),
                         metadata: Arc::new(record.metadata.clone()),
@@ -257,7 +270,10 @@ impl NamespaceIndex {
                 }
                 Change::Delete { id, .. } => {
                     if let Some(key) = state.by_id.remove(id) {
-                        state.index.remove(key).map_err(|e| IndexError(e.to_string()))?;
+                        if !fresh.remove(&key) && vacated.insert(key) {
+                            vacate.push(key);
+                        }
+                        adds.remove(&key);
                         if let Some(old) = state.slots[key as usize].take() {
                             state.slot_bytes -= slot_bytes(&old);
                         }
@@ -267,7 +283,46 @@ impl NamespaceIndex {
             }
             state.seq = state.seq.max(change.seq());
         }
-        Ok(())
+        for key in vacate {
+            state.index.remove(key).map_err(|e| IndexError(e.to_string()))?;
+        }
+        let needed = state.index.size() + adds.len();
+        if needed > state.index.capacity() {
+            // Exclusive access (we hold the write lock): safe to grow. 1.5× keeps the
+            // unused reserve small without growing on every write.
+            let capacity = needed.max(state.index.capacity() * 3 / 2).max(1024);
+            state
+                .index
+                .reserve_capacity_and_threads(capacity, THREADS)
+                .map_err(|e| IndexError(e.to_string()))?;
+        }
+        let adds: Vec<(u64, &[f32])> = adds.into_iter().collect();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = cores.min(adds.len() / 64 + 1).min(THREADS);
+        let index = &state.index;
+        let add_all = |part: &[(u64, &[f32])]| -> Result<(), IndexError> {
+            for (key, vector) in part {
+                index.add(*key, vector).map_err(|e| IndexError(e.to_string()))?;
+            }
+            Ok(())
+        };
+        if threads <= 1 {
+            return add_all(&adds);
+        }
+        let chunk = adds.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = adds
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || add_all(part)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(IndexError("an index worker panicked".into())))
+                })
+                .collect::<Result<(), IndexError>>()
+        })
     }
 
     /// The ids of the live records that pass `filter`.
@@ -465,6 +520,39 @@ mod tests {
         let (hits, _) = index.search(&[9.0, 9.0], 2, &Filter::All, false).expect("search");
         assert_eq!(hits.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["c", "b"]);
         assert_eq!(index.seq(), 4);
+    }
+
+    #[test]
+    fn a_batch_that_replaces_deletes_and_reuses_keys_ends_as_applied_in_order() {
+        let index = NamespaceIndex::new(2, Metric::Euclidean, uuid::Uuid::nil()).expect("index");
+        let first: Vec<Change> = (0..1000)
+            .map(|i| upsert(&format!("r{i}"), 1, vec![i as f32, 0.0], json!({})))
+            .collect();
+        index.apply(&first).expect("parallel add");
+        assert_eq!(index.len(), 1000);
+        index
+            .apply(&[
+                upsert("r1", 2, vec![-5.0, 0.0], json!({"v": 1})),
+                Change::Delete {
+                    id: "r2".into(),
+                    seq: 2,
+                },
+                upsert("new", 2, vec![-6.0, 0.0], json!({})),
+                upsert("r1", 2, vec![-7.0, 0.0], json!({"v": 2})),
+                upsert("gone", 2, vec![-8.0, 0.0], json!({})),
+                Change::Delete {
+                    id: "gone".into(),
+                    seq: 2,
+                },
+            ])
+            .expect("mixed batch");
+        assert_eq!(index.len(), 1000, "r2 and gone deleted, new added");
+        let (hits, _) = index.search(&[-7.0, 0.0], 3, &Filter::All, false).expect("search");
+        let ids: Vec<&str> = hits.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["r1", "new", "r0"]);
+        assert_eq!(hits[0].metadata["v"], 2, "the last write of r1 wins");
+        let (hits, _) = index.search(&[2.0, 0.0], 1, &Filter::All, false).expect("search");
+        assert_ne!(hits[0].id, "r2");
     }
 
     #[test]

@@ -328,8 +328,16 @@ impl IndexManager {
         }
     }
 
-    /// Bytes held by the indexes in memory.
+    /// Bytes held by the indexes in memory (as weighed when last inserted).
     pub fn memory_bytes(&self) -> u64 {
         self.cache.weighted_size() * 1024
+    }
+
+    /// Bytes the indexes in memory use, without usearch's reserved room to grow.
+    pub fn used_bytes(&self) -> u64 {
+        self.cache
+            .iter()
+            .map(|(_, loaded)| loaded.index.used_bytes() as u64)
+            .sum()
     }
 }
