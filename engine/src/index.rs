@@ -23,6 +23,12 @@ const EXACT_MAX_MATCHES: f64 = 4096.0;
 const EXACT_MAX_SELECTIVITY: f64 = 0.02;
 /// Records sampled to estimate a filter's selectivity.
 const SAMPLE: usize = 512;
+/// The recall@10 the ef tuner aims for, a margin above the 0.95 the product promises.
+const TARGET_RECALL: f64 = 0.97;
+/// The search widths the tuner tries, narrowest first.
+const EF_CHOICES: [usize; 6] = [16, 32, 64, 128, 256, 512];
+/// ef_search before the first tuning, and for small namespaces.
+const DEFAULT_EF: usize = 256;
 
 /// A search hit.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,7 +155,7 @@ impl NamespaceIndex {
             quantization: ScalarKind::F16,
             connectivity: 32,
             expansion_add: 200,
-            expansion_search: 256,
+            expansion_search: DEFAULT_EF,
             multi: false,
         };
         let index = usearch::Index::new(&options).map_err(|e| IndexError(e.to_string()))?;
@@ -323,6 +329,88 @@ impl NamespaceIndex {
                 })
                 .collect::<Result<(), IndexError>>()
         })
+    }
+
+    /// The search width in use.
+    pub fn ef(&self) -> usize {
+        self.read().index.expansion_search()
+    }
+
+    /// Picks the narrowest search width that reaches recall@10 ≥ 0.97 on this
+    /// namespace's own data, against an exact scan. Queries are stored vectors moved
+    /// off the graph by the distance to their nearest neighbour (as far from the data
+    /// as the data are from each other), in a random direction: a stored vector itself would be found through its own edges at any
+    /// width. Returns the ef chosen and the recall it measured, or `None` when the
+    /// namespace is too small to tell.
+    /// CPU-heavy (exact scans): call from a blocking thread, rarely.
+    pub fn tune_ef(&self, queries: usize) -> Result<Option<(usize, f64)>, IndexError> {
+        const K: usize = 10;
+        let state = self.read();
+        let live: Vec<u64> = state.by_id.values().copied().collect();
+        if live.len() < 1_000 {
+            return Ok(None);
+        }
+        let mut rng = rand::rng();
+        let mut stored = vec![0f32; self.dimension];
+        let mut neighbour = vec![0f32; self.dimension];
+        let mut samples = Vec::with_capacity(queries);
+        for _ in 0..queries {
+            let key = live[rng.random_range(0..live.len())];
+            state
+                .index
+                .get(key, &mut stored)
+                .map_err(|e| IndexError(e.to_string()))?;
+            let Some(&(nearest, _)) = self.exact(&state, &stored, 1, &|other| other != key)?.first() else {
+                continue;
+            };
+            state
+                .index
+                .get(nearest, &mut neighbour)
+                .map_err(|e| IndexError(e.to_string()))?;
+            let gap = stored
+                .iter()
+                .zip(&neighbour)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                .sqrt();
+            let direction: Vec<f32> = (0..self.dimension).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let norm = direction
+                .iter()
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
+                .max(f32::MIN_POSITIVE);
+            let query: Vec<f32> = stored.iter().zip(&direction).map(|(v, d)| v + gap * d / norm).collect();
+            let truth = self.exact(&state, &query, K, &|_| true)?;
+            samples.push((query, truth.into_iter().map(|(k, _)| k).collect::<HashSet<u64>>()));
+        }
+        if samples.is_empty() {
+            return Ok(None);
+        }
+        let original = state.index.expansion_search();
+        let mut chosen = None;
+        for ef in EF_CHOICES {
+            state.index.change_expansion_search(ef);
+            let mut hits = 0usize;
+            for (query, truth) in &samples {
+                let found = state.index.search(query, K).map_err(|e| IndexError(e.to_string()))?;
+                hits += found.keys.iter().filter(|k| truth.contains(k)).count();
+            }
+            let recall = hits as f64 / (K * samples.len()) as f64;
+            if recall >= TARGET_RECALL {
+                chosen = Some((ef, recall));
+                break;
+            }
+        }
+        let (ef, recall) = match chosen {
+            Some(found) => found,
+            None => (*EF_CHOICES.last().expect("choices"), f64::NAN),
+        };
+        if ef != original {
+            tracing::debug!(ef, recall, "search width tuned");
+        }
+        state.index.change_expansion_search(ef);
+        Ok(Some((ef, recall)))
     }
 
     /// The ids of the live records that pass `filter`.
@@ -553,6 +641,53 @@ mod tests {
         assert_eq!(hits[0].metadata["v"], 2, "the last write of r1 wins");
         let (hits, _) = index.search(&[2.0, 0.0], 1, &Filter::All, false).expect("search");
         assert_ne!(hits[0].id, "r2");
+    }
+
+    #[test]
+    fn tuning_narrows_the_search_on_easy_data_and_keeps_it_wide_on_hard_data() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // Easy: tight clusters. Hard: uniform noise in 64 dimensions.
+        let easy: Vec<Change> = (0..4_000)
+            .map(|i| {
+                let c = (i % 20) as f32;
+                let v: Vec<f32> = (0..16)
+                    .map(|d| {
+                        if d == (i % 16) {
+                            10.0 + c
+                        } else {
+                            rng.random_range(0.0..0.1)
+                        }
+                    })
+                    .collect();
+                upsert(&format!("e{i}"), 1, v, json!({}))
+            })
+            .collect();
+        let hard: Vec<Change> = (0..10_000)
+            .map(|i| {
+                upsert(
+                    &format!("h{i}"),
+                    1,
+                    (0..128).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                    json!({}),
+                )
+            })
+            .collect();
+        let easy_index = NamespaceIndex::new(16, Metric::Euclidean, uuid::Uuid::nil()).expect("index");
+        easy_index.apply(&easy).expect("apply");
+        let hard_index = NamespaceIndex::new(128, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        hard_index.apply(&hard).expect("apply");
+
+        let (easy_ef, easy_recall) = easy_index.tune_ef(50).expect("tune").expect("big enough");
+        let (hard_ef, _) = hard_index.tune_ef(50).expect("tune").expect("big enough");
+        assert!(easy_recall >= TARGET_RECALL);
+        assert!(
+            easy_ef < hard_ef,
+            "easy data needs a narrower search ({easy_ef}) than hard data ({hard_ef})"
+        );
+        assert_eq!(easy_index.ef(), easy_ef);
+        let small = NamespaceIndex::new(4, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        assert_eq!(small.tune_ef(10).expect("tune"), None);
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::index::{IndexError, Match, NamespaceIndex, Plan, THREADS};
 
 /// Changes read from the store per round trip while loading or catching up.
 const PAGE: u32 = 2_000;
+/// Stored vectors used as queries when tuning a namespace's search width.
+const TUNING_QUERIES: usize = 48;
 
 /// What can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,8 @@ pub struct Loaded {
     applying: tokio::sync::Mutex<()>,
     /// The highest seq this pod has heard of (from its own writes or notices).
     wanted: AtomicI64,
+    /// The record count at the last ef tuning; tuning runs again when it doubles.
+    tuned_at: AtomicI64,
 }
 
 /// All the indexes of one pod.
@@ -134,6 +138,7 @@ impl IndexManager {
             index,
             applying: tokio::sync::Mutex::new(()),
             wanted: AtomicI64::new(state.seq),
+            tuned_at: AtomicI64::new(0),
         });
         self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?;
         tracing::info!(
@@ -192,11 +197,35 @@ impl IndexManager {
             .acquire()
             .await
             .map_err(|e| EngineError::Task(e.to_string()))?;
-        let loaded = Arc::clone(loaded);
-        tokio::task::spawn_blocking(move || loaded.index.apply(&changes))
+        let applied = Arc::clone(loaded);
+        tokio::task::spawn_blocking(move || applied.index.apply(&changes))
             .await
             .map_err(|e| EngineError::Task(e.to_string()))??;
+        Self::tune_if_grown(loaded);
         Ok(())
+    }
+
+    /// Re-tunes the search width in the background when the namespace has doubled
+    /// since it was last tuned.
+    fn tune_if_grown(loaded: &Arc<Loaded>) {
+        let size = loaded.index.len() as i64;
+        let last = loaded.tuned_at.load(Ordering::SeqCst);
+        if size < 1_000 || size < last.saturating_mul(2) {
+            return;
+        }
+        if loaded
+            .tuned_at
+            .compare_exchange(last, size, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return; // Another task is on it.
+        }
+        let loaded = Arc::clone(loaded);
+        tokio::task::spawn_blocking(move || match loaded.index.tune_ef(TUNING_QUERIES) {
+            Ok(Some((ef, recall))) => tracing::info!(records = size, ef, recall, "search width tuned"),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "tuning the search width failed"),
+        });
     }
 
     /// Brings a loaded index up to a write this pod just committed. `changes` are the
