@@ -321,19 +321,22 @@ impl NamespaceIndex {
                 .chunks(chunk)
                 .map(|part| scope.spawn(move || add_all(part)))
                 .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join()
-                        .unwrap_or_else(|_| Err(IndexError("an index worker panicked".into())))
-                })
-                .collect::<Result<(), IndexError>>()
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(IndexError("an index worker panicked".into())))
+            })
         })
     }
 
     /// The search width in use.
     pub fn ef(&self) -> usize {
         self.read().index.expansion_search()
+    }
+
+    /// Sets the search width (to compare against another index at the same width).
+    pub fn set_ef(&self, ef: usize) {
+        let state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.index.change_expansion_search(ef);
     }
 
     /// Picks the narrowest search width that reaches recall@10 ≥ 0.97 on this

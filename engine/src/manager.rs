@@ -362,6 +362,14 @@ impl IndexManager {
         self.cache.weighted_size() * 1024
     }
 
+    /// The search width of a loaded namespace index, if it is in memory.
+    pub async fn search_width(&self, project: ProjectId, namespace: &str) -> Option<usize> {
+        self.cache
+            .get(&(project, namespace.to_owned()))
+            .await
+            .map(|loaded| loaded.index.ef())
+    }
+
     /// Bytes the indexes in memory use, without usearch's reserved room to grow.
     pub fn used_bytes(&self) -> u64 {
         self.cache
