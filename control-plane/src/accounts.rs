@@ -47,8 +47,7 @@ pub struct UserView {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<UserView>,
+    pub user: UserView,
     pub token: String,
     pub expires_at: DateTime<Utc>,
 }
@@ -120,18 +119,8 @@ pub async fn signup(
         }
         other => other.into(),
     })?;
-    let (token, expires_at) = state.jwt.issue_session(user.id, state.settings.session_ttl);
     tracing::info!(user_id = %user.id, "account created");
-    let view = SessionView {
-        user: Some(UserView {
-            id: user.id,
-            email: user.email,
-            created_at: user.created_at,
-        }),
-        token,
-        expires_at,
-    };
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(start_session(&state, user))))
 }
 
 /// Start a session.
@@ -173,16 +162,21 @@ pub async fn login(
     .await
     .map_err(anyhow::Error::from)?;
     let user = user.filter(|_| matches).ok_or_else(refused)?;
+    Ok(Json(start_session(&state, user)))
+}
+
+/// A new session for an account that proved who it is.
+fn start_session(state: &ControlPlane, user: quiver_store::User) -> SessionView {
     let (token, expires_at) = state.jwt.issue_session(user.id, state.settings.session_ttl);
-    Ok(Json(SessionView {
-        user: Some(UserView {
+    SessionView {
+        user: UserView {
             id: user.id,
             email: user.email,
             created_at: user.created_at,
-        }),
+        },
         token,
         expires_at,
-    }))
+    }
 }
 
 #[cfg(test)]

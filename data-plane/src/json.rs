@@ -5,7 +5,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use quiver_common::ApiError;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 /// Parses a JSON body; a content type other than JSON, or a body that does not parse
 /// into `T`, is a `VALIDATION_ERROR` that says what was wrong.
@@ -40,17 +39,5 @@ pub fn body_rejection(rejection: BytesRejection) -> ApiError {
         ))
     } else {
         ApiError::validation(format!("cannot read the request body: {}", rejection.body_text()))
-    }
-}
-
-/// A JSON value's kind, for messages.
-pub fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }

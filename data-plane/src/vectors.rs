@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 use crate::DataPlane;
 use crate::auth::Principal;
 use crate::idempotency::idempotent;
-use crate::json::{kind, parse_body};
+use crate::json::parse_body;
+use quiver_common::error::json_kind as kind;
 
 pub fn router() -> Router<DataPlane> {
     Router::new()

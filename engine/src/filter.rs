@@ -9,6 +9,7 @@
 
 use std::cmp::Ordering;
 
+use quiver_common::error::json_kind as kind;
 use serde_json::{Map, Value};
 
 /// A parsed filter.
@@ -145,17 +146,6 @@ fn parse_field(key: &str, condition: &Value) -> Result<Vec<Filter>, FilterError>
             }))
         })
         .collect()
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn scalar(key: &str, op: &str, value: &Value) -> Result<Value, FilterError> {
