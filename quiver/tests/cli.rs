@@ -267,6 +267,44 @@ fn help_explains_every_standalone_flag_and_its_environment_variable() {
     }
 }
 
+/// Signs up, creates a project from `project` and an admin key over HTTP; returns
+/// the project id and the key.
+async fn provision(
+    http: &reqwest::Client,
+    control: &str,
+    email: &str,
+    password: &str,
+    project: Value,
+) -> (String, String) {
+    let call = |path: String, session: Option<&str>, body: Value| {
+        let mut request = http.post(format!("{control}{path}")).json(&body);
+        if let Some(session) = session {
+            request = request.bearer_auth(session);
+        }
+        async move {
+            let response = request.send().await.expect("the control plane answers");
+            assert!(response.status().is_success(), "{path}: {}", response.status());
+            response.json::<Value>().await.expect("json")
+        }
+    };
+    let signup = call(
+        "/v1/auth/signup".into(),
+        None,
+        serde_json::json!({"email": email, "password": password}),
+    )
+    .await;
+    let session = signup["token"].as_str().expect("token").to_owned();
+    let created = call("/v1/projects".into(), Some(&session), project).await;
+    let project_id = created["id"].as_str().expect("id").to_owned();
+    let key = call(
+        format!("/v1/projects/{project_id}/keys"),
+        Some(&session),
+        serde_json::json!({"label": "api", "role": "admin"}),
+    )
+    .await;
+    (project_id, key["key"].as_str().expect("key").to_owned())
+}
+
 /// Every file under `dir`, as bytes.
 fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -290,40 +328,15 @@ async fn no_password_or_key_secret_reaches_the_data_dir_the_logs_or_an_error() {
     let mut server = Standalone::start();
     let http = reqwest::Client::new();
     let password = "Tr0ub4dor&3-horse-battery";
-    let signup: Value = http
-        .post(format!("{}/v1/auth/signup", server.control))
-        .json(&serde_json::json!({"email": "leak@example.com", "password": password}))
-        .send()
-        .await
-        .expect("signup")
-        .json()
-        .await
-        .expect("json");
-    let session = signup["token"].as_str().expect("token").to_owned();
-    let project: Value = http
-        .post(format!("{}/v1/projects", server.control))
-        .bearer_auth(&session)
-        .json(&serde_json::json!({"name": "p", "dimension": 4, "metric": "cosine"}))
-        .send()
-        .await
-        .expect("project")
-        .json()
-        .await
-        .expect("json");
-    let project_id = project["id"].as_str().expect("id").to_owned();
-
-    // One key from the API, one from the CLI while the server runs.
-    let created: Value = http
-        .post(format!("{}/v1/projects/{project_id}/keys", server.control))
-        .bearer_auth(&session)
-        .json(&serde_json::json!({"label": "api", "role": "admin"}))
-        .send()
-        .await
-        .expect("key")
-        .json()
-        .await
-        .expect("json");
-    let api_key = created["key"].as_str().expect("key").to_owned();
+    let (project_id, api_key) = provision(
+        &http,
+        &server.control,
+        "leak@example.com",
+        password,
+        serde_json::json!({"name": "p", "dimension": 4, "metric": "cosine"}),
+    )
+    .await;
+    // A second key from the CLI while the server runs.
     let cli = quiver()
         .args([
             "keys",
@@ -445,38 +458,14 @@ fn keys_cli_refuses_unknown_projects_and_roles_with_one_line() {
 async fn a_restart_after_sigkill_serves_every_acknowledged_write() {
     let first = Standalone::start();
     let http = reqwest::Client::new();
-    let signup: Value = http
-        .post(format!("{}/v1/auth/signup", first.control))
-        .json(&serde_json::json!({"email": "kill@example.com", "password": "correct horse battery"}))
-        .send()
-        .await
-        .expect("signup")
-        .json()
-        .await
-        .expect("json");
-    let session = signup["token"].as_str().expect("token").to_owned();
-    let project: Value = http
-        .post(format!("{}/v1/projects", first.control))
-        .bearer_auth(&session)
-        .json(&serde_json::json!({"name": "p", "dimension": 3, "metric": "euclidean", "plan": "business"}))
-        .send()
-        .await
-        .expect("project")
-        .json()
-        .await
-        .expect("json");
-    let project_id = project["id"].as_str().expect("id").to_owned();
-    let created: Value = http
-        .post(format!("{}/v1/projects/{project_id}/keys", first.control))
-        .bearer_auth(&session)
-        .json(&serde_json::json!({"label": "k", "role": "admin"}))
-        .send()
-        .await
-        .expect("key")
-        .json()
-        .await
-        .expect("json");
-    let key = created["key"].as_str().expect("key").to_owned();
+    let (_, key) = provision(
+        &http,
+        &first.control,
+        "kill@example.com",
+        "correct horse battery",
+        serde_json::json!({"name": "p", "dimension": 3, "metric": "euclidean", "plan": "business"}),
+    )
+    .await;
     let mut acknowledged = 0;
     for batch in 0..20 {
         let vectors: Vec<Value> = (0..50)
