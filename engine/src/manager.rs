@@ -362,6 +362,17 @@ impl IndexManager {
         self.cache.weighted_size() * 1024
     }
 
+    /// Finishes pending cache maintenance (evictions), so that the sizes reported after
+    /// it are exact; the cache otherwise does this lazily.
+    pub async fn settle(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// Whether a namespace's index is in memory.
+    pub async fn is_loaded(&self, project: ProjectId, namespace: &str) -> bool {
+        self.cache.contains_key(&(project, namespace.to_owned()))
+    }
+
     /// The search width of a loaded namespace index, if it is in memory.
     pub async fn search_width(&self, project: ProjectId, namespace: &str) -> Option<usize> {
         self.cache

@@ -5,6 +5,7 @@ mod support;
 mod control_plane;
 mod crash;
 mod data_plane_auth;
+mod index_memory;
 mod openapi;
 mod store_conformance;
 mod vectors;

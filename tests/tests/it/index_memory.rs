@@ -1,0 +1,88 @@
+//! Indexes live under a per-pod memory budget: the least useful are evicted and
+//! load again, from the records store, when next used.
+
+use std::sync::Arc;
+
+use quiver_common::domain::Metric;
+use quiver_engine::{Filter, IndexManager, Query};
+use quiver_store::{NewProject, RecordWrite};
+use quiver_tests::stores::SqliteFixture;
+
+fn query(vector: Vec<f32>) -> Query {
+    Query {
+        vector,
+        k: 1,
+        filter: Arc::new(Filter::All),
+        include_values: false,
+        strong: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_beyond_the_memory_budget_are_evicted_and_reload_on_use() {
+    let fixture = SqliteFixture::new().await;
+    let store = Arc::clone(&fixture.store);
+    let user = store.create_user("lru@example.com", "h").await.expect("user");
+    let project = store
+        .create_project(NewProject {
+            owner_id: user.id,
+            name: "lru".into(),
+            dimension: 64,
+            metric: Metric::Euclidean,
+            plan_id: "business".into(),
+        })
+        .await
+        .expect("project");
+    for (n, namespace) in ["a", "b", "c"].iter().enumerate() {
+        let records: Vec<RecordWrite> = (0..2_000)
+            .map(|i| RecordWrite {
+                id: format!("{namespace}{i}"),
+                vector: (0..64).map(|d| (n * 1000 + i + d) as f32).collect(),
+                metadata: Default::default(),
+                content: None,
+            })
+            .collect();
+        store.upsert(project.id, namespace, &records).await.expect("upsert");
+    }
+
+    // Measure one index, then give the manager room for about one and a half.
+    let probe = IndexManager::new(Arc::clone(&store), 1 << 30);
+    probe
+        .search(&project, "a", query(vec![0.0; 64]))
+        .await
+        .expect("search")
+        .expect("namespace");
+    probe.settle().await;
+    let one = probe.memory_bytes();
+    assert!(one > 0);
+    let budget = one * 3 / 2;
+    let manager = IndexManager::new(Arc::clone(&store), budget);
+
+    for namespace in ["a", "b", "c"] {
+        let found = manager
+            .search(&project, namespace, query(vec![0.0; 64]))
+            .await
+            .expect("search");
+        assert!(found.is_some_and(|f| f.matches.len() == 1), "{namespace} answers");
+        manager.settle().await;
+        assert!(
+            manager.memory_bytes() <= budget,
+            "{} bytes held, budget {budget}",
+            manager.memory_bytes()
+        );
+    }
+    let mut loaded = 0;
+    for namespace in ["a", "b", "c"] {
+        loaded += usize::from(manager.is_loaded(project.id, namespace).await);
+    }
+    assert_eq!(loaded, 1, "only one index fits the budget");
+
+    // An evicted namespace still answers, correctly: it loads again from the store.
+    let first = (0..64).map(|d| d as f32).collect();
+    let outcome = manager
+        .search(&project, "a", query(first))
+        .await
+        .expect("search")
+        .expect("namespace");
+    assert_eq!(outcome.matches[0].id, "a0");
+}
