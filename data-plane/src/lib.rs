@@ -10,7 +10,7 @@ use quiver_common::bus::{BusEvent, Notice};
 use quiver_common::domain::Plan;
 use quiver_common::http::{ReadinessCheck, finish_router, health_router};
 use quiver_common::token::JwtKeys;
-use quiver_engine::{Filter, IndexManager};
+use quiver_engine::IndexManager;
 use quiver_store::{NamespaceState, Store};
 
 use crate::auth::Principal;
@@ -132,19 +132,6 @@ impl DataPlane {
             )));
         }
         Ok(())
-    }
-
-    /// The ids of a namespace's records that pass `filter`.
-    pub async fn matching_ids(
-        &self,
-        principal: &Principal,
-        namespace: &str,
-        filter: Filter,
-    ) -> Result<Vec<String>, ApiError> {
-        self.indexes
-            .matching_ids(&principal.project, namespace, filter)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("namespace \"{namespace}\" does not exist")))
     }
 
     /// The data plane's router: the public APIs and the health probes.

@@ -733,7 +733,11 @@ pub async fn remove(
                         detail: Some("field filter".into()),
                     });
                 }
-                state.matching_ids(&principal, &namespace, filter).await?
+                state
+                    .indexes
+                    .matching_ids(&principal.project, &namespace, filter)
+                    .await?
+                    .ok_or_else(|| no_namespace(&namespace))?
             }
             (Some(_), _, _) => return Err(ApiError::validation("send id, ids or filter, only one of them")),
             (None, id, ids) => parse_ids(id, ids)?.0,
