@@ -11,8 +11,8 @@ use quiver_common::domain::{Metric, ProjectId, Role, UserId};
 use serde_json::json;
 
 use crate::{
-    Change, IdempotencyBegin, NewApiKey, NewProject, Project, RecordPatch, RecordWrite, Store, StoreError,
-    StoredResponse,
+    Change, IdempotencyBegin, MetadataPatch, NewApiKey, NewProject, Project, RecordPatch, RecordWrite, Store,
+    StoreError, StoredResponse,
 };
 
 /// A fresh, migrated store, with whatever keeps it alive (a temp dir, a database).
@@ -40,6 +40,7 @@ macro_rules! store_conformance_suite {
             deletes_leave_tombstones_that_changes_since_replays,
             changes_since_pages_in_seq_order,
             list_ids_pages_in_byte_order_with_a_prefix,
+            scans_page_through_live_records_in_id_order,
             namespaces_are_listed_with_live_counts_and_usage_adds_up,
             a_deleted_namespace_loses_its_records_and_comes_back_with_a_new_epoch,
             projects_never_see_each_others_records,
@@ -403,12 +404,12 @@ pub async fn updates_merge_metadata_and_may_replace_vector_and_content(store: Ar
         .await
         .expect("upsert");
     let patch = RecordPatch {
-        metadata: Some(
+        metadata: Some(MetadataPatch::Merge(
             json!({"category": "premium-hardware", "updated_at": "2025-01-15", "old": null})
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
-        ),
+        )),
         ..RecordPatch::default()
     };
     let (outcome, record) = store
@@ -438,6 +439,36 @@ pub async fn updates_merge_metadata_and_may_replace_vector_and_content(store: Ar
     assert_eq!(stored.content.as_deref(), Some("new text"));
     assert_eq!(stored.metadata, record.metadata);
     assert_eq!(stored.seq, 3);
+
+    let replace_metadata = RecordPatch {
+        metadata: Some(MetadataPatch::Replace(
+            json!({"source": "blog", "updated": true})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )),
+        ..RecordPatch::default()
+    };
+    let (_, record) = store
+        .update(p, "ns", "a", &replace_metadata)
+        .await
+        .expect("update")
+        .expect("exists");
+    assert_eq!(
+        serde_json::Value::Object(record.metadata),
+        json!({"source": "blog", "updated": true}),
+        "a replacing patch drops the keys it does not name"
+    );
+    let stored = store.fetch(p, "ns", &ids(&["a"])).await.expect("fetch").remove(0);
+    assert_eq!(
+        serde_json::Value::Object(stored.metadata),
+        json!({"source": "blog", "updated": true})
+    );
+    assert_eq!(
+        stored.content.as_deref(),
+        Some("new text"),
+        "content is kept when not given"
+    );
 }
 
 pub async fn updates_of_missing_records_change_nothing(store: Arc<dyn Store>) {
@@ -558,6 +589,43 @@ pub async fn list_ids_pages_in_byte_order_with_a_prefix(store: Arc<dyn Store>) {
         .await
         .expect("page 2");
     assert_eq!(next, ids(&["doc#2"]));
+}
+
+pub async fn scans_page_through_live_records_in_id_order(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let batch: Vec<RecordWrite> = (0..7)
+        .map(|i| RecordWrite {
+            content: Some(format!("text {i}")),
+            ..write(&format!("r{i}"), i as f32, json!({"i": i}))
+        })
+        .collect();
+    store.upsert(p, "ns", &batch).await.expect("upsert");
+    store.delete(p, "ns", &ids(&["r3"])).await.expect("delete");
+    store
+        .upsert(p, "other", &[write("r0", 1.0, json!({}))])
+        .await
+        .expect("other namespace");
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan(p, "ns", after.as_deref(), 2).await.expect("scan");
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        seen.extend(page);
+    }
+    let seen_ids: Vec<&str> = seen.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        seen_ids,
+        ["r0", "r1", "r2", "r4", "r5", "r6"],
+        "id order, tombstones hidden"
+    );
+    let r5 = &seen[4];
+    assert_eq!(r5.content.as_deref(), Some("text 5"));
+    assert_eq!(r5.metadata["i"], json!(5));
+    assert_eq!(r5.vector[0], 5.0);
+    assert!(store.scan(p, "missing", None, 10).await.expect("scan").is_empty());
 }
 
 pub async fn namespaces_are_listed_with_live_counts_and_usage_adds_up(store: Arc<dyn Store>) {

@@ -203,11 +203,19 @@ pub struct WriteOutcome {
     pub affected: u64,
 }
 
-/// A metadata change to one record.
+/// How a patch changes a record's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetadataPatch {
+    /// Keys merged into the record's metadata; a `null` value removes the key.
+    Merge(Metadata),
+    /// The whole metadata object replaced.
+    Replace(Metadata),
+}
+
+/// A change to one record.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecordPatch {
-    /// Keys merged into the record's metadata; a `null` value removes the key.
-    pub metadata: Option<Metadata>,
+    pub metadata: Option<MetadataPatch>,
     /// Replaces the vector.
     pub vector: Option<Vec<f32>>,
     /// Replaces the content.
@@ -255,6 +263,15 @@ pub trait Records: Send + Sync {
         after: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<String>>;
+    /// Live records in id byte order with ids after the cursor, at most `limit`: a
+    /// whole namespace, page by page.
+    async fn scan(
+        &self,
+        project: ProjectId,
+        namespace: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Record>>;
     async fn namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<NamespaceState>>;
     /// A project's namespaces by name, with live counts.
     async fn namespaces(&self, project: ProjectId) -> StoreResult<Vec<NamespaceInfo>>;

@@ -441,8 +441,10 @@ macro_rules! sql_store {
                     // Dropping the transaction rolls the seq back: nothing changed.
                     return Ok(None);
                 };
-                if let Some(metadata) = &patch.metadata {
-                    $crate::merge_metadata(&mut record.metadata, metadata);
+                match &patch.metadata {
+                    Some($crate::MetadataPatch::Merge(metadata)) => $crate::merge_metadata(&mut record.metadata, metadata),
+                    Some($crate::MetadataPatch::Replace(metadata)) => record.metadata.clone_from(metadata),
+                    None => {}
                 }
                 if let Some(vector) = &patch.vector {
                     record.vector.clone_from(vector);
@@ -559,6 +561,27 @@ macro_rules! sql_store {
                 .fetch_all(self.reader())
                 .await?;
                 Ok(ids)
+            }
+
+            async fn scan(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                after: Option<&str>,
+                limit: u32,
+            ) -> StoreResult<Vec<Record>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
+                     WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND id > $3
+                     ORDER BY id LIMIT $4"
+                ))
+                .bind(project.0)
+                .bind(namespace)
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(record_from_row).collect()
             }
 
             async fn namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<NamespaceState>> {
