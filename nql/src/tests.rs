@@ -1,0 +1,1059 @@
+//! The NQL suite: statements with their expected rows and fields, errors, pagination,
+//! explain, and a property test that nothing panics.
+
+use proptest::prelude::*;
+use quiver_common::ApiError;
+use serde_json::{Map, Value, json};
+
+use crate::eval::f32_to_f64;
+use crate::testing::{MemoryBackend, timestamp};
+use crate::{DistanceOp, QueryRequest, QueryResult, Row, execute, parse};
+
+const KEY: &[u8] = b"test cursor key";
+
+fn row(id: &str, content: Option<&str>, metadata: Value, embedding: [f32; 3], minute: i64) -> Row {
+    Row {
+        id: id.to_owned(),
+        content: content.map(str::to_owned),
+        metadata: metadata.as_object().cloned().expect("metadata is an object"),
+        embedding: embedding.to_vec(),
+        created_at: timestamp(minute),
+        updated_at: timestamp(minute),
+    }
+}
+
+/// Five documents in `documents`, an empty `empty`, a cosine index.
+fn backend() -> MemoryBackend {
+    let b = MemoryBackend::new(3, DistanceOp::Cosine);
+    let rows = [
+        row(
+            "a",
+            Some("First document"),
+            json!({"source": "web", "category": "tech", "price": 10, "tags": ["x", "y"]}),
+            [1.0, 0.0, 0.0],
+            1,
+        ),
+        row(
+            "b",
+            Some("Second document"),
+            json!({"source": "blog", "category": "tech", "price": 20}),
+            [0.9, 0.1, 0.0],
+            2,
+        ),
+        row(
+            "c",
+            Some("Third note"),
+            json!({"source": "web", "category": "food", "price": 5, "draft": true}),
+            [0.0, 1.0, 0.0],
+            3,
+        ),
+        row(
+            "d",
+            Some("Fourth NOTE"),
+            json!({"source": "news", "price": 7.5, "rating": null}),
+            [0.0, 0.0, 1.0],
+            4,
+        ),
+        row("e", None, json!({"category": "food"}), [0.5, 0.5, 0.0], 5),
+    ];
+    for r in rows {
+        b.put("documents", r);
+    }
+    b.create("empty");
+    b
+}
+
+fn request(query: &str, params: Value) -> QueryRequest {
+    QueryRequest {
+        query: query.to_owned(),
+        params: params.as_array().cloned().unwrap_or_default(),
+        ..QueryRequest::default()
+    }
+}
+
+async fn run(b: &MemoryBackend, query: &str, params: Value) -> QueryResult {
+    match execute(b, &request(query, params), KEY).await {
+        Ok(result) => result,
+        Err(err) => panic!("{query}: {err:?}"),
+    }
+}
+
+async fn fail(b: &MemoryBackend, query: &str, params: Value) -> (String, Option<String>) {
+    match execute(b, &request(query, params), KEY).await {
+        Ok(result) => panic!("{query} should fail, got {result:?}"),
+        Err(ApiError::Query { message, detail }) => (message, detail),
+        Err(other) => panic!("{query}: expected a QUERY_ERROR, got {other:?}"),
+    }
+}
+
+fn ids(result: &QueryResult) -> Vec<String> {
+    result
+        .rows
+        .iter()
+        .map(|r| r.get("id").and_then(Value::as_str).unwrap_or("?").to_owned())
+        .collect()
+}
+
+fn fields(result: &QueryResult) -> Vec<(String, u32)> {
+    result.fields.iter().map(|f| (f.name.clone(), f.data_type_id)).collect()
+}
+
+fn cosine(a: [f32; 3], b: [f32; 3]) -> f64 {
+    f32_to_f64(DistanceOp::Cosine.distance(&a, &b))
+}
+
+/// Statements whose result is a list of ids, in order.
+#[tokio::test]
+async fn statements_select_the_expected_rows_in_order() {
+    let b = backend();
+    let q = json!([[1.0, 0.0, 0.0]]);
+    let cases: &[(&str, Value, &[&str])] = &[
+        ("SELECT * FROM documents", json!([]), &["a", "b", "c", "d", "e"]),
+        ("SELECT id FROM documents WHERE source = 'web'", json!([]), &["a", "c"]),
+        ("SELECT id FROM documents WHERE source = $1", json!(["blog"]), &["b"]),
+        ("SELECT id FROM documents WHERE source <> 'web'", json!([]), &["b", "d"]),
+        ("SELECT id FROM documents WHERE source != 'web'", json!([]), &["b", "d"]),
+        ("SELECT id FROM documents WHERE price < 10", json!([]), &["c", "d"]),
+        (
+            "SELECT id FROM documents WHERE price <= 10",
+            json!([]),
+            &["a", "c", "d"],
+        ),
+        ("SELECT id FROM documents WHERE price > 7.5", json!([]), &["a", "b"]),
+        (
+            "SELECT id FROM documents WHERE price >= $1",
+            json!([7.5]),
+            &["a", "b", "d"],
+        ),
+        (
+            "SELECT id FROM documents WHERE category IN ('tech', 'food')",
+            json!([]),
+            &["a", "b", "c", "e"],
+        ),
+        (
+            "SELECT id FROM documents WHERE category NOT IN ('tech')",
+            json!([]),
+            &["c", "e"],
+        ),
+        ("SELECT id FROM documents WHERE category IS NULL", json!([]), &["d"]),
+        (
+            "SELECT id FROM documents WHERE rating IS NULL AND source IS NOT NULL",
+            json!([]),
+            &["a", "b", "c", "d"],
+        ),
+        (
+            "SELECT id FROM documents WHERE source IS NOT NULL",
+            json!([]),
+            &["a", "b", "c", "d"],
+        ),
+        (
+            "SELECT id FROM documents WHERE source = 'web' AND price > 6",
+            json!([]),
+            &["a"],
+        ),
+        (
+            "SELECT id FROM documents WHERE source = 'blog' OR category = 'food'",
+            json!([]),
+            &["b", "c", "e"],
+        ),
+        (
+            "SELECT id FROM documents WHERE NOT (source = 'web')",
+            json!([]),
+            &["b", "d"],
+        ),
+        (
+            "SELECT id FROM documents WHERE (source = 'web' OR source = 'news') AND NOT draft = true",
+            json!([]),
+            &[],
+        ),
+        ("SELECT id FROM documents WHERE draft = true", json!([]), &["c"]),
+        ("SELECT id FROM documents WHERE draft", json!([]), &["c"]),
+        (
+            "SELECT id FROM documents WHERE content LIKE '%document'",
+            json!([]),
+            &["a", "b"],
+        ),
+        (
+            "SELECT id FROM documents WHERE content LIKE 'F_rst%'",
+            json!([]),
+            &["a"],
+        ),
+        (
+            "SELECT id FROM documents WHERE content ILIKE '%note'",
+            json!([]),
+            &["c", "d"],
+        ),
+        (
+            "SELECT id FROM documents WHERE content NOT LIKE '%note'",
+            json!([]),
+            &["a", "b", "d"],
+        ),
+        ("SELECT id FROM documents WHERE content IS NULL", json!([]), &["e"]),
+        (
+            "SELECT id FROM documents WHERE metadata->>'category' = 'tech'",
+            json!([]),
+            &["a", "b"],
+        ),
+        (
+            "SELECT id FROM documents WHERE metadata->>'price' = '7.5'",
+            json!([]),
+            &["d"],
+        ),
+        (
+            "SELECT id FROM documents WHERE metadata->'price' > 9",
+            json!([]),
+            &["a", "b"],
+        ),
+        (
+            "SELECT id FROM documents WHERE id IN ('b', 'e')",
+            json!([]),
+            &["b", "e"],
+        ),
+        ("SELECT id FROM documents WHERE id > 'c'", json!([]), &["d", "e"]),
+        (
+            "SELECT id FROM documents WHERE created_at >= '2024-01-01T00:03:00Z'",
+            json!([]),
+            &["c", "d", "e"],
+        ),
+        (
+            "SELECT id FROM documents WHERE price BETWEEN 6 AND 12",
+            json!([]),
+            &["a", "d"],
+        ),
+        (
+            "SELECT id FROM documents WHERE documents.source = 'news'",
+            json!([]),
+            &["d"],
+        ),
+        (
+            "SELECT d.id FROM documents d WHERE d.source = 'news'",
+            json!([]),
+            &["d"],
+        ),
+        // Postgres puts NULLs first in descending order.
+        (
+            "SELECT id FROM documents ORDER BY price DESC",
+            json!([]),
+            &["e", "b", "a", "d", "c"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY price DESC NULLS LAST",
+            json!([]),
+            &["b", "a", "d", "c", "e"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY price ASC",
+            json!([]),
+            &["c", "d", "a", "b", "e"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY price NULLS FIRST",
+            json!([]),
+            &["e", "c", "d", "a", "b"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY category, id DESC",
+            json!([]),
+            &["e", "c", "b", "a", "d"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY created_at DESC LIMIT 2",
+            json!([]),
+            &["e", "d"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY id LIMIT 2 OFFSET 1",
+            json!([]),
+            &["b", "c"],
+        ),
+        (
+            "SELECT id FROM documents LIMIT $1 OFFSET $2",
+            json!([2, 3]),
+            &["d", "e"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY embedding <=> $1 LIMIT 3",
+            q.clone(),
+            &["a", "b", "e"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY embedding <=> '[0,1,0]' LIMIT 2",
+            json!([]),
+            &["c", "e"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY embedding <-> $1 LIMIT 3",
+            q.clone(),
+            &["a", "b", "e"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY embedding <#> $1 LIMIT 3",
+            q.clone(),
+            &["a", "b", "e"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY embedding <=> $1",
+            q.clone(),
+            &["a", "b", "e", "c", "d"],
+        ),
+        (
+            "SELECT id FROM documents ORDER BY embedding <=> $1 DESC LIMIT 2",
+            q.clone(),
+            &["c", "d"],
+        ),
+        (
+            "SELECT id FROM documents WHERE category = 'food' ORDER BY embedding <=> $1 LIMIT 5",
+            q.clone(),
+            &["e", "c"],
+        ),
+        (
+            "SELECT id FROM documents WHERE content LIKE '%o%' ORDER BY embedding <=> $1 LIMIT 2",
+            q.clone(),
+            &["a", "b"],
+        ),
+        (
+            "SELECT id, 1 - (embedding <=> $1) AS similarity FROM documents ORDER BY similarity DESC LIMIT 2",
+            q.clone(),
+            &["a", "b"],
+        ),
+        ("SELECT id FROM documents ORDER BY 1 DESC LIMIT 1", json!([]), &["e"]),
+        ("SELECT id FROM empty", json!([]), &[]),
+        ("SELECT id FROM empty WHERE whatever = 1", json!([]), &[]),
+    ];
+    for (query, params, expected) in cases {
+        let result = run(&b, query, params.clone()).await;
+        assert_eq!(ids(&result), *expected, "{query}");
+        assert_eq!(result.row_count, expected.len() as u64, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn projections_have_postgres_names_types_and_values() {
+    let b = backend();
+    let result = run(&b, "SELECT * FROM documents WHERE id = 'a'", json!([])).await;
+    assert_eq!(
+        fields(&result),
+        vec![
+            ("id".to_owned(), 2950),
+            ("content".to_owned(), 25),
+            ("metadata".to_owned(), 3802),
+            ("embedding".to_owned(), 1021),
+            ("created_at".to_owned(), 1184),
+            ("updated_at".to_owned(), 1184),
+        ]
+    );
+    assert_eq!(
+        Value::Object(result.rows[0].clone()),
+        json!({
+            "id": "a",
+            "content": "First document",
+            "metadata": {"source": "web", "category": "tech", "price": 10, "tags": ["x", "y"]},
+            "embedding": [1.0, 0.0, 0.0],
+            "created_at": "2024-01-01T00:01:00Z",
+            "updated_at": "2024-01-01T00:01:00Z",
+        })
+    );
+
+    let result = run(
+        &b,
+        "SELECT source, metadata->>'price' AS p, metadata->'tags', metadata->'tags'->>0 AS first_tag, \
+         price * 2 AS doubled, true AS yes FROM documents WHERE id = 'a'",
+        json!([]),
+    )
+    .await;
+    assert_eq!(
+        fields(&result),
+        vec![
+            ("source".to_owned(), 3802),
+            ("p".to_owned(), 25),
+            ("?column?".to_owned(), 3802),
+            ("first_tag".to_owned(), 25),
+            ("doubled".to_owned(), 701),
+            ("yes".to_owned(), 16),
+        ]
+    );
+    let row = Value::Object(result.rows[0].clone());
+    assert_eq!(row["source"], json!("web"));
+    assert_eq!(row["p"], json!("10"));
+    assert_eq!(row["?column?"], json!(["x", "y"]));
+    assert_eq!(row["first_tag"], json!("x"));
+    assert_eq!(row["doubled"], json!(20));
+    assert_eq!(row["yes"], json!(true));
+}
+
+#[tokio::test]
+async fn unknown_metadata_keys_are_unknown_columns_unless_the_collection_is_empty() {
+    let b = backend();
+    let (message, detail) = fail(&b, "SELECT id, nope FROM documents", json!([])).await;
+    assert_eq!(message, "column \"nope\" does not exist");
+    assert_eq!(
+        detail.as_deref(),
+        Some("ERROR: column \"nope\" does not exist at character 12")
+    );
+    // A key some row has is a column even where a row lacks it.
+    let result = run(&b, "SELECT id, draft FROM documents ORDER BY id LIMIT 2", json!([])).await;
+    assert_eq!(result.rows[0]["draft"], Value::Null);
+    assert_eq!(fields(&result)[1], ("draft".to_owned(), 3802));
+    let (message, _) = fail(&b, "SELECT id FROM documents WHERE x.id = 'a'", json!([])).await;
+    assert_eq!(message, "missing FROM-clause entry for table \"x\"");
+}
+
+#[tokio::test]
+async fn the_seed_pages_similarity_query_runs_verbatim_on_the_index() {
+    let b = backend();
+    let query =
+        "SELECT id, content, 1 - (embedding <=> $1) AS similarity FROM documents ORDER BY embedding <=> $1 LIMIT 5";
+    let result = run(&b, query, json!([[1.0, 0.0, 0.0]])).await;
+    assert_eq!(ids(&result), ["a", "b", "e", "c", "d"]);
+    assert_eq!(
+        fields(&result),
+        vec![
+            ("id".to_owned(), 2950),
+            ("content".to_owned(), 25),
+            ("similarity".to_owned(), 701)
+        ]
+    );
+    let expected = [
+        [1.0, 0.0, 0.0],
+        [0.9, 0.1, 0.0],
+        [0.5, 0.5, 0.0],
+        [0.0, 1.0, 0.0],
+        [0.0, 0.0, 1.0],
+    ];
+    for (row, embedding) in result.rows.iter().zip(expected) {
+        let similarity = row["similarity"].as_f64().expect("a number");
+        assert!(
+            (similarity - (1.0 - cosine(embedding, [1.0, 0.0, 0.0]))).abs() < 1e-12,
+            "{row:?}"
+        );
+    }
+    assert_eq!(result.rows[0]["similarity"], json!(1.0));
+    assert_eq!(result.rows[2]["content"], Value::Null);
+    let calls = b.nearest_calls();
+    assert_eq!(calls.len(), 1, "one index search");
+    assert_eq!(calls[0].k, 5);
+    assert_eq!(calls[0].filter, None);
+}
+
+#[tokio::test]
+async fn where_clauses_are_pushed_down_where_they_translate_exactly() {
+    let b = backend();
+    let q = json!([[1.0, 0.0, 0.0]]);
+    let cases = [
+        (
+            "SELECT id FROM documents WHERE source = 'web' ORDER BY embedding <=> $1 LIMIT 2",
+            Some(json!({"source": {"$eq": "web"}})),
+        ),
+        (
+            "SELECT id FROM documents WHERE price > 5 AND category IN ('tech') ORDER BY embedding <=> $1 LIMIT 2",
+            Some(json!({"$and": [{"price": {"$gt": 5}}, {"category": {"$in": ["tech"]}}]})),
+        ),
+        (
+            "SELECT id FROM documents WHERE metadata->>'source' = 'web' OR rating IS NOT NULL ORDER BY embedding <=> $1 LIMIT 2",
+            Some(json!({"$or": [{"source": {"$eq": "web"}}, {"rating": {"$exists": true}}]})),
+        ),
+        (
+            "SELECT id FROM documents WHERE 5 < price AND content LIKE '%' ORDER BY embedding <=> $1 LIMIT 2",
+            Some(json!({"price": {"$gt": 5}})),
+        ),
+    ];
+    for (query, filter) in cases {
+        let before = b.nearest_calls().len();
+        run(&b, query, q.clone()).await;
+        let calls = b.nearest_calls();
+        assert_eq!(calls.len(), before + 1, "{query}");
+        assert_eq!(calls[before].filter, filter, "{query}");
+    }
+    // Nothing pushable: an exact scan, no index call.
+    let before = b.nearest_calls().len();
+    let result = run(
+        &b,
+        "SELECT id FROM documents WHERE NOT source = 'web' ORDER BY embedding <=> $1 LIMIT 2",
+        q.clone(),
+    )
+    .await;
+    assert_eq!(ids(&result), ["b", "d"]);
+    assert_eq!(b.nearest_calls().len(), before);
+}
+
+#[tokio::test]
+async fn ordering_by_similarity_descending_also_uses_the_index() {
+    let b = backend();
+    let result = run(
+        &b,
+        "SELECT id, 1 - (embedding <=> $1) AS similarity FROM documents ORDER BY similarity DESC LIMIT 2",
+        json!([[0.0, 1.0, 0.0]]),
+    )
+    .await;
+    assert_eq!(ids(&result), ["c", "e"]);
+    assert_eq!(b.nearest_calls().len(), 1);
+    assert_eq!(b.nearest_calls()[0].k, 2);
+}
+
+#[tokio::test]
+async fn an_index_for_another_metric_falls_back_to_an_exact_scan() {
+    let b = backend();
+    // The index serves cosine; L2 gets None and the executor scans.
+    let result = run(
+        &b,
+        "SELECT id, embedding <-> $1 AS d FROM documents ORDER BY embedding <-> $1 LIMIT 2",
+        json!([[0.0, 1.0, 0.0]]),
+    )
+    .await;
+    assert_eq!(ids(&result), ["c", "e"]);
+    assert_eq!(result.rows[0]["d"], json!(0.0));
+    let expected = f32_to_f64(DistanceOp::L2.distance(&[0.5, 0.5, 0.0], &[0.0, 1.0, 0.0]));
+    assert_eq!(result.rows[1]["d"], json!(expected));
+    assert_eq!(b.nearest_calls().last().map(|c| c.op), Some(DistanceOp::L2));
+}
+
+#[tokio::test]
+async fn a_recheck_that_drops_rows_from_a_full_index_answer_rescans() {
+    let b = backend();
+    // `tags = 'x'` is pushed as {"$eq": "x"}, which matches the array ["x","y"]; SQL
+    // equality does not, so every row the index returns is dropped and the scan answers.
+    let result = run(
+        &b,
+        "SELECT id FROM documents WHERE tags = 'x' OR source = 'news' ORDER BY embedding <=> $1 LIMIT 1",
+        json!([[1.0, 0.0, 0.0]]),
+    )
+    .await;
+    assert_eq!(ids(&result), ["d"]);
+}
+
+#[tokio::test]
+async fn count_star_counts_matching_rows() {
+    let b = backend();
+    let result = run(&b, "SELECT COUNT(*) FROM documents", json!([])).await;
+    assert_eq!(fields(&result), vec![("count".to_owned(), 20)]);
+    assert_eq!(
+        result.rows,
+        vec![json!({"count": 5}).as_object().cloned().expect("object")]
+    );
+    let result = run(
+        &b,
+        "SELECT count(*) AS n FROM documents WHERE source = 'web'",
+        json!([]),
+    )
+    .await;
+    assert_eq!(result.rows[0]["n"], json!(2));
+    let result = run(&b, "SELECT COUNT(*) FROM empty", json!([])).await;
+    assert_eq!(result.rows[0]["count"], json!(0));
+    let (message, _) = fail(&b, "SELECT id, COUNT(*) FROM documents", json!([])).await;
+    assert!(message.contains("GROUP BY"), "{message}");
+}
+
+#[tokio::test]
+async fn insert_update_and_delete_change_the_collection() {
+    let b = backend();
+    let result = run(
+        &b,
+        "INSERT INTO documents (id, content, metadata, embedding) VALUES \
+         ('n1', 'new one', '{\"source\": \"api\", \"n\": 1}', '[0, 0, 2]'), ($1, $2, $3, $4)",
+        json!(["n2", "new two", {"source": "api", "n": 2}, [0.0, 2.0, 0.0]]),
+    )
+    .await;
+    assert_eq!(result.row_count, 2);
+    assert!(result.rows.is_empty());
+    let rows = b.rows("documents");
+    let n1 = rows.iter().find(|r| r.id == "n1").expect("n1 inserted");
+    assert_eq!(n1.embedding, vec![0.0, 0.0, 2.0]);
+    assert_eq!(n1.metadata.get("n"), Some(&json!(1)));
+    let n2 = rows.iter().find(|r| r.id == "n2").expect("n2 inserted");
+    assert_eq!(n2.content.as_deref(), Some("new two"));
+
+    // Without id and embedding the backend makes both; RETURNING id reports the id.
+    let result = run(
+        &b,
+        "INSERT INTO documents (content, metadata) VALUES ('embed me', $1) RETURNING id",
+        json!([{"source": "api"}]),
+    )
+    .await;
+    assert_eq!(result.row_count, 1);
+    assert_eq!(fields(&result), vec![("id".to_owned(), 2950)]);
+    let new_id = result.rows[0]["id"].as_str().expect("an id").to_owned();
+    let made = b
+        .rows("documents")
+        .into_iter()
+        .find(|r| r.id == new_id)
+        .expect("inserted");
+    assert_eq!(made.embedding, b.embed("embed me"));
+
+    // Replace, then merge.
+    let result = run(
+        &b,
+        "UPDATE documents SET metadata = $1 WHERE id = 'n1'",
+        json!([{"only": "this"}]),
+    )
+    .await;
+    assert_eq!(result.row_count, 1);
+    let result = run(
+        &b,
+        "UPDATE documents SET metadata = metadata || $1, content = 'changed' WHERE source = 'api'",
+        json!([{"seen": true}]),
+    )
+    .await;
+    assert_eq!(result.row_count, 2, "n2 and the embedded row; n1 lost its source");
+    let rows = b.rows("documents");
+    let n1 = rows.iter().find(|r| r.id == "n1").expect("n1");
+    assert_eq!(Value::Object(n1.metadata.clone()), json!({"only": "this"}));
+    let n2 = rows.iter().find(|r| r.id == "n2").expect("n2");
+    assert_eq!(
+        Value::Object(n2.metadata.clone()),
+        json!({"source": "api", "n": 2, "seen": true})
+    );
+    assert_eq!(n2.content.as_deref(), Some("changed"));
+    let result = run(
+        &b,
+        "UPDATE documents SET embedding = $1 WHERE id = 'n2'",
+        json!([[1.0, 1.0, 1.0]]),
+    )
+    .await;
+    assert_eq!(result.row_count, 1);
+    assert_eq!(
+        b.rows("documents")
+            .iter()
+            .find(|r| r.id == "n2")
+            .map(|r| r.embedding.clone()),
+        Some(vec![1.0, 1.0, 1.0])
+    );
+
+    let result = run(
+        &b,
+        "DELETE FROM documents WHERE source = 'api' OR only = 'this'",
+        json!([]),
+    )
+    .await;
+    assert_eq!(result.row_count, 3);
+    assert_eq!(b.rows("documents").len(), 5);
+    let result = run(&b, "DELETE FROM documents WHERE id = 'nothing'", json!([])).await;
+    assert_eq!(result.row_count, 0);
+    let result = run(&b, "DELETE FROM documents", json!([])).await;
+    assert_eq!(result.row_count, 5);
+    assert!(b.rows("documents").is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_relation_is_reported_like_postgres() {
+    let b = backend();
+    let err = execute(&b, &request("SELECT * FROM nonexistent", json!([])), KEY)
+        .await
+        .expect_err("no such collection");
+    let envelope = err.envelope();
+    assert_eq!(envelope.error.code, "QUERY_ERROR");
+    assert_eq!(envelope.error.status, 400);
+    assert_eq!(envelope.error.message, "relation \"nonexistent\" does not exist");
+    assert_eq!(
+        envelope.error.detail.as_deref(),
+        Some("ERROR: relation \"nonexistent\" does not exist at character 15")
+    );
+    // Positions count characters across lines.
+    let (_, detail) = fail(&b, "SELECT *\n  FROM  ghosts", json!([])).await;
+    assert_eq!(
+        detail.as_deref(),
+        Some("ERROR: relation \"ghosts\" does not exist at character 18")
+    );
+}
+
+#[tokio::test]
+async fn errors_name_what_is_wrong() {
+    let b = backend();
+    let cases: &[(&str, Value, &str)] = &[
+        (
+            "SELECT id FROM documents WHERE source = $3",
+            json!(["a", "b"]),
+            "there is no parameter $3",
+        ),
+        (
+            "SELECT id FROM documents ORDER BY embedding <=> $1 LIMIT 1",
+            json!([[1.0, 0.0]]),
+            "vector $1 has 2 dimensions, the project's dimension is 3",
+        ),
+        (
+            "INSERT INTO documents (content, embedding) VALUES ('x', $1)",
+            json!([[1.0]]),
+            "has 1 dimensions, the project's dimension is 3",
+        ),
+        (
+            "SELECT * FROM documents d JOIN empty e ON d.id = e.id",
+            json!([]),
+            "does not support JOIN",
+        ),
+        (
+            "SELECT source, COUNT(*) FROM documents GROUP BY source",
+            json!([]),
+            "does not support GROUP BY",
+        ),
+        (
+            "SELECT * FROM (SELECT * FROM documents) t",
+            json!([]),
+            "does not support subqueries",
+        ),
+        (
+            "SELECT id FROM documents WHERE id IN (SELECT id FROM empty)",
+            json!([]),
+            "does not support subqueries",
+        ),
+        ("SELECT 1; SELECT 2", json!([]), "multiple statements are not supported"),
+        (
+            "CREATE TABLE t (id int)",
+            json!([]),
+            "does not support CREATE TABLE statements",
+        ),
+        (
+            "DROP TABLE documents",
+            json!([]),
+            "does not support DROP TABLE statements",
+        ),
+        (
+            "SELECT lower(content) FROM documents",
+            json!([]),
+            "does not support the function lower()",
+        ),
+        (
+            "SELECT DISTINCT source FROM documents",
+            json!([]),
+            "does not support DISTINCT",
+        ),
+        (
+            "SELECT id FROM documents UNION SELECT id FROM empty",
+            json!([]),
+            "does not support UNION",
+        ),
+        (
+            "SELECT * FROM documents WHERE",
+            json!([]),
+            "syntax error: Expected: an expression, found: EOF",
+        ),
+        ("SELEC * FROM documents", json!([]), "syntax error"),
+        (
+            "SELECT 'unterminated FROM documents",
+            json!([]),
+            "syntax error: Unterminated string literal",
+        ),
+        ("", json!([]), "the query is empty"),
+        (
+            "SELECT id FROM documents LIMIT -1",
+            json!([]),
+            "LIMIT must not be negative",
+        ),
+        (
+            "SELECT id FROM documents ORDER BY embedding <=> id LIMIT 1",
+            json!([]),
+            "compares the embedding column with a vector",
+        ),
+        (
+            "SELECT id FROM documents WHERE content",
+            json!([]),
+            "argument of WHERE must be type boolean, not type text",
+        ),
+        (
+            "SELECT price / 0 FROM documents WHERE id = 'a'",
+            json!([]),
+            "division by zero",
+        ),
+        (
+            "UPDATE documents SET id = 'x'",
+            json!([]),
+            "column \"id\" cannot be updated",
+        ),
+        (
+            "INSERT INTO documents (nope) VALUES ('x')",
+            json!([]),
+            "column \"nope\" of relation \"documents\" does not exist",
+        ),
+        (
+            "INSERT INTO documents (content, metadata) VALUES ('x', '[1]')",
+            json!([]),
+            "metadata must be a JSON object",
+        ),
+        (
+            "SELECT id FROM documents WHERE content LIKE 'a\\'",
+            json!([]),
+            "LIKE pattern must not end with escape character",
+        ),
+    ];
+    for (query, params, expected) in cases {
+        let (message, detail) = fail(&b, query, params.clone()).await;
+        assert!(message.contains(expected), "{query}: {message}");
+        assert!(detail.is_some_and(|d| d.starts_with("ERROR: ")), "{query}");
+    }
+    // Syntax errors carry their position.
+    let (_, detail) = fail(&b, "SELECT * FROM documents WHERE", json!([])).await;
+    assert_eq!(
+        detail.as_deref(),
+        Some("ERROR: syntax error: Expected: an expression, found: EOF at character 30")
+    );
+    let (_, detail) = fail(&b, "SELECT id FROM documents WHERE source = $3", json!(["a"])).await;
+    assert!(detail.is_some_and(|d| d.ends_with("at character 41")));
+    // Nothing was written by the failed INSERT.
+    assert_eq!(b.rows("documents").len(), 5);
+}
+
+#[test]
+fn is_write_tells_reads_from_writes() {
+    let read = parse("SELECT * FROM documents", &[]).expect("parses");
+    assert!(!read.is_write());
+    assert_eq!(read.collection(), "documents");
+    for write in [
+        "INSERT INTO documents (content) VALUES ('x')",
+        "UPDATE documents SET content = 'x'",
+        "DELETE FROM documents",
+    ] {
+        assert!(parse(write, &[]).expect("parses").is_write(), "{write}");
+    }
+}
+
+/// 50 rows from the web scraper and 10 from elsewhere, for the seed page's paging example.
+fn paged_backend() -> MemoryBackend {
+    let b = MemoryBackend::new(3, DistanceOp::Cosine);
+    for i in 0..60 {
+        let source = if i % 6 == 5 { "manual" } else { "web-scraper" };
+        b.put(
+            "documents",
+            row(
+                &format!("doc-{i:02}"),
+                Some("text"),
+                json!({"source": source, "i": i}),
+                [1.0, 0.0, 0.0],
+                i,
+            ),
+        );
+    }
+    b
+}
+
+#[tokio::test]
+async fn the_seed_pages_paging_example_returns_the_last_page() {
+    let b = paged_backend();
+    let mut req = request(
+        "SELECT * FROM documents WHERE source = $1 ORDER BY created_at DESC",
+        json!(["web-scraper"]),
+    );
+    req.limit = Some(20);
+    req.offset = Some(40);
+    let result = execute(&b, &req, KEY).await.expect("runs");
+    assert_eq!(result.row_count, 10);
+    assert_eq!(result.total_count, Some(50));
+    assert_eq!(result.has_more, Some(false));
+    assert_eq!(result.next_cursor, None);
+    // Newest first: the last page holds the oldest web-scraper rows.
+    assert_eq!(ids(&result).last().map(String::as_str), Some("doc-00"));
+}
+
+#[tokio::test]
+async fn cursors_walk_every_page_to_the_end_and_refuse_tampering() {
+    let b = paged_backend();
+    let query = "SELECT id FROM documents WHERE source = $1 ORDER BY created_at DESC";
+    let mut req = request(query, json!(["web-scraper"]));
+    req.limit = Some(20);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut first_cursor = None;
+    loop {
+        let result = execute(&b, &req, KEY).await.expect("runs");
+        pages += 1;
+        assert_eq!(result.total_count, Some(50));
+        seen.extend(ids(&result));
+        match result.next_cursor {
+            Some(cursor) => {
+                assert_eq!(result.has_more, Some(true));
+                assert_eq!(result.row_count, 20);
+                first_cursor.get_or_insert(cursor.clone());
+                req.cursor = Some(cursor);
+                req.limit = None; // the cursor carries the page size
+            }
+            None => {
+                assert_eq!(result.has_more, Some(false));
+                assert_eq!(result.row_count, 10);
+                break;
+            }
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 50);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 50, "no row twice");
+    assert_eq!(seen.first().map(String::as_str), Some("doc-58"));
+
+    let cursor = first_cursor.expect("there was a second page");
+    // Edited: flip one character.
+    let mut tampered: Vec<char> = cursor.chars().collect();
+    tampered[3] = if tampered[3] == 'A' { 'B' } else { 'A' };
+    let mut bad = request(query, json!(["web-scraper"]));
+    bad.cursor = Some(tampered.into_iter().collect());
+    match execute(&b, &bad, KEY).await {
+        Err(ApiError::Validation { message, .. }) => assert_eq!(message, "cursor is invalid"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    // Another query (different params).
+    let mut other = request(query, json!(["manual"]));
+    other.cursor = Some(cursor.clone());
+    match execute(&b, &other, KEY).await {
+        Err(ApiError::Validation { message, .. }) => assert_eq!(message, "cursor does not belong to this query"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    // Signed with another key.
+    let mut same = request(query, json!(["web-scraper"]));
+    same.cursor = Some(cursor);
+    assert!(matches!(
+        execute(&b, &same, b"another key").await,
+        Err(ApiError::Validation { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_request_page_applies_within_the_statements_limit() {
+    let b = paged_backend();
+    let mut req = request("SELECT id FROM documents ORDER BY id LIMIT 5", json!([]));
+    req.limit = Some(2);
+    req.offset = Some(4);
+    let result = execute(&b, &req, KEY).await.expect("runs");
+    assert_eq!(ids(&result), ["doc-04"]);
+    assert_eq!(result.total_count, Some(5));
+    assert_eq!(result.has_more, Some(false));
+}
+
+#[tokio::test]
+async fn explain_describes_the_plan_without_running_writes() {
+    let b = backend();
+    let mut req = request(
+        "SELECT id FROM documents WHERE source = 'web' ORDER BY embedding <=> $1 LIMIT 3",
+        json!([[1.0, 0.0, 0.0]]),
+    );
+    req.explain = true;
+    let result = execute(&b, &req, KEY).await.expect("explains");
+    assert!(result.rows.is_empty());
+    let plan = result.plan.expect("a plan");
+    assert_eq!(plan["strategy"], json!("index_search"));
+    assert_eq!(plan["collection"], json!("documents"));
+    assert_eq!(plan["operator"], json!("<=>"));
+    assert_eq!(plan["k"], json!(3));
+    assert_eq!(plan["filter"], json!({"source": {"$eq": "web"}}));
+    assert!(b.nearest_calls().is_empty(), "explain does not search");
+
+    let mut req = request(
+        "SELECT id FROM documents WHERE content LIKE 'F%' ORDER BY price DESC",
+        json!([]),
+    );
+    req.explain = true;
+    let plan = execute(&b, &req, KEY).await.expect("explains").plan.expect("a plan");
+    assert_eq!(plan["strategy"], json!("exact_scan"));
+    assert_eq!(plan["sort"][0]["direction"], json!("DESC"));
+
+    let mut req = request("DELETE FROM documents", json!([]));
+    req.explain = true;
+    let plan = execute(&b, &req, KEY).await.expect("explains").plan.expect("a plan");
+    assert_eq!(plan["statement"], json!("DELETE"));
+    assert_eq!(b.rows("documents").len(), 5, "explain wrote nothing");
+}
+
+#[test]
+fn results_serialize_with_the_seed_pages_names() {
+    let result = QueryResult {
+        rows: vec![Map::new()],
+        row_count: 1,
+        fields: vec![crate::Field {
+            name: "id".to_owned(),
+            data_type_id: 2950,
+        }],
+        total_count: Some(3),
+        has_more: Some(true),
+        next_cursor: Some("c".to_owned()),
+        plan: None,
+    };
+    assert_eq!(
+        serde_json::to_value(&result).expect("serializes"),
+        json!({"rows": [{}], "rowCount": 1, "fields": [{"name": "id", "dataTypeID": 2950}],
+               "totalCount": 3, "hasMore": true, "nextCursor": "c"})
+    );
+}
+
+#[test]
+fn deep_or_long_statements_are_refused_without_overflowing_the_stack() {
+    let nested = format!(
+        "SELECT id FROM documents WHERE {}1 = 1{}",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    assert!(matches!(parse(&nested, &[]), Err(ApiError::Query { .. })));
+    let chain = format!(
+        "SELECT id FROM documents WHERE {}",
+        vec!["price = 1"; 2000].join(" OR ")
+    );
+    let err = parse(&chain, &[]).expect_err("too deep");
+    assert!(err.to_string().contains("nested more than"), "{err}");
+    let long = format!("SELECT {} FROM documents", vec!["1"; 20_000].join(" + "));
+    let err = parse(&long, &[]).expect_err("too long");
+    assert!(err.to_string().contains("tokens"), "{err}");
+}
+
+#[test]
+fn the_longest_allowed_operator_chain_fits_a_two_megabyte_stack() {
+    // sqlparser builds `1 + 1 + …` without recursing, but dropping it recurses once
+    // per operator; the token limit keeps that within a tokio worker's stack.
+    let terms = crate::plan::MAX_TOKENS / 2 - 4;
+    let query = format!("SELECT {} FROM documents", vec!["1"; terms].join("+"));
+    let outcome = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || parse(&query, &[]).is_err())
+        .expect("spawns")
+        .join();
+    assert_eq!(outcome.ok(), Some(true), "refused, without overflowing the stack");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+}
+
+const SEEDS: &[&str] = &[
+    "SELECT id, content, 1 - (embedding <=> $1) AS similarity FROM documents ORDER BY embedding <=> $1 LIMIT 5",
+    "SELECT * FROM documents WHERE source = $2 ORDER BY created_at DESC",
+    "SELECT id FROM documents WHERE price > 5 AND (category IN ('a', 'b') OR content ILIKE '%x%') LIMIT 2 OFFSET 1",
+    "SELECT COUNT(*) FROM documents WHERE metadata->>'source' = 'web'",
+    "INSERT INTO documents (id, content, metadata, embedding) VALUES ('z', 'c', '{}', $1)",
+    "UPDATE documents SET metadata = metadata || $3 WHERE NOT draft IS NULL",
+    "DELETE FROM documents WHERE id = 'a' OR price <= 5",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_text_never_panics(query in "\\PC{0,200}") {
+        let b = backend();
+        let params = vec![json!([1.0, 0.0, 0.0]), json!("web"), json!({"k": 1})];
+        let _ = runtime().block_on(execute(&b, &QueryRequest { query, params, ..QueryRequest::default() }, KEY));
+    }
+
+    #[test]
+    fn mutated_valid_queries_never_panic(
+        seed in 0..SEEDS.len(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), 0..4u8, "[ ()$',;*<=>#|%_0-9a-zA-Z\\-\\[\\]\\.]{0,4}"), 1..6),
+        explain in any::<bool>(),
+        limit in proptest::option::of(0..30u64),
+    ) {
+        let mut query: Vec<char> = SEEDS[seed].chars().collect();
+        for (at, kind, text) in edits {
+            let at = at.index(query.len() + 1);
+            match kind {
+                0 => query.splice(at..at, text.chars()).for_each(drop),
+                1 if at < query.len() => { query.remove(at); }
+                2 => query.truncate(at),
+                _ => {
+                    let end = (at + text.len()).min(query.len());
+                    query.splice(at..end, text.chars()).for_each(drop);
+                }
+            }
+        }
+        let query: String = query.into_iter().collect();
+        let b = backend();
+        let params = vec![json!([1.0, 0.0, 0.0]), json!("web"), json!({"k": 1})];
+        let request = QueryRequest { query, params, limit, explain, ..QueryRequest::default() };
+        let _ = runtime().block_on(execute(&b, &request, KEY));
+    }
+}
