@@ -7,6 +7,7 @@
 //! subscription it tells listeners [`BusEvent::MayHaveMissed`], and they must drop
 //! what they cached.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -37,6 +38,18 @@ pub enum Notice {
     },
     /// A namespace was deleted with all its records.
     NamespaceDeleted { project_id: ProjectId, namespace: String },
+    /// A project's limits were published (it was created or changed plan).
+    LimitsChanged { limits: ProjectLimits },
+}
+
+/// A project's effective rate limits, as the control plane publishes them (from its
+/// plan) and every data-plane pod enforces them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectLimits {
+    pub project_id: ProjectId,
+    pub plan_id: String,
+    pub queries_per_minute: u32,
+    pub documents_per_minute: u32,
 }
 
 /// What a listener hears.
@@ -59,6 +72,12 @@ pub trait Bus: ReadinessCheck + Send + Sync {
     async fn publish(&self, notice: Notice) -> anyhow::Result<()>;
     /// Adds a listener for every event from now on.
     fn listen(&self, listener: Listener);
+    /// Stores a project's limits where pods load them at start, then tells every pod.
+    async fn publish_limits(&self, limits: ProjectLimits) -> anyhow::Result<()>;
+    /// Removes a deleted project's limits.
+    async fn withdraw_limits(&self, project: ProjectId) -> anyhow::Result<()>;
+    /// Every project's published limits, for a pod starting up.
+    async fn all_limits(&self) -> anyhow::Result<Vec<ProjectLimits>>;
 }
 
 #[derive(Default, Clone)]
@@ -80,6 +99,7 @@ impl Listeners {
 #[derive(Default, Clone)]
 pub struct InProcessBus {
     listeners: Listeners,
+    limits: Arc<RwLock<HashMap<ProjectId, ProjectLimits>>>,
 }
 
 #[async_trait]
@@ -91,6 +111,29 @@ impl Bus for InProcessBus {
 
     fn listen(&self, listener: Listener) {
         self.listeners.add(listener);
+    }
+
+    async fn publish_limits(&self, limits: ProjectLimits) -> anyhow::Result<()> {
+        self.limits
+            .write()
+            .expect("limits are never poisoned")
+            .insert(limits.project_id, limits.clone());
+        self.publish(Notice::LimitsChanged { limits }).await
+    }
+
+    async fn withdraw_limits(&self, project: ProjectId) -> anyhow::Result<()> {
+        self.limits.write().expect("limits are never poisoned").remove(&project);
+        Ok(())
+    }
+
+    async fn all_limits(&self) -> anyhow::Result<Vec<ProjectLimits>> {
+        Ok(self
+            .limits
+            .read()
+            .expect("limits are never poisoned")
+            .values()
+            .cloned()
+            .collect())
     }
 }
 
@@ -109,6 +152,8 @@ impl ReadinessCheck for InProcessBus {
 /// reconnecting with backoff, and calls the local listeners.
 pub struct RedisBus {
     channel: String,
+    /// The hash of every project's limits: project id → JSON.
+    limits_key: String,
     connection: redis::aio::ConnectionManager,
     listeners: Listeners,
     subscribed: Arc<AtomicBool>,
@@ -137,6 +182,7 @@ impl RedisBus {
         let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
         Ok(Self {
             channel,
+            limits_key: format!("{prefix}limits"),
             connection,
             listeners,
             subscribed,
@@ -207,6 +253,48 @@ impl Bus for RedisBus {
 
     fn listen(&self, listener: Listener) {
         self.listeners.add(listener);
+    }
+
+    async fn publish_limits(&self, limits: ProjectLimits) -> anyhow::Result<()> {
+        let mut connection = self.connection.clone();
+        redis::cmd("HSET")
+            .arg(&self.limits_key)
+            .arg(limits.project_id.to_string())
+            .arg(serde_json::to_string(&limits)?)
+            .query_async::<i64>(&mut connection)
+            .await
+            .map_err(|err| anyhow::anyhow!("storing limits in Redis failed: {err}"))?;
+        self.publish(Notice::LimitsChanged { limits }).await
+    }
+
+    async fn withdraw_limits(&self, project: ProjectId) -> anyhow::Result<()> {
+        let mut connection = self.connection.clone();
+        redis::cmd("HDEL")
+            .arg(&self.limits_key)
+            .arg(project.to_string())
+            .query_async::<i64>(&mut connection)
+            .await
+            .map_err(|err| anyhow::anyhow!("removing limits from Redis failed: {err}"))?;
+        Ok(())
+    }
+
+    async fn all_limits(&self) -> anyhow::Result<Vec<ProjectLimits>> {
+        let mut connection = self.connection.clone();
+        let entries: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&self.limits_key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| anyhow::anyhow!("loading limits from Redis failed: {err}"))?;
+        Ok(entries
+            .values()
+            .filter_map(|json| match serde_json::from_str(json) {
+                Ok(limits) => Some(limits),
+                Err(err) => {
+                    tracing::warn!(error = %err, "ignoring malformed limits in Redis");
+                    None
+                }
+            })
+            .collect())
     }
 }
 

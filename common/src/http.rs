@@ -38,7 +38,7 @@ pub fn health_router(checks: Vec<Arc<dyn ReadinessCheck>>) -> Router {
 }
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "alive", example = json!({"status": "ok"}))))]
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "health", responses((status = 200, description = "alive", example = json!({"status": "ok"}))))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -46,6 +46,7 @@ pub async fn healthz() -> Json<Value> {
 /// Every dependency (storage, bus) answers.
 #[utoipa::path(
     get,
+    operation_id = "readyz",
     path = "/readyz",
     tag = "health",
     responses(

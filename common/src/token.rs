@@ -52,6 +52,8 @@ pub struct ProjectClaims {
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Signs pagination cursors; derived from the same secret so every pod agrees.
+    cursor_key: [u8; 32],
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -74,10 +76,24 @@ impl JwtKeys {
                 secret.len()
             ));
         }
+        let cursor_key = {
+            use sha2::Digest as _;
+            let mut hasher = sha2::Sha256::new();
+            hasher.update(b"quiver pagination cursor key\0");
+            hasher.update(secret);
+            hasher.finalize().into()
+        };
         Ok(Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            cursor_key,
         })
+    }
+
+    /// A key for signing pagination cursors (not usable to forge tokens: it is a
+    /// one-way derivation of the secret).
+    pub fn cursor_key(&self) -> &[u8; 32] {
+        &self.cursor_key
     }
 
     fn validation(audience: &str) -> Validation {

@@ -94,6 +94,7 @@ fn check_password(password: &str) -> Result<(), ApiError> {
 /// Create an account and start a session.
 #[utoipa::path(
     post,
+    operation_id = "signup",
     path = "/v1/auth/signup",
     tag = "accounts",
     request_body = Credentials,
@@ -126,6 +127,7 @@ pub async fn signup(
 /// Start a session.
 #[utoipa::path(
     post,
+    operation_id = "login",
     path = "/v1/auth/login",
     tag = "accounts",
     request_body = Credentials,

@@ -133,6 +133,7 @@ pub async fn revoke_key(
 /// Create a key. The response is the only time the whole key is shown.
 #[utoipa::path(
     post,
+    operation_id = "create_key",
     path = "/v1/projects/{id}/keys",
     tag = "keys",
     security(("session" = [])),
@@ -159,6 +160,7 @@ pub async fn create(
 /// A project's keys: prefix, label, role, dates; never the secret.
 #[utoipa::path(
     get,
+    operation_id = "list_keys",
     path = "/v1/projects/{id}/keys",
     tag = "keys",
     security(("session" = [])),
@@ -180,6 +182,7 @@ pub async fn list(
 /// Revoke a key: every data-plane pod refuses it within a second.
 #[utoipa::path(
     delete,
+    operation_id = "revoke_key",
     path = "/v1/projects/{id}/keys/{key_id}",
     tag = "keys",
     security(("session" = [])),

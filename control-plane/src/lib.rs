@@ -15,8 +15,12 @@ use quiver_store::Store;
 
 /// Signup and login.
 pub mod accounts;
+/// The web console's files.
+pub mod console;
 /// API keys: mint, list, revoke; also used by the `quiver keys` CLI.
 pub mod keys;
+/// Publishing projects' rate limits to the data plane.
+pub mod limits;
 /// The OpenAPI document of this plane.
 pub mod openapi;
 /// The plan catalog.
@@ -28,13 +32,6 @@ pub mod session;
 /// Short-lived project tokens for browser clients.
 pub mod tokens;
 
-async fn openapi_json() -> impl axum::response::IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        openapi::spec_json(),
-    )
-}
-
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -42,6 +39,9 @@ pub struct Settings {
     pub api_base_url: String,
     /// How long a console session lasts.
     pub session_ttl: chrono::Duration,
+    /// The built web console (`console/dist`) to serve at `/`; `None` serves a page
+    /// that says how to build it.
+    pub console_dir: Option<Arc<std::path::PathBuf>>,
 }
 
 /// Everything a control-plane handler may use.
@@ -74,7 +74,13 @@ impl ControlPlane {
             .merge(projects::router())
             .merge(keys::router())
             .merge(tokens::router())
-            .route("/openapi.json", axum::routing::get(openapi_json))
+            // `/docs`: Swagger UI, bundled in the binary (no CDN); `/openapi.json`: the spec.
+            .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
+                "/openapi.json",
+                <openapi::ControlPlaneApi as utoipa::OpenApi>::openapi(),
+            ))
+            .route("/", axum::routing::any(console::serve))
+            .route("/{*path}", axum::routing::any(console::serve))
             .with_state(self);
         finish_router(api.merge(health_router(checks)))
     }

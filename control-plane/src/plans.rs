@@ -17,7 +17,9 @@ pub struct PlanList {
 }
 
 /// The plan catalog, cheapest first.
-#[utoipa::path(get, path = "/v1/plans", tag = "plans", responses((status = 200, body = PlanList)))]
+#[utoipa::path(
+    get,
+    operation_id = "list_plans", path = "/v1/plans", tag = "plans", responses((status = 200, body = PlanList)))]
 pub async fn list(State(state): State<ControlPlane>) -> Result<Json<PlanList>, ApiError> {
     Ok(Json(PlanList {
         plans: state.store.plans().await?,

@@ -122,6 +122,7 @@ async fn known_plan(state: &ControlPlane, plan: &str) -> Result<(), ApiError> {
 /// Create a project.
 #[utoipa::path(
     post,
+    operation_id = "create_project",
     path = "/v1/projects",
     tag = "projects",
     security(("session" = [])),
@@ -162,16 +163,14 @@ pub async fn create(
         })
         .await?;
     tracing::info!(project_id = %project.id, user_id = %session.user, "project created");
-    state
-        .bus
-        .publish(Notice::ProjectChanged { project_id: project.id })
-        .await?;
+    crate::limits::publish(state.store.as_ref(), state.bus.as_ref(), &project).await;
     Ok((StatusCode::CREATED, Json(view(&state, project, true).await?)))
 }
 
 /// The caller's projects.
 #[utoipa::path(
     get,
+    operation_id = "list_projects",
     path = "/v1/projects",
     tag = "projects",
     security(("session" = [])),
@@ -188,6 +187,7 @@ pub async fn list(State(state): State<ControlPlane>, session: Session) -> Result
 /// A project with its limits, usage and data-plane URL.
 #[utoipa::path(
     get,
+    operation_id = "get_project",
     path = "/v1/projects/{id}",
     tag = "projects",
     security(("session" = [])),
@@ -206,6 +206,7 @@ pub async fn read(
 /// Change a project's plan.
 #[utoipa::path(
     patch,
+    operation_id = "update_project",
     path = "/v1/projects/{id}",
     tag = "projects",
     security(("session" = [])),
@@ -237,6 +238,7 @@ pub async fn update(
             .bus
             .publish(Notice::ProjectChanged { project_id: project.id })
             .await?;
+        crate::limits::publish(state.store.as_ref(), state.bus.as_ref(), &project).await;
     }
     Ok(Json(view(&state, project, true).await?))
 }
@@ -244,6 +246,7 @@ pub async fn update(
 /// Delete a project with its keys, namespaces and records.
 #[utoipa::path(
     delete,
+    operation_id = "delete_project",
     path = "/v1/projects/{id}",
     tag = "projects",
     security(("session" = [])),
@@ -258,6 +261,7 @@ pub async fn remove(
     let project = session.owned_project(&state, &id).await?;
     state.store.delete_project(project.id).await?;
     tracing::info!(project_id = %project.id, "project deleted");
+    crate::limits::withdraw(state.bus.as_ref(), &project).await;
     state
         .bus
         .publish(Notice::ProjectDeleted { project_id: project.id })

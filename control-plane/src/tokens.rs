@@ -45,6 +45,7 @@ pub struct TokenView {
 /// Mint a short-lived token for browser clients of one project's data plane.
 #[utoipa::path(
     post,
+    operation_id = "create_token",
     path = "/v1/projects/{id}/tokens",
     tag = "tokens",
     security(("session" = [])),

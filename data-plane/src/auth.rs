@@ -43,6 +43,8 @@ pub struct Principal {
     pub namespaces: Option<BTreeSet<String>>,
     /// The API key's id, or the token's subject.
     pub credential: String,
+    /// Where this request's rate-limit decision goes, for its response headers.
+    pub rate: crate::limits::RateSlot,
 }
 
 impl Principal {
@@ -183,7 +185,10 @@ impl Authenticator {
                 }
             }
             BusEvent::Notice(
-                Notice::ProjectChanged { .. } | Notice::NamespaceChanged { .. } | Notice::NamespaceDeleted { .. },
+                Notice::ProjectChanged { .. }
+                | Notice::NamespaceChanged { .. }
+                | Notice::NamespaceDeleted { .. }
+                | Notice::LimitsChanged { .. },
             ) => {}
             BusEvent::MayHaveMissed => {
                 tracing::warn!("the bus had a gap; dropping every cached key");
@@ -341,12 +346,19 @@ impl FromRequestParts<DataPlane> for Principal {
             .await?
             .ok_or_else(|| ApiError::Unauthorized("the credential's project does not exist".into()))?;
         tracing::Span::current().record("project_id", tracing::field::display(project.id));
+        let rate = parts
+            .extensions
+            .get::<crate::limits::RateSlot>()
+            .cloned()
+            .unwrap_or_default();
+        rate.authenticated(Arc::clone(&project));
         Ok(Principal {
             project_id: project.id,
             project,
             scopes: credential.scopes,
             namespaces: credential.namespaces,
             credential: credential.credential,
+            rate,
         })
     }
 }

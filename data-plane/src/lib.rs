@@ -17,12 +17,22 @@ use crate::auth::Principal;
 
 /// Credentials to principals: API keys (cached) and project tokens.
 pub mod auth;
+/// The document API: collections of documents, embedded on the way in.
+pub mod documents;
+/// Text to vectors with the model a request names; the model catalog.
+pub mod embeddings;
 /// `x-idempotency-key` for mutating requests.
 pub mod idempotency;
 /// Reading JSON bodies with envelope errors.
 pub mod json;
+/// Per-project rate limits, shared by every pod.
+pub mod limits;
 /// Listing and deleting namespaces.
 pub mod namespaces;
+/// The query endpoint (NQL) and the document list.
+pub mod query;
+/// Writes shared by the vector, document and query APIs.
+mod records;
 /// The vector API.
 pub mod vectors;
 
@@ -35,18 +45,15 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub struct Settings {
     /// Bytes of vector indexes this pod keeps in memory before evicting the least used.
     pub index_memory: u64,
+    /// Embedding providers: where local models live, the OpenAI-compatible endpoint.
+    pub embed: quiver_embed::EmbedConfig,
+    /// The embedding model for requests that name none.
+    pub default_embedding_model: String,
 }
 /// The OpenAPI document of this plane.
 pub mod openapi;
 /// The projects this pod serves, cached.
 pub mod projects;
-
-async fn openapi_json() -> impl axum::response::IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        openapi::spec_json(),
-    )
-}
 
 /// Everything a data-plane handler may use.
 #[derive(Clone)]
@@ -56,11 +63,29 @@ pub struct DataPlane {
     pub auth: Arc<auth::Authenticator>,
     pub projects: Arc<projects::Projects>,
     pub indexes: Arc<IndexManager>,
+    pub embedders: Arc<quiver_embed::Embedders>,
+    pub limits: Arc<limits::Limits>,
+    budget: Arc<dyn limits::Budget>,
+    /// The embedding model for requests that name none.
+    pub default_model: Arc<str>,
+    /// Signs pagination cursors.
+    pub cursor_key: Arc<[u8; 32]>,
 }
 
 impl DataPlane {
     /// A pod's state; starts the tasks that keep its key cache current.
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, jwt: JwtKeys, settings: Settings) -> Self {
+    /// `budget` keeps the rate-limit budgets: [`limits::LocalBudget`] for one process,
+    /// [`limits::RedisBudget`] for a cluster.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        budget: Arc<dyn limits::Budget>,
+        jwt: JwtKeys,
+        settings: Settings,
+    ) -> Self {
+        let cursor_key = Arc::new(*jwt.cursor_key());
+        let limits = limits::Limits::new(Arc::clone(&store), Arc::clone(&bus), Arc::clone(&budget));
+        let embedders = Arc::new(quiver_embed::Embedders::new(settings.embed));
         let auth = Arc::new(auth::Authenticator::new(Arc::clone(&store), jwt));
         auth.spawn_watchers(bus.as_ref());
         let projects = projects::Projects::new(Arc::clone(&store), bus.as_ref());
@@ -85,7 +110,9 @@ impl DataPlane {
                     tokio::spawn(async move { indexes.forget_namespace(project_id, &namespace).await });
                 }
                 BusEvent::Notice(Notice::ProjectDeleted { project_id }) => indexes.forget_project(project_id),
-                BusEvent::Notice(Notice::KeyRevoked { .. } | Notice::ProjectChanged { .. }) => {}
+                BusEvent::Notice(
+                    Notice::KeyRevoked { .. } | Notice::ProjectChanged { .. } | Notice::LimitsChanged { .. },
+                ) => {}
                 // Indexes hear of missed writes on the next strong read or notice.
                 BusEvent::MayHaveMissed => {}
             }
@@ -96,7 +123,17 @@ impl DataPlane {
             auth,
             projects,
             indexes,
+            embedders,
+            limits,
+            budget,
+            default_model: settings.default_embedding_model.into(),
+            cursor_key,
         }
+    }
+
+    /// Spends `n` units of the caller's project's `kind` budget, or refuses with a 429.
+    pub async fn admit(&self, principal: &Principal, kind: limits::Kind, n: u64) -> Result<(), ApiError> {
+        self.limits.admit(&principal.project, kind, n, &principal.rate).await
     }
 
     /// The caller's plan.
@@ -136,12 +173,21 @@ impl DataPlane {
 
     /// The data plane's router: the public APIs and the health probes.
     pub fn router(self) -> Router {
-        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![self.store.clone(), self.bus.clone()];
+        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![self.store.clone(), self.bus.clone(), self.budget.clone()];
+        let limits = Arc::clone(&self.limits);
         let api = Router::new()
             .merge(namespaces::router())
             .merge(vectors::router())
-            .route("/openapi.json", axum::routing::get(openapi_json))
+            .merge(documents::router())
+            .merge(embeddings::router())
+            .merge(query::router())
+            // `/docs`: Swagger UI, bundled in the binary (no CDN); `/openapi.json`: the spec.
+            .merge(
+                utoipa_swagger_ui::SwaggerUi::new("/docs")
+                    .url("/openapi.json", <openapi::DataPlaneApi as utoipa::OpenApi>::openapi()),
+            )
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn_with_state(limits, limits::headers))
             .with_state(self);
         finish_router(api.merge(health_router(checks)))
     }

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::DataPlane;
 use crate::auth::Principal;
+use crate::limits::Kind;
 
 pub fn router() -> Router<DataPlane> {
     Router::new()
@@ -30,6 +31,7 @@ pub struct NamespaceList {
 /// The project's namespaces with their vector counts.
 #[utoipa::path(
     get,
+    operation_id = "list_namespaces",
     path = "/v1/namespaces",
     tag = "namespaces",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
@@ -41,6 +43,7 @@ pub struct NamespaceList {
 )]
 pub async fn list(State(state): State<DataPlane>, principal: Principal) -> Result<Json<NamespaceList>, ApiError> {
     principal.require(Scope::Read)?;
+    state.admit(&principal, Kind::Queries, 1).await?;
     let namespaces = state
         .store
         .namespaces(principal.project_id)
@@ -65,6 +68,7 @@ pub struct Deleted {
 /// Delete a namespace and every record in it (admin scope).
 #[utoipa::path(
     delete,
+    operation_id = "delete_namespace",
     path = "/v1/namespaces/{namespace}",
     tag = "namespaces",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
@@ -83,6 +87,7 @@ pub async fn remove(
 ) -> Result<Json<Deleted>, ApiError> {
     principal.require(Scope::Admin)?;
     principal.require_namespace(&namespace)?;
+    state.admit(&principal, Kind::Documents, 1).await?;
     if !state.store.delete_namespace(principal.project_id, &namespace).await? {
         return Err(ApiError::NotFound(format!("no namespace \"{namespace}\"")));
     }

@@ -39,7 +39,10 @@ impl Projects {
                     }
                 }
                 BusEvent::Notice(
-                    Notice::KeyRevoked { .. } | Notice::NamespaceChanged { .. } | Notice::NamespaceDeleted { .. },
+                    Notice::KeyRevoked { .. }
+                    | Notice::NamespaceChanged { .. }
+                    | Notice::NamespaceDeleted { .. }
+                    | Notice::LimitsChanged { .. },
                 ) => {}
                 BusEvent::MayHaveMissed => projects.cache.invalidate_all(),
             }

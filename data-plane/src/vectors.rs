@@ -11,12 +11,10 @@ use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use chrono::Utc;
 use quiver_common::ApiError;
-use quiver_common::bus::Notice;
 use quiver_common::domain::{Metric, Scope};
 use quiver_engine::Filter;
-use quiver_store::{Change, Metadata, Record, RecordPatch, RecordWrite, WriteOutcome};
+use quiver_store::{Metadata, MetadataPatch, RecordPatch, RecordWrite};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -24,6 +22,8 @@ use crate::DataPlane;
 use crate::auth::Principal;
 use crate::idempotency::idempotent;
 use crate::json::parse_body;
+use crate::limits::Kind;
+use crate::records;
 use quiver_common::error::json_kind as kind;
 
 pub fn router() -> Router<DataPlane> {
@@ -65,7 +65,7 @@ fn no_namespace(name: &str) -> ApiError {
 
 /// Checks a vector's values: numbers, finite as f32, of the project's dimension, and
 /// (for cosine) not all zero. `what` names the vector in messages.
-fn parse_values(value: &Value, dimension: u32, metric: Metric, what: &str) -> Result<Vec<f32>, ApiError> {
+pub(crate) fn parse_values(value: &Value, dimension: u32, metric: Metric, what: &str) -> Result<Vec<f32>, ApiError> {
     let items = value.as_array().ok_or_else(|| {
         ApiError::validation(format!(
             "{what} values must be an array of numbers, got {}",
@@ -134,7 +134,7 @@ fn parse_id(value: Option<&Value>, what: &str) -> Result<String, ApiError> {
     }
 }
 
-fn parse_metadata(value: Option<&Value>, what: &str) -> Result<Metadata, ApiError> {
+pub(crate) fn parse_metadata(value: Option<&Value>, what: &str) -> Result<Metadata, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(Metadata::new()),
         Some(Value::Object(map)) => {
@@ -196,47 +196,6 @@ fn parse_vectors(vectors: &[Value], principal: &Principal) -> Result<Vec<RecordW
         .collect()
 }
 
-/// After a write commits: bring this pod's index along and tell the other pods.
-async fn committed(
-    state: &DataPlane,
-    principal: &Principal,
-    namespace: &str,
-    outcome: WriteOutcome,
-    changes: Vec<Change>,
-) {
-    if let Err(err) = state
-        .indexes
-        .committed(principal.project_id, namespace, outcome.state, changes)
-        .await
-    {
-        // The write is durable; the index catches up from the store on its next use.
-        tracing::warn!(error = %err, namespace, "applying a committed write to the index failed");
-        state.indexes.forget_namespace(principal.project_id, namespace).await;
-    }
-    let notice = Notice::NamespaceChanged {
-        project_id: principal.project_id,
-        namespace: namespace.to_owned(),
-        epoch: outcome.state.epoch,
-        seq: outcome.state.seq,
-    };
-    if let Err(err) = state.bus.publish(notice).await {
-        tracing::warn!(error = %err, "publishing a namespace change failed; other pods catch up on strong reads");
-    }
-}
-
-fn record_change(write: RecordWrite, seq: i64) -> Change {
-    let now = Utc::now();
-    Change::Upsert(Record {
-        id: write.id,
-        vector: write.vector,
-        metadata: write.metadata,
-        content: write.content,
-        seq,
-        created_at: now,
-        updated_at: now,
-    })
-}
-
 /// One vector to write.
 #[derive(Debug, utoipa::ToSchema)]
 #[allow(dead_code)] // documentation only: vectors are validated one by one from JSON
@@ -274,6 +233,7 @@ pub struct UpsertResponse {
 /// Insert or replace vectors; all of the batch or none of it.
 #[utoipa::path(
     post,
+    operation_id = "upsert_vectors",
     path = "/v1/vectors/upsert",
     tag = "vectors",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
@@ -317,18 +277,10 @@ pub async fn upsert(
             });
         }
         let records = parse_vectors(&request.vectors, &principal)?;
-        state
-            .check_capacity(&principal, &plan, &namespace, records.len())
-            .await?;
-        let outcome = state.store.upsert(principal.project_id, &namespace, &records).await?;
-        let count = outcome.affected;
-        let changes = records
-            .into_iter()
-            .map(|r| record_change(r, outcome.state.seq))
-            .collect();
-        committed(&state, &principal, &namespace, outcome, changes).await;
+        state.admit(&principal, Kind::Documents, records.len() as u64).await?;
+        let outcome = records::upsert(&state, &principal, &plan, &namespace, records).await?;
         Ok(serde_json::to_value(UpsertResponse {
-            upserted_count: count,
+            upserted_count: outcome.affected,
             namespace,
             seq: outcome.state.seq,
         })
@@ -418,6 +370,7 @@ fn strong(consistency: Option<&str>) -> Result<bool, ApiError> {
 /// k-NN similarity search, optionally filtered by metadata.
 #[utoipa::path(
     post,
+    operation_id = "search_vectors",
     path = "/v1/vectors/search",
     tag = "vectors",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
@@ -450,6 +403,7 @@ pub async fn search(
     let k = parse_top_k(request.top_k.as_ref())?;
     let filter = Arc::new(parse_filter(request.filter.as_ref())?);
     let strong = strong(request.consistency.as_deref())?;
+    state.admit(&principal, Kind::Queries, 1).await?;
     let query = quiver_engine::Query {
         vector: query,
         k,
@@ -534,6 +488,7 @@ pub struct VectorView {
 /// `{"vectors": [...], "namespace"}`.
 #[utoipa::path(
     post,
+    operation_id = "fetch_vectors",
     path = "/v1/vectors/query",
     tag = "vectors",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
@@ -558,6 +513,7 @@ pub async fn query(
     let namespace = namespace(request.namespace)?;
     principal.require_namespace(&namespace)?;
     let (ids, single) = parse_ids(request.id, request.ids)?;
+    state.admit(&principal, Kind::Queries, 1).await?;
     let records = state.store.fetch(principal.project_id, &namespace, &ids).await?;
     let (with_values, with_metadata) = (
         request.include_values.unwrap_or(true),
@@ -608,6 +564,7 @@ pub struct UpdateResponse {
 /// Merge metadata into a vector, and optionally replace its values.
 #[utoipa::path(
     post,
+    operation_id = "update_vector",
     path = "/v1/vectors/update",
     tag = "vectors",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
@@ -642,7 +599,7 @@ pub async fn update(
             metadata: request
                 .metadata
                 .as_ref()
-                .map(|m| parse_metadata(Some(m), &what))
+                .map(|m| parse_metadata(Some(m), &what).map(MetadataPatch::Merge))
                 .transpose()?,
             vector: request
                 .values
@@ -656,12 +613,10 @@ pub async fn update(
                 "nothing to update: send metadata, values, or both",
             ));
         }
-        let (outcome, record) = state
-            .store
-            .update(principal.project_id, &namespace, &id, &patch)
+        state.admit(&principal, Kind::Documents, 1).await?;
+        let (outcome, _) = records::patch(&state, &principal, &namespace, &id, &patch)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no vector \"{id}\" in namespace \"{namespace}\"")))?;
-        committed(&state, &principal, &namespace, outcome, vec![Change::Upsert(record)]).await;
         Ok(serde_json::to_value(UpdateResponse {
             updated: true,
             id,
@@ -697,6 +652,7 @@ pub struct DeleteResponse {
 /// Delete vectors by id, by ids, or by metadata filter.
 #[utoipa::path(
     delete,
+    operation_id = "delete_vectors",
     path = "/v1/vectors/delete",
     tag = "vectors",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
@@ -742,38 +698,10 @@ pub async fn remove(
             (Some(_), _, _) => return Err(ApiError::validation("send id, ids or filter, only one of them")),
             (None, id, ids) => parse_ids(id, ids)?.0,
         };
-        let mut deleted = 0;
-        let mut seq = None;
-        for chunk in ids.chunks(MAX_IDS) {
-            let outcome = state
-                .store
-                .delete(principal.project_id, &namespace, chunk)
-                .await?
-                .ok_or_else(|| no_namespace(&namespace))?;
-            deleted += outcome.affected;
-            seq = Some(outcome.state.seq);
-            if outcome.affected > 0 {
-                let changes = chunk
-                    .iter()
-                    .map(|id| Change::Delete {
-                        id: id.clone(),
-                        seq: outcome.state.seq,
-                    })
-                    .collect();
-                committed(&state, &principal, &namespace, outcome, changes).await;
-            }
-        }
-        let seq = match seq {
-            Some(seq) => seq,
-            None => {
-                state
-                    .store
-                    .namespace(principal.project_id, &namespace)
-                    .await?
-                    .ok_or_else(|| no_namespace(&namespace))?
-                    .seq
-            }
-        };
+        state.admit(&principal, Kind::Documents, ids.len() as u64).await?;
+        let (deleted, seq) = records::delete(&state, &principal, &namespace, &ids)
+            .await?
+            .ok_or_else(|| no_namespace(&namespace))?;
         Ok(serde_json::to_value(DeleteResponse {
             deleted_count: deleted,
             namespace,
@@ -809,6 +737,7 @@ pub struct ListResponse {
 /// List a namespace's ids in byte order, a page at a time.
 #[utoipa::path(
     get,
+    operation_id = "list_vectors",
     path = "/v1/vectors/list",
     tag = "vectors",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
@@ -850,6 +779,7 @@ pub async fn list(
                 })
         })
         .transpose()?;
+    state.admit(&principal, Kind::Queries, 1).await?;
     if state.store.namespace(principal.project_id, &namespace).await?.is_none() {
         return Err(no_namespace(&namespace));
     }

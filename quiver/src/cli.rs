@@ -38,6 +38,9 @@ enum Command {
     /// Create, list and revoke API keys from the shell, for automation and first start.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Fetch embedding models into the models directory.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Print a plane's OpenAPI document (JSON) on stdout.
     Openapi {
         /// Which plane: control-plane or data-plane.
@@ -60,6 +63,63 @@ pub struct StandaloneArgs {
     /// Memory for vector indexes (e.g. 512MiB, 4GiB); the least used are evicted beyond it.
     #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
     pub index_memory: u64,
+    /// Fetch the default local embedding model in the background at start when it is
+    /// missing (requests that need it get a 503 until it is there).
+    #[arg(long, env = "QUIVER_PULL_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pull_models: bool,
+    /// The built web console to serve on the control address (default: console/dist
+    /// when run from a checkout where it was built).
+    #[arg(long, env = "QUIVER_CONSOLE_DIR")]
+    pub console_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub embed: EmbedArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Download a local model's files (default: local/all-minilm-l6-v2) into --models-dir.
+    Pull {
+        /// The model, as `local/<name>`.
+        #[arg(default_value = quiver_embed::DEFAULT_MODEL)]
+        model: String,
+        /// Where models live; standalone's default is <data dir>/models.
+        #[arg(long, env = "QUIVER_MODELS_DIR", default_value = "./quiver-data/models")]
+        models_dir: PathBuf,
+    },
+}
+
+/// Embedding providers.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Where local embedding models live (filled by `quiver models pull`). Default:
+    /// <data dir>/models standalone, ./models in a cluster.
+    #[arg(long, env = "QUIVER_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Base URL of the OpenAI-compatible embeddings API behind `openai/*` models (OpenAI,
+    /// Azure, Ollama, vLLM, TEI).
+    #[arg(long, env = "QUIVER_OPENAI_BASE_URL", default_value = "https://api.openai.com/v1")]
+    pub openai_base_url: String,
+    /// The embedding model used when a request names none (`provider/model`).
+    #[arg(long, env = "QUIVER_DEFAULT_EMBEDDING_MODEL", default_value = quiver_embed::DEFAULT_MODEL)]
+    pub default_embedding_model: String,
+    /// The API key sent to that endpoint, if it needs one.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// How long one embeddings call may take, in seconds, before it is retried.
+    #[arg(long, env = "QUIVER_EMBED_TIMEOUT", default_value_t = 30)]
+    pub embed_timeout: u64,
+}
+
+impl EmbedArgs {
+    pub fn config(&self, default_models_dir: PathBuf) -> quiver_embed::EmbedConfig {
+        quiver_embed::EmbedConfig {
+            models_dir: self.models_dir.clone().unwrap_or(default_models_dir),
+            openai_base_url: self.openai_base_url.clone(),
+            openai_api_key: self.openai_api_key.clone(),
+            timeout: std::time::Duration::from_secs(self.embed_timeout),
+            ..quiver_embed::EmbedConfig::default()
+        }
+    }
 }
 
 /// Parses a size: plain bytes, or a number with KiB, MiB or GiB.
@@ -107,6 +167,11 @@ pub struct ClusterArgs {
     /// The data plane's public URL, shown on projects as `api_base_url` (control plane).
     #[arg(long, env = "QUIVER_PUBLIC_DATA_URL", default_value = "http://localhost:8080")]
     pub public_data_url: String,
+    /// The built web console the control plane serves at `/`.
+    #[arg(long, env = "QUIVER_CONSOLE_DIR")]
+    pub console_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub embed: EmbedArgs,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +208,11 @@ impl Cli {
                 Ok(())
             }
             Some(Command::Keys(command)) => command.run().await,
+            Some(Command::Models(ModelsCommand::Pull { model, models_dir })) => {
+                let dir = quiver_embed::pull(&models_dir, &model).await?;
+                println!("{model} is in {}", dir.display());
+                Ok(())
+            }
             Some(Command::Openapi { plane }) => {
                 let spec = match plane.as_str() {
                     "control-plane" => quiver_control_plane::openapi::spec_json(),

@@ -1,7 +1,7 @@
 //! Binding listeners, serving the planes and shutting down cleanly.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
@@ -11,6 +11,7 @@ use quiver_common::token::JwtKeys;
 use quiver_control_plane::{ControlPlane, Settings};
 use quiver_data_plane::DataPlane;
 use quiver_data_plane::Settings as DataSettings;
+use quiver_data_plane::limits::{LocalBudget, RedisBudget};
 use quiver_store::Store;
 use quiver_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
@@ -101,11 +102,17 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let jwt = standalone_jwt_secret(&args.data_dir)?;
     let store = open_store(&url).await?;
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
+    quiver_control_plane::limits::publish_all(store.as_ref(), bus.as_ref()).await?;
     let data_url = format!("http://{}", data.local_addr()?);
     let control_url = format!("http://{}", control.local_addr()?);
+    let embed = args.embed.config(args.data_dir.join("models"));
+    if args.pull_models {
+        pull_default_model_in_background(embed.models_dir.clone());
+    }
     let settings = Settings {
         api_base_url: data_url.clone(),
         session_ttl: SESSION_TTL,
+        console_dir: quiver_control_plane::console::locate(args.console_dir.clone()).map(Arc::new),
     };
     let servers = vec![
         (
@@ -113,9 +120,12 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             DataPlane::new(
                 Arc::clone(&store),
                 Arc::clone(&bus),
+                Arc::new(LocalBudget::default()),
                 jwt.clone(),
                 DataSettings {
                     index_memory: args.index_memory,
+                    embed: embed.clone(),
+                    default_embedding_model: args.embed.default_embedding_model.clone(),
                 },
             )
             .router(),
@@ -147,6 +157,27 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     serve_until_signal(servers, store).await
 }
 
+/// Standalone should embed out of the box: fetch the default model once, in the
+/// background, so start-up is not held up (requests that need it meanwhile get a 503
+/// that says it is on its way).
+fn pull_default_model_in_background(models_dir: PathBuf) {
+    tokio::spawn(async move {
+        if quiver_embed::is_installed(&models_dir, quiver_embed::DEFAULT_MODEL) {
+            return;
+        }
+        tracing::info!(model = quiver_embed::DEFAULT_MODEL, dir = %models_dir.display(), "fetching the default embedding model");
+        match quiver_embed::pull(&models_dir, quiver_embed::DEFAULT_MODEL).await {
+            Ok(dir) => {
+                tracing::info!(model = quiver_embed::DEFAULT_MODEL, dir = %dir.display(), "embedding model ready")
+            }
+            Err(err) => tracing::warn!(
+                error = %format!("{err:#}"),
+                "could not fetch the default embedding model; run `quiver models pull` or start with --pull-models=false"
+            ),
+        }
+    });
+}
+
 pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
     let jwt = JwtKeys::new(args.jwt_secret.as_bytes()).map_err(|err| anyhow!("QUIVER_JWT_SECRET: {err}"))?;
     let listener = bind(args.addr, "--addr").await?;
@@ -157,14 +188,26 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
             let settings = Settings {
                 api_base_url: args.public_data_url.clone(),
                 session_ttl: SESSION_TTL,
+                console_dir: quiver_control_plane::console::locate(args.console_dir.clone()).map(Arc::new),
             };
+            let (publish_store, publish_bus) = (Arc::clone(&store), Arc::clone(&bus));
+            tokio::spawn(async move {
+                if let Err(err) =
+                    quiver_control_plane::limits::publish_all(publish_store.as_ref(), publish_bus.as_ref()).await
+                {
+                    tracing::warn!(error = %format!("{err:#}"), "publishing limits at start failed");
+                }
+            });
             ControlPlane::new(Arc::clone(&store), bus, jwt, settings).router()
         }
         Plane::Data => {
             let settings = DataSettings {
                 index_memory: args.index_memory,
+                embed: args.embed.config(PathBuf::from("models")),
+                default_embedding_model: args.embed.default_embedding_model.clone(),
             };
-            DataPlane::new(Arc::clone(&store), bus, jwt, settings).router()
+            let budget = Arc::new(RedisBudget::connect(&args.redis_url, &args.bus_prefix).await?);
+            DataPlane::new(Arc::clone(&store), bus, budget, jwt, settings).router()
         }
     };
     tracing::info!(plane = ?plane, addr = %listener.local_addr()?, "quiver is up");

@@ -213,7 +213,7 @@ async fn standalone_answers_probes_on_both_listeners_and_stops_cleanly_on_sigter
             .expect("json");
         assert_eq!(ready["checks"]["storage"], "ok", "{ready}");
 
-        let missing = http.get(format!("{base}/no/such/route")).send().await.expect("404");
+        let missing = http.get(format!("{base}/v1/no/such/route")).send().await.expect("404");
         assert_eq!(missing.status(), 404);
         let body: Value = missing.json().await.expect("envelope");
         assert_eq!(body["error"]["code"], "NOT_FOUND");

@@ -8,6 +8,8 @@ use quiver_common::bus::{Bus, InProcessBus, RedisBus};
 use quiver_common::token::JwtKeys;
 use quiver_control_plane::{ControlPlane, Settings};
 use quiver_data_plane::DataPlane;
+use quiver_data_plane::limits::{Budget, LocalBudget, RedisBudget};
+use quiver_embed::EmbedConfig;
 use quiver_store::Store;
 use serde_json::{Value, json};
 
@@ -55,26 +57,68 @@ async fn fixture(backend: Backend) -> (Arc<dyn Store>, Box<dyn Any + Send + Sync
     }
 }
 
+/// Embedding providers for a test app: the shared models dir (the local model is
+/// fetched once per machine), and `openai/*` at `openai_base_url` (by default a port
+/// where nothing listens, so a test that needs it must start a fake).
+pub fn embed_config(openai_base_url: Option<String>) -> EmbedConfig {
+    EmbedConfig {
+        models_dir: crate::models::dir(),
+        openai_base_url: openai_base_url.unwrap_or_else(|| "http://127.0.0.1:9/v1".into()),
+        openai_api_key: Some("sk-test".into()),
+        timeout: std::time::Duration::from_secs(5),
+        max_retries: 1,
+        ..EmbedConfig::default()
+    }
+}
+
 impl TestApp {
     /// Standalone-style: one pod, the in-process bus.
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, embed_config(None), quiver_embed::DEFAULT_MODEL).await
+    }
+
+    /// [`TestApp::start`] with these embedding providers and default model.
+    pub async fn start_with(backend: Backend, embed: EmbedConfig, default_model: &str) -> Self {
         let (store, fixture) = fixture(backend).await;
         let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
-        Self::assemble(store, fixture, bus.clone(), vec![bus]).await
+        Self::assemble(
+            store,
+            fixture,
+            bus.clone(),
+            vec![bus],
+            embed,
+            default_model.to_owned(),
+            None,
+        )
+        .await
     }
 
     /// Cluster-style on Postgres: `pods` data-plane pods, each with its own Redis
     /// connection, and a control plane publishing through Redis.
     pub async fn cluster(pods: usize) -> Self {
+        Self::cluster_on(pods, crate::redis::url().await).await
+    }
+
+    /// [`TestApp::cluster`] over the Redis at `url`.
+    pub async fn cluster_on(pods: usize, url: String) -> Self {
         let (store, fixture) = fixture(Backend::Postgres).await;
-        let (url, prefix) = (crate::redis::url().await, crate::redis::prefix());
+        let prefix = crate::redis::prefix();
         let connect = || async { Arc::new(RedisBus::connect(&url, &prefix).await.expect("Redis bus")) as Arc<dyn Bus> };
         let control_bus = connect().await;
         let mut pod_buses = Vec::new();
         for _ in 0..pods {
             pod_buses.push(connect().await);
         }
-        Self::assemble(store, fixture, control_bus, pod_buses).await
+        Self::assemble(
+            store,
+            fixture,
+            control_bus,
+            pod_buses,
+            embed_config(None),
+            quiver_embed::DEFAULT_MODEL.to_owned(),
+            Some((url, prefix)),
+        )
+        .await
     }
 
     async fn assemble(
@@ -82,18 +126,28 @@ impl TestApp {
         fixture: Box<dyn Any + Send + Sync>,
         control_bus: Arc<dyn Bus>,
         pod_buses: Vec<Arc<dyn Bus>>,
+        embed: EmbedConfig,
+        default_model: String,
+        redis: Option<(String, String)>,
     ) -> Self {
         let jwt = JwtKeys::new(JWT_SECRET).expect("test secret is long enough");
         let mut data = Vec::new();
         for bus in pod_buses {
             let settings = quiver_data_plane::Settings {
                 index_memory: 256 * 1024 * 1024,
+                embed: embed.clone(),
+                default_embedding_model: default_model.clone(),
             };
-            data.push(serve(DataPlane::new(Arc::clone(&store), bus, jwt.clone(), settings).router()).await);
+            let budget: Arc<dyn Budget> = match &redis {
+                Some((url, prefix)) => Arc::new(RedisBudget::connect(url, prefix).await.expect("Redis budget")),
+                None => Arc::new(LocalBudget::default()),
+            };
+            data.push(serve(DataPlane::new(Arc::clone(&store), bus, budget, jwt.clone(), settings).router()).await);
         }
         let settings = Settings {
             api_base_url: data[0].clone(),
             session_ttl: chrono::Duration::hours(1),
+            console_dir: None,
         };
         let control = serve(ControlPlane::new(Arc::clone(&store), control_bus, jwt, settings).router()).await;
         Self {
@@ -199,13 +253,18 @@ pub struct Tenant {
 impl TestApp {
     /// Signs up, creates a project with this dimension and metric, and a key per role.
     pub async fn tenant(&self, dimension: u32, metric: &str) -> Tenant {
+        self.tenant_named("t", dimension, metric).await
+    }
+
+    /// [`TestApp::tenant`] with the project named `name`.
+    pub async fn tenant_named(&self, name: &str, dimension: u32, metric: &str) -> Tenant {
         let session = self.signup().await;
         let (status, body) = self
             .control_call(
                 reqwest::Method::POST,
                 "/v1/projects",
                 Some(&session),
-                Some(json!({"name": "t", "dimension": dimension, "metric": metric, "plan": "business"})),
+                Some(json!({"name": name, "dimension": dimension, "metric": metric, "plan": "business_plus"})),
             )
             .await;
         assert_eq!(status, 201, "{body}");

@@ -5,6 +5,8 @@
 
 pub mod app;
 pub mod crash;
+pub mod fake_openai;
+pub mod models;
 pub mod postgres;
 pub mod redis;
 pub mod stores;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use quiver_bench::{brute_force, clustered_unit_vectors, percentile};
 use quiver_common::bus::{Bus, InProcessBus};
-use quiver_common::domain::{Metric, Role};
+use quiver_common::domain::{Metric, ProjectId, Role};
 use quiver_common::token::JwtKeys;
 use quiver_store::NewProject;
 use serde_json::{Value, json};
@@ -37,6 +37,49 @@ struct Args {
     recall_queries: usize,
 }
 
+/// A rate-limit budget that admits everything (benchmark only).
+struct Unmetered;
+
+#[async_trait::async_trait]
+impl quiver_data_plane::limits::Budget for Unmetered {
+    async fn take(
+        &self,
+        _: ProjectId,
+        _: quiver_data_plane::limits::Kind,
+        per_minute: u32,
+        _: u32,
+    ) -> quiver_data_plane::limits::Decision {
+        self.peek(ProjectId::new(), quiver_data_plane::limits::Kind::Queries, per_minute)
+    }
+
+    fn peek(
+        &self,
+        _: ProjectId,
+        _: quiver_data_plane::limits::Kind,
+        per_minute: u32,
+    ) -> quiver_data_plane::limits::Decision {
+        quiver_data_plane::limits::Decision {
+            limit: per_minute,
+            remaining: u64::from(per_minute),
+            reset: 0,
+            retry_after: None,
+        }
+    }
+
+    fn forget(&self, _: ProjectId) {}
+}
+
+#[async_trait::async_trait]
+impl quiver_common::http::ReadinessCheck for Unmetered {
+    fn name(&self) -> &'static str {
+        "rate_limits"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -45,8 +88,13 @@ async fn main() -> anyhow::Result<()> {
     store.migrate().await?;
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
     let jwt = JwtKeys::new(&[9u8; 32]).map_err(anyhow::Error::msg)?;
-    let settings = quiver_data_plane::Settings { index_memory: 8 << 30 };
-    let plane = quiver_data_plane::DataPlane::new(Arc::clone(&store), bus, jwt, settings);
+    let settings = quiver_data_plane::Settings {
+        index_memory: 8 << 30,
+        embed: quiver_embed::EmbedConfig::default(),
+        default_embedding_model: quiver_embed::DEFAULT_MODEL.into(),
+    };
+    // The benchmark measures the vector path, not the plan: its budget never refuses.
+    let plane = quiver_data_plane::DataPlane::new(Arc::clone(&store), bus, Arc::new(Unmetered), jwt, settings);
     let indexes = Arc::clone(&plane.indexes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

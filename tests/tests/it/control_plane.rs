@@ -347,3 +347,29 @@ async fn browser_tokens_are_minted_within_bounds(app: TestApp) {
         assert_error(status, &response, 400, "VALIDATION_ERROR");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_route_never_shadows_the_api() {
+    let app = TestApp::start(quiver_tests::app::Backend::Sqlite).await;
+    let page = app
+        .http
+        .get(format!("{}/projects/abc", app.control))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("npm run build"),
+        "without a built console, the page says how to build it: {html}"
+    );
+
+    let (status, body) = app.control_call(Method::GET, "/v1/nothing-here", None, None).await;
+    assert_error(status, &body, 404, "NOT_FOUND");
+    let (status, body) = app
+        .control_call(Method::POST, "/elsewhere", None, Some(json!({})))
+        .await;
+    assert_error(status, &body, 405, "METHOD_NOT_ALLOWED");
+    let (status, body) = app.control_call(Method::GET, "/v1/plans", None, None).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -74,3 +74,41 @@ async fn each_plane_serves_its_spec_with_every_route() {
     }
     assert!(data["paths"].get("/v1/namespaces").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_plane_serves_a_docs_page_that_needs_no_internet() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    for base in [&app.control, &app.data[0]] {
+        let page = app.http.get(format!("{base}/docs/")).send().await.expect("docs page");
+        assert_eq!(page.status(), 200, "{base}/docs/");
+        let html = page.text().await.expect("html");
+        assert!(html.contains("swagger-ui"), "{html}");
+        for asset in ["swagger-ui.css", "swagger-ui-bundle.js", "swagger-initializer.js"] {
+            assert!(html.contains(asset), "the page loads {asset} from the binary");
+            let response = app
+                .http
+                .get(format!("{base}/docs/{asset}"))
+                .send()
+                .await
+                .expect("asset");
+            assert_eq!(response.status(), 200, "{base}/docs/{asset}");
+        }
+        assert!(
+            !html.contains("https://") && !html.contains("http://"),
+            "no asset comes from elsewhere: {html}"
+        );
+        let initializer = app
+            .http
+            .get(format!("{base}/docs/swagger-initializer.js"))
+            .send()
+            .await
+            .expect("initializer")
+            .text()
+            .await
+            .expect("js");
+        assert!(
+            initializer.contains("/openapi.json"),
+            "the page shows this plane's spec: {initializer}"
+        );
+    }
+}

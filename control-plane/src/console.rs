@@ -1,0 +1,124 @@
+//! The web console (`console/`, a single-page app) served at `/` from its build
+//! directory: files as they are, and `index.html` for every other path so the app's
+//! own routes (`/projects/…`) load on refresh. `/v1` stays the API's.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use quiver_common::ApiError;
+use tower::ServiceExt as _;
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::ControlPlane;
+
+const NOT_BUILT: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Quiver</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 4rem auto; line-height: 1.5">
+<h1>Quiver</h1>
+<p>The control-plane API is up under <code>/v1</code> (see <a href="/openapi.json">/openapi.json</a>),
+but the web console has not been built.</p>
+<p>Build it once with Node 20.19 or newer, then restart Quiver from the repository root:</p>
+<pre>cd console &amp;&amp; npm ci &amp;&amp; npm run build</pre>
+<p>or point <code>--console-dir</code> (<code>QUIVER_CONSOLE_DIR</code>) at a built console.</p>
+</body></html>"#;
+
+/// Serves the console for any path the API does not own.
+pub async fn serve(State(state): State<ControlPlane>, request: Request) -> Response {
+    let path = request.uri().path();
+    if path == "/v1" || path.starts_with("/v1/") {
+        return ApiError::NotFound(format!("no route for {} {path}", request.method())).into_response();
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return ApiError::MethodNotAllowed(format!("{} is not allowed on {path}", request.method())).into_response();
+    }
+    let Some(dir) = state.settings.console_dir.clone() else {
+        return (StatusCode::OK, Html(NOT_BUILT)).into_response();
+    };
+    serve_from(dir, request).await
+}
+
+async fn serve_from(dir: Arc<PathBuf>, request: Request) -> Response {
+    let immutable = request.uri().path().starts_with("/assets/");
+    let index = dir.join("index.html");
+    let files = ServeDir::new(dir.as_path()).fallback(ServeFile::new(index));
+    let mut response = match files.oneshot(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(infallible) => match infallible {},
+    };
+    // Built assets carry a content hash in their names; index.html must be re-read
+    // so a new build is picked up.
+    let cache = if immutable && response.status().is_success() {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+/// The console directory to serve: the one given, or `console/dist` under the
+/// working directory when it has been built there (running from a checkout).
+pub fn locate(given: Option<PathBuf>) -> Option<PathBuf> {
+    match given {
+        Some(dir) => Some(dir),
+        None => {
+            let dir = PathBuf::from("console/dist");
+            dir.join("index.html").is_file().then_some(dir)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(dir: &std::path::Path, uri: &str) -> (StatusCode, String, String) {
+        let request = Request::get(uri).body(Body::empty()).expect("request builds");
+        let response = serve_from(Arc::new(dir.to_owned()), request).await;
+        let status = response.status();
+        let cache = response.headers()[header::CACHE_CONTROL]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned(), cache)
+    }
+
+    #[tokio::test]
+    async fn files_are_served_and_app_routes_fall_back_to_the_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("index.html"), "<div id=root></div>").expect("index");
+        std::fs::create_dir(dir.path().join("assets")).expect("assets");
+        std::fs::write(dir.path().join("assets/app-1a2b.js"), "console.log(1)").expect("asset");
+
+        let (status, body, cache) = get(dir.path(), "/assets/app-1a2b.js").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "console.log(1)"));
+        assert!(cache.contains("immutable"), "{cache}");
+
+        for route in ["/", "/projects/0190f0f0-aaaa-7bbb-8ccc-123456789abc", "/login"] {
+            let (status, body, cache) = get(dir.path(), route).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::OK, "<div id=root></div>"),
+                "{route}"
+            );
+            assert_eq!(cache, "no-cache");
+        }
+    }
+
+    #[test]
+    fn a_given_console_dir_is_used_as_is() {
+        assert_eq!(
+            locate(Some(PathBuf::from("/srv/console"))),
+            Some(PathBuf::from("/srv/console"))
+        );
+    }
+}

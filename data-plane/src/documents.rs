@@ -1,0 +1,725 @@
+//! The document API of `shared/seeds/document-and-query-api-reference.txt`: a
+//! collection is a namespace, a document a record with `content`, embedded by the
+//! model the request names (or carrying its own `embedding`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use quiver_common::ApiError;
+use quiver_common::domain::Scope;
+use quiver_common::error::json_kind as kind;
+use quiver_store::{Metadata, MetadataPatch, RecordPatch, RecordWrite};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::DataPlane;
+use crate::auth::Principal;
+use crate::embeddings;
+use crate::idempotency::idempotent;
+use crate::json::parse_body;
+use crate::limits::Kind;
+use crate::records;
+use crate::vectors::{MAX_ID_BYTES, MAX_TOP_K, parse_filter, parse_metadata, parse_values};
+
+pub fn router() -> Router<DataPlane> {
+    Router::new()
+        .route("/api/v1/collections/{collection}/documents", post(insert))
+        .route("/api/v1/collections/{collection}/documents/batch", post(insert_batch))
+        .route(
+            "/api/v1/collections/{collection}/documents/{id}",
+            get(fetch).put(replace).delete(remove),
+        )
+        .route("/api/v1/collections/{collection}/search", post(search))
+}
+
+/// Longest document content, in bytes.
+pub const MAX_CONTENT_BYTES: usize = 256 * 1024;
+/// Most documents one insert may carry.
+pub const MAX_DOCUMENTS: usize = 1000;
+
+/// A collection name from the path: 1 to 256 bytes, no control characters.
+pub(crate) fn collection(principal: &Principal, name: &str) -> Result<String, ApiError> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(ApiError::Validation {
+            message: "a collection name has 1 to 256 bytes and no control characters".into(),
+            detail: Some("path collection".into()),
+        });
+    }
+    principal.require_namespace(name)?;
+    Ok(name.to_owned())
+}
+
+pub(crate) fn no_collection(name: &str) -> ApiError {
+    ApiError::NotFound(format!("collection \"{name}\" does not exist"))
+}
+
+fn no_document(collection: &str, id: &str) -> ApiError {
+    ApiError::NotFound(format!("no document \"{id}\" in collection \"{collection}\""))
+}
+
+fn parse_content(value: Option<&Value>, what: &str) -> Result<Option<String>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.trim().is_empty() => {
+            Err(ApiError::validation(format!("{what} has empty content")))
+        }
+        Some(Value::String(text)) if text.len() > MAX_CONTENT_BYTES => Err(ApiError::validation(format!(
+            "{what} has {} bytes of content; the limit is {MAX_CONTENT_BYTES}",
+            text.len()
+        ))),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(other) => Err(ApiError::validation(format!(
+            "{what} content must be a string, got {}",
+            kind(other)
+        ))),
+    }
+}
+
+fn parse_document_id(value: Option<&Value>, what: &str) -> Result<Option<String>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Ok(Some(id.clone())),
+        Some(Value::String(id)) => Err(ApiError::validation(format!(
+            "{what} has an id of {} bytes; ids have 1 to {MAX_ID_BYTES} bytes",
+            id.len()
+        ))),
+        Some(other) => Err(ApiError::validation(format!(
+            "{what} has an id that is {}; document ids are strings",
+            kind(other)
+        ))),
+    }
+}
+
+/// One document to insert.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: documents are validated one by one from JSON
+pub struct DocumentInput {
+    /// 1 to 512 bytes; a UUID is made when absent.
+    pub id: Option<String>,
+    /// The text, up to 256 KiB; embedded unless `embedding` is given.
+    #[schema(example = "NeuralDB is an AI-native database")]
+    pub content: String,
+    #[schema(value_type = Option<Object>, example = json!({"source": "blog", "category": "technology"}))]
+    pub metadata: Option<Value>,
+    /// The document's own vector, of the project's dimension.
+    pub embedding: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InsertRequest {
+    /// 1 to 1,000 documents.
+    #[schema(value_type = Vec<DocumentInput>, min_items = 1, max_items = 1000)]
+    documents: Vec<Value>,
+    /// `provider/model`; default: the deployment's default model (`local/all-minilm-l6-v2` unless configured).
+    #[schema(example = "openai/text-embedding-3-small")]
+    embedding_model: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InsertResponse {
+    pub inserted: u64,
+    /// The documents' ids, in the order sent.
+    pub ids: Vec<String>,
+    /// The collection's sequence number after this write.
+    pub seq: i64,
+}
+
+struct ParsedDocument {
+    id: String,
+    content: String,
+    metadata: Metadata,
+    embedding: Option<Vec<f32>>,
+}
+
+fn parse_documents(documents: &[Value], principal: &Principal) -> Result<Vec<ParsedDocument>, ApiError> {
+    let project = &principal.project;
+    documents
+        .iter()
+        .enumerate()
+        .map(|(i, document)| {
+            let object = document.as_object().ok_or_else(|| {
+                ApiError::validation(format!(
+                    "document {i} must be an object with content, got {}",
+                    kind(document)
+                ))
+            })?;
+            let what = match object.get("id") {
+                Some(Value::String(id)) => format!("document {i} (id \"{id}\")"),
+                _ => format!("document {i}"),
+            };
+            if let Some(unknown) = object
+                .keys()
+                .find(|k| !["id", "content", "metadata", "embedding"].contains(&k.as_str()))
+            {
+                return Err(ApiError::validation(format!(
+                    "{what} has an unknown field \"{unknown}\": expected id, content, metadata, embedding"
+                )));
+            }
+            let content = parse_content(object.get("content"), &what)?
+                .ok_or_else(|| ApiError::validation(format!("{what} has no content")))?;
+            let embedding = match object.get("embedding") {
+                None | Some(Value::Null) => None,
+                Some(values) => Some(parse_values(values, project.dimension, project.metric, &what)?),
+            };
+            Ok(ParsedDocument {
+                id: parse_document_id(object.get("id"), &what)?.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                content,
+                metadata: parse_metadata(object.get("metadata"), &what)?,
+                embedding,
+            })
+        })
+        .collect()
+}
+
+/// Insert documents, embedding those without an `embedding`; all or none.
+#[utoipa::path(
+    post,
+    operation_id = "insert_documents",
+    path = "/api/v1/collections/{collection}/documents",
+    tag = "documents",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(
+        ("collection" = String, Path),
+        ("x-idempotency-key" = Option<String>, Header, description = "replay-safe retries for 24 h"),
+    ),
+    request_body = InsertRequest,
+    responses(
+        (status = 200, body = InsertResponse),
+        (status = 400, description = "invalid body or document, or a model of another dimension", body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, description = "no write scope, or a plan cap", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, description = "the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
+        (status = 422, description = "the idempotency key was used with another body", body = quiver_common::error::ErrorEnvelope),
+        (status = 502, description = "the embedding provider failed", body = quiver_common::error::ErrorEnvelope),
+        (status = 503, description = "the records store or the embedding model is unavailable", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn insert(
+    state: State<DataPlane>,
+    principal: Principal,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    insert_documents(state, principal, path, headers, body, "documents.insert").await
+}
+
+/// Insert up to 1,000 documents in one request; all or none.
+#[utoipa::path(
+    post,
+    operation_id = "insert_documents_batch",
+    path = "/api/v1/collections/{collection}/documents/batch",
+    tag = "documents",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(
+        ("collection" = String, Path),
+        ("x-idempotency-key" = Option<String>, Header, description = "replay-safe retries for 24 h"),
+    ),
+    request_body = InsertRequest,
+    responses(
+        (status = 200, body = InsertResponse),
+        (status = 400, description = "invalid body or document, more than 1,000 documents, or a model of another dimension", body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, description = "no write scope, or a plan cap", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, description = "the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
+        (status = 422, description = "the idempotency key was used with another body", body = quiver_common::error::ErrorEnvelope),
+        (status = 502, description = "the embedding provider failed", body = quiver_common::error::ErrorEnvelope),
+        (status = 503, description = "the records store or the embedding model is unavailable", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn insert_batch(
+    state: State<DataPlane>,
+    principal: Principal,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    insert_documents(state, principal, path, headers, body, "documents.batch").await
+}
+
+async fn insert_documents(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    Path(collection): Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+    route: &str,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::Write)?;
+    let body = body.map_err(crate::json::body_rejection)?;
+    idempotent(&state, &principal, &headers, route, &body, async {
+        let request: InsertRequest = parse_body(&headers, &body)?;
+        let collection = self::collection(&principal, &collection)?;
+        let plan = state.plan_of(&principal).await?;
+        let cap = MAX_DOCUMENTS.min(plan.max_batch_size as usize);
+        if request.documents.is_empty() || request.documents.len() > cap {
+            return Err(ApiError::Validation {
+                message: format!(
+                    "the request has {} documents; send 1 to {cap} per request",
+                    request.documents.len()
+                ),
+                detail: Some("field documents".into()),
+            });
+        }
+        let documents = parse_documents(&request.documents, &principal)?;
+        state.admit(&principal, Kind::Documents, documents.len() as u64).await?;
+        let model = request.embedding_model.as_deref().unwrap_or(&state.default_model);
+        let missing: Vec<String> = documents
+            .iter()
+            .filter(|d| d.embedding.is_none())
+            .map(|d| d.content.clone())
+            .collect();
+        let mut embedded = if missing.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            embeddings::embed(&state, &principal.project, model, missing)
+                .await?
+                .into_iter()
+        };
+        let mut ids = Vec::with_capacity(documents.len());
+        let mut writes = Vec::with_capacity(documents.len());
+        for document in documents {
+            let vector = match document.embedding {
+                Some(vector) => vector,
+                None => embedded
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("the embedder returned fewer vectors than texts"))?,
+            };
+            ids.push(document.id.clone());
+            writes.push(RecordWrite {
+                id: document.id,
+                vector,
+                metadata: document.metadata,
+                content: Some(document.content),
+            });
+        }
+        let outcome = records::upsert(&state, &principal, &plan, &collection, writes).await?;
+        Ok(serde_json::to_value(InsertResponse {
+            inserted: ids.len() as u64,
+            ids,
+            seq: outcome.state.seq,
+        })
+        .map_err(anyhow::Error::from)?)
+    })
+    .await
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DocumentView {
+    pub id: String,
+    pub content: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Metadata,
+    pub embedding: Vec<f32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Retrieve a document: content, metadata and embedding.
+#[utoipa::path(
+    get,
+    operation_id = "get_document",
+    path = "/api/v1/collections/{collection}/documents/{id}",
+    tag = "documents",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(("collection" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 200, body = DocumentView),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such collection or document", body = quiver_common::error::ErrorEnvelope),
+        (status = 503, description = "the records store is unreachable", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn fetch(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    Path((collection, id)): Path<(String, String)>,
+) -> Result<Json<DocumentView>, ApiError> {
+    principal.require(Scope::Read)?;
+    let collection = self::collection(&principal, &collection)?;
+    state.admit(&principal, Kind::Queries, 1).await?;
+    let record = state
+        .store
+        .fetch(principal.project_id, &collection, std::slice::from_ref(&id))
+        .await?
+        .pop();
+    let Some(record) = record else {
+        return Err(match state.store.namespace(principal.project_id, &collection).await? {
+            None => no_collection(&collection),
+            Some(_) => no_document(&collection, &id),
+        });
+    };
+    Ok(Json(DocumentView {
+        id: record.id,
+        content: record.content,
+        metadata: record.metadata,
+        embedding: record.vector,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceRequest {
+    /// New content.
+    #[schema(value_type = Option<String>, example = "Updated content")]
+    content: Option<Value>,
+    /// New metadata: replaces the whole object.
+    #[schema(value_type = Option<Object>, example = json!({"source": "blog", "updated": true}))]
+    metadata: Option<Value>,
+    /// A new vector, of the project's dimension.
+    #[schema(value_type = Option<Vec<f32>>)]
+    embedding: Option<Value>,
+    /// Embed the (new) content again; without it the embedding is kept.
+    #[serde(default)]
+    regenerate_embedding: bool,
+    /// The model for `regenerate_embedding`; default: the deployment's default model (`local/all-minilm-l6-v2` unless configured).
+    embedding_model: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplaceResponse {
+    pub id: String,
+    pub updated: bool,
+    pub seq: i64,
+}
+
+/// Update a document's content and metadata, optionally re-embedding it.
+#[utoipa::path(
+    put,
+    operation_id = "update_document",
+    path = "/api/v1/collections/{collection}/documents/{id}",
+    tag = "documents",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(
+        ("collection" = String, Path),
+        ("id" = String, Path),
+        ("x-idempotency-key" = Option<String>, Header, description = "replay-safe retries for 24 h"),
+    ),
+    request_body = ReplaceRequest,
+    responses(
+        (status = 200, body = ReplaceResponse),
+        (status = 400, body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such collection or document", body = quiver_common::error::ErrorEnvelope),
+        (status = 502, description = "the embedding provider failed", body = quiver_common::error::ErrorEnvelope),
+        (status = 503, body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn replace(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::Write)?;
+    let body = body.map_err(crate::json::body_rejection)?;
+    let route = format!("documents.replace {collection}/{id}");
+    idempotent(&state, &principal, &headers, &route, &body, async {
+        let request: ReplaceRequest = parse_body(&headers, &body)?;
+        let collection = self::collection(&principal, &collection)?;
+        let what = format!("document \"{id}\"");
+        let project = &principal.project;
+        let content = parse_content(request.content.as_ref(), &what)?;
+        let metadata = request
+            .metadata
+            .as_ref()
+            .map(|m| parse_metadata(Some(m), &what).map(MetadataPatch::Replace))
+            .transpose()?;
+        let mut vector = request
+            .embedding
+            .as_ref()
+            .map(|v| parse_values(v, project.dimension, project.metric, &what))
+            .transpose()?;
+        if vector.is_some() && request.regenerate_embedding {
+            return Err(ApiError::validation(
+                "send either embedding or regenerate_embedding, not both",
+            ));
+        }
+        if content.is_none() && metadata.is_none() && vector.is_none() && !request.regenerate_embedding {
+            return Err(ApiError::validation(
+                "nothing to update: send content, metadata, embedding or regenerate_embedding",
+            ));
+        }
+        state.admit(&principal, Kind::Documents, 1).await?;
+        if request.regenerate_embedding {
+            let text = match &content {
+                Some(text) => text.clone(),
+                None => state
+                    .store
+                    .fetch(principal.project_id, &collection, std::slice::from_ref(&id))
+                    .await?
+                    .pop()
+                    .ok_or_else(|| no_document(&collection, &id))?
+                    .content
+                    .ok_or_else(|| ApiError::validation(format!("{what} has no content to embed")))?,
+            };
+            let model = request.embedding_model.as_deref().unwrap_or(&state.default_model);
+            vector = embeddings::embed(&state, project, model, vec![text]).await?.pop();
+        }
+        let patch = RecordPatch {
+            metadata,
+            vector,
+            content,
+        };
+        let Some((outcome, _)) = records::patch(&state, &principal, &collection, &id, &patch).await? else {
+            return Err(match state.store.namespace(principal.project_id, &collection).await? {
+                None => no_collection(&collection),
+                Some(_) => no_document(&collection, &id),
+            });
+        };
+        Ok(serde_json::to_value(ReplaceResponse {
+            id,
+            updated: true,
+            seq: outcome.state.seq,
+        })
+        .map_err(anyhow::Error::from)?)
+    })
+    .await
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RemoveResponse {
+    pub id: String,
+    pub deleted: bool,
+    pub seq: i64,
+}
+
+/// Delete a document.
+#[utoipa::path(
+    delete,
+    operation_id = "delete_document",
+    path = "/api/v1/collections/{collection}/documents/{id}",
+    tag = "documents",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(
+        ("collection" = String, Path),
+        ("id" = String, Path),
+        ("x-idempotency-key" = Option<String>, Header, description = "replay-safe retries for 24 h"),
+    ),
+    responses(
+        (status = 200, body = RemoveResponse),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such collection or document", body = quiver_common::error::ErrorEnvelope),
+        (status = 503, body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn remove(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::Write)?;
+    let route = format!("documents.delete {collection}/{id}");
+    idempotent(&state, &principal, &headers, &route, &[], async {
+        let collection = self::collection(&principal, &collection)?;
+        state.admit(&principal, Kind::Documents, 1).await?;
+        let (deleted, seq) = records::delete(&state, &principal, &collection, std::slice::from_ref(&id))
+            .await?
+            .ok_or_else(|| no_collection(&collection))?;
+        if deleted == 0 {
+            return Err(no_document(&collection, &id));
+        }
+        Ok(serde_json::to_value(RemoveResponse { id, deleted: true, seq }).map_err(anyhow::Error::from)?)
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// Text to embed and search for (or send `vector`).
+    #[schema(example = "AI-native database for semantic search")]
+    query: Option<Value>,
+    /// A query vector of the project's dimension, instead of `query`.
+    #[schema(value_type = Option<Vec<f32>>)]
+    vector: Option<Value>,
+    /// 1 to 1,000 (default 10).
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000, example = 10)]
+    limit: Option<Value>,
+    /// Drop results less similar than this.
+    #[schema(example = 0.7)]
+    min_similarity: Option<f64>,
+    /// A metadata filter in the vector API's language, e.g. `{"category": "technology"}`.
+    #[schema(value_type = Option<Object>, example = json!({"category": "technology"}))]
+    filters: Option<Value>,
+    /// Default true.
+    include_metadata: Option<bool>,
+    /// `provider/model` for `query`; default: the deployment's default model (`local/all-minilm-l6-v2` unless configured).
+    #[schema(example = "openai/text-embedding-3-small")]
+    embedding_model: Option<String>,
+    /// `eventual` (default) or `strong`: catch up with the records store first.
+    consistency: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SearchResult {
+    pub id: String,
+    pub content: Option<String>,
+    /// Higher is more similar: cosine similarity, inner product, or 1/(1+distance).
+    pub similarity: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Arc<Metadata>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SearchResponse {
+    pub results: Vec<SearchResult>,
+    /// The model that embedded `query`; null for a `vector` search.
+    pub query_embedding_model: Option<String>,
+    /// Time spent serving the request, embedding included.
+    pub latency_ms: f64,
+}
+
+/// Similarity search by text or vector, filtered by metadata.
+#[utoipa::path(
+    post,
+    operation_id = "search_documents",
+    path = "/api/v1/collections/{collection}/search",
+    tag = "documents",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(("collection" = String, Path)),
+    request_body = SearchRequest,
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such collection", body = quiver_common::error::ErrorEnvelope),
+        (status = 502, description = "the embedding provider failed", body = quiver_common::error::ErrorEnvelope),
+        (status = 503, description = "the embedding model is unavailable", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn search(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    Path(collection): Path<String>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let started = Instant::now();
+    principal.require(Scope::Read)?;
+    let body = body.map_err(crate::json::body_rejection)?;
+    let request: SearchRequest = parse_body(&headers, &body)?;
+    let collection = self::collection(&principal, &collection)?;
+    let project = &principal.project;
+    let limit = match &request.limit {
+        None => 10,
+        Some(v) => v
+            .as_u64()
+            .filter(|k| (1..=MAX_TOP_K as u64).contains(k))
+            .ok_or_else(|| ApiError::Validation {
+                message: format!("limit must be an integer from 1 to {MAX_TOP_K}, got {v}"),
+                detail: Some("field limit".into()),
+            })? as usize,
+    };
+    if let Some(min) = request.min_similarity
+        && !min.is_finite()
+    {
+        return Err(ApiError::validation("min_similarity must be a finite number"));
+    }
+    let filter = Arc::new(parse_filter(request.filters.as_ref()).map_err(|err| match err {
+        ApiError::Validation { message, .. } => ApiError::Validation {
+            message,
+            detail: Some("field filters".into()),
+        },
+        other => other,
+    })?);
+    let strong = match request.consistency.as_deref() {
+        None | Some("eventual") => false,
+        Some("strong") => true,
+        Some(other) => {
+            return Err(ApiError::Validation {
+                message: format!("consistency must be \"eventual\" or \"strong\", got \"{other}\""),
+                detail: Some("field consistency".into()),
+            });
+        }
+    };
+    state.admit(&principal, Kind::Queries, 1).await?;
+    let (vector, model) = match (&request.query, &request.vector) {
+        (Some(_), Some(_)) => return Err(ApiError::validation("send either query or vector, not both")),
+        (None, None) => return Err(ApiError::validation("send the query text (or a vector)")),
+        (None, Some(vector)) => (
+            parse_values(vector, project.dimension, project.metric, "the query vector")?,
+            None,
+        ),
+        (Some(query), None) => {
+            let text = parse_content(Some(query), "the query")?
+                .ok_or_else(|| ApiError::validation("the query must be a non-empty string"))?;
+            let model = request.embedding_model.as_deref().unwrap_or(&state.default_model);
+            // Refuse an unknown collection before paying for an embedding.
+            if state
+                .store
+                .namespace(principal.project_id, &collection)
+                .await?
+                .is_none()
+            {
+                return Err(no_collection(&collection));
+            }
+            let vector = embeddings::embed(&state, project, model, vec![text])
+                .await?
+                .pop()
+                .ok_or_else(|| anyhow::anyhow!("the embedder returned no vector"))?;
+            (vector, Some(model.to_owned()))
+        }
+    };
+    let query = quiver_engine::Query {
+        vector,
+        k: limit,
+        filter,
+        include_values: false,
+        strong,
+    };
+    let outcome = state
+        .indexes
+        .search(project, &collection, query)
+        .await?
+        .ok_or_else(|| no_collection(&collection))?;
+    let matches: Vec<_> = outcome
+        .matches
+        .into_iter()
+        .filter(|m| request.min_similarity.is_none_or(|min| f64::from(m.score) >= min))
+        .collect();
+    let ids: Vec<String> = matches.iter().map(|m| m.id.clone()).collect();
+    let mut contents: std::collections::HashMap<String, Option<String>> = state
+        .store
+        .fetch(principal.project_id, &collection, &ids)
+        .await?
+        .into_iter()
+        .map(|record| (record.id, record.content))
+        .collect();
+    let include_metadata = request.include_metadata.unwrap_or(true);
+    let results = matches
+        .into_iter()
+        // A document deleted since the index answered is not a result.
+        .filter_map(|m| {
+            let content = contents.remove(&m.id)?;
+            Some(SearchResult {
+                id: m.id,
+                content,
+                similarity: m.score,
+                metadata: include_metadata.then_some(m.metadata),
+            })
+        })
+        .collect();
+    Ok(Json(SearchResponse {
+        results,
+        query_embedding_model: model,
+        latency_ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+    }))
+}

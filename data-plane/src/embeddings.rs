@@ -1,0 +1,82 @@
+//! Turning text into vectors of the project's dimension with the model a request
+//! names, and the model catalog (`GET /api/v1/models`).
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use quiver_common::ApiError;
+use quiver_common::domain::Scope;
+use quiver_embed::ModelInfo;
+use quiver_store::Project;
+use serde::Serialize;
+
+use crate::DataPlane;
+use crate::auth::Principal;
+
+pub fn router() -> Router<DataPlane> {
+    Router::new().route("/api/v1/models", get(models))
+}
+
+fn dimension_mismatch(model: &str, dimension: usize, project: &Project) -> ApiError {
+    ApiError::Validation {
+        message: format!(
+            "embedding model \"{model}\" makes {dimension}-dimensional vectors and the project's dimension is {}: \
+             name a model of {} dimensions in embedding_model, or send embeddings",
+            project.dimension, project.dimension
+        ),
+        detail: Some("field embedding_model".into()),
+    }
+}
+
+/// Embeds `texts` with `model`, refusing a model whose dimension is not the project's
+/// (before calling it when the dimension is known, after when it is not).
+pub(crate) async fn embed(
+    state: &DataPlane,
+    project: &Project,
+    model: &str,
+    texts: Vec<String>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    let expected = project.dimension as usize;
+    if let Some(dimension) = state.embedders.dimension(model)?
+        && dimension != expected
+    {
+        return Err(dimension_mismatch(model, dimension, project));
+    }
+    let count = texts.len();
+    let vectors = state.embedders.embed(model, texts).await?;
+    if vectors.len() != count {
+        return Err(anyhow::anyhow!("{model} returned {} vectors for {count} texts", vectors.len()).into());
+    }
+    if let Some(wrong) = vectors.iter().find(|v| v.len() != expected) {
+        return Err(dimension_mismatch(model, wrong.len(), project));
+    }
+    Ok(vectors)
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelInfo>,
+    /// The model used when a request names none.
+    pub default_model: String,
+}
+
+/// The embedding models this deployment offers, with their dimensions.
+#[utoipa::path(
+    get,
+    operation_id = "list_models",
+    path = "/api/v1/models",
+    tag = "documents",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    responses(
+        (status = 200, body = ModelList),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn models(State(state): State<DataPlane>, principal: Principal) -> Result<Json<ModelList>, ApiError> {
+    principal.require(Scope::Read)?;
+    state.admit(&principal, crate::limits::Kind::Queries, 1).await?;
+    Ok(Json(ModelList {
+        models: state.embedders.models(),
+        default_model: state.default_model.to_string(),
+    }))
+}

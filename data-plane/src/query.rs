@@ -1,0 +1,536 @@
+//! The query endpoint (`POST /api/v1/query`, `POST /query`): NQL statements run by
+//! `quiver-nql` over the caller's project, whose collections are its namespaces.
+//! Also the document list, which is an NQL scan with the same pagination.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use quiver_common::ApiError;
+use quiver_common::domain::{Metric, Plan, Scope};
+use quiver_engine::Filter;
+use quiver_nql::{Backend, DistanceOp, NewRow, QueryRequest as NqlRequest, Row, RowUpdate};
+use quiver_store::{Record, RecordWrite};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::DataPlane;
+use crate::auth::Principal;
+use crate::documents::{collection, no_collection};
+use crate::json::parse_body;
+use crate::limits::Kind;
+use crate::{embeddings, records};
+
+pub fn router() -> Router<DataPlane> {
+    Router::new()
+        .route("/api/v1/query", post(query))
+        .route("/query", post(query))
+        .route("/api/v1/collections/{collection}/documents", get(list))
+}
+
+/// The longest a statement may run when the request sets no `timeout_ms`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `timeout_ms` may ask for.
+const MAX_TIMEOUT_MS: u64 = 300_000;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One NQL statement.
+    #[schema(
+        example = "SELECT id, content, 1 - (embedding <=> $1) AS similarity FROM documents ORDER BY embedding <=> $1 LIMIT 5"
+    )]
+    query: String,
+    /// Values for `$1`, `$2`, …: numbers, strings, booleans, objects, and arrays of numbers (vectors).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>, example = json!([[0.023, -0.187, 0.412]]))]
+    params: Vec<Value>,
+    /// The project's name (or id); any other is refused.
+    #[schema(example = "mydb")]
+    database: Option<String>,
+    /// Cancel the statement after this many milliseconds (default 30,000; at most 300,000).
+    #[schema(minimum = 1, maximum = 300000)]
+    timeout_ms: Option<u64>,
+    /// Return the plan instead of running the statement.
+    #[serde(default)]
+    explain: bool,
+    /// Page size over the statement's rows (1 to 10,000).
+    #[schema(minimum = 1, maximum = 10000)]
+    limit: Option<u64>,
+    /// Rows to skip before the page.
+    offset: Option<u64>,
+    /// `nextCursor` of the previous page of the same query.
+    cursor: Option<String>,
+}
+
+/// Rows, their fields, and pagination when a page was asked for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueryResponse {
+    #[serde(flatten)]
+    result: quiver_nql::QueryResult,
+    /// Time spent running the statement, embedding and I/O included.
+    #[serde(rename = "executionTimeMs")]
+    execution_time_ms: f64,
+}
+
+/// Run one NQL statement.
+#[utoipa::path(
+    post,
+    operation_id = "run_query",
+    path = "/api/v1/query",
+    tag = "query",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    request_body = QueryRequest,
+    responses(
+        (status = 200, body = QueryResponse),
+        (status = 400, description = "QUERY_ERROR for NQL that cannot be parsed, planned or run; VALIDATION_ERROR for the body", body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, description = "a write statement without the write scope", body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such database", body = quiver_common::error::ErrorEnvelope),
+        (status = 503, description = "the records store is unreachable", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn query(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Json<QueryResponse>, ApiError> {
+    let started = Instant::now();
+    principal.require(Scope::Read)?;
+    let body = body.map_err(crate::json::body_rejection)?;
+    let request: QueryRequest = parse_body(&headers, &body)?;
+    if let Some(database) = &request.database
+        && *database != principal.project.name
+        && *database != principal.project_id.to_string()
+    {
+        return Err(ApiError::NotFound(format!(
+            "database \"{database}\" does not exist: this key's project is \"{}\"",
+            principal.project.name
+        )));
+    }
+    let timeout = match request.timeout_ms {
+        None => DEFAULT_TIMEOUT,
+        Some(ms @ 1..=MAX_TIMEOUT_MS) => Duration::from_millis(ms),
+        Some(other) => {
+            return Err(ApiError::Validation {
+                message: format!("timeout_ms must be from 1 to {MAX_TIMEOUT_MS}, got {other}"),
+                detail: Some("field timeout_ms".into()),
+            });
+        }
+    };
+    let statement = quiver_nql::parse(&request.query, &request.params)?;
+    if statement.is_write() && !request.explain {
+        principal.require(Scope::Write)?;
+        state.admit(&principal, Kind::Documents, 1).await?;
+    } else {
+        state.admit(&principal, Kind::Queries, 1).await?;
+    }
+    let nql = NqlRequest {
+        query: request.query,
+        params: request.params,
+        limit: request.limit,
+        offset: request.offset,
+        cursor: request.cursor,
+        explain: request.explain,
+    };
+    let result = run(&state, &principal, &statement, &nql, timeout).await?;
+    Ok(Json(QueryResponse {
+        result,
+        execution_time_ms: elapsed_ms(started),
+    }))
+}
+
+async fn run(
+    state: &DataPlane,
+    principal: &Principal,
+    statement: &quiver_nql::Statement,
+    request: &NqlRequest,
+    timeout: Duration,
+) -> Result<quiver_nql::QueryResult, ApiError> {
+    let backend = ProjectBackend {
+        state,
+        principal,
+        plan: state.plan_of(principal).await?,
+    };
+    let execution = quiver_nql::execute_parsed(&backend, statement, request, state.cursor_key.as_slice());
+    tokio::time::timeout(timeout, execution)
+        .await
+        .map_err(|_| ApiError::Query {
+            message: "canceling statement due to statement timeout".into(),
+            detail: Some(format!(
+                "the statement ran longer than {} ms; raise timeout_ms or narrow the query",
+                timeout.as_millis()
+            )),
+        })?
+}
+
+fn elapsed_ms(started: Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1 to 1,000 (default 100).
+    limit: Option<u64>,
+    /// Documents to skip.
+    offset: Option<u64>,
+    /// `nextCursor` of the previous page.
+    cursor: Option<String>,
+    /// Accepted here only so the key is not refused as an unknown parameter.
+    #[allow(dead_code)]
+    #[param(ignore)]
+    api_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DocumentPage {
+    /// id, content, metadata, created_at, updated_at; in id order.
+    #[schema(value_type = Vec<Object>)]
+    documents: Vec<serde_json::Map<String, Value>>,
+    #[serde(rename = "rowCount")]
+    row_count: u64,
+    #[serde(rename = "totalCount")]
+    total_count: Option<u64>,
+    #[serde(rename = "hasMore")]
+    has_more: Option<bool>,
+    #[serde(rename = "nextCursor")]
+    next_cursor: Option<String>,
+}
+
+/// List a collection's documents in id order, a page at a time.
+#[utoipa::path(
+    get,
+    operation_id = "list_documents",
+    path = "/api/v1/collections/{collection}/documents",
+    tag = "documents",
+    security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(("collection" = String, Path), ListQuery),
+    responses(
+        (status = 200, body = DocumentPage),
+        (status = 400, body = quiver_common::error::ErrorEnvelope),
+        (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 403, body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such collection", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn list(
+    State(state): State<DataPlane>,
+    principal: Principal,
+    Path(name): Path<String>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<DocumentPage>, ApiError> {
+    principal.require(Scope::Read)?;
+    let Query(query) = query.map_err(|err| ApiError::validation(err.body_text()))?;
+    let collection = collection(&principal, &name)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Validation {
+            message: format!("limit must be from 1 to 1000, got {limit}"),
+            detail: Some("field limit".into()),
+        });
+    }
+    state.admit(&principal, Kind::Queries, 1).await?;
+    if state
+        .store
+        .namespace(principal.project_id, &collection)
+        .await?
+        .is_none()
+    {
+        return Err(no_collection(&collection));
+    }
+    let request = NqlRequest {
+        query: format!(
+            "SELECT id, content, metadata, created_at, updated_at FROM \"{}\" ORDER BY id",
+            collection.replace('"', "\"\"")
+        ),
+        params: Vec::new(),
+        limit: Some(limit),
+        offset: query.offset,
+        cursor: query.cursor,
+        explain: false,
+    };
+    let statement = quiver_nql::parse(&request.query, &request.params)?;
+    let result = run(&state, &principal, &statement, &request, DEFAULT_TIMEOUT).await?;
+    Ok(Json(DocumentPage {
+        documents: result.rows,
+        row_count: result.row_count,
+        total_count: result.total_count,
+        has_more: result.has_more,
+        next_cursor: result.next_cursor,
+    }))
+}
+
+/// NQL's view of one project: its namespaces are the collections.
+struct ProjectBackend<'a> {
+    state: &'a DataPlane,
+    principal: &'a Principal,
+    plan: Plan,
+}
+
+fn row(record: Record) -> Row {
+    Row {
+        id: record.id,
+        content: record.content,
+        metadata: record.metadata,
+        embedding: record.vector,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    }
+}
+
+/// Largest page the executor may ask a scan for.
+const MAX_SCAN_PAGE: usize = 1000;
+
+impl ProjectBackend<'_> {
+    /// Writes run in their own task: once a write has begun, a statement timeout
+    /// does not cut it between its commit and the index update.
+    async fn detached<T, F>(&self, write: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
+        tokio::spawn(write)
+            .await
+            .map_err(|err| ApiError::Internal(anyhow::anyhow!("a write task failed: {err}")))?
+    }
+
+    fn check_vector(&self, vector: &[f32], what: &str) -> Result<(), ApiError> {
+        let project = &self.principal.project;
+        if vector.len() != project.dimension as usize {
+            return Err(ApiError::Query {
+                message: format!(
+                    "{what} has {} dimensions, the project's dimension is {}",
+                    vector.len(),
+                    project.dimension
+                ),
+                detail: None,
+            });
+        }
+        if vector.iter().any(|x| !x.is_finite()) {
+            return Err(ApiError::Query {
+                message: format!("{what} has a value that is not a finite number"),
+                detail: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for ProjectBackend<'_> {
+    fn dimension(&self) -> usize {
+        self.principal.project.dimension as usize
+    }
+
+    async fn collection_exists(&self, collection: &str) -> Result<bool, ApiError> {
+        if !self.principal.may_see(collection) {
+            return Ok(false);
+        }
+        Ok(self
+            .state
+            .store
+            .namespace(self.principal.project_id, collection)
+            .await?
+            .is_some())
+    }
+
+    async fn scan(&self, collection: &str, after: Option<&str>, limit: usize) -> Result<Vec<Row>, ApiError> {
+        let limit = limit.clamp(1, MAX_SCAN_PAGE) as u32;
+        let records = self
+            .state
+            .store
+            .scan(self.principal.project_id, collection, after, limit)
+            .await?;
+        Ok(records.into_iter().map(row).collect())
+    }
+
+    async fn nearest(
+        &self,
+        collection: &str,
+        op: DistanceOp,
+        vector: &[f32],
+        k: usize,
+        filter: Option<&Value>,
+    ) -> Result<Option<Vec<Row>>, ApiError> {
+        let project = &self.principal.project;
+        let served = matches!(
+            (op, project.metric),
+            (DistanceOp::Cosine, Metric::Cosine)
+                | (DistanceOp::L2, Metric::Euclidean)
+                | (DistanceOp::NegativeInner, Metric::DotProduct)
+        );
+        if !served || k == 0 {
+            return Ok(None);
+        }
+        let filter = match filter {
+            None => Filter::All,
+            // The executor only pushes down filters it built, so a refusal is a bug.
+            Some(value) => Filter::parse(value).map_err(|err| anyhow::anyhow!("pushed-down filter: {err}"))?,
+        };
+        let query = quiver_engine::Query {
+            vector: vector.to_vec(),
+            k: k.min(crate::vectors::MAX_TOP_K * 10),
+            filter: std::sync::Arc::new(filter),
+            include_values: false,
+            strong: false,
+        };
+        let Some(outcome) = self.state.indexes.search(project, collection, query).await? else {
+            return Ok(Some(Vec::new()));
+        };
+        let ids: Vec<String> = outcome.matches.into_iter().map(|m| m.id).collect();
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_SCAN_PAGE) {
+            // `fetch` answers in the order asked, skipping what was deleted meanwhile.
+            let records = self
+                .state
+                .store
+                .fetch(self.principal.project_id, collection, chunk)
+                .await?;
+            rows.extend(records.into_iter().map(row));
+        }
+        Ok(Some(rows))
+    }
+
+    async fn insert(&self, collection: &str, rows: Vec<NewRow>) -> Result<Vec<String>, ApiError> {
+        self.principal.require_namespace(collection)?;
+        if rows.len() > self.plan.max_batch_size as usize {
+            return Err(ApiError::Query {
+                message: format!(
+                    "the statement inserts {} rows; the limit is {} per statement",
+                    rows.len(),
+                    self.plan.max_batch_size
+                ),
+                detail: None,
+            });
+        }
+        let project = &self.principal.project;
+        let texts: Vec<String> = rows
+            .iter()
+            .filter(|r| r.embedding.is_none())
+            .map(|r| {
+                r.content.clone().ok_or_else(|| ApiError::Query {
+                    message: "a row without an embedding needs content to embed".into(),
+                    detail: None,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut embedded = if texts.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            embeddings::embed(self.state, project, &self.state.default_model, texts)
+                .await?
+                .into_iter()
+        };
+        let mut writes = Vec::with_capacity(rows.len());
+        for (i, new) in rows.into_iter().enumerate() {
+            let vector = match new.embedding {
+                Some(vector) => {
+                    self.check_vector(&vector, &format!("the embedding of row {i}"))?;
+                    vector
+                }
+                None => embedded
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("the embedder returned fewer vectors than texts"))?,
+            };
+            writes.push(RecordWrite {
+                id: new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                vector,
+                metadata: new.metadata,
+                content: new.content,
+            });
+        }
+        let ids: Vec<String> = writes.iter().map(|w| w.id.clone()).collect();
+        let (state, principal, plan, collection) = (
+            self.state.clone(),
+            self.principal.clone(),
+            self.plan.clone(),
+            collection.to_owned(),
+        );
+        self.detached(async move { records::upsert(&state, &principal, &plan, &collection, writes).await })
+            .await?;
+        Ok(ids)
+    }
+
+    async fn update(&self, collection: &str, rows: Vec<RowUpdate>) -> Result<u64, ApiError> {
+        self.principal.require_namespace(collection)?;
+        let mut changed = 0;
+        for chunk in rows.chunks(self.plan.max_batch_size.max(1) as usize) {
+            let ids: Vec<String> = chunk.iter().map(|r| r.id.clone()).collect();
+            let current: std::collections::HashMap<String, Record> = self
+                .state
+                .store
+                .fetch(self.principal.project_id, collection, &ids)
+                .await?
+                .into_iter()
+                .map(|r| (r.id.clone(), r))
+                .collect();
+            // New content without a new embedding is embedded again, so the vector
+            // keeps describing the text.
+            let texts: Vec<String> = chunk
+                .iter()
+                .filter(|u| current.contains_key(&u.id) && u.embedding.is_none())
+                .filter_map(|u| u.content.clone())
+                .collect();
+            let mut embedded = if texts.is_empty() {
+                Vec::new().into_iter()
+            } else {
+                embeddings::embed(self.state, &self.principal.project, &self.state.default_model, texts)
+                    .await?
+                    .into_iter()
+            };
+            let mut writes = Vec::with_capacity(chunk.len());
+            for update in chunk {
+                let Some(record) = current.get(&update.id) else {
+                    continue;
+                };
+                let vector = match (&update.embedding, &update.content) {
+                    (Some(vector), _) => {
+                        self.check_vector(vector, &format!("the new embedding of \"{}\"", update.id))?;
+                        vector.clone()
+                    }
+                    (None, Some(_)) => embedded
+                        .next()
+                        .ok_or_else(|| anyhow::anyhow!("the embedder returned fewer vectors than texts"))?,
+                    (None, None) => record.vector.clone(),
+                };
+                writes.push(RecordWrite {
+                    id: update.id.clone(),
+                    vector,
+                    metadata: update.metadata.clone().unwrap_or_else(|| record.metadata.clone()),
+                    content: update.content.clone().or_else(|| record.content.clone()),
+                });
+            }
+            if writes.is_empty() {
+                continue;
+            }
+            changed += writes.len() as u64;
+            let (state, principal, plan, collection) = (
+                self.state.clone(),
+                self.principal.clone(),
+                self.plan.clone(),
+                collection.to_owned(),
+            );
+            self.detached(async move { records::upsert(&state, &principal, &plan, &collection, writes).await })
+                .await?;
+        }
+        Ok(changed)
+    }
+
+    async fn delete(&self, collection: &str, ids: Vec<String>) -> Result<u64, ApiError> {
+        self.principal.require_namespace(collection)?;
+        let (state, principal, collection) = (self.state.clone(), self.principal.clone(), collection.to_owned());
+        self.detached(async move {
+            Ok(records::delete(&state, &principal, &collection, &ids)
+                .await?
+                .map_or(0, |(deleted, _)| deleted))
+        })
+        .await
+    }
+}

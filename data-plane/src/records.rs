@@ -1,0 +1,132 @@
+//! Writes to a project's records that the vector, document and query APIs share:
+//! each is one transaction in the records store, then reaches this pod's index and,
+//! by a change notice, every other pod's.
+
+use chrono::Utc;
+use quiver_common::ApiError;
+use quiver_common::bus::Notice;
+use quiver_common::domain::Plan;
+use quiver_store::{Change, Record, RecordPatch, RecordWrite, WriteOutcome};
+
+use crate::DataPlane;
+use crate::auth::Principal;
+
+/// Most ids one store delete takes; larger deletes are split into several writes.
+const DELETE_CHUNK: usize = 1000;
+
+/// Inserts or replaces records, all or none, after checking the plan's caps.
+pub(crate) async fn upsert(
+    state: &DataPlane,
+    principal: &Principal,
+    plan: &Plan,
+    namespace: &str,
+    records: Vec<RecordWrite>,
+) -> Result<WriteOutcome, ApiError> {
+    state.check_capacity(principal, plan, namespace, records.len()).await?;
+    let outcome = state.store.upsert(principal.project_id, namespace, &records).await?;
+    let now = Utc::now();
+    let changes = records
+        .into_iter()
+        .map(|write| {
+            Change::Upsert(Record {
+                id: write.id,
+                vector: write.vector,
+                metadata: write.metadata,
+                content: write.content,
+                seq: outcome.state.seq,
+                created_at: now,
+                updated_at: now,
+            })
+        })
+        .collect();
+    committed(state, principal, namespace, outcome, changes).await;
+    Ok(outcome)
+}
+
+/// Applies a patch to one live record; `None` when there is no such record.
+pub(crate) async fn patch(
+    state: &DataPlane,
+    principal: &Principal,
+    namespace: &str,
+    id: &str,
+    patch: &RecordPatch,
+) -> Result<Option<(WriteOutcome, Record)>, ApiError> {
+    let Some((outcome, record)) = state.store.update(principal.project_id, namespace, id, patch).await? else {
+        return Ok(None);
+    };
+    committed(
+        state,
+        principal,
+        namespace,
+        outcome,
+        vec![Change::Upsert(record.clone())],
+    )
+    .await;
+    Ok(Some((outcome, record)))
+}
+
+/// Tombstones records by id, in chunks of at most [`DELETE_CHUNK`] (each its own
+/// transaction). Returns how many existed and the namespace's seq after the last
+/// chunk; `None` when the namespace does not exist.
+pub(crate) async fn delete(
+    state: &DataPlane,
+    principal: &Principal,
+    namespace: &str,
+    ids: &[String],
+) -> Result<Option<(u64, i64)>, ApiError> {
+    let mut deleted = 0;
+    let mut seq = None;
+    for chunk in ids.chunks(DELETE_CHUNK) {
+        let Some(outcome) = state.store.delete(principal.project_id, namespace, chunk).await? else {
+            return Ok(None);
+        };
+        deleted += outcome.affected;
+        seq = Some(outcome.state.seq);
+        if outcome.affected > 0 {
+            let changes = chunk
+                .iter()
+                .map(|id| Change::Delete {
+                    id: id.clone(),
+                    seq: outcome.state.seq,
+                })
+                .collect();
+            committed(state, principal, namespace, outcome, changes).await;
+        }
+    }
+    let seq = match seq {
+        Some(seq) => seq,
+        None => match state.store.namespace(principal.project_id, namespace).await? {
+            Some(ns) => ns.seq,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some((deleted, seq)))
+}
+
+/// After a write commits: bring this pod's index along and tell the other pods.
+async fn committed(
+    state: &DataPlane,
+    principal: &Principal,
+    namespace: &str,
+    outcome: WriteOutcome,
+    changes: Vec<Change>,
+) {
+    if let Err(err) = state
+        .indexes
+        .committed(principal.project_id, namespace, outcome.state, changes)
+        .await
+    {
+        // The write is durable; the index catches up from the store on its next use.
+        tracing::warn!(error = %err, namespace, "applying a committed write to the index failed");
+        state.indexes.forget_namespace(principal.project_id, namespace).await;
+    }
+    let notice = Notice::NamespaceChanged {
+        project_id: principal.project_id,
+        namespace: namespace.to_owned(),
+        epoch: outcome.state.epoch,
+        seq: outcome.state.seq,
+    };
+    if let Err(err) = state.bus.publish(notice).await {
+        tracing::warn!(error = %err, "publishing a namespace change failed; other pods catch up on strong reads");
+    }
+}

@@ -1,0 +1,700 @@
+//! The document and query API: every request of
+//! `shared/seeds/document-and-query-api-reference.txt` as written, every error code
+//! it lists, embedding providers (a fake OpenAI-compatible server and the real local
+//! model), and NQL through HTTP.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::assert_error;
+use quiver_tests::app::{Backend, Tenant, TestApp, embed_config, read};
+use quiver_tests::fake_openai::FakeOpenAi;
+
+/// An app whose `openai/*` models are served by a fake, with OpenAI's small model as
+/// the default, as a deployment "configured" for the page's examples would be.
+async fn app_with_openai(backend: Backend) -> (TestApp, FakeOpenAi) {
+    let fake = FakeOpenAi::start().await;
+    let app = TestApp::start_with(
+        backend,
+        embed_config(Some(fake.base_url.clone())),
+        "openai/text-embedding-3-small",
+    )
+    .await;
+    (app, fake)
+}
+
+/// Sends raw JSON text with `Authorization: Bearer`, as the page does.
+async fn call(app: &TestApp, method: Method, path: &str, key: &str, body: Option<&str>) -> (u16, Value) {
+    let mut request = app
+        .data_request(0, method, path)
+        .header("Authorization", format!("Bearer {key}"));
+    if let Some(body) = body {
+        request = request.header("Content-Type", "application/json").body(body.to_owned());
+    }
+    read(request.send().await.expect("answer")).await
+}
+
+const INSERT: &str = r#"{
+"documents": [
+{
+"content": "NeuralDB is an AI-native database",
+"metadata": { "source": "blog", "category": "technology" }
+}
+],
+"embedding_model": "openai/text-embedding-3-small"
+}"#;
+
+const SEARCH: &str = r#"{
+"query": "AI-native database for semantic search",
+"limit": 10,
+"min_similarity": 0.7,
+"filters": {
+"category": "technology"
+},
+"embedding_model": "openai/text-embedding-3-small",
+"include_metadata": true
+}"#;
+
+const UPDATE: &str = r#"{
+"content": "Updated content",
+"metadata": { "source": "blog", "updated": true },
+"regenerate_embedding": true
+}"#;
+
+const BATCH: &str = r#"{
+"documents": [
+{ "content": "Document 1", "metadata": {} },
+{ "content": "Document 2", "metadata": {} }
+]
+}"#;
+
+async fn document_requests_of_the_page_work_as_written(backend: Backend) {
+    let (app, fake) = app_with_openai(backend).await;
+    let t = app.tenant_named("mydb", 1536, "cosine").await;
+
+    let (status, inserted) = call(
+        &app,
+        Method::POST,
+        "/api/v1/collections/my_docs/documents",
+        &t.readwrite,
+        Some(INSERT),
+    )
+    .await;
+    assert_eq!(status, 200, "{inserted}");
+    assert_eq!(inserted["inserted"], 1);
+    let id = inserted["ids"][0].as_str().expect("an id").to_owned();
+    uuid::Uuid::parse_str(&id).expect("ids are UUIDs");
+
+    let (status, batch) = call(
+        &app,
+        Method::POST,
+        "/api/v1/collections/my_docs/documents/batch",
+        &t.readwrite,
+        Some(BATCH),
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
+    assert_eq!(batch["inserted"], 2);
+    assert_eq!(batch["ids"].as_array().map(Vec::len), Some(2));
+
+    let (status, found) = call(
+        &app,
+        Method::POST,
+        "/api/v1/collections/my_docs/search",
+        &t.readonly,
+        Some(SEARCH),
+    )
+    .await;
+    assert_eq!(status, 200, "{found}");
+    let results = found["results"].as_array().expect("results");
+    assert_eq!(
+        results.len(),
+        1,
+        "the filter keeps only the technology document: {found}"
+    );
+    assert_eq!(results[0]["id"], id.as_str());
+    assert_eq!(results[0]["content"], "NeuralDB is an AI-native database");
+    assert!(results[0]["similarity"].as_f64().expect("similarity") >= 0.7, "{found}");
+    assert_eq!(
+        results[0]["metadata"],
+        json!({ "source": "blog", "category": "technology" })
+    );
+    assert_eq!(found["query_embedding_model"], "openai/text-embedding-3-small");
+    assert!(found["latency_ms"].as_f64().expect("latency_ms") >= 0.0);
+    assert!(
+        fake.calls() >= 3,
+        "insert, batch and search each embedded through the provider"
+    );
+
+    let path = format!("/api/v1/collections/my_docs/documents/{id}");
+    let (status, document) = call(&app, Method::GET, &path, &t.readonly, None).await;
+    assert_eq!(status, 200, "{document}");
+    assert_eq!(document["id"], id.as_str());
+    assert_eq!(document["content"], "NeuralDB is an AI-native database");
+    assert_eq!(
+        document["metadata"],
+        json!({ "source": "blog", "category": "technology" })
+    );
+    let before = document["embedding"].as_array().expect("embedding").clone();
+    assert_eq!(before.len(), 1536);
+
+    let (status, updated) = call(&app, Method::PUT, &path, &t.readwrite, Some(UPDATE)).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["updated"], true);
+    let (_, document) = call(&app, Method::GET, &path, &t.readonly, None).await;
+    assert_eq!(document["content"], "Updated content");
+    assert_eq!(
+        document["metadata"],
+        json!({ "source": "blog", "updated": true }),
+        "PUT replaces metadata"
+    );
+    assert_ne!(
+        document["embedding"].as_array().expect("embedding"),
+        &before,
+        "the embedding was regenerated"
+    );
+
+    let (status, deleted) = call(&app, Method::DELETE, &path, &t.readwrite, None).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["deleted"], true);
+    let (status, gone) = call(&app, Method::GET, &path, &t.readonly, None).await;
+    assert_error(status, &gone, 404, "NOT_FOUND");
+
+    // The key may also come as a query parameter.
+    let response = app
+        .data_request(
+            0,
+            Method::GET,
+            &format!("/api/v1/collections/my_docs/documents?api_key={}", t.readonly),
+        )
+        .send()
+        .await
+        .expect("answer");
+    let (status, page) = read(response).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["totalCount"], 2, "the batch's two documents remain: {page}");
+}
+
+const QUERY: &str = r#"{
+"query": "SELECT id, content, 1 - (embedding <=> $1) AS similarity FROM documents ORDER BY embedding <=> $1 LIMIT 5",
+"params": [[0.023, -0.187, 0.412]],
+"database": "mydb"
+}"#;
+
+const PAGINATED: &str = r#"{
+"query": "SELECT * FROM documents WHERE source = $1 ORDER BY created_at DESC",
+"params": ["web-scraper"],
+"limit": 20,
+"offset": 40
+}"#;
+
+/// A 3-dimensional project named `mydb` with a `documents` collection, the page's query setting.
+async fn mydb(app: &TestApp) -> Tenant {
+    let t = app.tenant_named("mydb", 3, "cosine").await;
+    let documents = json!({"documents": [
+        {"content": "First document", "embedding": [0.02, -0.19, 0.41], "metadata": {"source": "manual"}},
+        {"content": "Second document", "embedding": [0.1, -0.1, 0.3], "metadata": {"source": "manual"}},
+        {"content": "Third document", "embedding": [-0.4, 0.2, -0.1], "metadata": {"source": "manual"}},
+    ]});
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/documents/documents",
+            &t.readwrite,
+            Some(documents),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    t
+}
+
+async fn query_requests_of_the_page_work_as_written(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = mydb(&app).await;
+
+    for path in ["/api/v1/query", "/query"] {
+        let (status, body) = call(&app, Method::POST, path, &t.readonly, Some(QUERY)).await;
+        assert_eq!(status, 200, "{body}");
+        let rows = body["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(body["rowCount"], 3);
+        assert_eq!(rows[0]["content"], "First document", "nearest first: {body}");
+        assert_eq!(rows[1]["content"], "Second document");
+        let similarities: Vec<f64> = rows
+            .iter()
+            .map(|r| r["similarity"].as_f64().expect("similarity"))
+            .collect();
+        assert!(
+            similarities[0] > 0.99 && similarities.windows(2).all(|w| w[0] >= w[1]),
+            "{similarities:?}"
+        );
+        assert_eq!(
+            body["fields"],
+            json!([
+                { "name": "id", "dataTypeID": 2950 },
+                { "name": "content", "dataTypeID": 25 },
+                { "name": "similarity", "dataTypeID": 701 }
+            ])
+        );
+        assert!(body["executionTimeMs"].as_f64().expect("executionTimeMs") >= 0.0);
+    }
+
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/query",
+        &t.readonly,
+        Some(r#"{"query": "SELECT * FROM nonexistent"}"#),
+    )
+    .await;
+    let message = assert_error(status, &body, 400, "QUERY_ERROR");
+    assert_eq!(message, "relation \"nonexistent\" does not exist");
+    assert_eq!(
+        body["error"]["detail"],
+        "ERROR: relation \"nonexistent\" does not exist at character 15"
+    );
+}
+
+async fn nql_pages_with_offsets_and_cursors(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant_named("mydb", 3, "cosine").await;
+    let documents: Vec<Value> = (0..70)
+        .map(|i| json!({"id": format!("doc-{i:02}"), "content": format!("page {i}"), "embedding": [1.0, i as f64, 0.5], "metadata": {"source": "web-scraper", "i": i}}))
+        .chain((0..5).map(|i| json!({"content": format!("other {i}"), "embedding": [1.0, 0.0, 0.0], "metadata": {"source": "manual"}})))
+        .collect();
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/documents/documents/batch",
+            &t.readwrite,
+            Some(json!({"documents": documents})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, page) = call(&app, Method::POST, "/api/v1/query", &t.readonly, Some(PAGINATED)).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["rowCount"], 20);
+    assert_eq!(page["totalCount"], 70);
+    assert_eq!(page["hasMore"], true);
+    assert!(
+        page["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .all(|r| r["metadata"]["source"] == "web-scraper")
+    );
+    let cursor = page["nextCursor"].as_str().expect("a cursor").to_owned();
+
+    let (status, next) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &t.readonly,
+            Some(json!({"query": "SELECT * FROM documents WHERE source = $1 ORDER BY created_at DESC", "params": ["web-scraper"], "cursor": cursor})),
+        )
+        .await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["rowCount"], 10, "rows 60..70: {next}");
+    assert_eq!(next["hasMore"], false);
+    assert!(next["nextCursor"].is_null());
+
+    // A cursor is bound to its query.
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &t.readonly,
+            Some(json!({"query": "SELECT * FROM documents", "cursor": cursor})),
+        )
+        .await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+
+    // Document lists page with the same cursors.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => "/api/v1/collections/documents/documents?limit=30".to_owned(),
+            Some(c) => format!("/api/v1/collections/documents/documents?limit=30&cursor={c}"),
+        };
+        let (status, page) = app.data_call(0, Method::GET, &path, &t.readonly, None).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["totalCount"], 75);
+        seen.extend(
+            page["documents"]
+                .as_array()
+                .expect("documents")
+                .iter()
+                .map(|d| d["id"].clone()),
+        );
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 75);
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    assert_eq!(seen, sorted, "id order");
+}
+
+async fn nql_statements_read_and_write_through_http(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = mydb(&app).await;
+    let q = |key: &str, query: &str, params: Value| {
+        let body = json!({"query": query, "params": params});
+        let key = key.to_owned();
+        let app = &app;
+        async move { app.data_call(0, Method::POST, "/api/v1/query", &key, Some(body)).await }
+    };
+
+    let (status, body) = q(&t.readonly, "SELECT COUNT(*) FROM documents", json!([])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], json!([{"count": 3}]));
+    assert_eq!(body["fields"], json!([{"name": "count", "dataTypeID": 20}]));
+
+    let (status, body) = q(
+        &t.readwrite,
+        "INSERT INTO documents (id, content, metadata, embedding) VALUES ($1, $2, $3, $4)",
+        json!(["n1", "Inserted by NQL", {"source": "nql", "rank": 7}, [0.5, 0.5, 0.5]]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rowCount"], 1);
+
+    let (status, body) = q(
+        &t.readonly,
+        "SELECT id, metadata->>'source' AS source FROM documents WHERE rank > 5 AND content LIKE '%NQL'",
+        json!([]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], json!([{"id": "n1", "source": "nql"}]));
+
+    let (status, body) = q(&t.readonly, "DELETE FROM documents WHERE id = 'n1'", json!([])).await;
+    assert_error(status, &body, 403, "FORBIDDEN");
+
+    let (status, body) = q(
+        &t.readwrite,
+        "UPDATE documents SET metadata = metadata || $1 WHERE source = 'manual'",
+        json!([{"reviewed": true}]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rowCount"], 3);
+    let (_, body) = q(
+        &t.readonly,
+        "SELECT COUNT(*) FROM documents WHERE reviewed = true",
+        json!([]),
+    )
+    .await;
+    assert_eq!(body["rows"], json!([{"count": 3}]), "{body}");
+
+    let (status, body) = q(&t.readwrite, "DELETE FROM documents WHERE id = 'n1'", json!([])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rowCount"], 1);
+    let (_, body) = q(&t.readonly, "SELECT COUNT(*) FROM documents", json!([])).await;
+    assert_eq!(body["rows"], json!([{"count": 3}]));
+
+    // The search sees NQL's writes at once: the index was updated with them.
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/documents/search",
+            &t.readonly,
+            Some(json!({"vector": [-0.4, 0.2, -0.1], "limit": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["content"], "Third document");
+    assert_eq!(body["results"][0]["metadata"]["reviewed"], true);
+    assert!(body["query_embedding_model"].is_null());
+
+    let (status, body) = q(&t.readonly, "SELECT id FROM documents; DROP TABLE documents", json!([])).await;
+    assert_error(status, &body, 400, "QUERY_ERROR");
+    let (status, body) = q(&t.readonly, "SELECT nope FROM documents", json!([])).await;
+    let message = assert_error(status, &body, 400, "QUERY_ERROR");
+    assert!(message.contains("nope"), "{message}");
+    let (status, body) = q(
+        &t.readonly,
+        "SELECT id FROM documents ORDER BY embedding <=> $1",
+        json!([[1.0, 2.0]]),
+    )
+    .await;
+    let message = assert_error(status, &body, 400, "QUERY_ERROR");
+    assert!(
+        message.contains('2') && message.contains('3'),
+        "says both dimensions: {message}"
+    );
+
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &t.readonly,
+            Some(json!({"query": "SELECT 1 FROM documents", "database": "otherdb"})),
+        )
+        .await;
+    assert_error(status, &body, 404, "NOT_FOUND");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &t.readonly,
+            Some(json!({"query": "SELECT id FROM documents", "explain": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["plan"].is_object(), "{body}");
+    assert_eq!(body["rows"], json!([]));
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &t.readonly,
+            Some(json!({"query": 42})),
+        )
+        .await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+}
+
+async fn bad_documents_are_refused_and_nothing_is_written(backend: Backend) {
+    let (app, fake) = app_with_openai(backend).await;
+    let t = app.tenant_named("mydb", 1536, "cosine").await;
+    let post = |path: &'static str, body: Value| {
+        let key = t.readwrite.clone();
+        let app = &app;
+        async move { app.data_call(0, Method::POST, path, &key, Some(body)).await }
+    };
+    let docs = "/api/v1/collections/c/documents";
+    let batch = "/api/v1/collections/c/documents/batch";
+
+    let many: Vec<Value> = (0..1001).map(|i| json!({"content": format!("d{i}")})).collect();
+    let (status, body) = post(batch, json!({"documents": many})).await;
+    let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+    assert!(message.contains("1001") && message.contains("1000"), "{message}");
+
+    let cases = [
+        (json!({"documents": []}), "1 to 1000"),
+        (
+            json!({"documents": [{"content": "ok"}, {"metadata": {}}]}),
+            "document 1 has no content",
+        ),
+        (json!({"documents": [{"content": 5}]}), "content must be a string"),
+        (
+            json!({"documents": [{"content": "x", "colour": "red"}]}),
+            "unknown field \"colour\"",
+        ),
+        (
+            json!({"documents": [{"id": "a", "content": "x", "embedding": [1.0, 2.0]}]}),
+            "document 0 (id \"a\") has 2 values",
+        ),
+        (
+            json!({"documents": [{"content": "x", "metadata": [1]}]}),
+            "metadata must be an object",
+        ),
+        (
+            json!({"documents": [{"content": "x"}], "embedding_model": "local/all-minilm-l6-v2"}),
+            "384",
+        ),
+        (
+            json!({"documents": [{"content": "x"}], "embedding_model": "nowhere/model"}),
+            "nowhere",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = post(docs, body.clone()).await;
+        let message = assert_error(status, &answer, 400, "VALIDATION_ERROR");
+        assert!(message.contains(expected), "{body} → {message}");
+    }
+    let (status, body) = post(
+        docs,
+        json!({"documents": [{"content": "x"}], "embedding_model": "local/all-minilm-l6-v2"}),
+    )
+    .await;
+    let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+    assert!(message.contains("1536"), "names both dimensions: {message}");
+
+    // The provider failing past its retries is a 502; a brief failure is retried away.
+    fake.fail_next(100);
+    let (status, body) = post(docs, json!({"documents": [{"content": "x"}]})).await;
+    assert_error(status, &body, 502, "UPSTREAM_ERROR");
+    fake.fail_next(1);
+    let (status, body) = post(docs, json!({"documents": [{"content": "retried"}]})).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = app
+        .data_call(0, Method::GET, "/api/v1/collections/c/documents", &t.readonly, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["totalCount"], 1, "only the retried document was written: {body}");
+
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            docs,
+            &t.readonly,
+            Some(json!({"documents": [{"content": "x"}]})),
+        )
+        .await;
+    assert_error(status, &body, 403, "FORBIDDEN");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/missing/search",
+            &t.readonly,
+            Some(json!({"vector": vec![0.1; 1536]})),
+        )
+        .await;
+    assert_error(status, &body, 404, "NOT_FOUND");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::GET,
+            "/api/v1/collections/c/documents/nope",
+            &t.readonly,
+            None,
+        )
+        .await;
+    assert_error(status, &body, 404, "NOT_FOUND");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::PUT,
+            "/api/v1/collections/c/documents/nope",
+            &t.readwrite,
+            Some(json!({})),
+        )
+        .await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::PUT,
+            "/api/v1/collections/c/documents/nope",
+            &t.readwrite,
+            Some(json!({"content": "y"})),
+        )
+        .await;
+    assert_error(status, &body, 404, "NOT_FOUND");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/c/search",
+            &t.readonly,
+            Some(json!({"query": "x", "limit": 0})),
+        )
+        .await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+    let (status, body) = app.data_call(0, Method::GET, "/api/v1/models", &t.readonly, None).await;
+    assert_eq!(status, 200, "{body}");
+    let models = body["models"].as_array().expect("models");
+    assert!(
+        models
+            .iter()
+            .any(|m| m["name"] == "local/all-minilm-l6-v2" && m["dimension"] == 384),
+        "{body}"
+    );
+    assert_eq!(body["default_model"], "openai/text-embedding-3-small");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_local_model_is_a_503_that_says_how_to_get_it() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let embed = quiver_embed::EmbedConfig {
+        models_dir: empty.path().to_owned(),
+        ..embed_config(None)
+    };
+    let app = TestApp::start_with(Backend::Sqlite, embed, quiver_embed::DEFAULT_MODEL).await;
+    let t = app.tenant(384, "cosine").await;
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/c/documents",
+            &t.readwrite,
+            Some(json!({"documents": [{"content": "x"}]})),
+        )
+        .await;
+    let message = assert_error(status, &body, 503, "SERVICE_UNAVAILABLE");
+    assert!(message.contains("quiver models pull"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_model_finds_the_neuraldb_document_first() {
+    quiver_tests::models::ensure_default_model().await;
+    let app = TestApp::start(Backend::Sqlite).await;
+    let t = app.tenant(384, "cosine").await;
+    let documents = json!({"documents": [
+        {"content": "The weather in Paris is sunny today"},
+        {"content": "A recipe for chocolate chip cookies"},
+        {"content": "NeuralDB is an AI-native database", "metadata": {"category": "technology"}},
+        {"content": "PostgreSQL is a relational database"},
+        {"content": "Football match results from the weekend"},
+    ]});
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/docs/documents/batch",
+            &t.readwrite,
+            Some(documents),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/docs/search",
+            &t.readonly,
+            Some(json!({"query": "AI-native database for semantic search", "limit": 3})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["results"][0]["content"], "NeuralDB is an AI-native database",
+        "{body}"
+    );
+    assert_eq!(body["query_embedding_model"], "local/all-minilm-l6-v2");
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use quiver_tests::app::Backend;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+both!(
+    document_requests_of_the_page_work_as_written,
+    query_requests_of_the_page_work_as_written,
+    nql_pages_with_offsets_and_cursors,
+    nql_statements_read_and_write_through_http,
+    bad_documents_are_refused_and_nothing_is_written,
+);

@@ -1,0 +1,350 @@
+//! Plans and rate limits: per project, across pods, published by the control plane,
+//! with `X-RateLimit-*` on every response and Redis outages survived.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::assert_error;
+use quiver_tests::app::{Backend, TestApp, read};
+use quiver_tests::redis::PrivateRedis;
+
+/// A Starter project (30 queries/min, 100 documents/min) of dimension 4 and a read-write key.
+async fn starter(app: &TestApp) -> (String, String, String) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let (key, _) = app.key(&session, &project, "app_readwrite").await;
+    (session, project, key)
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    reset: Option<u64>,
+    retry_after: Option<u64>,
+}
+
+async fn send(app: &TestApp, pod: usize, method: Method, path: &str, key: &str, body: Value) -> Answer {
+    let response = app
+        .data_request(pod, method, path)
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("answer");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    };
+    let (limit, remaining, reset, retry_after) = (
+        header("x-ratelimit-limit"),
+        header("x-ratelimit-remaining"),
+        header("x-ratelimit-reset"),
+        header("retry-after"),
+    );
+    let (status, body) = read(response).await;
+    Answer {
+        status,
+        body,
+        limit,
+        remaining,
+        reset,
+        retry_after,
+    }
+}
+
+async fn search(app: &TestApp, pod: usize, key: &str) -> Answer {
+    send(
+        app,
+        pod,
+        Method::POST,
+        "/v1/vectors/search",
+        key,
+        json!({"vector": [0.1, 0.2, 0.3, 0.4], "top_k": 1}),
+    )
+    .await
+}
+
+async fn upsert(app: &TestApp, key: &str, count: usize, offset: usize) -> Answer {
+    let vectors: Vec<Value> = (offset..offset + count)
+        .map(|i| json!({"id": format!("v{i}"), "values": [0.1, 0.2, 0.3, i as f64 + 1.0]}))
+        .collect();
+    send(
+        app,
+        0,
+        Method::POST,
+        "/v1/vectors/upsert",
+        key,
+        json!({"vectors": vectors}),
+    )
+    .await
+}
+
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+async fn a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next(app: TestApp) {
+    let (_, _, key) = starter(&app).await;
+    assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
+    for i in 0..30u64 {
+        let answer = search(&app, 0, &key).await;
+        assert_eq!(answer.status, 200, "query {i}: {}", answer.body);
+        assert_eq!(answer.limit, Some(30));
+        assert_eq!(answer.remaining, Some(29 - i), "query {i}");
+        assert!(answer.reset.expect("reset") >= epoch_secs());
+    }
+    let refused = search(&app, 0, &key).await;
+    let message = assert_error(refused.status, &refused.body, 429, "RATE_LIMITED");
+    assert!(message.contains("30"), "{message}");
+    let retry = refused.retry_after.expect("Retry-After");
+    assert!((1..=2).contains(&retry), "one query comes back every 2 s: {retry}");
+    assert_eq!((refused.limit, refused.remaining), (Some(30), Some(0)));
+
+    let (_, _, other) = starter(&app).await;
+    assert_eq!(upsert(&app, &other, 1, 0).await.status, 200);
+    assert_eq!(
+        search(&app, 0, &other).await.status,
+        200,
+        "another project is unaffected"
+    );
+
+    // A refused request of the first project still says where its budget stands, and
+    // so does a response that took nothing from it (a 400 before admission).
+    let bad = send(
+        &app,
+        0,
+        Method::POST,
+        "/v1/vectors/search",
+        &key,
+        json!({"vector": "nope"}),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.limit, Some(30));
+}
+
+async fn writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole(app: TestApp) {
+    let (_, _, key) = starter(&app).await;
+    let first = upsert(&app, &key, 60, 0).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!((first.limit, first.remaining), (Some(100), Some(40)));
+    let refused = upsert(&app, &key, 60, 60).await;
+    assert_error(refused.status, &refused.body, 429, "RATE_LIMITED");
+    let rest = upsert(&app, &key, 40, 60).await;
+    assert_eq!(rest.status, 200, "the refused batch took nothing: {}", rest.body);
+    let listed = send(&app, 0, Method::GET, "/v1/namespaces", &key, Value::Null).await;
+    assert_eq!(listed.body["namespaces"][0]["vector_count"], 100, "{}", listed.body);
+
+    let too_big = upsert(&app, &key, 101, 200).await;
+    let message = assert_error(too_big.status, &too_big.body, 429, "RATE_LIMITED");
+    assert!(
+        message.contains("smaller"),
+        "a batch over a minute's quota can never pass: {message}"
+    );
+}
+
+async fn a_plan_change_takes_effect_within_a_second(app: TestApp) {
+    let (session, project, key) = starter(&app).await;
+    assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
+    for _ in 0..30 {
+        assert_eq!(search(&app, 0, &key).await.status, 200);
+    }
+    assert_eq!(search(&app, 0, &key).await.status, 429);
+    let (status, body) = app
+        .control_call(
+            Method::PATCH,
+            &format!("/v1/projects/{project}"),
+            Some(&session),
+            Some(json!({"plan": "developer"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let answer = search(&app, 0, &key).await;
+        if answer.status == 200 {
+            assert_eq!(answer.limit, Some(300));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused a second after the plan change"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+mod standalone {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next() {
+        super::a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next(
+            TestApp::start(Backend::Sqlite).await,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole() {
+        super::writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole(
+            TestApp::start(Backend::Sqlite).await,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plan_change_takes_effect_within_a_second() {
+        super::a_plan_change_takes_effect_within_a_second(TestApp::start(Backend::Sqlite).await).await;
+    }
+}
+
+mod cluster {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next() {
+        super::a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next(TestApp::cluster(1).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole() {
+        super::writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole(TestApp::cluster(1).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plan_change_takes_effect_within_a_second() {
+        super::a_plan_change_takes_effect_within_a_second(TestApp::cluster(1).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_pods_together_hold_the_plans_rate() {
+        let app = TestApp::cluster(2).await;
+        let session = app.signup().await;
+        let (status, body) = app
+            .control_call(
+                Method::POST,
+                "/v1/projects",
+                Some(&session),
+                Some(json!({"name": "busy", "dimension": 4, "metric": "cosine", "plan": "developer"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let project = body["id"].as_str().expect("id").to_owned();
+        let (key, _) = app.key(&session, &project, "app_readwrite").await;
+        assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
+
+        // Developer: 300 queries a minute, 5 a second after the burst. Both pods are
+        // hammered for six seconds; together they may admit the burst plus six seconds.
+        let started = Instant::now();
+        let window = Duration::from_secs(6);
+        let mut tasks = Vec::new();
+        for pod in 0..2 {
+            for _ in 0..4 {
+                let (http, base, key) = (app.http.clone(), app.data[pod].clone(), key.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut admitted = 0u32;
+                    while started.elapsed() < window {
+                        let status = http
+                            .post(format!("{base}/v1/vectors/search"))
+                            .header("x-api-key", &key)
+                            .json(&json!({"vector": [0.1, 0.2, 0.3, 0.4], "top_k": 1}))
+                            .send()
+                            .await
+                            .expect("answer")
+                            .status()
+                            .as_u16();
+                        match status {
+                            200 => admitted += 1,
+                            429 => {}
+                            other => panic!("unexpected status {other}"),
+                        }
+                    }
+                    (pod, admitted)
+                }));
+            }
+        }
+        let mut per_pod = [0u32; 2];
+        for task in tasks {
+            let (pod, admitted) = task.await.expect("client task");
+            per_pod[pod] += admitted;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let allowed = 300.0 + 5.0 * elapsed;
+        let admitted = f64::from(per_pod[0] + per_pod[1]);
+        assert!(
+            (allowed * 0.9..=allowed * 1.1).contains(&admitted),
+            "admitted {admitted} ({per_pod:?} per pod) in {elapsed:.1} s; the plan allows {allowed:.0}"
+        );
+        assert!(per_pod.iter().all(|n| *n > 0), "both pods served: {per_pod:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pods_keep_enforcing_limits_while_redis_is_down_and_recover_when_it_returns() {
+        let mut redis = PrivateRedis::start().await;
+        let app = TestApp::cluster_on(1, redis.url()).await;
+        let (_, _, key) = starter(&app).await;
+        assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
+        for _ in 0..10 {
+            assert_eq!(search(&app, 0, &key).await.status, 200);
+        }
+
+        redis.stop();
+        // Without Redis the pod enforces its share of the plan by itself: the whole
+        // Starter quota (it is the only pod), from a fresh local budget.
+        let mut admitted = 0;
+        for _ in 0..40 {
+            match search(&app, 0, &key).await.status {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("unexpected status {other} while Redis is down"),
+            }
+        }
+        assert!(
+            (29..=31).contains(&admitted),
+            "admitted {admitted} of 40 while Redis was down"
+        );
+        let response = app
+            .data_request(0, Method::GET, "/readyz")
+            .send()
+            .await
+            .expect("answer");
+        let (status, body) = read(response).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.to_string().contains("rate_limits"),
+            "readyz names the limiter: {body}"
+        );
+
+        redis.resume().await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            // A request brings the limiter back to Redis; the bus reconnects by itself.
+            let _ = search(&app, 0, &key).await;
+            let response = app
+                .data_request(0, Method::GET, "/readyz")
+                .send()
+                .await
+                .expect("answer");
+            if response.status() == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not ready 15 s after Redis came back");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Redis came back empty: a fresh shared budget.
+        let answer = search(&app, 0, &key).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.limit, Some(30));
+    }
+}
