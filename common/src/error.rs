@@ -1,8 +1,9 @@
-use axum::extract::FromRequest;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Every error a Quiver HTTP endpoint can return.
 ///
@@ -209,9 +210,31 @@ impl From<JsonRejection> for ApiError {
 
 /// `axum::Json` whose rejection speaks the error envelope, so even a body that is
 /// not JSON gets a `VALIDATION_ERROR` rather than a plain-text 400.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+///
+/// The body must be a JSON object: serde would otherwise read a struct from an array
+/// of its fields in order (`[null, null]`), which no client means and the spec forbids.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::validation(format!(
+                "the request body must be a JSON object, got {}",
+                json_kind(&value)
+            )));
+        }
+        serde_json::from_value(value)
+            .map(AppJson)
+            .map_err(|err| ApiError::Validation {
+                message: "the request body does not have the expected shape".to_owned(),
+                detail: Some(err.to_string()),
+            })
+    }
+}
 
 impl<T: Serialize> IntoResponse for AppJson<T> {
     fn into_response(self) -> Response {

@@ -133,6 +133,7 @@ pub async fn signup(
     request_body = Credentials,
     responses(
         (status = 200, description = "signed in", body = SessionView),
+        (status = 400, description = "the body is not JSON credentials", body = quiver_common::error::ErrorEnvelope),
         (status = 401, description = "wrong email or password", body = quiver_common::error::ErrorEnvelope),
         (status = 429, description = "too many attempts for this email", body = quiver_common::error::ErrorEnvelope),
     )

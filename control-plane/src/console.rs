@@ -22,7 +22,7 @@ const NOT_BUILT: &str = r#"<!doctype html>
 <p>The control-plane API is up under <code>/v1</code> (see <a href="/openapi.json">/openapi.json</a>),
 but the web console has not been built.</p>
 <p>Build it once with Node 20.19 or newer, then restart Quiver from the repository root:</p>
-<pre>cd console &amp;&amp; npm ci &amp;&amp; npm run build</pre>
+<pre>cd console &amp;&amp; npm install &amp;&amp; npm run build</pre>
 <p>or point <code>--console-dir</code> (<code>QUIVER_CONSOLE_DIR</code>) at a built console.</p>
 </body></html>"#;
 

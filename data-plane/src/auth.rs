@@ -8,6 +8,8 @@
 //! Project tokens (JWTs) are verified with the shared secret, no database involved.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,14 +110,23 @@ pub struct Authenticator {
     /// revocation cannot resurrect the key. Pruned after the cache TTL.
     revoked: Mutex<HashMap<String, Instant>>,
     touched: moka::future::Cache<String, ()>,
+    /// Key checks that miss the cache (a database read and an argon2id verification,
+    /// ~13 ms of CPU) per client address: a flood of made-up keys from one address
+    /// is refused before it reaches argon2.
+    misses_per_peer: governor::DefaultKeyedRateLimiter<IpAddr>,
 }
 
-/// Why a credential was refused; all become 401s with the same message shape.
+/// Cache misses one address may cause: a burst of 30, then 10 a second.
+const MISSES_PER_SECOND: u32 = 10;
+const MISS_BURST: u32 = 30;
+
+/// Why a credential was refused; all but `Throttled` become 401s with the same message shape.
 #[derive(Debug)]
 enum Refusal {
     Unknown,
     Revoked,
     Expired,
+    Throttled(Duration),
 }
 
 impl Authenticator {
@@ -133,6 +144,10 @@ impl Authenticator {
                 .max_capacity(CACHE_CAPACITY)
                 .time_to_live(TOUCH_EVERY)
                 .build(),
+            misses_per_peer: governor::RateLimiter::keyed(
+                governor::Quota::per_second(NonZeroU32::new(MISSES_PER_SECOND).expect("non-zero"))
+                    .allow_burst(NonZeroU32::new(MISS_BURST).expect("non-zero")),
+            ),
         }
     }
 
@@ -152,6 +167,8 @@ impl Authenticator {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                // Addresses whose budget is whole again need no memory.
+                this.misses_per_peer.retain_recent();
                 // Overlap the windows a little: clocks of pods and database differ.
                 let now = Utc::now();
                 match this
@@ -223,6 +240,12 @@ impl Authenticator {
 
     /// Resolves a presented credential: an API key or a project token.
     pub async fn authenticate(&self, credential: &str) -> Result<Credential, ApiError> {
+        self.authenticate_from(credential, None).await
+    }
+
+    /// [`Authenticator::authenticate`] for a request from `peer`, whose key checks that
+    /// miss the cache are rate-limited per address.
+    pub async fn authenticate_from(&self, credential: &str, peer: Option<IpAddr>) -> Result<Credential, ApiError> {
         if looks_like_jwt(credential) {
             let claims = self
                 .jwt
@@ -235,13 +258,18 @@ impl Authenticator {
                 credential: claims.sub,
             });
         }
-        let key = self.verify_key(credential).await.map_err(|refusal| {
-            ApiError::Unauthorized(match refusal {
-                Refusal::Unknown => "invalid API key".to_owned(),
-                Refusal::Revoked => "this API key was revoked".to_owned(),
-                Refusal::Expired => "this API key has expired".to_owned(),
-            })
-        })?;
+        let key = self
+            .verify_key(credential, peer)
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::Unknown => ApiError::Unauthorized("invalid API key".to_owned()),
+                Refusal::Revoked => ApiError::Unauthorized("this API key was revoked".to_owned()),
+                Refusal::Expired => ApiError::Unauthorized("this API key has expired".to_owned()),
+                Refusal::Throttled(wait) => ApiError::RateLimited {
+                    message: "too many unrecognised API keys from this address; slow down".to_owned(),
+                    retry_after_secs: wait.as_secs().max(1),
+                },
+            })?;
         self.touch(&key.key_id).await;
         Ok(Credential {
             project_id: key.project_id,
@@ -251,12 +279,18 @@ impl Authenticator {
         })
     }
 
-    async fn verify_key(&self, presented: &str) -> Result<Arc<VerifiedKey>, Refusal> {
+    async fn verify_key(&self, presented: &str, peer: Option<IpAddr>) -> Result<Arc<VerifiedKey>, Refusal> {
         let (key_id, secret) = parse_api_key(presented).ok_or(Refusal::Unknown)?;
         let fingerprint = fingerprint(presented);
         let key = match self.verified.get(&fingerprint).await {
             Some(hit) => hit,
             None => {
+                if let Some(peer) = peer
+                    && let Err(not_until) = self.misses_per_peer.check_key(&peer)
+                {
+                    let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
+                    return Err(Refusal::Throttled(not_until.wait_time_from(now)));
+                }
                 let loaded = self.load_key(key_id, secret).await?;
                 self.verified.insert(fingerprint, Arc::clone(&loaded)).await;
                 loaded
@@ -338,7 +372,11 @@ impl FromRequestParts<DataPlane> for Principal {
     async fn from_request_parts(parts: &mut Parts, state: &DataPlane) -> Result<Self, Self::Rejection> {
         let credential = credential(parts)
             .ok_or_else(|| ApiError::Unauthorized("missing API key: send x-api-key or Authorization: Bearer".into()))?;
-        let credential = state.auth.authenticate(&credential).await?;
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        let credential = state.auth.authenticate_from(&credential, peer).await?;
         // A token outlives nothing: one for a deleted project is refused like a bad one.
         let project = state
             .projects

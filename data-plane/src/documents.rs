@@ -198,6 +198,7 @@ fn parse_documents(documents: &[Value], principal: &Principal) -> Result<Vec<Par
         (status = 403, description = "no write scope, or a plan cap", body = quiver_common::error::ErrorEnvelope),
         (status = 409, description = "the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
         (status = 422, description = "the idempotency key was used with another body", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 502, description = "the embedding provider failed", body = quiver_common::error::ErrorEnvelope),
         (status = 503, description = "the records store or the embedding model is unavailable", body = quiver_common::error::ErrorEnvelope),
     )
@@ -231,6 +232,7 @@ pub async fn insert(
         (status = 403, description = "no write scope, or a plan cap", body = quiver_common::error::ErrorEnvelope),
         (status = 409, description = "the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
         (status = 422, description = "the idempotency key was used with another body", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 502, description = "the embedding provider failed", body = quiver_common::error::ErrorEnvelope),
         (status = 503, description = "the records store or the embedding model is unavailable", body = quiver_common::error::ErrorEnvelope),
     )
@@ -333,9 +335,11 @@ pub struct DocumentView {
     params(("collection" = String, Path), ("id" = String, Path)),
     responses(
         (status = 200, body = DocumentView),
+        (status = 400, description = "an invalid collection name", body = quiver_common::error::ErrorEnvelope),
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such collection or document", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 503, description = "the records store is unreachable", body = quiver_common::error::ErrorEnvelope),
     )
 )]
@@ -413,6 +417,7 @@ pub struct ReplaceResponse {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such collection or document", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 502, description = "the embedding provider failed", body = quiver_common::error::ErrorEnvelope),
         (status = 503, body = quiver_common::error::ErrorEnvelope),
     )
@@ -511,9 +516,11 @@ pub struct RemoveResponse {
     ),
     responses(
         (status = 200, body = RemoveResponse),
+        (status = 400, description = "an invalid collection name or idempotency key", body = quiver_common::error::ErrorEnvelope),
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such collection or document", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 503, body = quiver_common::error::ErrorEnvelope),
     )
 )]
@@ -601,6 +608,7 @@ pub struct SearchResponse {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such collection", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 502, description = "the embedding provider failed", body = quiver_common::error::ErrorEnvelope),
         (status = 503, description = "the embedding model is unavailable", body = quiver_common::error::ErrorEnvelope),
     )

@@ -70,6 +70,7 @@ pub struct ModelList {
     responses(
         (status = 200, body = ModelList),
         (status = 401, body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn models(State(state): State<DataPlane>, principal: Principal) -> Result<Json<ModelList>, ApiError> {

@@ -17,6 +17,15 @@ pub fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Resu
             "the request body must be JSON: send content-type: application/json, not {content_type}"
         )));
     }
+    // serde would read a struct from an array of its fields in order; only objects are bodies.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(body)
+    {
+        return Err(ApiError::validation(format!(
+            "the request body must be a JSON object, got {}",
+            quiver_common::error::json_kind(&value)
+        )));
+    }
     serde_json::from_slice(body).map_err(|err| {
         let message = if err.is_syntax() || err.is_eof() {
             "the request body is not valid JSON"

@@ -39,6 +39,7 @@ pub struct NamespaceList {
         (status = 200, body = NamespaceList),
         (status = 401, description = "missing or invalid credential", body = quiver_common::error::ErrorEnvelope),
         (status = 403, description = "no read scope", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn list(State(state): State<DataPlane>, principal: Principal) -> Result<Json<NamespaceList>, ApiError> {
@@ -78,6 +79,7 @@ pub struct Deleted {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, description = "no admin scope", body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn remove(

@@ -47,7 +47,7 @@ pub struct QueryRequest {
     query: String,
     /// Values for `$1`, `$2`, …: numbers, strings, booleans, objects, and arrays of numbers (vectors).
     #[serde(default)]
-    #[schema(value_type = Vec<Object>, example = json!([[0.023, -0.187, 0.412]]))]
+    #[schema(value_type = Vec<serde_json::Value>, example = json!([[0.023, -0.187, 0.412]]))]
     params: Vec<Value>,
     /// The project's name (or id); any other is refused.
     #[schema(example = "mydb")]
@@ -91,6 +91,7 @@ pub struct QueryResponse {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, description = "a write statement without the write scope", body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such database", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 503, description = "the records store is unreachable", body = quiver_common::error::ErrorEnvelope),
     )
 )]
@@ -218,6 +219,7 @@ pub struct DocumentPage {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such collection", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn list(

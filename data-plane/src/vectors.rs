@@ -247,6 +247,7 @@ pub struct UpsertResponse {
         (status = 409, description = "the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
         (status = 413, body = quiver_common::error::ErrorEnvelope),
         (status = 422, description = "the idempotency key was used with another body", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 503, description = "the records store is unreachable", body = quiver_common::error::ErrorEnvelope),
     )
 )]
@@ -290,6 +291,7 @@ pub async fn upsert(
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = VectorSearchRequest)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     #[schema(example = "products")]
@@ -325,6 +327,7 @@ pub struct MatchView {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = VectorSearchResponse)]
 pub struct SearchResponse {
     matches: Vec<MatchView>,
     namespace: String,
@@ -381,6 +384,7 @@ fn strong(consistency: Option<&str>) -> Result<bool, ApiError> {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn search(
@@ -438,6 +442,7 @@ pub async fn search(
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = VectorQueryRequest)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     #[schema(example = "products")]
@@ -499,6 +504,7 @@ pub struct VectorView {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such vector (for `id`)", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn query(
@@ -578,6 +584,7 @@ pub struct UpdateResponse {
         (status = 404, description = "no such namespace or vector", body = quiver_common::error::ErrorEnvelope),
         (status = 409, body = quiver_common::error::ErrorEnvelope),
         (status = 422, body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn update(
@@ -666,6 +673,7 @@ pub struct DeleteResponse {
         (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
         (status = 409, body = quiver_common::error::ErrorEnvelope),
         (status = 422, body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn remove(
@@ -748,6 +756,7 @@ pub struct ListResponse {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn list(

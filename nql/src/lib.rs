@@ -3,7 +3,7 @@
 //! A collection is a table whose columns are `id`, `content`, `metadata`, `embedding`,
 //! `created_at`, `updated_at` and every metadata key. A statement is parsed with
 //! `sqlparser` ([`parse`]), planned into this crate's own small AST (so nothing outside
-//! the grammar in `GRAMMAR.md` can reach the executor), and run by [`execute`] against a
+//! the grammar in `docs/nql.md` can reach the executor), and run by [`execute`] against a
 //! [`Backend`] that the data plane implements over its records store and index.
 //!
 //! The crate knows nothing about HTTP: the handler authorizes (a write scope when
@@ -140,7 +140,7 @@ pub struct QueryRequest {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub params: Vec<Value>,
-    /// Page size over the statement's result (see `GRAMMAR.md`, "Pagination").
+    /// Page size over the statement's result (see `docs/nql.md`, "Pagination").
     #[serde(default)]
     pub limit: Option<u64>,
     /// Rows of the statement's result to skip before the page.

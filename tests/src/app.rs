@@ -40,7 +40,8 @@ async fn serve(router: axum::Router) -> String {
         .await
         .expect("bind a free port");
     let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move { axum::serve(listener, router).await.expect("test server runs") });
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await.expect("test server runs") });
     format!("http://{addr}")
 }
 

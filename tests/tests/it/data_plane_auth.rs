@@ -444,3 +444,29 @@ async fn keys_from_the_store_work_without_the_control_plane() {
         .expect("mint");
     assert_eq!(list(&app, 0, &created.key).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_made_up_keys_from_one_address_is_refused_before_argon2() {
+    let app = TestApp::start(quiver_tests::app::Backend::Sqlite).await;
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let (key, _) = app.key(&session, &project, "app_readonly").await;
+    assert_eq!(list(&app, 0, &key).await.0, 200, "a real key, now cached");
+
+    let mut statuses = Vec::new();
+    for _ in 0..45 {
+        let made_up = quiver_common::secrets::generate_api_key().full;
+        statuses.push(list(&app, 0, &made_up).await.0);
+    }
+    let unauthorized = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        (29..=32).contains(&unauthorized),
+        "a burst of 30 misses, the real key's first check among them: {statuses:?}"
+    );
+    assert_eq!(unauthorized + throttled, 45, "{statuses:?}");
+    let (status, body) = list(&app, 0, &quiver_common::secrets::generate_api_key().full).await;
+    assert_error(status, &body, 429, "RATE_LIMITED");
+
+    assert_eq!(list(&app, 0, &key).await.0, 200, "a cached key is never held back");
+}
