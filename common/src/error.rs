@@ -220,19 +220,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
-        if !value.is_object() {
+        let axum::Json(raw) = axum::Json::<Box<serde_json::value::RawValue>>::from_request(req, state).await?;
+        if !raw.get().starts_with('{') {
+            let value: serde_json::Value = serde_json::from_str(raw.get()).map_err(anyhow::Error::from)?;
             return Err(ApiError::validation(format!(
                 "the request body must be a JSON object, got {}",
                 json_kind(&value)
             )));
         }
-        serde_json::from_value(value)
-            .map(AppJson)
-            .map_err(|err| ApiError::Validation {
-                message: "the request body does not have the expected shape".to_owned(),
-                detail: Some(err.to_string()),
-            })
+        // Through axum again, so a bad field is named by its path (`limits.max: invalid type`).
+        Ok(AppJson(axum::Json::<T>::from_bytes(raw.get().as_bytes())?.0))
     }
 }
 

@@ -5,12 +5,24 @@ QUIVER_CI_PIP=(openapi-python-client==0.29.1 schemathesis==4.32.5)
 
 # Prints the path of a venv holding QUIVER_CI_PIP, creating it on first use under
 # ${XDG_CACHE_HOME:-~/.cache}/quiver-ci so CI runs reuse it.
+# The newest Python found (QUIVER_CI_PYTHON overrides): 3.11.7's compiler crashes on the
+# deeply nested code Hypothesis builds ("AST constructor recursion depth mismatch").
 quiver_ci_venv() {
     local venv="${XDG_CACHE_HOME:-$HOME/.cache}/quiver-ci/venv"
-    local want="${QUIVER_CI_PIP[*]}"
+    local python=${QUIVER_CI_PYTHON:-}
+    if [ -z "$python" ]; then
+        local pyenv_root
+        pyenv_root=$(pyenv root 2>/dev/null || true)
+        for python in python3.13 python3.12 "$pyenv_root"/versions/3.13*/bin/python3 \
+            "$pyenv_root"/versions/3.12*/bin/python3 python3; do
+            if "$python" -c '' 2>/dev/null; then break; fi
+        done
+    fi
+    local want
+    want="$("$python" -c 'import sys; print(sys.version.split()[0])') ${QUIVER_CI_PIP[*]}"
     if [ "$(cat "$venv/.quiver-pins" 2>/dev/null)" != "$want" ]; then
         rm -rf "$venv"
-        python3 -m venv "$venv" >&2
+        "$python" -m venv "$venv" >&2
         "$venv/bin/pip" install --quiet --disable-pip-version-check "${QUIVER_CI_PIP[@]}" >&2
         echo "$want" >"$venv/.quiver-pins"
     fi

@@ -465,6 +465,50 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
         )
         .await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &t.readonly,
+            Some(json!({"query": "SELECT id FROM documents", "timeout_ms": 0})),
+        )
+        .await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+}
+
+async fn a_statement_past_its_timeout_is_cancelled(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant_named("mydb", 3, "cosine").await;
+    for batch in 0..3 {
+        let documents: Vec<Value> = (0..1000)
+            .map(|i| json!({"content": format!("row {batch}-{i}"), "embedding": [1.0, f64::from(i), 0.5], "metadata": {"i": i}}))
+            .collect();
+        let (status, body) = app
+            .data_call(
+                0,
+                Method::POST,
+                "/api/v1/collections/documents/documents/batch",
+                &t.readwrite,
+                Some(json!({"documents": documents})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // A full scan and sort of 3,000 rows takes longer than a millisecond.
+    let slow =
+        json!({"query": "SELECT id FROM documents WHERE content LIKE '%row%' ORDER BY content DESC", "timeout_ms": 1});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/api/v1/query", &t.readonly, Some(slow))
+        .await;
+    let message = assert_error(status, &body, 400, "QUERY_ERROR");
+    assert_eq!(message, "canceling statement due to statement timeout");
+    let fine = json!({"query": "SELECT COUNT(*) FROM documents", "timeout_ms": 60000});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/api/v1/query", &t.readonly, Some(fine))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], json!([{"count": 3000}]));
 }
 
 async fn bad_documents_are_refused_and_nothing_is_written(backend: Backend) {
@@ -598,6 +642,16 @@ async fn bad_documents_are_refused_and_nothing_is_written(backend: Backend) {
         )
         .await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::GET,
+            "/api/v1/collections/c/documents",
+            "qv_live_nosuchkey00000000_x",
+            None,
+        )
+        .await;
+    assert_error(status, &body, 401, "UNAUTHORIZED");
     let (status, body) = app.data_call(0, Method::GET, "/api/v1/models", &t.readonly, None).await;
     assert_eq!(status, 200, "{body}");
     let models = body["models"].as_array().expect("models");
@@ -697,4 +751,5 @@ both!(
     nql_pages_with_offsets_and_cursors,
     nql_statements_read_and_write_through_http,
     bad_documents_are_refused_and_nothing_is_written,
+    a_statement_past_its_timeout_is_cancelled,
 );
