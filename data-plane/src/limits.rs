@@ -247,6 +247,10 @@ struct Lease {
     /// Redis's remaining budget after the lease was taken, and when it is full again.
     remaining: u64,
     reset_ms: u64,
+    /// After Redis refused `need` units: until when it will go on refusing that many.
+    /// Requests for as many are refused here meanwhile, so an exhausted project's
+    /// traffic does not become one Redis round trip per request.
+    denied: Option<(Instant, u32)>,
 }
 
 /// The cluster's budgets: shared in Redis, leased a slice at a time.
@@ -368,6 +372,7 @@ impl Budget for RedisBudget {
                 held: 0,
                 remaining: u64::from(per_minute),
                 reset_ms: 0,
+                denied: None,
             });
             if lease.per_minute != per_minute {
                 *lease = Lease {
@@ -375,6 +380,7 @@ impl Budget for RedisBudget {
                     held: 0,
                     remaining: u64::from(per_minute),
                     reset_ms: 0,
+                    denied: None,
                 };
             }
             if lease.held >= n {
@@ -385,6 +391,17 @@ impl Budget for RedisBudget {
                     reset: lease.reset_ms.div_ceil(1000),
                     retry_after: None,
                 };
+            }
+            if let Some((until, refused)) = lease.denied {
+                let now = Instant::now();
+                if now < until && n - lease.held >= refused {
+                    return Decision {
+                        limit: per_minute,
+                        remaining: u64::from(lease.held),
+                        reset: reset_after(per_minute, u64::from(per_minute)),
+                        retry_after: Some(until - now),
+                    };
+                }
             }
             // Take what is held; ask Redis for the rest (and a slice more).
             std::mem::take(&mut lease.held)
@@ -416,6 +433,9 @@ impl Budget for RedisBudget {
                 self.redis_answered();
                 if granted < need {
                     give_back(held);
+                    if let Some(lease) = self.leases.lock().expect("never poisoned").get_mut(&(project, kind)) {
+                        lease.denied = Some((Instant::now() + Duration::from_millis(retry_ms), need));
+                    }
                     return Decision {
                         limit: per_minute,
                         remaining: remaining + u64::from(held),
@@ -429,7 +449,9 @@ impl Budget for RedisBudget {
                     held: 0,
                     remaining,
                     reset_ms,
+                    denied: None,
                 });
+                lease.denied = None;
                 lease.held += granted - need;
                 lease.remaining = remaining;
                 lease.reset_ms = reset_ms;

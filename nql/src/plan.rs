@@ -253,11 +253,31 @@ impl Statement {
     }
 }
 
+/// The stack parsing runs on. sqlparser builds a long operator chain (`1 + 1 + …`, `a
+/// OR b OR …`) without recursing, but its syntax tree is dropped recursively, one frame
+/// per operator: at the token limit that is thousands of frames, more than a 2 MiB
+/// tokio worker (or test) thread has in an unoptimised build. The memory is reserved,
+/// not touched, unless a statement needs it.
+const PARSE_STACK_BYTES: usize = 64 << 20;
+
 /// Parses one NQL statement and binds `params` to its `$n` placeholders.
 ///
 /// Never panics, whatever the input: sqlparser's recursion is limited, statements are
-/// bounded in size, and everything outside the grammar is a `QUERY_ERROR`.
+/// bounded in size, parsing runs on a stack with room for the largest syntax tree
+/// allowed, and everything outside the grammar is a `QUERY_ERROR`.
 pub fn parse(query: &str, params: &[Value]) -> Result<Statement, ApiError> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("nql-parse".into())
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn_scoped(scope, || parse_here(query, params))
+            .map_err(|err| ApiError::Internal(anyhow::anyhow!("starting the NQL parser thread: {err}")))?
+            .join()
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("the NQL parser thread panicked")))?
+    })
+}
+
+fn parse_here(query: &str, params: &[Value]) -> Result<Statement, ApiError> {
     if query.len() > MAX_QUERY_BYTES {
         return Err(query_error(format!(
             "the statement is {} bytes long, at most {MAX_QUERY_BYTES} are allowed: pass long values as parameters",
