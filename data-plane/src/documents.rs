@@ -26,7 +26,7 @@ use crate::idempotency::idempotent;
 use crate::json::parse_body;
 use crate::limits::Kind;
 use crate::records;
-use crate::vectors::{MAX_ID_BYTES, MAX_TOP_K, parse_filter, parse_metadata, parse_values};
+use crate::vectors::{MAX_TOP_K, parse_filter, parse_id, parse_metadata, parse_values};
 
 pub fn router() -> Router<DataPlane> {
     Router::new()
@@ -85,15 +85,7 @@ fn parse_content(value: Option<&Value>, what: &str) -> Result<Option<String>, Ap
 fn parse_document_id(value: Option<&Value>, what: &str) -> Result<Option<String>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Ok(Some(id.clone())),
-        Some(Value::String(id)) => Err(ApiError::validation(format!(
-            "{what} has an id of {} bytes; ids have 1 to {MAX_ID_BYTES} bytes",
-            id.len()
-        ))),
-        Some(other) => Err(ApiError::validation(format!(
-            "{what} has an id that is {}; document ids are strings",
-            kind(other)
-        ))),
+        Some(id) => parse_id(Some(id), what).map(Some),
     }
 }
 

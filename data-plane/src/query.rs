@@ -291,6 +291,19 @@ fn row(record: Record) -> Row {
 const MAX_SCAN_PAGE: usize = 1000;
 
 impl ProjectBackend<'_> {
+    /// Writes records in one transaction, detached like every write.
+    async fn upsert(&self, collection: &str, writes: Vec<RecordWrite>) -> Result<(), ApiError> {
+        let (state, principal, plan, collection) = (
+            self.state.clone(),
+            self.principal.clone(),
+            self.plan.clone(),
+            collection.to_owned(),
+        );
+        self.detached(async move { records::upsert(&state, &principal, &plan, &collection, writes).await })
+            .await
+            .map(drop)
+    }
+
     /// Writes run in their own task: once a write has begun, a statement timeout
     /// does not cut it between its commit and the index update.
     async fn detached<T, F>(&self, write: F) -> Result<T, ApiError>
@@ -449,14 +462,7 @@ impl Backend for ProjectBackend<'_> {
             });
         }
         let ids: Vec<String> = writes.iter().map(|w| w.id.clone()).collect();
-        let (state, principal, plan, collection) = (
-            self.state.clone(),
-            self.principal.clone(),
-            self.plan.clone(),
-            collection.to_owned(),
-        );
-        self.detached(async move { records::upsert(&state, &principal, &plan, &collection, writes).await })
-            .await?;
+        self.upsert(collection, writes).await?;
         Ok(ids)
     }
 
@@ -513,14 +519,7 @@ impl Backend for ProjectBackend<'_> {
                 continue;
             }
             changed += writes.len() as u64;
-            let (state, principal, plan, collection) = (
-                self.state.clone(),
-                self.principal.clone(),
-                self.plan.clone(),
-                collection.to_owned(),
-            );
-            self.detached(async move { records::upsert(&state, &principal, &plan, &collection, writes).await })
-                .await?;
+            self.upsert(collection, writes).await?;
         }
         Ok(changed)
     }

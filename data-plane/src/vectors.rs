@@ -119,7 +119,7 @@ fn parse_raw_values(
     parse_values(&value, dimension, metric, what)
 }
 
-fn parse_id(value: Option<&Value>, what: &str) -> Result<String, ApiError> {
+pub(crate) fn parse_id(value: Option<&Value>, what: &str) -> Result<String, ApiError> {
     match value {
         None | Some(Value::Null) => Err(ApiError::validation(format!("{what} has no id"))),
         Some(Value::String(id)) if id.is_empty() || id.len() > MAX_ID_BYTES => Err(ApiError::validation(format!(
@@ -128,7 +128,7 @@ fn parse_id(value: Option<&Value>, what: &str) -> Result<String, ApiError> {
         ))),
         Some(Value::String(id)) => Ok(id.clone()),
         Some(other) => Err(ApiError::validation(format!(
-            "{what} has an id that is {}; vector ids must be strings",
+            "{what} has an id that is {}; ids must be strings",
             kind(other)
         ))),
     }
