@@ -20,12 +20,14 @@ pub fn router() -> Router<ControlPlane> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    /// What the token may do; by default, read only.
+    /// What the token may do, each at most once; by default, read only.
     #[serde(default)]
-    pub scopes: Option<BTreeSet<Scope>>,
-    /// When given, the only namespaces the token may touch.
+    #[schema(value_type = Option<BTreeSet<Scope>>)]
+    pub scopes: Option<Vec<Scope>>,
+    /// When given, the only namespaces the token may touch, each at most once.
     #[serde(default)]
-    pub namespaces: Option<BTreeSet<String>>,
+    #[schema(value_type = Option<BTreeSet<String>>)]
+    pub namespaces: Option<Vec<String>>,
     /// Lifetime in seconds, 1 to 3600 (default 900).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3600, default = 900)]
@@ -73,14 +75,18 @@ pub async fn mint(
             detail: Some("field ttl_seconds".into()),
         });
     }
-    let scopes = body.scopes.unwrap_or_else(|| BTreeSet::from([Scope::Read]));
+    let scopes = match body.scopes {
+        None => BTreeSet::from([Scope::Read]),
+        Some(scopes) => distinct(scopes, "scopes")?,
+    };
+    let namespaces = body.namespaces.map(|n| distinct(n, "namespaces")).transpose()?;
     if scopes.is_empty() {
         return Err(ApiError::Validation {
             message: "a token needs at least one scope: read, write or admin".into(),
             detail: Some("field scopes".into()),
         });
     }
-    if let Some(namespaces) = &body.namespaces
+    if let Some(namespaces) = &namespaces
         && (namespaces.is_empty() || namespaces.iter().any(|n| n.is_empty()))
     {
         return Err(ApiError::Validation {
@@ -92,7 +98,7 @@ pub async fn mint(
     let (token, expires_at) = state.jwt.issue_project_token(
         project.id,
         scopes.clone(),
-        body.namespaces.clone(),
+        namespaces.clone(),
         subject,
         Duration::seconds(ttl),
     );
@@ -102,8 +108,21 @@ pub async fn mint(
             token,
             project_id: project.id,
             scopes,
-            namespaces: body.namespaces,
+            namespaces,
             expires_at,
         }),
     ))
+}
+
+/// The items as a set, refusing a list that names one twice (the spec says each at most once).
+fn distinct<T: Ord>(items: Vec<T>, field: &str) -> Result<BTreeSet<T>, ApiError> {
+    let count = items.len();
+    let set: BTreeSet<T> = items.into_iter().collect();
+    if set.len() != count {
+        return Err(ApiError::Validation {
+            message: format!("{field} lists the same value more than once"),
+            detail: Some(format!("field {field}")),
+        });
+    }
+    Ok(set)
 }

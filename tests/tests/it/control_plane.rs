@@ -341,7 +341,9 @@ async fn browser_tokens_are_minted_within_bounds(app: TestApp) {
         json!({"ttl_seconds": 0}),
         json!({"scopes": []}),
         json!({"scopes": ["superuser"]}),
+        json!({"scopes": ["read", "read", "write"]}),
         json!({"namespaces": []}),
+        json!({"namespaces": ["a", "a"]}),
     ] {
         let (status, response) = app.control_call(Method::POST, &path, Some(&session), Some(body)).await;
         assert_error(status, &response, 400, "VALIDATION_ERROR");
