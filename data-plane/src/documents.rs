@@ -21,12 +21,12 @@ use serde_json::Value;
 
 use crate::DataPlane;
 use crate::auth::Principal;
-use crate::embeddings;
+use crate::embeddings::{self, Source};
 use crate::idempotency::idempotent;
 use crate::json::parse_body;
 use crate::limits::Kind;
 use crate::records;
-use crate::vectors::{MAX_TOP_K, parse_filter, parse_id, parse_metadata, parse_values};
+use crate::vectors::{parse_filter, parse_id, parse_metadata, parse_top_k, parse_values, strong};
 
 pub fn router() -> Router<DataPlane> {
     Router::new()
@@ -263,38 +263,28 @@ async fn insert_documents(
                 detail: Some("field documents".into()),
             });
         }
-        let documents = parse_documents(&request.documents, &principal)?;
+        let mut documents = parse_documents(&request.documents, &principal)?;
         state.admit(&principal, Kind::Documents, documents.len() as u64).await?;
         let model = request.embedding_model.as_deref().unwrap_or(&state.default_model);
-        let missing: Vec<String> = documents
-            .iter()
-            .filter(|d| d.embedding.is_none())
-            .map(|d| d.content.clone())
+        let sources = documents
+            .iter_mut()
+            .map(|d| match d.embedding.take() {
+                Some(vector) => Source::Given(vector),
+                None => Source::Text(d.content.clone()),
+            })
             .collect();
-        let mut embedded = if missing.is_empty() {
-            Vec::new().into_iter()
-        } else {
-            embeddings::embed(&state, &principal.project, model, missing)
-                .await?
-                .into_iter()
-        };
-        let mut ids = Vec::with_capacity(documents.len());
-        let mut writes = Vec::with_capacity(documents.len());
-        for document in documents {
-            let vector = match document.embedding {
-                Some(vector) => vector,
-                None => embedded
-                    .next()
-                    .ok_or_else(|| anyhow::anyhow!("the embedder returned fewer vectors than texts"))?,
-            };
-            ids.push(document.id.clone());
-            writes.push(RecordWrite {
+        let vectors = embeddings::complete(&state, &principal.project, model, sources).await?;
+        let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
+        let writes = documents
+            .into_iter()
+            .zip(vectors)
+            .map(|(document, vector)| RecordWrite {
                 id: document.id,
                 vector,
                 metadata: document.metadata,
                 content: Some(document.content),
-            });
-        }
+            })
+            .collect();
         let outcome = records::upsert(&state, &principal, &plan, &collection, writes).await?;
         Ok(serde_json::to_value(InsertResponse {
             inserted: ids.len() as u64,
@@ -618,38 +608,14 @@ pub async fn search(
     let request: SearchRequest = parse_body(&headers, &body)?;
     let collection = self::collection(&principal, &collection)?;
     let project = &principal.project;
-    let limit = match &request.limit {
-        None => 10,
-        Some(v) => v
-            .as_u64()
-            .filter(|k| (1..=MAX_TOP_K as u64).contains(k))
-            .ok_or_else(|| ApiError::Validation {
-                message: format!("limit must be an integer from 1 to {MAX_TOP_K}, got {v}"),
-                detail: Some("field limit".into()),
-            })? as usize,
-    };
+    let limit = parse_top_k(request.limit.as_ref(), "limit")?;
     if let Some(min) = request.min_similarity
         && !min.is_finite()
     {
         return Err(ApiError::validation("min_similarity must be a finite number"));
     }
-    let filter = Arc::new(parse_filter(request.filters.as_ref()).map_err(|err| match err {
-        ApiError::Validation { message, .. } => ApiError::Validation {
-            message,
-            detail: Some("field filters".into()),
-        },
-        other => other,
-    })?);
-    let strong = match request.consistency.as_deref() {
-        None | Some("eventual") => false,
-        Some("strong") => true,
-        Some(other) => {
-            return Err(ApiError::Validation {
-                message: format!("consistency must be \"eventual\" or \"strong\", got \"{other}\""),
-                detail: Some("field consistency".into()),
-            });
-        }
-    };
+    let filter = Arc::new(parse_filter(request.filters.as_ref(), "filters")?);
+    let strong = strong(request.consistency.as_deref())?;
     state.admit(&principal, Kind::Queries, 1).await?;
     let (vector, model) = match (&request.query, &request.vector) {
         (Some(_), Some(_)) => return Err(ApiError::validation("send either query or vector, not both")),

@@ -53,6 +53,49 @@ pub(crate) async fn embed(
     Ok(vectors)
 }
 
+/// Where a written record's vector comes from.
+pub(crate) enum Source {
+    /// The request carried it.
+    Given(Vec<f32>),
+    /// It is this text's embedding.
+    Text(String),
+}
+
+/// One vector per source, in order: given ones as they are, and every text embedded
+/// with `model` in one call (none when there is no text).
+pub(crate) async fn complete(
+    state: &DataPlane,
+    project: &Project,
+    model: &str,
+    sources: Vec<Source>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    let mut texts = Vec::new();
+    let given: Vec<Option<Vec<f32>>> = sources
+        .into_iter()
+        .map(|source| match source {
+            Source::Given(vector) => Some(vector),
+            Source::Text(text) => {
+                texts.push(text);
+                None
+            }
+        })
+        .collect();
+    let mut embedded = if texts.is_empty() {
+        Vec::new()
+    } else {
+        embed(state, project, model, texts).await?
+    }
+    .into_iter();
+    Ok(given
+        .into_iter()
+        .map(|vector| {
+            vector
+                .or_else(|| embedded.next())
+                .expect("embed answers one vector per text")
+        })
+        .collect())
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelList {
     pub models: Vec<ModelInfo>,

@@ -253,6 +253,19 @@ struct Lease {
     denied: Option<(Instant, u32)>,
 }
 
+impl Lease {
+    /// Nothing held yet, at a quota Redis is assumed to have whole.
+    fn fresh(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            held: 0,
+            remaining: u64::from(per_minute),
+            reset_ms: 0,
+            denied: None,
+        }
+    }
+}
+
 /// The cluster's budgets: shared in Redis, leased a slice at a time.
 pub struct RedisBudget {
     connection: redis::aio::ConnectionManager,
@@ -367,21 +380,9 @@ impl Budget for RedisBudget {
         let n = n.max(1);
         let held = {
             let mut leases = self.leases.lock().expect("never poisoned");
-            let lease = leases.entry((project, kind)).or_insert(Lease {
-                per_minute,
-                held: 0,
-                remaining: u64::from(per_minute),
-                reset_ms: 0,
-                denied: None,
-            });
+            let lease = leases.entry((project, kind)).or_insert(Lease::fresh(per_minute));
             if lease.per_minute != per_minute {
-                *lease = Lease {
-                    per_minute,
-                    held: 0,
-                    remaining: u64::from(per_minute),
-                    reset_ms: 0,
-                    denied: None,
-                };
+                *lease = Lease::fresh(per_minute);
             }
             if lease.held >= n {
                 lease.held -= n;
@@ -444,13 +445,7 @@ impl Budget for RedisBudget {
                     };
                 }
                 let mut leases = self.leases.lock().expect("never poisoned");
-                let lease = leases.entry((project, kind)).or_insert(Lease {
-                    per_minute,
-                    held: 0,
-                    remaining,
-                    reset_ms,
-                    denied: None,
-                });
+                let lease = leases.entry((project, kind)).or_insert(Lease::fresh(per_minute));
                 lease.denied = None;
                 lease.held += granted - need;
                 lease.remaining = remaining;

@@ -21,9 +21,10 @@ use serde_json::Value;
 use crate::DataPlane;
 use crate::auth::Principal;
 use crate::documents::{collection, no_collection};
+use crate::embeddings::{self, Source};
 use crate::json::parse_body;
 use crate::limits::Kind;
-use crate::{embeddings, records};
+use crate::records;
 
 pub fn router() -> Router<DataPlane> {
     Router::new()
@@ -413,7 +414,7 @@ impl Backend for ProjectBackend<'_> {
         Ok(Some(rows))
     }
 
-    async fn insert(&self, collection: &str, rows: Vec<NewRow>) -> Result<Vec<String>, ApiError> {
+    async fn insert(&self, collection: &str, mut rows: Vec<NewRow>) -> Result<Vec<String>, ApiError> {
         self.principal.require_namespace(collection)?;
         if rows.len() > self.plan.max_batch_size as usize {
             return Err(ApiError::Query {
@@ -425,42 +426,34 @@ impl Backend for ProjectBackend<'_> {
                 detail: None,
             });
         }
-        let project = &self.principal.project;
-        let texts: Vec<String> = rows
-            .iter()
-            .filter(|r| r.embedding.is_none())
-            .map(|r| {
-                r.content.clone().ok_or_else(|| ApiError::Query {
-                    message: "a row without an embedding needs content to embed".into(),
-                    detail: None,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let mut embedded = if texts.is_empty() {
-            Vec::new().into_iter()
-        } else {
-            embeddings::embed(self.state, project, &self.state.default_model, texts)
-                .await?
-                .into_iter()
-        };
-        let mut writes = Vec::with_capacity(rows.len());
-        for (i, new) in rows.into_iter().enumerate() {
-            let vector = match new.embedding {
-                Some(vector) => {
+        let mut sources = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter_mut().enumerate() {
+            sources.push(match (row.embedding.take(), &row.content) {
+                (Some(vector), _) => {
                     self.check_vector(&vector, &format!("the embedding of row {i}"))?;
-                    vector
+                    Source::Given(vector)
                 }
-                None => embedded
-                    .next()
-                    .ok_or_else(|| anyhow::anyhow!("the embedder returned fewer vectors than texts"))?,
-            };
-            writes.push(RecordWrite {
+                (None, Some(content)) => Source::Text(content.clone()),
+                (None, None) => {
+                    return Err(ApiError::Query {
+                        message: "a row without an embedding needs content to embed".into(),
+                        detail: None,
+                    });
+                }
+            });
+        }
+        let vectors =
+            embeddings::complete(self.state, &self.principal.project, &self.state.default_model, sources).await?;
+        let writes: Vec<RecordWrite> = rows
+            .into_iter()
+            .zip(vectors)
+            .map(|(new, vector)| RecordWrite {
                 id: new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
                 vector,
                 metadata: new.metadata,
                 content: new.content,
-            });
-        }
+            })
+            .collect();
         let ids: Vec<String> = writes.iter().map(|w| w.id.clone()).collect();
         self.upsert(collection, writes).await?;
         Ok(ids)
@@ -481,40 +474,34 @@ impl Backend for ProjectBackend<'_> {
                 .collect();
             // New content without a new embedding is embedded again, so the vector
             // keeps describing the text.
-            let texts: Vec<String> = chunk
-                .iter()
-                .filter(|u| current.contains_key(&u.id) && u.embedding.is_none())
-                .filter_map(|u| u.content.clone())
-                .collect();
-            let mut embedded = if texts.is_empty() {
-                Vec::new().into_iter()
-            } else {
-                embeddings::embed(self.state, &self.principal.project, &self.state.default_model, texts)
-                    .await?
-                    .into_iter()
-            };
-            let mut writes = Vec::with_capacity(chunk.len());
+            let mut found = Vec::with_capacity(chunk.len());
+            let mut sources = Vec::with_capacity(chunk.len());
             for update in chunk {
                 let Some(record) = current.get(&update.id) else {
                     continue;
                 };
-                let vector = match (&update.embedding, &update.content) {
+                sources.push(match (&update.embedding, &update.content) {
                     (Some(vector), _) => {
                         self.check_vector(vector, &format!("the new embedding of \"{}\"", update.id))?;
-                        vector.clone()
+                        Source::Given(vector.clone())
                     }
-                    (None, Some(_)) => embedded
-                        .next()
-                        .ok_or_else(|| anyhow::anyhow!("the embedder returned fewer vectors than texts"))?,
-                    (None, None) => record.vector.clone(),
-                };
-                writes.push(RecordWrite {
+                    (None, Some(content)) => Source::Text(content.clone()),
+                    (None, None) => Source::Given(record.vector.clone()),
+                });
+                found.push((update, record));
+            }
+            let vectors =
+                embeddings::complete(self.state, &self.principal.project, &self.state.default_model, sources).await?;
+            let writes: Vec<RecordWrite> = found
+                .into_iter()
+                .zip(vectors)
+                .map(|((update, record), vector)| RecordWrite {
                     id: update.id.clone(),
                     vector,
                     metadata: update.metadata.clone().unwrap_or_else(|| record.metadata.clone()),
                     content: update.content.clone().or_else(|| record.content.clone()),
-                });
-            }
+                })
+                .collect();
             if writes.is_empty() {
                 continue;
             }

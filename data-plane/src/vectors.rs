@@ -335,7 +335,8 @@ pub struct SearchResponse {
     seq: i64,
 }
 
-fn parse_top_k(value: Option<&Value>) -> Result<usize, ApiError> {
+/// A result count of 1 to [`MAX_TOP_K`] (default 10), named `field` in the request.
+pub(crate) fn parse_top_k(value: Option<&Value>, field: &str) -> Result<usize, ApiError> {
     match value {
         None => Ok(10),
         Some(v) => v
@@ -343,23 +344,24 @@ fn parse_top_k(value: Option<&Value>) -> Result<usize, ApiError> {
             .filter(|k| (1..=MAX_TOP_K as u64).contains(k))
             .map(|k| k as usize)
             .ok_or_else(|| ApiError::Validation {
-                message: format!("top_k must be an integer from 1 to {MAX_TOP_K}, got {v}"),
-                detail: Some("field top_k".into()),
+                message: format!("{field} must be an integer from 1 to {MAX_TOP_K}, got {v}"),
+                detail: Some(format!("field {field}")),
             }),
     }
 }
 
-pub(crate) fn parse_filter(value: Option<&Value>) -> Result<Filter, ApiError> {
+/// A metadata filter, named `field` in the request.
+pub(crate) fn parse_filter(value: Option<&Value>, field: &str) -> Result<Filter, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(Filter::All),
         Some(v) => Filter::parse(v).map_err(|err| ApiError::Validation {
             message: err.to_string(),
-            detail: Some("field filter".into()),
+            detail: Some(format!("field {field}")),
         }),
     }
 }
 
-fn strong(consistency: Option<&str>) -> Result<bool, ApiError> {
+pub(crate) fn strong(consistency: Option<&str>) -> Result<bool, ApiError> {
     match consistency {
         None | Some("eventual") => Ok(false),
         Some("strong") => Ok(true),
@@ -404,8 +406,8 @@ pub async fn search(
         .as_deref()
         .ok_or_else(|| ApiError::validation("the search has no vector"))?;
     let query = parse_raw_values(vector, project.dimension, project.metric, "the query vector")?;
-    let k = parse_top_k(request.top_k.as_ref())?;
-    let filter = Arc::new(parse_filter(request.filter.as_ref())?);
+    let k = parse_top_k(request.top_k.as_ref(), "top_k")?;
+    let filter = Arc::new(parse_filter(request.filter.as_ref(), "filter")?);
     let strong = strong(request.consistency.as_deref())?;
     state.admit(&principal, Kind::Queries, 1).await?;
     let query = quiver_engine::Query {
@@ -690,7 +692,7 @@ pub async fn remove(
         principal.require_namespace(&namespace)?;
         let ids = match (request.filter, request.id, request.ids) {
             (Some(filter), None, None) => {
-                let filter = parse_filter(Some(&filter))?;
+                let filter = parse_filter(Some(&filter), "filter")?;
                 if filter.is_all() {
                     return Err(ApiError::Validation {
                         message: "an empty filter would delete everything: delete the namespace instead".into(),
