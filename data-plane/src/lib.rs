@@ -45,6 +45,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub struct Settings {
     /// Bytes of vector indexes this pod keeps in memory before evicting the least used.
     pub index_memory: u64,
+    /// When loaded indexes are snapshotted to the store in the background.
+    pub snapshots: quiver_engine::SnapshotPolicy,
     /// Embedding providers: where local models live, the OpenAI-compatible endpoint.
     pub embed: quiver_embed::EmbedConfig,
     /// The embedding model for requests that name none.
@@ -70,6 +72,8 @@ pub struct DataPlane {
     pub default_model: Arc<str>,
     /// Signs pagination cursors.
     pub cursor_key: Arc<[u8; 32]>,
+    /// The plan catalog, which only migrations change: read once a minute at most.
+    plans: moka::future::Cache<String, Plan>,
 }
 
 impl DataPlane {
@@ -90,6 +94,7 @@ impl DataPlane {
         auth.spawn_watchers(bus.as_ref());
         let projects = projects::Projects::new(Arc::clone(&store), bus.as_ref());
         let indexes = Arc::new(IndexManager::new(Arc::clone(&store), settings.index_memory));
+        IndexManager::run_snapshots(Arc::downgrade(&indexes), settings.snapshots);
         let weak = Arc::downgrade(&indexes);
         bus.listen(Arc::new(move |event| {
             let Some(indexes) = weak.upgrade() else { return };
@@ -128,6 +133,10 @@ impl DataPlane {
             budget,
             default_model: settings.default_embedding_model.into(),
             cursor_key,
+            plans: moka::future::Cache::builder()
+                .max_capacity(64)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
         }
     }
 
@@ -139,11 +148,16 @@ impl DataPlane {
     /// The caller's plan.
     pub async fn plan_of(&self, principal: &Principal) -> Result<Plan, ApiError> {
         let plan_id = &principal.project.plan_id;
-        Ok(self
+        if let Some(plan) = self.plans.get(plan_id).await {
+            return Ok(plan);
+        }
+        let plan = self
             .store
             .plan(plan_id)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("project {} has unknown plan {plan_id}", principal.project_id))?)
+            .ok_or_else(|| anyhow::anyhow!("project {} has unknown plan {plan_id}", principal.project_id))?;
+        self.plans.insert(plan_id.clone(), plan.clone()).await;
+        Ok(plan)
     }
 
     /// Refuses a write that would take the project past its plan's namespaces or vectors.

@@ -12,6 +12,7 @@ use rand::Rng as _;
 use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
 
 use crate::filter::Filter;
+use crate::snapshot;
 
 /// How many threads may use one index at once; the manager's semaphore keeps
 /// concurrent callers within it (usearch fails calls beyond its reserved slots).
@@ -185,6 +186,10 @@ impl NamespaceIndex {
         self.dimension
     }
 
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
     /// The seq of the last change applied.
     pub fn seq(&self) -> i64 {
         self.read().seq
@@ -326,6 +331,95 @@ impl NamespaceIndex {
                     .unwrap_or_else(|_| Err(IndexError("an index worker panicked".into())))
             })
         })
+    }
+
+    /// Serializes the index as of its seq (see [`crate::snapshot`] for the format).
+    /// Writes wait while it runs; searches do not. Returns the seq and the bytes.
+    /// CPU- and memory-heavy (a copy of the index): call from a blocking thread.
+    pub fn snapshot(&self) -> Result<(i64, Vec<u8>), IndexError> {
+        let state = self.read();
+        let (mut out, at) = snapshot::begin(
+            self.dimension as u32,
+            self.metric,
+            state.index.expansion_search() as u32,
+            state.seq,
+            self.epoch,
+            state.index.serialized_length(),
+        );
+        state
+            .index
+            .save_to_buffer(&mut out[at..])
+            .map_err(|e| IndexError(e.to_string()))?;
+        let slots = state
+            .slots
+            .iter()
+            .map(|slot| slot.as_ref().map(|slot| (slot.id.as_str(), &*slot.metadata)));
+        Ok((state.seq, snapshot::finish(out, slots)))
+    }
+
+    /// An index restored from [`NamespaceIndex::snapshot`] bytes. Refuses bytes that
+    /// are corrupt, of another epoch, or of another dimension or metric.
+    /// CPU-heavy for large indexes: call from a blocking thread.
+    pub fn restore(dimension: usize, metric: Metric, epoch: uuid::Uuid, bytes: &[u8]) -> Result<Self, IndexError> {
+        let parts = snapshot::decode(bytes, dimension as u32, metric).map_err(|e| IndexError(e.to_string()))?;
+        if parts.epoch != epoch {
+            return Err(IndexError(
+                "the snapshot is of an earlier life of this namespace".into(),
+            ));
+        }
+        let restored = Self::new(dimension, metric, epoch)?;
+        {
+            let mut guard = restored
+                .state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = &mut *guard;
+            // Exclusive access: loading replaces usearch's memory and thread slots.
+            state
+                .index
+                .load_from_buffer(parts.graph)
+                .map_err(|e| IndexError(e.to_string()))?;
+            let capacity = state.index.size().max(1024);
+            state
+                .index
+                .reserve_capacity_and_threads(capacity, THREADS)
+                .map_err(|e| IndexError(e.to_string()))?;
+            state.index.change_expansion_search(parts.ef as usize);
+            state.seq = parts.seq;
+            state.slots.reserve_exact(parts.slots.len());
+            for (key, slot) in parts.slots.into_iter().enumerate() {
+                let slot = slot.map(|(id, metadata)| Slot {
+                    id: id.to_owned(),
+                    metadata: Arc::new(metadata),
+                });
+                match &slot {
+                    Some(slot) => {
+                        state.slot_bytes += slot_bytes(slot);
+                        state.by_id.insert(slot.id.clone(), key as u64);
+                    }
+                    None => state.free.push(key as u64),
+                }
+                state.slots.push(slot);
+            }
+            if state.by_id.len() != state.index.size() {
+                return Err(IndexError(format!(
+                    "the snapshot's graph holds {} vectors, its slot table {}",
+                    state.index.size(),
+                    state.by_id.len()
+                )));
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Replaces this index's contents with another's: a reload in place, so that
+    /// everyone holding this index sees the new contents.
+    pub fn replace_with(&self, other: NamespaceIndex) {
+        let fresh = other
+            .state
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
     }
 
     /// The search width in use.
@@ -691,6 +785,99 @@ mod tests {
         assert_eq!(easy_index.ef(), easy_ef);
         let small = NamespaceIndex::new(4, Metric::Cosine, uuid::Uuid::nil()).expect("index");
         assert_eq!(small.tune_ef(10).expect("tune"), None);
+    }
+
+    #[test]
+    fn a_restored_snapshot_answers_as_the_index_did_and_takes_new_writes() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let epoch = uuid::Uuid::now_v7();
+        let index = NamespaceIndex::new(32, Metric::Cosine, epoch).expect("index");
+        let changes: Vec<Change> = (0..3_000)
+            .map(|i| {
+                let v: Vec<f32> = (0..32).map(|_| rng.random_range(-1.0..1.0)).collect();
+                upsert(&format!("r{i}"), 1, v, json!({"i": i, "tag": format!("t{}", i % 7)}))
+            })
+            .collect();
+        index.apply(&changes).expect("apply");
+        let deletes: Vec<Change> = (0..3_000)
+            .step_by(10)
+            .map(|i| Change::Delete {
+                id: format!("r{i}"),
+                seq: 2,
+            })
+            .collect();
+        index.apply(&deletes).expect("delete");
+        index.set_ef(64);
+
+        let (seq, bytes) = index.snapshot().expect("snapshot");
+        assert_eq!(seq, 2);
+        let restored = NamespaceIndex::restore(32, Metric::Cosine, epoch, &bytes).expect("restore");
+        assert_eq!((restored.len(), restored.seq(), restored.ef()), (2_700, 2, 64));
+        let tagged = Filter::parse(&json!({"tag": "t3"})).expect("filter");
+        for _ in 0..20 {
+            let query: Vec<f32> = (0..32).map(|_| rng.random_range(-1.0..1.0)).collect();
+            for filter in [&Filter::All, &tagged] {
+                let (before, _) = index.search(&query, 10, filter, true).expect("search");
+                let (after, _) = restored.search(&query, 10, filter, true).expect("search");
+                assert_eq!(before, after);
+            }
+        }
+        assert_eq!(restored.matching_ids(&tagged).len(), index.matching_ids(&tagged).len());
+
+        // Freed keys are reused after a restore, and the graph takes new vectors.
+        restored
+            .apply(&[
+                upsert("new", 3, vec![1.0; 32], json!({})),
+                Change::Delete {
+                    id: "r1".into(),
+                    seq: 3,
+                },
+            ])
+            .expect("apply after restore");
+        assert_eq!(restored.len(), 2_700);
+        let (hits, _) = restored.search(&[1.0; 32], 1, &Filter::All, false).expect("search");
+        assert_eq!(hits[0].id, "new");
+        assert!(restored.read().slots.len() <= 3_000, "a freed key was reused");
+    }
+
+    #[test]
+    fn snapshots_that_are_corrupt_or_of_another_index_are_refused() {
+        let epoch = uuid::Uuid::now_v7();
+        let index = NamespaceIndex::new(4, Metric::Euclidean, epoch).expect("index");
+        index
+            .apply(&[upsert("a", 1, vec![1.0, 2.0, 3.0, 4.0], json!({"k": "v"}))])
+            .expect("apply");
+        let (_, bytes) = index.snapshot().expect("snapshot");
+        NamespaceIndex::restore(4, Metric::Euclidean, epoch, &bytes).expect("the snapshot itself restores");
+
+        let refusals = [
+            (NamespaceIndex::restore(8, Metric::Euclidean, epoch, &bytes), "8-d"),
+            (NamespaceIndex::restore(4, Metric::Cosine, epoch, &bytes), "cosine"),
+            (
+                NamespaceIndex::restore(4, Metric::Euclidean, uuid::Uuid::now_v7(), &bytes),
+                "earlier life",
+            ),
+            (
+                NamespaceIndex::restore(4, Metric::Euclidean, epoch, &bytes[..bytes.len() - 1]),
+                "checksum",
+            ),
+            (
+                NamespaceIndex::restore(4, Metric::Euclidean, epoch, b"not a snapshot"),
+                "not a Quiver",
+            ),
+        ];
+        for (result, expected) in refusals {
+            let err = result.err().expect("refused").to_string();
+            assert!(err.contains(expected), "{err:?} should mention {expected:?}");
+        }
+        let mut flipped = bytes.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x40;
+        let err = NamespaceIndex::restore(4, Metric::Euclidean, epoch, &flipped)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("checksum"), "{err}");
     }
 
     #[test]

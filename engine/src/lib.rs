@@ -6,9 +6,11 @@
 pub mod filter;
 /// One namespace's in-memory index.
 pub mod index;
-/// Loading, updating and evicting a pod's indexes.
+/// Loading, updating, snapshotting and evicting a pod's indexes.
 pub mod manager;
+/// The snapshot format of an index.
+pub mod snapshot;
 
 pub use filter::{Filter, FilterError};
 pub use index::{Match, NamespaceIndex, Plan};
-pub use manager::{EngineError, IndexManager, Query, SearchOutcome};
+pub use manager::{EngineError, IndexManager, IndexStatus, LoadedFrom, Query, SearchOutcome, SnapshotPolicy};

@@ -6,12 +6,20 @@
 //! on this pod hands over its own changes when they are the next seq; otherwise (a
 //! write on another pod, a gap) the index replays `changes_since` its seq from the
 //! store. Indexes are caches: dropping one loses nothing.
+//!
+//! A namespace loads from its stored snapshot, when there is one, plus the changes
+//! after it; without one it replays every record and rebuilds the graph, which takes
+//! minutes for large namespaces. [`IndexManager::run_snapshots`] snapshots the
+//! indexes that changed enough in the background; storing a snapshot purges the
+//! tombstones it covers, and an index that falls behind that horizon reloads.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
+use quiver_common::domain::Metric;
 use quiver_common::domain::ProjectId;
-use quiver_store::{Change, NamespaceState, Project, Store, StoreError};
+use quiver_store::{Change, NamespaceState, Project, Snapshot, Store, StoreError};
 use tokio::sync::Semaphore;
 
 use crate::filter::Filter;
@@ -53,6 +61,110 @@ pub struct Loaded {
     wanted: AtomicI64,
     /// The record count at the last ef tuning; tuning runs again when it doubles.
     tuned_at: AtomicI64,
+    /// The seq of the newest snapshot known to be stored.
+    snapshot_seq: AtomicI64,
+    /// Changes applied since that snapshot.
+    since_snapshot: AtomicU64,
+    /// When that snapshot was taken or loaded (or the index built).
+    snapshot_at: std::sync::Mutex<Instant>,
+    /// Held while a snapshot is taken and stored, so one runs at a time.
+    saving: tokio::sync::Mutex<()>,
+    /// Where the index was last loaded from.
+    from: std::sync::Mutex<LoadedFrom>,
+}
+
+impl Loaded {
+    fn new(index: NamespaceIndex, wanted: i64, from: LoadedFrom) -> Self {
+        // A restored index was tuned before its snapshot; a new one tunes once it has grown.
+        let (tuned_at, snapshot_seq) = match from {
+            LoadedFrom::Snapshot(seq) => (index.len() as i64, seq),
+            LoadedFrom::Replay => (0, 0),
+        };
+        Self {
+            index,
+            applying: tokio::sync::Mutex::new(()),
+            wanted: AtomicI64::new(wanted),
+            tuned_at: AtomicI64::new(tuned_at),
+            snapshot_seq: AtomicI64::new(snapshot_seq),
+            since_snapshot: AtomicU64::new(0),
+            snapshot_at: std::sync::Mutex::new(Instant::now()),
+            saving: tokio::sync::Mutex::new(()),
+            from: std::sync::Mutex::new(from),
+        }
+    }
+
+    /// Records that the index was (re)loaded from `from`.
+    fn loaded_from(&self, from: LoadedFrom) {
+        let seq = match from {
+            LoadedFrom::Snapshot(seq) => seq,
+            LoadedFrom::Replay => 0,
+        };
+        self.snapshot_seq.store(seq, Ordering::SeqCst);
+        self.since_snapshot.store(0, Ordering::SeqCst);
+        *self
+            .snapshot_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        *self.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = from;
+    }
+}
+
+/// What a loaded index holds and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexStatus {
+    /// The seq of the last change applied.
+    pub seq: i64,
+    pub records: usize,
+    /// The seq of the newest snapshot known to be stored (0: none).
+    pub snapshot_seq: i64,
+    pub from: LoadedFrom,
+}
+
+/// When indexes are snapshotted in the background.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotPolicy {
+    /// How often loaded indexes are checked; zero turns background snapshots off.
+    pub interval: Duration,
+    /// Snapshot once this many changes (or an eighth of the index, if more) were
+    /// applied since the last snapshot...
+    pub min_changes: u64,
+    /// ...or once any change is this old without a snapshot.
+    pub max_age: Duration,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            min_changes: 1_000,
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+impl SnapshotPolicy {
+    fn is_due(&self, loaded: &Loaded) -> bool {
+        let changes = loaded.since_snapshot.load(Ordering::SeqCst);
+        if changes == 0 || loaded.index.seq() <= loaded.snapshot_seq.load(Ordering::SeqCst) {
+            return false;
+        }
+        let threshold = self.min_changes.max(loaded.index.len() as u64 / 8);
+        let age = loaded
+            .snapshot_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed();
+        changes >= threshold || age >= self.max_age
+    }
+}
+
+/// Where a loaded index came from, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadedFrom {
+    /// A stored snapshot as of this seq, plus the changes after it.
+    Snapshot(i64),
+    /// Every record, replayed into a new graph.
+    Replay,
 }
 
 /// All the indexes of one pod.
@@ -133,23 +245,60 @@ impl IndexManager {
         state: NamespaceState,
     ) -> Result<Arc<Loaded>, EngineError> {
         let started = std::time::Instant::now();
-        let index = NamespaceIndex::new(project.dimension as usize, project.metric, state.epoch)?;
-        let loaded = Arc::new(Loaded {
-            index,
-            applying: tokio::sync::Mutex::new(()),
-            wanted: AtomicI64::new(state.seq),
-            tuned_at: AtomicI64::new(0),
-        });
+        let (index, from) = self
+            .restore(
+                project.id,
+                namespace,
+                project.dimension as usize,
+                project.metric,
+                state.epoch,
+            )
+            .await?;
+        let loaded = Arc::new(Loaded::new(index, state.seq, from));
         self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?;
         tracing::info!(
             project_id = %project.id,
             namespace,
             records = loaded.index.len(),
             seq = loaded.index.seq(),
+            ?from,
             ms = started.elapsed().as_millis() as u64,
             "index loaded"
         );
         Ok(loaded)
+    }
+
+    /// A namespace's index as of its stored snapshot, or an empty one (to replay
+    /// every record into) when there is none or it cannot be used.
+    async fn restore(
+        &self,
+        project: ProjectId,
+        namespace: &str,
+        dimension: usize,
+        metric: Metric,
+        epoch: uuid::Uuid,
+    ) -> Result<(NamespaceIndex, LoadedFrom), EngineError> {
+        if let Some(snapshot) = self.store.snapshot(project, namespace).await?
+            && snapshot.epoch == epoch
+        {
+            let seq = snapshot.seq;
+            let restored =
+                tokio::task::spawn_blocking(move || NamespaceIndex::restore(dimension, metric, epoch, &snapshot.bytes))
+                    .await
+                    .map_err(|e| EngineError::Task(e.to_string()))?;
+            match restored {
+                Ok(index) => return Ok((index, LoadedFrom::Snapshot(seq))),
+                // The records are the truth: rebuild from them (and snapshot again).
+                Err(err) => tracing::warn!(
+                    project_id = %project,
+                    namespace,
+                    seq,
+                    error = %err,
+                    "the stored index snapshot cannot be used; rebuilding from the records"
+                ),
+            }
+        }
+        Ok((NamespaceIndex::new(dimension, metric, epoch)?, LoadedFrom::Replay))
     }
 
     /// Replays changes from the store until the index has applied at least `target`
@@ -168,7 +317,22 @@ impl IndexManager {
             if target.is_some_and(|t| after >= t) {
                 return Ok(());
             }
-            let mut changes = self.store.changes_since(project, namespace, after, limit).await?;
+            let mut changes = match self.store.changes_since(project, namespace, after, limit).await {
+                Ok(changes) => changes,
+                Err(StoreError::Compacted { horizon }) => {
+                    // Deletes this index has not seen were purged by a newer snapshot:
+                    // reload from it, in place, and go on from its seq.
+                    let index = &loaded.index;
+                    let (fresh, from) = self
+                        .restore(project, namespace, index.dimension(), index.metric(), index.epoch())
+                        .await?;
+                    tracing::info!(project_id = %project, namespace, after, horizon, ?from, "index reloaded past the horizon");
+                    index.replace_with(fresh);
+                    loaded.loaded_from(from);
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
             if changes.is_empty() {
                 return Ok(());
             }
@@ -198,9 +362,11 @@ impl IndexManager {
             .await
             .map_err(|e| EngineError::Task(e.to_string()))?;
         let applied = Arc::clone(loaded);
+        let count = changes.len() as u64;
         tokio::task::spawn_blocking(move || applied.index.apply(&changes))
             .await
             .map_err(|e| EngineError::Task(e.to_string()))??;
+        loaded.since_snapshot.fetch_add(count, Ordering::SeqCst);
         Self::tune_if_grown(loaded);
         Ok(())
     }
@@ -355,6 +521,106 @@ impl IndexManager {
         {
             self.cache.invalidate_all();
         }
+    }
+
+    /// Snapshots every loaded index that `policy` says is due, one at a time; returns
+    /// how many were stored. Failures are logged and retried on the next round.
+    pub async fn snapshot_due(&self, policy: &SnapshotPolicy) -> usize {
+        let due: Vec<(Arc<Key>, Arc<Loaded>)> = self.cache.iter().filter(|(_, loaded)| policy.is_due(loaded)).collect();
+        let mut stored = 0;
+        for (key, loaded) in due {
+            match self.save(&key.0, &key.1, &loaded).await {
+                Ok(Some(_)) => stored += 1,
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(project_id = %key.0, namespace = %key.1, error = %err, "index snapshot failed")
+                }
+            }
+        }
+        stored
+    }
+
+    /// Snapshots a namespace's index now, if it is in memory: the seq stored, or `None`
+    /// when it is not loaded or a snapshot as new is already stored.
+    pub async fn snapshot_now(&self, project: ProjectId, namespace: &str) -> Result<Option<i64>, EngineError> {
+        let Some(loaded) = self.cache.get(&(project, namespace.to_owned())).await else {
+            return Ok(None);
+        };
+        self.save(&project, namespace, &loaded).await
+    }
+
+    async fn save(
+        &self,
+        project: &ProjectId,
+        namespace: &str,
+        loaded: &Arc<Loaded>,
+    ) -> Result<Option<i64>, EngineError> {
+        let _saving = loaded.saving.lock().await;
+        let started = Instant::now();
+        let taken = Arc::clone(loaded);
+        let changes_before = loaded.since_snapshot.load(Ordering::SeqCst);
+        let (seq, bytes) = tokio::task::spawn_blocking(move || taken.index.snapshot())
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))??;
+        if seq <= loaded.snapshot_seq.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let size = bytes.len();
+        let snapshot = Snapshot {
+            epoch: loaded.index.epoch(),
+            seq,
+            bytes,
+        };
+        let stored = self.store.save_snapshot(*project, namespace, &snapshot).await?;
+        // Stored here or (refused) as new or newer elsewhere: either way, not due again
+        // until more changes arrive.
+        loaded.snapshot_seq.fetch_max(seq, Ordering::SeqCst);
+        loaded.since_snapshot.fetch_sub(changes_before, Ordering::SeqCst);
+        *loaded
+            .snapshot_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        if !stored {
+            return Ok(None);
+        }
+        tracing::info!(
+            project_id = %project,
+            namespace,
+            seq,
+            bytes = size,
+            records = loaded.index.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "index snapshot stored"
+        );
+        Ok(Some(seq))
+    }
+
+    /// Snapshots due indexes every `policy.interval` for as long as the manager lives.
+    pub fn run_snapshots(manager: Weak<Self>, policy: SnapshotPolicy) -> Option<tokio::task::JoinHandle<()>> {
+        if policy.interval.is_zero() {
+            return None;
+        }
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(policy.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(manager) = manager.upgrade() else { return };
+                manager.snapshot_due(&policy).await;
+            }
+        }))
+    }
+
+    /// Where a namespace's index stands, if it is in memory.
+    pub async fn status(&self, project: ProjectId, namespace: &str) -> Option<IndexStatus> {
+        let loaded = self.cache.get(&(project, namespace.to_owned())).await?;
+        Some(IndexStatus {
+            seq: loaded.index.seq(),
+            records: loaded.index.len(),
+            snapshot_seq: loaded.snapshot_seq.load(Ordering::SeqCst),
+            from: *loaded.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        })
     }
 
     /// Bytes held by the indexes in memory (as weighed when last inserted).

@@ -63,6 +63,8 @@ pub struct StandaloneArgs {
     /// Memory for vector indexes (e.g. 512MiB, 4GiB); the least used are evicted beyond it.
     #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
     pub index_memory: u64,
+    #[command(flatten)]
+    pub snapshots: SnapshotArgs,
     /// Fetch the default local embedding model in the background at start when it is
     /// missing (requests that need it get a 503 until it is there).
     #[arg(long, env = "QUIVER_PULL_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -122,6 +124,28 @@ impl EmbedArgs {
     }
 }
 
+/// When a data-plane pod snapshots its indexes to the store, so they load fast.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SnapshotArgs {
+    /// Seconds between checks for indexes to snapshot (0 turns background snapshots off).
+    #[arg(long, env = "QUIVER_SNAPSHOT_INTERVAL", default_value_t = 30)]
+    pub snapshot_interval: u64,
+    /// Snapshot an index once this many changes (or an eighth of its records, if more)
+    /// were applied since its last snapshot, or once a change is ten minutes old.
+    #[arg(long, env = "QUIVER_SNAPSHOT_CHANGES", default_value_t = 1_000)]
+    pub snapshot_changes: u64,
+}
+
+impl SnapshotArgs {
+    pub fn policy(&self) -> quiver_engine::SnapshotPolicy {
+        quiver_engine::SnapshotPolicy {
+            interval: std::time::Duration::from_secs(self.snapshot_interval),
+            min_changes: self.snapshot_changes.max(1),
+            ..quiver_engine::SnapshotPolicy::default()
+        }
+    }
+}
+
 /// Parses a size: plain bytes, or a number with KiB, MiB or GiB.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -164,6 +188,8 @@ pub struct ClusterArgs {
     /// Memory for vector indexes on a data-plane pod (e.g. 512MiB, 4GiB).
     #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
     pub index_memory: u64,
+    #[command(flatten)]
+    pub snapshots: SnapshotArgs,
     /// The data plane's public URL, shown on projects as `api_base_url` (control plane).
     #[arg(long, env = "QUIVER_PUBLIC_DATA_URL", default_value = "http://localhost:8080")]
     pub public_data_url: String,

@@ -124,6 +124,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
                 jwt.clone(),
                 DataSettings {
                     index_memory: args.index_memory,
+                    snapshots: args.snapshots.policy(),
                     embed: embed.clone(),
                     default_embedding_model: args.embed.default_embedding_model.clone(),
                 },
@@ -203,6 +204,7 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
         Plane::Data => {
             let settings = DataSettings {
                 index_memory: args.index_memory,
+                snapshots: args.snapshots.policy(),
                 embed: args.embed.config(PathBuf::from("models")),
                 default_embedding_model: args.embed.default_embedding_model.clone(),
             };

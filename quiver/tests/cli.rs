@@ -127,6 +127,11 @@ impl Standalone {
 
     /// Starts on an existing data dir (a restart).
     fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts on a data dir with extra arguments.
+    fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let mut child = quiver()
             .args([
                 "--log-format",
@@ -136,6 +141,7 @@ impl Standalone {
                 "--control-addr",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.path())
             .stderr(Stdio::piped())
@@ -456,7 +462,10 @@ fn keys_cli_refuses_unknown_projects_and_roles_with_one_line() {
 
 #[tokio::test]
 async fn a_restart_after_sigkill_serves_every_acknowledged_write() {
-    let first = Standalone::start();
+    // Snapshots every second once 100 changes wait: the restart loads the snapshot and
+    // replays what was acknowledged after it.
+    let snapshots = ["--snapshot-interval", "1", "--snapshot-changes", "100"];
+    let first = Standalone::start_with(tempfile::tempdir().expect("temp dir"), &snapshots);
     let http = reqwest::Client::new();
     let (_, key) = provision(
         &http,
@@ -480,9 +489,35 @@ async fn a_restart_after_sigkill_serves_every_acknowledged_write() {
             .expect("upsert");
         assert_eq!(response.status(), 200);
         acknowledged += 50;
+        if batch == 9 {
+            // Load the index, and wait for its first snapshot.
+            let search = http
+                .post(format!("{}/v1/vectors/search", first.data))
+                .header("x-api-key", &key)
+                .json(&serde_json::json!({"namespace": "n", "vector": [0.0, 0.0, 1.0], "top_k": 1}))
+                .send()
+                .await
+                .expect("search");
+            assert_eq!(search.status(), 200);
+            let stored = wait_for(&first.log, "index snapshot stored");
+            assert_eq!(stored["seq"], 10, "{stored}");
+        }
     }
+    let doomed: Vec<String> = (0..10).map(|i| format!("b0-{i}")).collect();
+    let deleted: Value = http
+        .delete(format!("{}/v1/vectors/delete", first.data))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({"namespace": "n", "ids": doomed}))
+        .send()
+        .await
+        .expect("delete")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(deleted["deleted_count"], 10, "{deleted}");
+    acknowledged -= 10;
     // No graceful anything: SIGKILL, then a new process on the same data dir.
-    let second = Standalone::start_in(first.sigkill());
+    let second = Standalone::start_with(first.sigkill(), &snapshots);
     let listed: Value = http
         .get(format!("{}/v1/namespaces", second.data))
         .header("x-api-key", &key)
@@ -506,5 +541,24 @@ async fn a_restart_after_sigkill_serves_every_acknowledged_write() {
     assert_eq!(
         found["matches"][0]["id"], "b19-49",
         "the last acknowledged batch is searchable: {found}"
+    );
+    let loaded = wait_for(&second.log, "index loaded");
+    assert!(
+        loaded["from"].as_str().is_some_and(|from| from.starts_with("Snapshot")),
+        "loaded from the snapshot: {loaded}"
+    );
+    let near_deleted: Value = http
+        .post(format!("{}/v1/vectors/search", second.data))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({"namespace": "n", "vector": [0.0, 0.0, 1.0], "top_k": 1}))
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        near_deleted["matches"][0]["id"], "b1-0",
+        "the acknowledged delete holds: {near_deleted}"
     );
 }

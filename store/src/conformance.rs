@@ -11,8 +11,8 @@ use quiver_common::domain::{Metric, ProjectId, Role, UserId};
 use serde_json::json;
 
 use crate::{
-    Change, IdempotencyBegin, MetadataPatch, NewApiKey, NewProject, Project, RecordPatch, RecordWrite, Store,
-    StoreError, StoredResponse,
+    Change, IdempotencyBegin, MetadataPatch, NewApiKey, NewProject, Project, RecordPatch, RecordWrite, SNAPSHOT_CHUNK,
+    Snapshot, Store, StoreError, StoredResponse,
 };
 
 /// A fresh, migrated store, with whatever keeps it alive (a temp dir, a database).
@@ -39,6 +39,8 @@ macro_rules! store_conformance_suite {
             updates_of_missing_records_change_nothing,
             deletes_leave_tombstones_that_changes_since_replays,
             changes_since_pages_in_seq_order,
+            snapshots_replace_older_ones_and_purge_the_tombstones_they_cover,
+            snapshots_of_a_gone_or_recreated_namespace_are_refused_and_deleted_with_it,
             list_ids_pages_in_byte_order_with_a_prefix,
             scans_page_through_live_records_in_id_order,
             namespaces_are_listed_with_live_counts_and_usage_adds_up,
@@ -567,6 +569,133 @@ pub async fn changes_since_pages_in_seq_order(store: Arc<dyn Store>) {
         Change::Upsert(record) => assert_eq!((record.id.as_str(), record.metadata["i"].clone()), ("r1", json!(99))),
         other => panic!("expected r1's upsert, got {other:?}"),
     }
+}
+
+pub async fn snapshots_replace_older_ones_and_purge_the_tombstones_they_cover(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    assert_eq!(store.snapshot(p, "ns").await.expect("read"), None);
+    store
+        .upsert(p, "ns", &[write("a", 1.0, json!({})), write("b", 2.0, json!({}))])
+        .await
+        .expect("upsert");
+    store
+        .delete(p, "ns", &ids(&["a"]))
+        .await
+        .expect("delete")
+        .expect("namespace");
+    let epoch = store.namespace(p, "ns").await.expect("state").expect("exists").epoch;
+
+    // Larger than two chunks, with a pattern that shows chunks out of order.
+    let bytes: Vec<u8> = (0..SNAPSHOT_CHUNK * 2 + 1234).map(|i| (i % 251) as u8).collect();
+    let big = Snapshot { epoch, seq: 2, bytes };
+    assert!(store.save_snapshot(p, "ns", &big).await.expect("save"));
+    assert_eq!(store.snapshot(p, "ns").await.expect("read"), Some(big.clone()));
+    let stale = Snapshot {
+        seq: 1,
+        bytes: vec![1],
+        ..big.clone()
+    };
+    assert!(!store.save_snapshot(p, "ns", &stale).await.expect("save"), "older");
+    assert_eq!(store.snapshot(p, "ns").await.expect("read"), Some(big.clone()), "kept");
+    let same = Snapshot {
+        bytes: vec![2; 3],
+        ..big.clone()
+    };
+    assert!(
+        store.save_snapshot(p, "ns", &same).await.expect("save"),
+        "the same seq replaces"
+    );
+    assert_eq!(store.snapshot(p, "ns").await.expect("read"), Some(same));
+
+    // The tombstone of "a" (seq 2) is gone; replaying from before it must reload.
+    let all = store.changes_since(p, "ns", 0, 100).await.expect("from scratch");
+    assert_eq!(all.iter().map(Change::seq).collect::<Vec<_>>(), [1], "b only");
+    match store.changes_since(p, "ns", 1, 100).await {
+        Err(StoreError::Compacted { horizon }) => assert_eq!(horizon, 2),
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    assert_eq!(store.changes_since(p, "ns", 2, 100).await.expect("at horizon"), []);
+    store
+        .delete(p, "ns", &ids(&["b"]))
+        .await
+        .expect("delete")
+        .expect("namespace");
+    assert_eq!(
+        store.changes_since(p, "ns", 2, 100).await.expect("after horizon"),
+        [Change::Delete { id: "b".into(), seq: 3 }],
+        "tombstones after the snapshot stay"
+    );
+    // A purged id can be written again.
+    store
+        .upsert(p, "ns", &[write("a", 5.0, json!({}))])
+        .await
+        .expect("revive");
+    assert_eq!(store.namespaces(p).await.expect("list")[0].count, 1);
+
+    let small = Snapshot {
+        epoch,
+        seq: 4,
+        bytes: b"newer".to_vec(),
+    };
+    assert!(store.save_snapshot(p, "ns", &small).await.expect("replace"));
+    assert_eq!(store.snapshot(p, "ns").await.expect("read"), Some(small));
+}
+
+pub async fn snapshots_of_a_gone_or_recreated_namespace_are_refused_and_deleted_with_it(store: Arc<dyn Store>) {
+    let owner = project(store.as_ref()).await;
+    let p = owner.id;
+    let snapshot = |epoch, seq| Snapshot {
+        epoch,
+        seq,
+        bytes: vec![7; 10],
+    };
+    assert!(
+        !store
+            .save_snapshot(p, "nowhere", &snapshot(uuid::Uuid::now_v7(), 1))
+            .await
+            .expect("save"),
+        "no such namespace"
+    );
+    store
+        .upsert(p, "ns", &[write("a", 1.0, json!({}))])
+        .await
+        .expect("upsert");
+    store
+        .delete(p, "ns", &ids(&["a"]))
+        .await
+        .expect("delete")
+        .expect("namespace");
+    let old = store.namespace(p, "ns").await.expect("state").expect("exists").epoch;
+    assert!(store.save_snapshot(p, "ns", &snapshot(old, 1)).await.expect("save"));
+    assert!(store.delete_namespace(p, "ns").await.expect("delete"));
+    assert_eq!(store.snapshot(p, "ns").await.expect("read"), None, "deleted with it");
+
+    store
+        .upsert(p, "ns", &[write("a", 1.0, json!({}))])
+        .await
+        .expect("recreate");
+    store
+        .delete(p, "ns", &ids(&["a"]))
+        .await
+        .expect("delete")
+        .expect("namespace");
+    assert!(
+        !store.save_snapshot(p, "ns", &snapshot(old, 2)).await.expect("save"),
+        "the old epoch"
+    );
+    assert_eq!(
+        store.changes_since(p, "ns", 1, 100).await.expect("kept"),
+        [Change::Delete { id: "a".into(), seq: 2 }],
+        "a refused snapshot purges nothing"
+    );
+    let new = store.namespace(p, "ns").await.expect("state").expect("exists").epoch;
+    assert!(store.save_snapshot(p, "ns", &snapshot(new, 2)).await.expect("save"));
+    assert!(store.delete_project(p).await.expect("delete project"));
+    assert_eq!(
+        store.snapshot(p, "ns").await.expect("read"),
+        None,
+        "deleted with the project"
+    );
 }
 
 pub async fn list_ids_pages_in_byte_order_with_a_prefix(store: Arc<dyn Store>) {

@@ -15,6 +15,10 @@ pub enum StoreError {
     /// The configuration cannot work (bad URL, unwritable path).
     #[error("{0}")]
     Config(String),
+    /// The changes asked for reach back past `horizon`, below which a snapshot
+    /// compacted the tombstones away: reload the namespace from its snapshot.
+    #[error("changes up to seq {horizon} were compacted into a snapshot")]
+    Compacted { horizon: i64 },
     /// Anything else, e.g. a corrupt row.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -55,6 +59,7 @@ impl From<StoreError> for ApiError {
                 ApiError::DatabaseUnavailable(format!("the records store is unreachable: {msg}"))
             }
             StoreError::Config(msg) => ApiError::Internal(anyhow::anyhow!(msg)),
+            compacted @ StoreError::Compacted { .. } => ApiError::Internal(compacted.into()),
             StoreError::Other(err) => ApiError::Internal(err),
         }
     }

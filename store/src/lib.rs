@@ -247,6 +247,8 @@ pub trait Records: Send + Sync {
     /// `None` when the namespace does not exist.
     async fn delete(&self, project: ProjectId, namespace: &str, ids: &[String]) -> StoreResult<Option<WriteOutcome>>;
     /// Every change with `seq > after`, in seq order, at most `limit` of them.
+    /// [`StoreError::Compacted`] when `0 < after` and a snapshot purged tombstones
+    /// after it: replaying from there would miss deletes.
     async fn changes_since(
         &self,
         project: ProjectId,
@@ -277,6 +279,32 @@ pub trait Records: Send + Sync {
     async fn namespaces(&self, project: ProjectId) -> StoreResult<Vec<NamespaceInfo>>;
     /// Deletes a namespace with all its records; `false` when it did not exist.
     async fn delete_namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<bool>;
+}
+
+/// A namespace's serialized index as of `seq` (the format is the engine's business).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub epoch: Uuid,
+    pub seq: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// Bytes per stored chunk of a snapshot: well under both backends' value limits, and
+/// small enough that no single row is a burden to read or write.
+pub const SNAPSHOT_CHUNK: usize = 4 << 20;
+
+/// Index snapshots, one per namespace, so a pod loads a namespace's index instead of
+/// rebuilding its graph from every record.
+#[async_trait]
+pub trait Snapshots: Send + Sync {
+    /// Stores a snapshot, replacing the namespace's current one, and purges the
+    /// tombstones it covers (`seq <= snapshot.seq`), raising the namespace's horizon
+    /// to it. All or nothing. `false` (nothing written) when the namespace is gone or
+    /// has another epoch, or a snapshot of a later seq is already stored. (One of the
+    /// same seq is replaced: it may be the one a pod could not read.)
+    async fn save_snapshot(&self, project: ProjectId, namespace: &str, snapshot: &Snapshot) -> StoreResult<bool>;
+    /// The namespace's snapshot, if one is stored.
+    async fn snapshot(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<Snapshot>>;
 }
 
 /// A response stored under an idempotency key.
@@ -323,7 +351,7 @@ pub trait Idempotency: Send + Sync {
 
 /// A whole backend.
 #[async_trait]
-pub trait Store: Catalog + Records + Idempotency + ReadinessCheck {
+pub trait Store: Catalog + Records + Snapshots + Idempotency + ReadinessCheck {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Applies pending migrations.

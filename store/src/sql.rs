@@ -20,7 +20,7 @@ macro_rules! sql_store {
         use $crate::{
             ApiKey, Catalog, Change, Idempotency, IdempotencyBegin, Metadata, NamespaceInfo, NamespaceState,
             NewApiKey, NewProject, Project, ProjectUsage, Record, RecordPatch, RecordWrite, Records,
-            StoreError, StoreResult, StoredResponse, User, WriteOutcome,
+            Snapshot, Snapshots, StoreError, StoreResult, StoredResponse, User, WriteOutcome,
         };
 
         type Row = <$db as sqlx::Database>::Row;
@@ -525,6 +525,19 @@ macro_rules! sql_store {
                 .bind(i64::from(limit))
                 .fetch_all(self.reader())
                 .await?;
+                if after > 0 {
+                    // Read after the records: a purge that committed before them has
+                    // raised the horizon by now, so missing tombstones never go unnoticed.
+                    let horizon: Option<i64> =
+                        sqlx::query_scalar("SELECT horizon FROM namespaces WHERE project_id = $1 AND name = $2")
+                            .bind(project.0)
+                            .bind(namespace)
+                            .fetch_optional(self.reader())
+                            .await?;
+                    if let Some(horizon) = horizon.filter(|&h| after < h) {
+                        return Err(StoreError::Compacted { horizon });
+                    }
+                }
                 rows.iter()
                     .map(|row| {
                         if row.try_get::<bool, _>("deleted")? {
@@ -615,12 +628,15 @@ macro_rules! sql_store {
 
             async fn delete_namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<bool> {
                 let mut tx = self.writer().begin().await?;
-                // Records first, explicitly: a large namespace should not rely on a cascade's plan.
-                sqlx::query("DELETE FROM records WHERE project_id = $1 AND namespace = $2")
-                    .bind(project.0)
-                    .bind(namespace)
-                    .execute(&mut *tx)
-                    .await?;
+                // Records and snapshots first, explicitly: a large namespace should not
+                // rely on a cascade's plan.
+                for table in ["records", "snapshot_chunks", "snapshots"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1 AND namespace = $2"))
+                        .bind(project.0)
+                        .bind(namespace)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 let done = sqlx::query("DELETE FROM namespaces WHERE project_id = $1 AND name = $2")
                     .bind(project.0)
                     .bind(namespace)
@@ -628,6 +644,128 @@ macro_rules! sql_store {
                     .await?;
                 tx.commit().await?;
                 Ok(done.rows_affected() > 0)
+            }
+        }
+
+        #[async_trait]
+        impl Snapshots for $store {
+            async fn save_snapshot(&self, project: ProjectId, namespace: &str, snapshot: &Snapshot) -> StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                let newer: Option<i64> =
+                    sqlx::query_scalar("SELECT seq FROM snapshots WHERE project_id = $1 AND namespace = $2")
+                        .bind(project.0)
+                        .bind(namespace)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if newer.is_some_and(|seq| seq > snapshot.seq) {
+                    return Ok(false);
+                }
+                for table in ["snapshot_chunks", "snapshots"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1 AND namespace = $2"))
+                        .bind(project.0)
+                        .bind(namespace)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let chunks: Vec<&[u8]> = snapshot.bytes.chunks($crate::SNAPSHOT_CHUNK).collect();
+                let header = sqlx::query(
+                    "INSERT INTO snapshots (project_id, namespace, epoch, seq, size, chunks, created_at)
+                     SELECT $1, $2, $3, $4, $5, $6, $7
+                     WHERE EXISTS (SELECT 1 FROM namespaces WHERE project_id = $1 AND name = $2 AND epoch = $3)",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .bind(snapshot.epoch)
+                .bind(snapshot.seq)
+                .bind(snapshot.bytes.len() as i64)
+                .bind(chunks.len() as i32)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await;
+                match header {
+                    Ok(done) if done.rows_affected() == 1 => {}
+                    // The namespace is gone or was created anew.
+                    Ok(_) => return Ok(false),
+                    Err(err) => {
+                        return match StoreError::from(err) {
+                            // Another pod stored one at the same moment.
+                            StoreError::Conflict(_) => Ok(false),
+                            other => Err(other),
+                        };
+                    }
+                }
+                for (i, chunk) in chunks.iter().enumerate() {
+                    sqlx::query("INSERT INTO snapshot_chunks (project_id, namespace, chunk, bytes) VALUES ($1, $2, $3, $4)")
+                        .bind(project.0)
+                        .bind(namespace)
+                        .bind(i as i32)
+                        .bind(*chunk)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("DELETE FROM records WHERE project_id = $1 AND namespace = $2 AND deleted = TRUE AND seq <= $3")
+                    .bind(project.0)
+                    .bind(namespace)
+                    .bind(snapshot.seq)
+                    .execute(&mut *tx)
+                    .await?;
+                // Last, so the namespace's row (which writers lock) is held only briefly,
+                // and checked again: the purge above must not outlive a change of epoch.
+                let raised = sqlx::query(
+                    "UPDATE namespaces SET horizon = CASE WHEN horizon > $4 THEN horizon ELSE $4 END
+                     WHERE project_id = $1 AND name = $2 AND epoch = $3",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .bind(snapshot.epoch)
+                .bind(snapshot.seq)
+                .execute(&mut *tx)
+                .await?;
+                if raised.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn snapshot(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<Snapshot>> {
+                let Some(header) =
+                    sqlx::query("SELECT epoch, seq, size, chunks FROM snapshots WHERE project_id = $1 AND namespace = $2")
+                        .bind(project.0)
+                        .bind(namespace)
+                        .fetch_optional(self.reader())
+                        .await?
+                else {
+                    return Ok(None);
+                };
+                let (epoch, seq): (Uuid, i64) = (header.try_get("epoch")?, header.try_get("seq")?);
+                let size: i64 = header.try_get("size")?;
+                let chunks: i32 = header.try_get("chunks")?;
+                let mut bytes = Vec::with_capacity(usize::try_from(size).map_err(|e| corrupt("snapshot size", e))?);
+                // Chunk by chunk, so no result set holds the whole snapshot twice over.
+                for i in 0..chunks {
+                    let chunk: Option<Vec<u8>> = sqlx::query_scalar(
+                        "SELECT s.bytes FROM snapshot_chunks s
+                         JOIN snapshots h ON h.project_id = s.project_id AND h.namespace = s.namespace
+                         WHERE s.project_id = $1 AND s.namespace = $2 AND s.chunk = $3 AND h.seq = $4",
+                    )
+                    .bind(project.0)
+                    .bind(namespace)
+                    .bind(i)
+                    .bind(seq)
+                    .fetch_optional(self.reader())
+                    .await?;
+                    match chunk {
+                        Some(chunk) => bytes.extend_from_slice(&chunk),
+                        // Replaced by a newer snapshot while reading: read that one.
+                        None => return Box::pin(self.snapshot(project, namespace)).await,
+                    }
+                }
+                if bytes.len() as i64 != size {
+                    return Err(corrupt("snapshot", format!("{} bytes stored, {size} expected", bytes.len())));
+                }
+                Ok(Some(Snapshot { epoch, seq, bytes }))
             }
         }
 

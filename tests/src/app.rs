@@ -136,6 +136,11 @@ impl TestApp {
         for bus in pod_buses {
             let settings = quiver_data_plane::Settings {
                 index_memory: 256 * 1024 * 1024,
+                // Tests snapshot when they mean to (`IndexManager::snapshot_now`).
+                snapshots: quiver_engine::SnapshotPolicy {
+                    interval: std::time::Duration::ZERO,
+                    ..quiver_engine::SnapshotPolicy::default()
+                },
                 embed: embed.clone(),
                 default_embedding_model: default_model.clone(),
             };

@@ -90,6 +90,11 @@ async fn main() -> anyhow::Result<()> {
     let jwt = JwtKeys::new(&[9u8; 32]).map_err(anyhow::Error::msg)?;
     let settings = quiver_data_plane::Settings {
         index_memory: 8 << 30,
+        // The benchmark stores a snapshot itself, to time loading from it.
+        snapshots: quiver_engine::SnapshotPolicy {
+            interval: std::time::Duration::ZERO,
+            ..quiver_engine::SnapshotPolicy::default()
+        },
         embed: quiver_embed::EmbedConfig::default(),
         default_embedding_model: quiver_embed::DEFAULT_MODEL.into(),
     };
@@ -290,6 +295,33 @@ async fn main() -> anyhow::Result<()> {
     }
     let raw_done: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
     let raw_qps = raw_done as f64 / args.seconds as f64;
+    drop(raw);
+
+    // Snapshot the served index, then load it on a fresh manager (a new pod) from it.
+    eprintln!("snapshotting and loading from the snapshot…");
+    let started = Instant::now();
+    let snapshot_seq = indexes.snapshot_now(project.id, "bench").await?;
+    let snapshot_secs = started.elapsed().as_secs_f64();
+    let snapshot_bytes = store
+        .snapshot(project.id, "bench")
+        .await?
+        .map_or(0, |snapshot| snapshot.bytes.len());
+    let fresh = quiver_engine::IndexManager::new(Arc::clone(&store), 8 << 30);
+    let started = Instant::now();
+    let probe = quiver_engine::Query {
+        vector: queries[0].clone(),
+        k: 10,
+        filter: Arc::new(quiver_engine::Filter::All),
+        include_values: false,
+        strong: false,
+    };
+    fresh.search(&project, "bench", probe).await?;
+    let snapshot_load_secs = started.elapsed().as_secs_f64();
+    let from = fresh.status(project.id, "bench").await.map(|status| status.from);
+    anyhow::ensure!(
+        snapshot_seq.is_some() && matches!(from, Some(quiver_engine::LoadedFrom::Snapshot(_))),
+        "the fresh manager did not load from the snapshot ({from:?})"
+    );
 
     println!("| measure | value |");
     println!("|---|---|");
@@ -303,6 +335,12 @@ async fn main() -> anyhow::Result<()> {
         args.vectors as f64 / upsert_secs
     );
     println!("| cold index load (replay from SQLite) | {:.1} s |", load_secs);
+    println!(
+        "| snapshot (serialize and store in SQLite) | {:.1} s, {:.0} MB |",
+        snapshot_secs,
+        snapshot_bytes as f64 / 1e6
+    );
+    println!("| cold index load from the snapshot | {:.1} s |", snapshot_load_secs);
     println!(
         "| recall@10 over HTTP ({} queries) | {:.3} |",
         args.recall_queries, recall

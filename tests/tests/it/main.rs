@@ -9,5 +9,6 @@ mod documents;
 mod index_memory;
 mod limits;
 mod openapi;
+mod snapshots;
 mod store_conformance;
 mod vectors;

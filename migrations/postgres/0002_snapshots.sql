@@ -1,0 +1,26 @@
+-- Index snapshots: a namespace's serialized index at a seq, in chunks, so a pod loads
+-- it and replays only the records written after. One snapshot per namespace; a newer
+-- one replaces it. Tombstones at or below `horizon` were purged when a snapshot
+-- covered them: an index behind the horizon reloads from the snapshot.
+ALTER TABLE namespaces ADD COLUMN horizon BIGINT NOT NULL DEFAULT 0;
+
+CREATE TABLE snapshots (
+    project_id UUID NOT NULL,
+    namespace  TEXT NOT NULL,
+    epoch      UUID NOT NULL,
+    seq        BIGINT NOT NULL,
+    size       BIGINT NOT NULL,
+    chunks     INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (project_id, namespace),
+    FOREIGN KEY (project_id, namespace) REFERENCES namespaces (project_id, name) ON DELETE CASCADE
+);
+
+CREATE TABLE snapshot_chunks (
+    project_id UUID NOT NULL,
+    namespace  TEXT NOT NULL,
+    chunk      INTEGER NOT NULL,
+    bytes      BYTEA NOT NULL,
+    PRIMARY KEY (project_id, namespace, chunk),
+    FOREIGN KEY (project_id, namespace) REFERENCES snapshots (project_id, namespace) ON DELETE CASCADE
+);

@@ -1,0 +1,295 @@
+//! Index snapshots: a namespace loads from its stored snapshot plus the writes after
+//! it, an index that falls behind the tombstone horizon reloads, a snapshot that cannot
+//! be used is ignored, and the background task snapshots what changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_common::domain::Metric;
+use quiver_engine::{Filter, IndexManager, LoadedFrom, Query, SnapshotPolicy};
+use quiver_store::{NewProject, Project, RecordWrite, Snapshot, Store};
+use quiver_tests::stores::{PostgresFixture, SqliteFixture};
+
+const DIM: usize = 16;
+
+fn vector(i: usize) -> Vec<f32> {
+    (0..DIM)
+        .map(|d| ((i * 31 + d * 7) % 97) as f32 + i as f32 * 0.01)
+        .collect()
+}
+
+fn writes(range: std::ops::Range<usize>) -> Vec<RecordWrite> {
+    range
+        .map(|i| RecordWrite {
+            id: format!("r{i}"),
+            vector: vector(i),
+            metadata: serde_json::json!({"i": i}).as_object().cloned().unwrap_or_default(),
+            content: None,
+        })
+        .collect()
+}
+
+fn ids(range: impl Iterator<Item = usize>) -> Vec<String> {
+    range.map(|i| format!("r{i}")).collect()
+}
+
+fn nearest(vector: Vec<f32>, strong: bool) -> Query {
+    Query {
+        vector,
+        k: 1,
+        filter: Arc::new(Filter::All),
+        include_values: false,
+        strong,
+    }
+}
+
+async fn project(store: &dyn Store) -> Project {
+    let user = store
+        .create_user(&format!("{}@example.com", uuid::Uuid::now_v7()), "h")
+        .await
+        .expect("user");
+    store
+        .create_project(NewProject {
+            owner_id: user.id,
+            name: "snapshots".into(),
+            dimension: DIM as u32,
+            metric: Metric::Euclidean,
+            plan_id: "business".into(),
+        })
+        .await
+        .expect("project")
+}
+
+/// The id a manager finds nearest to record `i`'s own vector.
+async fn found(manager: &IndexManager, project: &Project, i: usize, strong: bool) -> Option<String> {
+    let outcome = manager
+        .search(project, "ns", nearest(vector(i), strong))
+        .await
+        .expect("search")
+        .expect("namespace");
+    outcome.matches.first().map(|m| m.id.clone())
+}
+
+async fn loads_from_the_snapshot_plus_the_writes_after_it(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..3_000)).await.expect("upsert");
+    store
+        .delete(project.id, "ns", &ids((0..3_000).step_by(3)))
+        .await
+        .expect("delete")
+        .expect("namespace");
+
+    let first = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&first, &project, 1, false).await.as_deref(), Some("r1"));
+    let status = first.status(project.id, "ns").await.expect("loaded");
+    assert_eq!(
+        (status.from, status.snapshot_seq, status.seq),
+        (LoadedFrom::Replay, 0, 2)
+    );
+    assert_eq!(first.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(2));
+    assert_eq!(
+        first.snapshot_now(project.id, "ns").await.expect("snapshot"),
+        None,
+        "nothing new to snapshot"
+    );
+
+    // Writes after the snapshot: new records, a replaced one and deletes.
+    store
+        .upsert(project.id, "ns", &writes(3_000..3_010))
+        .await
+        .expect("upsert");
+    let moved = RecordWrite {
+        vector: vector(5_000),
+        ..writes(4..5).remove(0)
+    };
+    store.upsert(project.id, "ns", &[moved]).await.expect("replace r4");
+    store
+        .delete(project.id, "ns", &ids(3_000..3_005))
+        .await
+        .expect("delete")
+        .expect("namespace");
+
+    let second = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&second, &project, 3_007, false).await.as_deref(), Some("r3007"));
+    let status = second.status(project.id, "ns").await.expect("loaded");
+    assert_eq!(status.from, LoadedFrom::Snapshot(2));
+    assert_eq!((status.seq, status.records), (5, 2_000 + 5));
+    assert_eq!(
+        found(&second, &project, 5_000, false).await.as_deref(),
+        Some("r4"),
+        "r4 moved"
+    );
+    for i in [0, 3, 2_997, 3_001] {
+        assert_ne!(
+            found(&second, &project, i, false).await,
+            Some(format!("r{i}")),
+            "r{i} is deleted"
+        );
+    }
+    // Both answer alike once the first has caught up.
+    for i in (1..3_010).step_by(97) {
+        assert_eq!(
+            found(&first, &project, i, true).await,
+            found(&second, &project, i, false).await,
+            "record {i}"
+        );
+    }
+}
+
+async fn an_index_behind_the_horizon_reloads_from_the_snapshot(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..500)).await.expect("upsert");
+    let behind = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&behind, &project, 7, false).await.as_deref(), Some("r7"));
+
+    // Another pod deletes, snapshots, and so purges the tombstones `behind` never saw.
+    store
+        .delete(project.id, "ns", &ids(0..100))
+        .await
+        .expect("delete")
+        .expect("namespace");
+    store.upsert(project.id, "ns", &writes(500..510)).await.expect("upsert");
+    let ahead = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&ahead, &project, 505, false).await.as_deref(), Some("r505"));
+    assert_eq!(ahead.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(3));
+    store.upsert(project.id, "ns", &writes(510..520)).await.expect("upsert");
+
+    // A strong read catches up: past the horizon, by reloading.
+    assert_ne!(
+        found(&behind, &project, 7, true).await.as_deref(),
+        Some("r7"),
+        "r7 is deleted"
+    );
+    let status = behind.status(project.id, "ns").await.expect("loaded");
+    assert_eq!(
+        (status.from, status.seq, status.records),
+        (LoadedFrom::Snapshot(3), 4, 420)
+    );
+    assert_eq!(found(&behind, &project, 515, false).await.as_deref(), Some("r515"));
+}
+
+async fn an_unusable_snapshot_is_ignored_and_replaced(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..200)).await.expect("upsert");
+    let epoch = store
+        .namespace(project.id, "ns")
+        .await
+        .expect("state")
+        .expect("ns")
+        .epoch;
+    let garbage = Snapshot {
+        epoch,
+        seq: 1,
+        bytes: b"QVSNAP01 but then nothing that checks out".to_vec(),
+    };
+    assert!(store.save_snapshot(project.id, "ns", &garbage).await.expect("save"));
+
+    let manager = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&manager, &project, 42, false).await.as_deref(), Some("r42"));
+    let status = manager.status(project.id, "ns").await.expect("loaded");
+    assert_eq!((status.from, status.records), (LoadedFrom::Replay, 200));
+    assert_eq!(manager.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(1));
+
+    let next = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&next, &project, 42, false).await.as_deref(), Some("r42"));
+    assert_eq!(
+        next.status(project.id, "ns").await.expect("loaded").from,
+        LoadedFrom::Snapshot(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_loads_from_the_snapshot_plus_the_writes_after_it() {
+    let fixture = SqliteFixture::new().await;
+    loads_from_the_snapshot_plus_the_writes_after_it(Arc::clone(&fixture.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_loads_from_the_snapshot_plus_the_writes_after_it() {
+    let fixture = PostgresFixture::new().await;
+    loads_from_the_snapshot_plus_the_writes_after_it(Arc::clone(&fixture.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_index_behind_the_horizon_reloads_from_the_snapshot() {
+    let fixture = SqliteFixture::new().await;
+    an_index_behind_the_horizon_reloads_from_the_snapshot(Arc::clone(&fixture.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_index_behind_the_horizon_reloads_from_the_snapshot() {
+    let fixture = PostgresFixture::new().await;
+    an_index_behind_the_horizon_reloads_from_the_snapshot(Arc::clone(&fixture.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_unusable_snapshot_is_ignored_and_replaced() {
+    let fixture = SqliteFixture::new().await;
+    an_unusable_snapshot_is_ignored_and_replaced(Arc::clone(&fixture.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_task_snapshots_indexes_that_changed() {
+    let fixture = SqliteFixture::new().await;
+    let store = Arc::clone(&fixture.store);
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..50)).await.expect("upsert");
+    let manager = Arc::new(IndexManager::new(Arc::clone(&store), 1 << 30));
+    let policy = SnapshotPolicy {
+        interval: Duration::from_millis(20),
+        min_changes: 40,
+        max_age: Duration::from_secs(3600),
+    };
+    let task = IndexManager::run_snapshots(Arc::downgrade(&manager), policy).expect("runs");
+    assert_eq!(found(&manager, &project, 3, false).await.as_deref(), Some("r3"));
+
+    let snapshotted = |seq: i64| {
+        let manager = Arc::clone(&manager);
+        async move {
+            for _ in 0..500 {
+                if manager
+                    .status(project.id, "ns")
+                    .await
+                    .is_some_and(|s| s.snapshot_seq == seq)
+                {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+    };
+    assert!(snapshotted(1).await, "50 changes applied: due");
+    assert_eq!(
+        store
+            .snapshot(project.id, "ns")
+            .await
+            .expect("read")
+            .expect("stored")
+            .seq,
+        1
+    );
+
+    // Below the threshold nothing is stored; past it, the next round stores.
+    store.upsert(project.id, "ns", &writes(50..60)).await.expect("upsert");
+    assert_eq!(found(&manager, &project, 55, true).await.as_deref(), Some("r55"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        store
+            .snapshot(project.id, "ns")
+            .await
+            .expect("read")
+            .expect("stored")
+            .seq,
+        1
+    );
+    store.upsert(project.id, "ns", &writes(60..100)).await.expect("upsert");
+    assert_eq!(found(&manager, &project, 99, true).await.as_deref(), Some("r99"));
+    assert!(snapshotted(3).await, "50 more changes: due again");
+
+    drop(manager);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the task ends with its manager")
+        .expect("task");
+}
