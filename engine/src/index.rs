@@ -243,13 +243,17 @@ impl NamespaceIndex {
         }
         let mut guard = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = &mut *guard;
+        // Changes at or below the index's seq are in it already (an apply that outlived
+        // its caller may arrive after a reload): applying them again could revive deletes.
+        let applied = state.seq;
+        let changes: Vec<&Change> = changes.iter().filter(|c| c.seq() > applied).collect();
         // Keys whose vector is in the graph and must leave it, keys given out in this
         // batch (not in the graph), and the vector each key ends up with.
         let mut vacate = Vec::new();
         let mut vacated = HashSet::new();
         let mut fresh = HashSet::new();
         let mut adds: HashMap<u64, &[f32]> = HashMap::new();
-        for change in changes {
+        for &change in &changes {
             match change {
                 Change::Upsert(record) => {
                     let key = match state.by_id.get(&record.id) {
@@ -345,6 +349,7 @@ impl NamespaceIndex {
             state.seq,
             self.epoch,
             state.index.serialized_length(),
+            state.slot_bytes,
         );
         state
             .index
@@ -379,6 +384,13 @@ impl NamespaceIndex {
                 .index
                 .load_from_buffer(parts.graph)
                 .map_err(|e| IndexError(e.to_string()))?;
+            // usearch takes its settings from the bytes: they must be this index's.
+            if state.index.dimensions() != dimension || state.index.metric_kind() != usearch_metric(metric) {
+                return Err(IndexError(format!(
+                    "the snapshot's graph is of {}-d vectors and another metric or dimension than {dimension}-d {metric}",
+                    state.index.dimensions()
+                )));
+            }
             let capacity = state.index.size().max(1024);
             state
                 .index
@@ -412,14 +424,13 @@ impl NamespaceIndex {
         Ok(restored)
     }
 
-    /// Replaces this index's contents with another's: a reload in place, so that
-    /// everyone holding this index sees the new contents.
-    pub fn replace_with(&self, other: NamespaceIndex) {
-        let fresh = other
-            .state
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+    /// Swaps this index's contents with another's: a reload in place, so that everyone
+    /// holding this index sees the new contents at once. `other` must be private to the
+    /// caller (two indexes swapped both ways at once would deadlock).
+    pub fn swap_with(&self, other: &NamespaceIndex) {
+        let mut mine = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut theirs = other.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::swap(&mut *mine, &mut *theirs);
     }
 
     /// The search width in use.

@@ -245,15 +245,15 @@ impl IndexManager {
         state: NamespaceState,
     ) -> Result<Arc<Loaded>, EngineError> {
         let started = std::time::Instant::now();
-        let (index, from) = self
-            .restore(
-                project.id,
-                namespace,
-                project.dimension as usize,
-                project.metric,
-                state.epoch,
-            )
-            .await?;
+        let (dimension, metric) = (project.dimension as usize, project.metric);
+        // Not yet visible to anyone: a new index can replay in place.
+        let (index, from) = match self
+            .restore(project.id, namespace, dimension, metric, state.epoch)
+            .await?
+        {
+            Some((index, seq)) => (index, LoadedFrom::Snapshot(seq)),
+            None => (NamespaceIndex::new(dimension, metric, state.epoch)?, LoadedFrom::Replay),
+        };
         let loaded = Arc::new(Loaded::new(index, state.seq, from));
         self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?;
         tracing::info!(
@@ -268,8 +268,9 @@ impl IndexManager {
         Ok(loaded)
     }
 
-    /// A namespace's index as of its stored snapshot, or an empty one (to replay
-    /// every record into) when there is none or it cannot be used.
+    /// A namespace's index as of its stored snapshot, with the snapshot's seq; `None`
+    /// when there is none or it cannot be used (then it is discarded: the records are
+    /// the truth, and the index rebuilt from them is snapshotted again).
     async fn restore(
         &self,
         project: ProjectId,
@@ -277,28 +278,32 @@ impl IndexManager {
         dimension: usize,
         metric: Metric,
         epoch: uuid::Uuid,
-    ) -> Result<(NamespaceIndex, LoadedFrom), EngineError> {
-        if let Some(snapshot) = self.store.snapshot(project, namespace).await?
-            && snapshot.epoch == epoch
-        {
-            let seq = snapshot.seq;
-            let restored =
-                tokio::task::spawn_blocking(move || NamespaceIndex::restore(dimension, metric, epoch, &snapshot.bytes))
-                    .await
-                    .map_err(|e| EngineError::Task(e.to_string()))?;
-            match restored {
-                Ok(index) => return Ok((index, LoadedFrom::Snapshot(seq))),
-                // The records are the truth: rebuild from them (and snapshot again).
-                Err(err) => tracing::warn!(
+    ) -> Result<Option<(NamespaceIndex, i64)>, EngineError> {
+        let Some(snapshot) = self.store.snapshot(project, namespace).await? else {
+            return Ok(None);
+        };
+        if snapshot.epoch != epoch {
+            return Ok(None); // of the namespace's earlier life, going with it
+        }
+        let seq = snapshot.seq;
+        let restored =
+            tokio::task::spawn_blocking(move || NamespaceIndex::restore(dimension, metric, epoch, &snapshot.bytes))
+                .await
+                .map_err(|e| EngineError::Task(e.to_string()))?;
+        match restored {
+            Ok(index) => Ok(Some((index, seq))),
+            Err(err) => {
+                tracing::warn!(
                     project_id = %project,
                     namespace,
                     seq,
                     error = %err,
                     "the stored index snapshot cannot be used; rebuilding from the records"
-                ),
+                );
+                self.store.discard_snapshot(project, namespace, seq).await?;
+                Ok(None)
             }
         }
-        Ok((NamespaceIndex::new(dimension, metric, epoch)?, LoadedFrom::Replay))
     }
 
     /// Replays changes from the store until the index has applied at least `target`
@@ -312,6 +317,7 @@ impl IndexManager {
     ) -> Result<(), EngineError> {
         let _applying = loaded.applying.lock().await;
         let mut limit = PAGE;
+        let mut reloads = 0;
         loop {
             let after = loaded.index.seq();
             if target.is_some_and(|t| after >= t) {
@@ -319,16 +325,11 @@ impl IndexManager {
             }
             let mut changes = match self.store.changes_since(project, namespace, after, limit).await {
                 Ok(changes) => changes,
-                Err(StoreError::Compacted { horizon }) => {
-                    // Deletes this index has not seen were purged by a newer snapshot:
-                    // reload from it, in place, and go on from its seq.
-                    let index = &loaded.index;
-                    let (fresh, from) = self
-                        .restore(project, namespace, index.dimension(), index.metric(), index.epoch())
-                        .await?;
+                Err(StoreError::Compacted { horizon }) if reloads < 3 => {
+                    // Deletes this index has not seen were purged by a newer snapshot.
+                    reloads += 1;
+                    let from = self.reload(loaded, project, namespace).await?;
                     tracing::info!(project_id = %project, namespace, after, horizon, ?from, "index reloaded past the horizon");
-                    index.replace_with(fresh);
-                    loaded.loaded_from(from);
                     continue;
                 }
                 Err(err) => return Err(err.into()),
@@ -353,6 +354,40 @@ impl IndexManager {
                 return Ok(());
             }
         }
+    }
+
+    /// Replaces a loaded index's contents with the stored snapshot, or, without a usable
+    /// one, with an index rebuilt from every record. The replacement is built aside and
+    /// swapped in whole, so searches meanwhile see the old contents, never a partial one.
+    async fn reload(
+        &self,
+        loaded: &Arc<Loaded>,
+        project: ProjectId,
+        namespace: &str,
+    ) -> Result<LoadedFrom, EngineError> {
+        let index = &loaded.index;
+        let (dimension, metric, epoch) = (index.dimension(), index.metric(), index.epoch());
+        let from = match self.restore(project, namespace, dimension, metric, epoch).await? {
+            Some((fresh, seq)) => {
+                index.swap_with(&fresh);
+                LoadedFrom::Snapshot(seq)
+            }
+            None => {
+                let aside = Arc::new(Loaded::new(
+                    NamespaceIndex::new(dimension, metric, epoch)?,
+                    0,
+                    LoadedFrom::Replay,
+                ));
+                // Tuned once it is in place, not while it is built.
+                aside.tuned_at.store(i64::MAX / 4, Ordering::SeqCst);
+                Box::pin(self.catch_up(&aside, project, namespace, None)).await?;
+                index.swap_with(&aside.index);
+                loaded.tuned_at.store(0, Ordering::SeqCst);
+                LoadedFrom::Replay
+            }
+        };
+        loaded.loaded_from(from);
+        Ok(from)
     }
 
     async fn apply(&self, loaded: &Arc<Loaded>, changes: Vec<Change>) -> Result<(), EngineError> {
@@ -575,7 +610,11 @@ impl IndexManager {
         // Stored here or (refused) as new or newer elsewhere: either way, not due again
         // until more changes arrive.
         loaded.snapshot_seq.fetch_max(seq, Ordering::SeqCst);
-        loaded.since_snapshot.fetch_sub(changes_before, Ordering::SeqCst);
+        let _ = loaded
+            .since_snapshot
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(changes_before))
+            });
         *loaded
             .snapshot_at
             .lock()

@@ -55,7 +55,8 @@ fn metric_from(code: u8) -> Option<Metric> {
 }
 
 /// Writes the header and leaves room for the graph, which usearch serializes in place:
-/// returns the buffer and where the graph goes.
+/// returns the buffer and where the graph goes. `slots_len` is a guess at the slot
+/// table's size, so that the buffer need not grow (and double) after.
 pub fn begin(
     dimension: u32,
     metric: Metric,
@@ -63,8 +64,9 @@ pub fn begin(
     seq: i64,
     epoch: uuid::Uuid,
     graph_len: usize,
+    slots_len: usize,
 ) -> (Vec<u8>, usize) {
-    let mut out = Vec::with_capacity(64 + graph_len);
+    let mut out = Vec::with_capacity(64 + graph_len + slots_len);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[0; 4]); // CRC, filled in by `finish`
     out.extend_from_slice(&dimension.to_le_bytes());
@@ -126,7 +128,12 @@ pub fn decode(bytes: &[u8], dimension: u32, metric: Metric) -> Result<Parts<'_>,
     let graph_len = reader.len()?;
     let graph = reader.take(graph_len)?;
     let count = reader.len()?;
-    let mut slots = Vec::with_capacity(count.min(bytes.len()));
+    // Every slot takes at least a byte: a count beyond what is left is corrupt, and
+    // checking first keeps hostile bytes from asking for a huge allocation.
+    if count > bytes.len() - reader.at {
+        return Err(SnapshotError::Corrupt("slot count"));
+    }
+    let mut slots = Vec::with_capacity(count);
     for _ in 0..count {
         match reader.u8()? {
             0 => slots.push(None),

@@ -7,6 +7,8 @@ ALTER TABLE namespaces ADD COLUMN horizon BIGINT NOT NULL DEFAULT 0;
 CREATE TABLE snapshots (
     project_id UUID NOT NULL,
     namespace  TEXT NOT NULL,
+    -- Chunks are uploaded under a new id first, then this row is switched to it.
+    id         UUID NOT NULL,
     epoch      UUID NOT NULL,
     seq        BIGINT NOT NULL,
     size       BIGINT NOT NULL,
@@ -17,10 +19,12 @@ CREATE TABLE snapshots (
 );
 
 CREATE TABLE snapshot_chunks (
-    project_id UUID NOT NULL,
-    namespace  TEXT NOT NULL,
-    chunk      INTEGER NOT NULL,
-    bytes      BYTEA NOT NULL,
-    PRIMARY KEY (project_id, namespace, chunk),
-    FOREIGN KEY (project_id, namespace) REFERENCES snapshots (project_id, namespace) ON DELETE CASCADE
+    snapshot_id UUID NOT NULL,
+    chunk       INTEGER NOT NULL,
+    project_id  UUID NOT NULL,
+    namespace   TEXT NOT NULL,
+    bytes       BYTEA NOT NULL,
+    PRIMARY KEY (snapshot_id, chunk),
+    FOREIGN KEY (project_id, namespace) REFERENCES namespaces (project_id, name) ON DELETE CASCADE
 );
+CREATE INDEX snapshot_chunks_by_namespace ON snapshot_chunks (project_id, namespace);

@@ -7,6 +7,8 @@ ALTER TABLE namespaces ADD COLUMN horizon INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE snapshots (
     project_id BLOB NOT NULL,
     namespace  TEXT NOT NULL,
+    -- Chunks are uploaded under a new id first, then this row is switched to it.
+    id         BLOB NOT NULL,
     epoch      BLOB NOT NULL,
     seq        INTEGER NOT NULL,
     size       INTEGER NOT NULL,
@@ -17,10 +19,12 @@ CREATE TABLE snapshots (
 );
 
 CREATE TABLE snapshot_chunks (
-    project_id BLOB NOT NULL,
-    namespace  TEXT NOT NULL,
-    chunk      INTEGER NOT NULL,
-    bytes      BLOB NOT NULL,
-    PRIMARY KEY (project_id, namespace, chunk),
-    FOREIGN KEY (project_id, namespace) REFERENCES snapshots (project_id, namespace) ON DELETE CASCADE
+    snapshot_id BLOB NOT NULL,
+    chunk       INTEGER NOT NULL,
+    project_id  BLOB NOT NULL,
+    namespace   TEXT NOT NULL,
+    bytes       BLOB NOT NULL,
+    PRIMARY KEY (snapshot_id, chunk),
+    FOREIGN KEY (project_id, namespace) REFERENCES namespaces (project_id, name) ON DELETE CASCADE
 ) WITHOUT ROWID;
+CREATE INDEX snapshot_chunks_by_namespace ON snapshot_chunks (project_id, namespace);

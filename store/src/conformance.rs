@@ -41,6 +41,7 @@ macro_rules! store_conformance_suite {
             changes_since_pages_in_seq_order,
             snapshots_replace_older_ones_and_purge_the_tombstones_they_cover,
             snapshots_of_a_gone_or_recreated_namespace_are_refused_and_deleted_with_it,
+            snapshots_saved_while_records_are_written_keep_the_horizon_at_the_stored_seq,
             list_ids_pages_in_byte_order_with_a_prefix,
             scans_page_through_live_records_in_id_order,
             namespaces_are_listed_with_live_counts_and_usage_adds_up,
@@ -601,11 +602,23 @@ pub async fn snapshots_replace_older_ones_and_purge_the_tombstones_they_cover(st
         bytes: vec![2; 3],
         ..big.clone()
     };
+    assert!(!store.save_snapshot(p, "ns", &same).await.expect("save"), "same seq");
+    // A snapshot that could not be used is discarded; one of its seq may replace it.
+    assert!(
+        !store.discard_snapshot(p, "ns", 1).await.expect("discard"),
+        "not that one"
+    );
+    assert!(store.discard_snapshot(p, "ns", 2).await.expect("discard"));
+    assert_eq!(store.snapshot(p, "ns").await.expect("read"), None);
     assert!(
         store.save_snapshot(p, "ns", &same).await.expect("save"),
-        "the same seq replaces"
+        "same seq, none stored"
     );
     assert_eq!(store.snapshot(p, "ns").await.expect("read"), Some(same));
+    assert!(
+        !store.save_snapshot(p, "ns", &stale).await.expect("save"),
+        "below the horizon"
+    );
 
     // The tombstone of "a" (seq 2) is gone; replaying from before it must reload.
     let all = store.changes_since(p, "ns", 0, 100).await.expect("from scratch");
@@ -696,6 +709,64 @@ pub async fn snapshots_of_a_gone_or_recreated_namespace_are_refused_and_deleted_
         None,
         "deleted with the project"
     );
+}
+
+pub async fn snapshots_saved_while_records_are_written_keep_the_horizon_at_the_stored_seq(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    store
+        .upsert(p, "ns", &[write("seed", 0.0, json!({}))])
+        .await
+        .expect("seed");
+    let epoch = store.namespace(p, "ns").await.expect("state").expect("exists").epoch;
+    let batch: Vec<RecordWrite> = (0..10).map(|i| write(&format!("r{i}"), i as f32, json!({}))).collect();
+    let names = ids(&["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"]);
+    // Writers delete and revive the ids whose tombstones the savers purge.
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                store.upsert(p, "ns", &batch).await.expect("upsert");
+                store.delete(p, "ns", &names).await.expect("delete").expect("namespace");
+            }
+        })
+    };
+    // Two savers, as two pods would, each snapshotting the seq it last saw.
+    let savers: Vec<_> = (0..2u8)
+        .map(|pod| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut saved = 0;
+                for round in 0..30 {
+                    let seq = store.namespace(p, "ns").await.expect("state").expect("exists").seq;
+                    let snapshot = Snapshot {
+                        epoch,
+                        seq,
+                        bytes: vec![pod; SNAPSHOT_CHUNK / 2 + round],
+                    };
+                    saved += usize::from(store.save_snapshot(p, "ns", &snapshot).await.expect("save"));
+                }
+                saved
+            })
+        })
+        .collect();
+    writer.await.expect("writer");
+    let mut saved = 0;
+    for saver in savers {
+        saved += saver.await.expect("saver");
+    }
+    assert!(saved > 0);
+    let stored = store.snapshot(p, "ns").await.expect("read").expect("stored");
+    // Replaying from the stored snapshot works: the horizon is not above it.
+    store
+        .changes_since(p, "ns", stored.seq, 1000)
+        .await
+        .expect("replay from the snapshot");
+    if stored.seq > 1 {
+        assert!(matches!(
+            store.changes_since(p, "ns", stored.seq - 1, 1000).await,
+            Err(StoreError::Compacted { horizon }) if horizon == stored.seq
+        ));
+    }
 }
 
 pub async fn list_ids_pages_in_byte_order_with_a_prefix(store: Arc<dyn Store>) {

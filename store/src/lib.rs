@@ -299,12 +299,17 @@ pub const SNAPSHOT_CHUNK: usize = 4 << 20;
 pub trait Snapshots: Send + Sync {
     /// Stores a snapshot, replacing the namespace's current one, and purges the
     /// tombstones it covers (`seq <= snapshot.seq`), raising the namespace's horizon
-    /// to it. All or nothing. `false` (nothing written) when the namespace is gone or
-    /// has another epoch, or a snapshot of a later seq is already stored. (One of the
-    /// same seq is replaced: it may be the one a pod could not read.)
+    /// to it. `false` (nothing
+    /// changed) when the namespace is gone or has another epoch, or a snapshot of the
+    /// same or a later seq is (or was, before the horizon) stored. The chunks are uploaded before the switch, so
+    /// writers to the namespace wait only for the switch.
     async fn save_snapshot(&self, project: ProjectId, namespace: &str, snapshot: &Snapshot) -> StoreResult<bool>;
     /// The namespace's snapshot, if one is stored.
     async fn snapshot(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<Snapshot>>;
+    /// Deletes the namespace's snapshot if it is the one of `seq` (one that could not
+    /// be used), so that a good one of the same seq can take its place. The horizon
+    /// stays: a replay from the start needs no tombstones.
+    async fn discard_snapshot(&self, project: ProjectId, namespace: &str, seq: i64) -> StoreResult<bool>;
 }
 
 /// A response stored under an idempotency key.

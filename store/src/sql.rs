@@ -628,8 +628,14 @@ macro_rules! sql_store {
 
             async fn delete_namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<bool> {
                 let mut tx = self.writer().begin().await?;
-                // Records and snapshots first, explicitly: a large namespace should not
-                // rely on a cascade's plan.
+                // Lock the namespace's row first (as writers and snapshots do), then the
+                // records and snapshots, explicitly: a large namespace should not rely on
+                // a cascade's plan.
+                sqlx::query("UPDATE namespaces SET horizon = horizon WHERE project_id = $1 AND name = $2")
+                    .bind(project.0)
+                    .bind(namespace)
+                    .execute(&mut *tx)
+                    .await?;
                 for table in ["records", "snapshot_chunks", "snapshots"] {
                     sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1 AND namespace = $2"))
                         .bind(project.0)
@@ -650,56 +656,180 @@ macro_rules! sql_store {
         #[async_trait]
         impl Snapshots for $store {
             async fn save_snapshot(&self, project: ProjectId, namespace: &str, snapshot: &Snapshot) -> StoreResult<bool> {
-                let mut tx = self.writer().begin().await?;
-                let newer: Option<i64> =
+                // Cheap refusal first, so pods that hold the same index upload it once.
+                let stored: Option<i64> =
                     sqlx::query_scalar("SELECT seq FROM snapshots WHERE project_id = $1 AND namespace = $2")
                         .bind(project.0)
                         .bind(namespace)
-                        .fetch_optional(&mut *tx)
+                        .fetch_optional(self.reader())
                         .await?;
-                if newer.is_some_and(|seq| seq > snapshot.seq) {
+                if stored.is_some_and(|seq| seq >= snapshot.seq) {
                     return Ok(false);
                 }
-                for table in ["snapshot_chunks", "snapshots"] {
-                    sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1 AND namespace = $2"))
-                        .bind(project.0)
-                        .bind(namespace)
-                        .execute(&mut *tx)
+                // Upload the chunks under a new id, without holding any lock writers need.
+                let id = Uuid::now_v7();
+                let chunks: Vec<&[u8]> = snapshot.bytes.chunks($crate::SNAPSHOT_CHUNK).collect();
+                let mut upload = self.writer().begin().await?;
+                for (i, chunk) in chunks.iter().enumerate() {
+                    let inserted = sqlx::query(
+                        "INSERT INTO snapshot_chunks (snapshot_id, chunk, project_id, namespace, bytes)
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(i as i32)
+                    .bind(project.0)
+                    .bind(namespace)
+                    .bind(*chunk)
+                    .execute(&mut *upload)
+                    .await;
+                    match inserted.map_err(StoreError::from) {
+                        Ok(_) => {}
+                        // The namespace is gone.
+                        Err(StoreError::Invalid(_)) => return Ok(false),
+                        Err(err) => return Err(err),
+                    }
+                }
+                upload.commit().await?;
+                let switched = self.switch_snapshot(project, namespace, snapshot, id, chunks.len()).await;
+                if !matches!(switched, Ok(true)) {
+                    sqlx::query("DELETE FROM snapshot_chunks WHERE snapshot_id = $1")
+                        .bind(id)
+                        .execute(self.writer())
                         .await?;
                 }
-                let chunks: Vec<&[u8]> = snapshot.bytes.chunks($crate::SNAPSHOT_CHUNK).collect();
-                let header = sqlx::query(
-                    "INSERT INTO snapshots (project_id, namespace, epoch, seq, size, chunks, created_at)
-                     SELECT $1, $2, $3, $4, $5, $6, $7
-                     WHERE EXISTS (SELECT 1 FROM namespaces WHERE project_id = $1 AND name = $2 AND epoch = $3)",
+                switched
+            }
+
+            async fn snapshot(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<Snapshot>> {
+                // A newer snapshot may replace this one while its chunks are read: then
+                // its chunks are gone, and the newer one is read instead.
+                for _ in 0..5 {
+                    let Some(header) = sqlx::query(
+                        "SELECT id, epoch, seq, size, chunks FROM snapshots WHERE project_id = $1 AND namespace = $2",
+                    )
+                    .bind(project.0)
+                    .bind(namespace)
+                    .fetch_optional(self.reader())
+                    .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let (id, epoch, seq): (Uuid, Uuid, i64) =
+                        (header.try_get("id")?, header.try_get("epoch")?, header.try_get("seq")?);
+                    let size: i64 = header.try_get("size")?;
+                    let chunks: i32 = header.try_get("chunks")?;
+                    let size = usize::try_from(size).map_err(|e| corrupt("snapshot size", e))?;
+                    let mut bytes = Vec::with_capacity(size.min(chunks.max(0) as usize * $crate::SNAPSHOT_CHUNK));
+                    let mut whole = true;
+                    // Chunk by chunk, so no result set holds the whole snapshot twice over.
+                    for i in 0..chunks {
+                        let chunk: Option<Vec<u8>> = sqlx::query_scalar(
+                            "SELECT bytes FROM snapshot_chunks WHERE snapshot_id = $1 AND chunk = $2",
+                        )
+                        .bind(id)
+                        .bind(i)
+                        .fetch_optional(self.reader())
+                        .await?;
+                        match chunk {
+                            Some(chunk) => bytes.extend_from_slice(&chunk),
+                            None => {
+                                whole = false;
+                                break;
+                            }
+                        }
+                    }
+                    if !whole {
+                        continue;
+                    }
+                    if bytes.len() != size {
+                        return Err(corrupt("snapshot", format!("{} bytes stored, {size} expected", bytes.len())));
+                    }
+                    return Ok(Some(Snapshot { epoch, seq, bytes }));
+                }
+                Err(StoreError::Other(anyhow::anyhow!(
+                    "the snapshot of {namespace} kept changing while it was read"
+                )))
+            }
+
+            async fn discard_snapshot(&self, project: ProjectId, namespace: &str, seq: i64) -> StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                let id: Option<Uuid> = sqlx::query_scalar(
+                    "DELETE FROM snapshots WHERE project_id = $1 AND namespace = $2 AND seq = $3 RETURNING id",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .bind(seq)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(id) = id else {
+                    return Ok(false);
+                };
+                sqlx::query("DELETE FROM snapshot_chunks WHERE snapshot_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+
+        impl $store {
+            /// Points the namespace at uploaded chunks, in one short transaction that
+            /// locks the namespace's row first (as writers do, so the two never
+            /// deadlock), then purges the tombstones the snapshot covers. The horizon
+            /// is the seq of the newest snapshot stored (kept when one is discarded).
+            async fn switch_snapshot(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                snapshot: &Snapshot,
+                id: Uuid,
+                chunks: usize,
+            ) -> StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                // A no-op update that takes the row lock; the horizon is the seq of the
+                // stored snapshot, so it also tells whether a newer one got in first.
+                let horizon: Option<i64> = sqlx::query_scalar(
+                    "UPDATE namespaces SET horizon = horizon
+                     WHERE project_id = $1 AND name = $2 AND epoch = $3 RETURNING horizon",
                 )
                 .bind(project.0)
                 .bind(namespace)
                 .bind(snapshot.epoch)
-                .bind(snapshot.seq)
-                .bind(snapshot.bytes.len() as i64)
-                .bind(chunks.len() as i32)
-                .bind(Utc::now())
-                .execute(&mut *tx)
-                .await;
-                match header {
-                    Ok(done) if done.rows_affected() == 1 => {}
-                    // The namespace is gone or was created anew.
-                    Ok(_) => return Ok(false),
-                    Err(err) => {
-                        return match StoreError::from(err) {
-                            // Another pod stored one at the same moment.
-                            StoreError::Conflict(_) => Ok(false),
-                            other => Err(other),
-                        };
-                    }
-                }
-                for (i, chunk) in chunks.iter().enumerate() {
-                    sqlx::query("INSERT INTO snapshot_chunks (project_id, namespace, chunk, bytes) VALUES ($1, $2, $3, $4)")
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(horizon) = horizon else {
+                    return Ok(false); // gone, or created anew
+                };
+                let previous: Option<(Uuid, i64)> =
+                    sqlx::query_as("SELECT id, seq FROM snapshots WHERE project_id = $1 AND namespace = $2")
                         .bind(project.0)
                         .bind(namespace)
-                        .bind(i as i32)
-                        .bind(*chunk)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if horizon > snapshot.seq || previous.is_some_and(|(_, seq)| seq >= snapshot.seq) {
+                    return Ok(false); // a newer one got in first
+                }
+                sqlx::query(
+                    "INSERT INTO snapshots (project_id, namespace, id, epoch, seq, size, chunks, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (project_id, namespace) DO UPDATE SET
+                         id = excluded.id, epoch = excluded.epoch, seq = excluded.seq, size = excluded.size,
+                         chunks = excluded.chunks, created_at = excluded.created_at",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .bind(id)
+                .bind(snapshot.epoch)
+                .bind(snapshot.seq)
+                .bind(snapshot.bytes.len() as i64)
+                .bind(chunks as i32)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await?;
+                if let Some((previous, _)) = previous {
+                    sqlx::query("DELETE FROM snapshot_chunks WHERE snapshot_id = $1")
+                        .bind(previous)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -709,63 +839,14 @@ macro_rules! sql_store {
                     .bind(snapshot.seq)
                     .execute(&mut *tx)
                     .await?;
-                // Last, so the namespace's row (which writers lock) is held only briefly,
-                // and checked again: the purge above must not outlive a change of epoch.
-                let raised = sqlx::query(
-                    "UPDATE namespaces SET horizon = CASE WHEN horizon > $4 THEN horizon ELSE $4 END
-                     WHERE project_id = $1 AND name = $2 AND epoch = $3",
-                )
-                .bind(project.0)
-                .bind(namespace)
-                .bind(snapshot.epoch)
-                .bind(snapshot.seq)
-                .execute(&mut *tx)
-                .await?;
-                if raised.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            async fn snapshot(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<Snapshot>> {
-                let Some(header) =
-                    sqlx::query("SELECT epoch, seq, size, chunks FROM snapshots WHERE project_id = $1 AND namespace = $2")
-                        .bind(project.0)
-                        .bind(namespace)
-                        .fetch_optional(self.reader())
-                        .await?
-                else {
-                    return Ok(None);
-                };
-                let (epoch, seq): (Uuid, i64) = (header.try_get("epoch")?, header.try_get("seq")?);
-                let size: i64 = header.try_get("size")?;
-                let chunks: i32 = header.try_get("chunks")?;
-                let mut bytes = Vec::with_capacity(usize::try_from(size).map_err(|e| corrupt("snapshot size", e))?);
-                // Chunk by chunk, so no result set holds the whole snapshot twice over.
-                for i in 0..chunks {
-                    let chunk: Option<Vec<u8>> = sqlx::query_scalar(
-                        "SELECT s.bytes FROM snapshot_chunks s
-                         JOIN snapshots h ON h.project_id = s.project_id AND h.namespace = s.namespace
-                         WHERE s.project_id = $1 AND s.namespace = $2 AND s.chunk = $3 AND h.seq = $4",
-                    )
+                sqlx::query("UPDATE namespaces SET horizon = $3 WHERE project_id = $1 AND name = $2")
                     .bind(project.0)
                     .bind(namespace)
-                    .bind(i)
-                    .bind(seq)
-                    .fetch_optional(self.reader())
+                    .bind(snapshot.seq)
+                    .execute(&mut *tx)
                     .await?;
-                    match chunk {
-                        Some(chunk) => bytes.extend_from_slice(&chunk),
-                        // Replaced by a newer snapshot while reading: read that one.
-                        None => return Box::pin(self.snapshot(project, namespace)).await,
-                    }
-                }
-                if bytes.len() as i64 != size {
-                    return Err(corrupt("snapshot", format!("{} bytes stored, {size} expected", bytes.len())));
-                }
-                Ok(Some(Snapshot { epoch, seq, bytes }))
+                tx.commit().await?;
+                Ok(true)
             }
         }
 

@@ -168,6 +168,46 @@ async fn an_index_behind_the_horizon_reloads_from_the_snapshot(store: Arc<dyn St
     assert_eq!(found(&behind, &project, 515, false).await.as_deref(), Some("r515"));
 }
 
+async fn a_reload_without_a_usable_snapshot_rebuilds_from_the_records(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..300)).await.expect("upsert");
+    let behind = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&behind, &project, 7, false).await.as_deref(), Some("r7"));
+
+    store
+        .delete(project.id, "ns", &ids(0..50))
+        .await
+        .expect("delete")
+        .expect("namespace");
+    let ahead = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&ahead, &project, 70, false).await.as_deref(), Some("r70"));
+    assert_eq!(ahead.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(2));
+    // The snapshot that raised the horizon is replaced by one nobody can read.
+    store.upsert(project.id, "ns", &writes(300..310)).await.expect("upsert");
+    let epoch = store
+        .namespace(project.id, "ns")
+        .await
+        .expect("state")
+        .expect("ns")
+        .epoch;
+    let garbage = Snapshot {
+        epoch,
+        seq: 3,
+        bytes: vec![0; 100],
+    };
+    assert!(store.save_snapshot(project.id, "ns", &garbage).await.expect("save"));
+
+    assert_ne!(
+        found(&behind, &project, 7, true).await.as_deref(),
+        Some("r7"),
+        "r7 is deleted"
+    );
+    let status = behind.status(project.id, "ns").await.expect("loaded");
+    assert_eq!((status.from, status.seq, status.records), (LoadedFrom::Replay, 3, 260));
+    assert_eq!(store.snapshot(project.id, "ns").await.expect("read"), None, "discarded");
+    assert_eq!(behind.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(3));
+}
+
 async fn an_unusable_snapshot_is_ignored_and_replaced(store: Arc<dyn Store>) {
     let project = project(store.as_ref()).await;
     store.upsert(project.id, "ns", &writes(0..200)).await.expect("upsert");
@@ -220,6 +260,24 @@ async fn sqlite_an_index_behind_the_horizon_reloads_from_the_snapshot() {
 async fn postgres_an_index_behind_the_horizon_reloads_from_the_snapshot() {
     let fixture = PostgresFixture::new().await;
     an_index_behind_the_horizon_reloads_from_the_snapshot(Arc::clone(&fixture.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_reload_without_a_usable_snapshot_rebuilds_from_the_records() {
+    let fixture = SqliteFixture::new().await;
+    a_reload_without_a_usable_snapshot_rebuilds_from_the_records(Arc::clone(&fixture.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_reload_without_a_usable_snapshot_rebuilds_from_the_records() {
+    let fixture = PostgresFixture::new().await;
+    a_reload_without_a_usable_snapshot_rebuilds_from_the_records(Arc::clone(&fixture.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_unusable_snapshot_is_ignored_and_replaced() {
+    let fixture = PostgresFixture::new().await;
+    an_unusable_snapshot_is_ignored_and_replaced(Arc::clone(&fixture.store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
