@@ -76,16 +76,16 @@ pub struct Loaded {
 impl Loaded {
     fn new(index: NamespaceIndex, wanted: i64, from: LoadedFrom) -> Self {
         // A restored index was tuned before its snapshot; a new one tunes once it has grown.
-        let (tuned_at, snapshot_seq) = match from {
-            LoadedFrom::Snapshot(seq) => (index.len() as i64, seq),
-            LoadedFrom::Replay => (0, 0),
+        let tuned_at = match from {
+            LoadedFrom::Snapshot(_) => index.len() as i64,
+            LoadedFrom::Replay => 0,
         };
         Self {
             index,
             applying: tokio::sync::Mutex::new(()),
             wanted: AtomicI64::new(wanted),
             tuned_at: AtomicI64::new(tuned_at),
-            snapshot_seq: AtomicI64::new(snapshot_seq),
+            snapshot_seq: AtomicI64::new(from.snapshot_seq()),
             since_snapshot: AtomicU64::new(0),
             snapshot_at: std::sync::Mutex::new(Instant::now()),
             saving: tokio::sync::Mutex::new(()),
@@ -95,17 +95,21 @@ impl Loaded {
 
     /// Records that the index was (re)loaded from `from`.
     fn loaded_from(&self, from: LoadedFrom) {
-        let seq = match from {
-            LoadedFrom::Snapshot(seq) => seq,
-            LoadedFrom::Replay => 0,
-        };
-        self.snapshot_seq.store(seq, Ordering::SeqCst);
-        self.since_snapshot.store(0, Ordering::SeqCst);
+        self.snapshot_seq.store(from.snapshot_seq(), Ordering::SeqCst);
+        self.snapshot_counted(u64::MAX);
+        *self.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = from;
+    }
+
+    /// Starts the count towards the next snapshot over: `changes` of those applied
+    /// are in a snapshot now (`u64::MAX`: all of them).
+    fn snapshot_counted(&self, changes: u64) {
+        let _ = self
+            .since_snapshot
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(changes)));
         *self
             .snapshot_at
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
-        *self.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = from;
     }
 }
 
@@ -165,6 +169,16 @@ pub enum LoadedFrom {
     Snapshot(i64),
     /// Every record, replayed into a new graph.
     Replay,
+}
+
+impl LoadedFrom {
+    /// The seq of the snapshot loaded; 0 for none.
+    fn snapshot_seq(self) -> i64 {
+        match self {
+            LoadedFrom::Snapshot(seq) => seq,
+            LoadedFrom::Replay => 0,
+        }
+    }
 }
 
 /// All the indexes of one pod.
@@ -610,15 +624,7 @@ impl IndexManager {
         // Stored here or (refused) as new or newer elsewhere: either way, not due again
         // until more changes arrive.
         loaded.snapshot_seq.fetch_max(seq, Ordering::SeqCst);
-        let _ = loaded
-            .since_snapshot
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                Some(n.saturating_sub(changes_before))
-            });
-        *loaded
-            .snapshot_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        loaded.snapshot_counted(changes_before);
         if !stored {
             return Ok(None);
         }

@@ -311,6 +311,19 @@ async fn provision(
     (project_id, key["key"].as_str().expect("key").to_owned())
 }
 
+/// The answer to a top-1 search for `vector` in namespace `n`, over HTTP.
+async fn nearest(http: &reqwest::Client, data: &str, key: &str, vector: [f32; 3]) -> Value {
+    let response = http
+        .post(format!("{data}/v1/vectors/search"))
+        .header("x-api-key", key)
+        .json(&serde_json::json!({"namespace": "n", "vector": vector, "top_k": 1}))
+        .send()
+        .await
+        .expect("search");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("json")
+}
+
 /// Every file under `dir`, as bytes.
 fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -491,14 +504,7 @@ async fn a_restart_after_sigkill_serves_every_acknowledged_write() {
         acknowledged += 50;
         if batch == 9 {
             // Load the index, and wait for its first snapshot.
-            let search = http
-                .post(format!("{}/v1/vectors/search", first.data))
-                .header("x-api-key", &key)
-                .json(&serde_json::json!({"namespace": "n", "vector": [0.0, 0.0, 1.0], "top_k": 1}))
-                .send()
-                .await
-                .expect("search");
-            assert_eq!(search.status(), 200);
+            nearest(&http, &first.data, &key, [0.0, 0.0, 1.0]).await;
             let stored = wait_for(&first.log, "index snapshot stored");
             assert_eq!(stored["seq"], 10, "{stored}");
         }
@@ -528,16 +534,7 @@ async fn a_restart_after_sigkill_serves_every_acknowledged_write() {
         .await
         .expect("json");
     assert_eq!(listed["namespaces"][0]["vector_count"], acknowledged);
-    let found: Value = http
-        .post(format!("{}/v1/vectors/search", second.data))
-        .header("x-api-key", &key)
-        .json(&serde_json::json!({"namespace": "n", "vector": [19.0, 49.0, 1.0], "top_k": 1}))
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("json");
+    let found = nearest(&http, &second.data, &key, [19.0, 49.0, 1.0]).await;
     assert_eq!(
         found["matches"][0]["id"], "b19-49",
         "the last acknowledged batch is searchable: {found}"
@@ -547,16 +544,7 @@ async fn a_restart_after_sigkill_serves_every_acknowledged_write() {
         loaded["from"].as_str().is_some_and(|from| from.starts_with("Snapshot")),
         "loaded from the snapshot: {loaded}"
     );
-    let near_deleted: Value = http
-        .post(format!("{}/v1/vectors/search", second.data))
-        .header("x-api-key", &key)
-        .json(&serde_json::json!({"namespace": "n", "vector": [0.0, 0.0, 1.0], "top_k": 1}))
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("json");
+    let near_deleted = nearest(&http, &second.data, &key, [0.0, 0.0, 1.0]).await;
     assert_eq!(
         near_deleted["matches"][0]["id"], "b1-0",
         "the acknowledged delete holds: {near_deleted}"

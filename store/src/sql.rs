@@ -631,11 +631,7 @@ macro_rules! sql_store {
                 // Lock the namespace's row first (as writers and snapshots do), then the
                 // records and snapshots, explicitly: a large namespace should not rely on
                 // a cascade's plan.
-                sqlx::query("UPDATE namespaces SET horizon = horizon WHERE project_id = $1 AND name = $2")
-                    .bind(project.0)
-                    .bind(namespace)
-                    .execute(&mut *tx)
-                    .await?;
+                lock_namespace(&mut tx, project, namespace).await?;
                 for table in ["records", "snapshot_chunks", "snapshots"] {
                     sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1 AND namespace = $2"))
                         .bind(project.0)
@@ -651,6 +647,34 @@ macro_rules! sql_store {
                 tx.commit().await?;
                 Ok(done.rows_affected() > 0)
             }
+        }
+
+        /// Locks a namespace's row until the transaction ends, by a no-op update (writers
+        /// lock it by taking the next seq), and returns its epoch and horizon; `None`
+        /// when there is no such namespace. Whoever also touches its records takes this
+        /// lock first, so no two transactions wait on each other the other way round.
+        async fn lock_namespace(
+            tx: &mut Tx<'_>,
+            project: ProjectId,
+            namespace: &str,
+        ) -> StoreResult<Option<(Uuid, i64)>> {
+            let locked = sqlx::query_as(
+                "UPDATE namespaces SET horizon = horizon WHERE project_id = $1 AND name = $2 RETURNING epoch, horizon",
+            )
+            .bind(project.0)
+            .bind(namespace)
+            .fetch_optional(&mut **tx)
+            .await?;
+            Ok(locked)
+        }
+
+        /// Deletes one snapshot's chunks (the current one's, or an upload that lost).
+        async fn delete_chunks<'e>(executor: impl sqlx::Executor<'e, Database = $db>, id: Uuid) -> StoreResult<()> {
+            sqlx::query("DELETE FROM snapshot_chunks WHERE snapshot_id = $1")
+                .bind(id)
+                .execute(executor)
+                .await?;
+            Ok(())
         }
 
         #[async_trait]
@@ -692,10 +716,7 @@ macro_rules! sql_store {
                 upload.commit().await?;
                 let switched = self.switch_snapshot(project, namespace, snapshot, id, chunks.len()).await;
                 if !matches!(switched, Ok(true)) {
-                    sqlx::query("DELETE FROM snapshot_chunks WHERE snapshot_id = $1")
-                        .bind(id)
-                        .execute(self.writer())
-                        .await?;
+                    delete_chunks(self.writer(), id).await?;
                 }
                 switched
             }
@@ -764,10 +785,7 @@ macro_rules! sql_store {
                 let Some(id) = id else {
                     return Ok(false);
                 };
-                sqlx::query("DELETE FROM snapshot_chunks WHERE snapshot_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                delete_chunks(&mut *tx, id).await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -787,19 +805,11 @@ macro_rules! sql_store {
                 chunks: usize,
             ) -> StoreResult<bool> {
                 let mut tx = self.writer().begin().await?;
-                // A no-op update that takes the row lock; the horizon is the seq of the
-                // stored snapshot, so it also tells whether a newer one got in first.
-                let horizon: Option<i64> = sqlx::query_scalar(
-                    "UPDATE namespaces SET horizon = horizon
-                     WHERE project_id = $1 AND name = $2 AND epoch = $3 RETURNING horizon",
-                )
-                .bind(project.0)
-                .bind(namespace)
-                .bind(snapshot.epoch)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(horizon) = horizon else {
-                    return Ok(false); // gone, or created anew
+                // The horizon is the seq of the newest snapshot stored, so it also tells
+                // whether a newer one got in first.
+                let horizon = match lock_namespace(&mut tx, project, namespace).await? {
+                    Some((epoch, horizon)) if epoch == snapshot.epoch => horizon,
+                    _ => return Ok(false), // gone, or created anew
                 };
                 let previous: Option<(Uuid, i64)> =
                     sqlx::query_as("SELECT id, seq FROM snapshots WHERE project_id = $1 AND namespace = $2")
@@ -828,10 +838,7 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?;
                 if let Some((previous, _)) = previous {
-                    sqlx::query("DELETE FROM snapshot_chunks WHERE snapshot_id = $1")
-                        .bind(previous)
-                        .execute(&mut *tx)
-                        .await?;
+                    delete_chunks(&mut *tx, previous).await?;
                 }
                 sqlx::query("DELETE FROM records WHERE project_id = $1 AND namespace = $2 AND deleted = TRUE AND seq <= $3")
                     .bind(project.0)

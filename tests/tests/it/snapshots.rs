@@ -8,7 +8,9 @@ use std::time::Duration;
 use quiver_common::domain::Metric;
 use quiver_engine::{Filter, IndexManager, LoadedFrom, Query, SnapshotPolicy};
 use quiver_store::{NewProject, Project, RecordWrite, Snapshot, Store};
-use quiver_tests::stores::{PostgresFixture, SqliteFixture};
+use quiver_tests::stores::SqliteFixture;
+
+use crate::support::on_both_stores;
 
 const DIM: usize = 16;
 
@@ -238,53 +240,12 @@ async fn an_unusable_snapshot_is_ignored_and_replaced(store: Arc<dyn Store>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_loads_from_the_snapshot_plus_the_writes_after_it() {
-    let fixture = SqliteFixture::new().await;
-    loads_from_the_snapshot_plus_the_writes_after_it(Arc::clone(&fixture.store)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_loads_from_the_snapshot_plus_the_writes_after_it() {
-    let fixture = PostgresFixture::new().await;
-    loads_from_the_snapshot_plus_the_writes_after_it(Arc::clone(&fixture.store)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_an_index_behind_the_horizon_reloads_from_the_snapshot() {
-    let fixture = SqliteFixture::new().await;
-    an_index_behind_the_horizon_reloads_from_the_snapshot(Arc::clone(&fixture.store)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_index_behind_the_horizon_reloads_from_the_snapshot() {
-    let fixture = PostgresFixture::new().await;
-    an_index_behind_the_horizon_reloads_from_the_snapshot(Arc::clone(&fixture.store)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_reload_without_a_usable_snapshot_rebuilds_from_the_records() {
-    let fixture = SqliteFixture::new().await;
-    a_reload_without_a_usable_snapshot_rebuilds_from_the_records(Arc::clone(&fixture.store)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_reload_without_a_usable_snapshot_rebuilds_from_the_records() {
-    let fixture = PostgresFixture::new().await;
-    a_reload_without_a_usable_snapshot_rebuilds_from_the_records(Arc::clone(&fixture.store)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_unusable_snapshot_is_ignored_and_replaced() {
-    let fixture = PostgresFixture::new().await;
-    an_unusable_snapshot_is_ignored_and_replaced(Arc::clone(&fixture.store)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_an_unusable_snapshot_is_ignored_and_replaced() {
-    let fixture = SqliteFixture::new().await;
-    an_unusable_snapshot_is_ignored_and_replaced(Arc::clone(&fixture.store)).await;
-}
+on_both_stores!(
+    loads_from_the_snapshot_plus_the_writes_after_it,
+    an_index_behind_the_horizon_reloads_from_the_snapshot,
+    a_reload_without_a_usable_snapshot_rebuilds_from_the_records,
+    an_unusable_snapshot_is_ignored_and_replaced,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_background_task_snapshots_indexes_that_changed() {

@@ -24,6 +24,32 @@ macro_rules! on_both_backends {
 
 pub(crate) use on_both_backends;
 
+/// `on_both_stores!(name, ...)`: like [`on_both_backends`], for bodies that take a
+/// fresh, migrated store (`name(store: Arc<dyn Store>)`) rather than a whole app.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use quiver_tests::stores::{PostgresFixture, SqliteFixture};
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let fixture = SqliteFixture::new().await;
+                    super::$name(std::sync::Arc::clone(&fixture.store)).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let fixture = PostgresFixture::new().await;
+                    super::$name(std::sync::Arc::clone(&fixture.store)).await;
+                }
+            }
+        )*
+    };
+}
+
+pub(crate) use on_both_stores;
+
 /// Asserts an error envelope with this status and code, and returns its message.
 pub fn assert_error(status: u16, body: &serde_json::Value, expected_status: u16, code: &str) -> String {
     assert_eq!(status, expected_status, "{body}");
