@@ -41,6 +41,15 @@ pub struct Match {
     pub values: Option<Vec<f32>>,
 }
 
+/// A search's outcome.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub matches: Vec<Match>,
+    pub plan: Plan,
+    /// The namespace seq the search saw.
+    pub seq: i64,
+}
+
 /// How a search was carried out, for `explain` and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
@@ -539,8 +548,8 @@ impl NamespaceIndex {
         state.seq = state.seq.max(seq);
     }
 
-    /// The `k` most similar records that pass `filter`, best first, and how they were found.
-    /// CPU-heavy: call from a blocking thread.
+    /// The `k` most similar records that pass `filter`, best first, and how they were
+    /// found. CPU-heavy: call from a blocking thread.
     pub fn search(
         &self,
         query: &[f32],
@@ -548,7 +557,39 @@ impl NamespaceIndex {
         filter: &Filter,
         include_values: bool,
     ) -> Result<(Vec<Match>, Plan), IndexError> {
-        let state = self.read();
+        self.search_in(&self.read(), query, k, filter, include_values)
+    }
+
+    /// [`NamespaceIndex::search`] if the index is not being written right now, with the
+    /// seq searched; `None` (at once, without waiting) if it is. For callers that must
+    /// not block on a write, such as an async runtime's thread.
+    pub fn try_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+        include_values: bool,
+    ) -> Option<Result<SearchOutcome, IndexError>> {
+        let state = match self.state.try_read() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let seq = state.seq;
+        Some(
+            self.search_in(&state, query, k, filter, include_values)
+                .map(|(matches, plan)| SearchOutcome { matches, plan, seq }),
+        )
+    }
+
+    fn search_in(
+        &self,
+        state: &State,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+        include_values: bool,
+    ) -> Result<(Vec<Match>, Plan), IndexError> {
         let live = state.by_id.len();
         if live == 0 || k == 0 {
             return Ok((Vec::new(), Plan::Graph));
@@ -567,10 +608,10 @@ impl NamespaceIndex {
                 Plan::Graph,
             )
         } else {
-            let selectivity = Self::estimate_selectivity(&state, &passes);
+            let selectivity = Self::estimate_selectivity(state, &passes);
             let expected = selectivity * live as f64;
             if expected <= EXACT_MAX_MATCHES || selectivity <= EXACT_MAX_SELECTIVITY {
-                (self.exact(&state, query, k, &passes)?, Plan::ExactScan)
+                (self.exact(state, query, k, &passes)?, Plan::ExactScan)
             } else {
                 let found = state
                     .index
@@ -578,7 +619,7 @@ impl NamespaceIndex {
                     .map_err(|e| IndexError(e.to_string()))?;
                 if found.keys.len() < k.min(expected as usize) {
                     // The walk ran dry before finding k matches: scan instead.
-                    (self.exact(&state, query, k, &passes)?, Plan::ExactScan)
+                    (self.exact(state, query, k, &passes)?, Plan::ExactScan)
                 } else {
                     (
                         found.keys.into_iter().zip(found.distances).collect(),
@@ -889,6 +930,26 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn try_search_answers_unless_a_write_holds_the_index() {
+        let index = NamespaceIndex::new(2, Metric::Euclidean, uuid::Uuid::nil()).expect("index");
+        index
+            .apply(&[upsert("a", 7, vec![1.0, 0.0], json!({}))])
+            .expect("apply");
+        let found = index
+            .try_search(&[1.0, 0.0], 1, &Filter::All, false)
+            .expect("not written now")
+            .expect("search");
+        assert_eq!(
+            (found.matches[0].id.as_str(), found.plan, found.seq),
+            ("a", Plan::Graph, 7)
+        );
+        let writing = index.state.write().expect("write lock");
+        assert!(index.try_search(&[1.0, 0.0], 1, &Filter::All, false).is_none());
+        drop(writing);
+        assert!(index.try_search(&[1.0, 0.0], 1, &Filter::All, false).is_some());
     }
 
     #[test]

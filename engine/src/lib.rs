@@ -12,5 +12,5 @@ pub mod manager;
 pub mod snapshot;
 
 pub use filter::{Filter, FilterError};
-pub use index::{Match, NamespaceIndex, Plan};
-pub use manager::{EngineError, IndexManager, IndexStatus, LoadedFrom, Query, SearchOutcome, SnapshotPolicy};
+pub use index::{Match, NamespaceIndex, Plan, SearchOutcome};
+pub use manager::{EngineError, IndexManager, IndexStatus, LoadedFrom, Query, SnapshotPolicy};

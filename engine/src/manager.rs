@@ -23,7 +23,7 @@ use quiver_store::{Change, NamespaceState, Project, Snapshot, Store, StoreError}
 use tokio::sync::Semaphore;
 
 use crate::filter::Filter;
-use crate::index::{IndexError, Match, NamespaceIndex, Plan, THREADS};
+use crate::index::{IndexError, NamespaceIndex, SearchOutcome, THREADS};
 
 /// Changes read from the store per round trip while loading or catching up.
 const PAGE: u32 = 2_000;
@@ -198,15 +198,6 @@ pub struct Query {
     pub include_values: bool,
     /// Catch up with the store before answering (read-your-writes across pods).
     pub strong: bool,
-}
-
-/// A search's outcome.
-#[derive(Debug, Clone)]
-pub struct SearchOutcome {
-    pub matches: Vec<Match>,
-    pub plan: Plan,
-    /// The namespace seq the search saw.
-    pub seq: i64,
 }
 
 impl IndexManager {
@@ -521,6 +512,17 @@ impl IndexManager {
             .acquire()
             .await
             .map_err(|e| EngineError::Task(e.to_string()))?;
+        // An unfiltered search walks the graph a bounded distance (ef × M vectors, well
+        // under a millisecond here): it runs on this thread, unless a write holds the
+        // index, rather than pay a hop to the blocking pool and back. Filtered searches
+        // may scan many records, and go to the blocking pool.
+        if query.filter.is_all()
+            && let Some(found) = loaded
+                .index
+                .try_search(&query.vector, query.k, &query.filter, query.include_values)
+        {
+            return Ok(Some(found?));
+        }
         let outcome = tokio::task::spawn_blocking(move || {
             let seq = loaded.index.seq();
             loaded

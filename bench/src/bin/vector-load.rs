@@ -1,6 +1,7 @@
 //! Measures the vector API over HTTP on this machine: upsert throughput, search QPS and
 //! p50/p99 latency at a given concurrency with recall@10, index memory per vector,
-//! and the QPS raw usearch reaches in-process with the same settings and data.
+//! and the QPS raw usearch reaches in-process on the same index (restored from its
+//! snapshot), with the CPU each spends per search.
 //!
 //! `cargo run --release -p quiver-bench --bin vector-load -- --vectors 100000 --dim 768`
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use quiver_bench::{brute_force, clustered_unit_vectors, percentile};
+use quiver_bench::{brute_force, clustered_unit_vectors, cpu_seconds, percentile};
 use quiver_common::bus::{Bus, InProcessBus};
 use quiver_common::domain::{Metric, ProjectId, Role};
 use quiver_common::token::JwtKeys;
@@ -29,7 +30,7 @@ struct Args {
     /// Concurrent search clients.
     #[arg(long, default_value_t = 8)]
     clients: usize,
-    /// Seconds of searching per measurement.
+    /// Seconds of searching for each of HTTP and raw (in alternating rounds).
     #[arg(long, default_value_t = 15)]
     seconds: u64,
     /// Queries whose recall@10 is checked against brute force.
@@ -78,6 +79,94 @@ impl quiver_common::http::ReadinessCheck for Unmetered {
     async fn check(&self) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// Rounds each of HTTP and raw search alternate over.
+const ROUNDS: u32 = 3;
+
+/// Searches over HTTP for `duration` from `clients` concurrent clients on one thread of
+/// their own (so their CPU can be told from the server's). Returns the latencies (ms),
+/// the client thread's CPU seconds and the whole process's.
+fn http_round(
+    base: &str,
+    key: &str,
+    bodies: &Arc<Vec<String>>,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<(Vec<f64>, f64, f64)> {
+    let process_before = cpu_seconds(false);
+    let (url, key, bodies) = (format!("{base}/v1/vectors/search"), key.to_owned(), Arc::clone(bodies));
+    let client = std::thread::Builder::new().name("load-client".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let started_cpu = cpu_seconds(true);
+            let http = reqwest::Client::new();
+            let deadline = Instant::now() + duration;
+            let mut tasks = Vec::new();
+            for c in 0..clients {
+                let (http, url, key, bodies) = (http.clone(), url.clone(), key.clone(), Arc::clone(&bodies));
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut i = c;
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        let response = http
+                            .post(&url)
+                            .header("x-api-key", &key)
+                            .header("content-type", "application/json")
+                            .body(bodies[i % bodies.len()].clone())
+                            .send()
+                            .await
+                            .expect("search answers");
+                        let _ = response.bytes().await.expect("body");
+                        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                        i += clients;
+                    }
+                    latencies
+                }));
+            }
+            let mut latencies = Vec::new();
+            for task in tasks {
+                latencies.extend(task.await?);
+            }
+            anyhow::Ok((latencies, cpu_seconds(true) - started_cpu))
+        })
+    })?;
+    let (latencies, client_cpu) = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("the load client panicked"))??;
+    Ok((latencies, client_cpu, cpu_seconds(false) - process_before))
+}
+
+/// Searches the raw index from `clients` threads for `duration`: searches done and the
+/// process's CPU seconds.
+fn raw_round(
+    raw: &Arc<quiver_engine::NamespaceIndex>,
+    queries: &Arc<Vec<Vec<f32>>>,
+    clients: usize,
+    duration: Duration,
+) -> (usize, f64) {
+    let before = cpu_seconds(false);
+    let deadline = Instant::now() + duration;
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (raw, queries) = (Arc::clone(raw), Arc::clone(queries));
+            std::thread::spawn(move || {
+                let mut done = 0usize;
+                let mut i = c;
+                while Instant::now() < deadline {
+                    let _ = raw
+                        .search(&queries[i % queries.len()], 10, &quiver_engine::Filter::All, false)
+                        .expect("search");
+                    done += 1;
+                    i += clients;
+                }
+                done
+            })
+        })
+        .collect();
+    let done = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+    (done, cpu_seconds(false) - before)
 }
 
 #[tokio::main]
@@ -208,104 +297,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let recall = hits as f64 / (10 * args.recall_queries) as f64;
 
-    // Search load over HTTP.
-    eprintln!(
-        "searching over HTTP with {} clients for {} s…",
-        args.clients, args.seconds
-    );
-    let bodies: Arc<Vec<String>> = Arc::new(queries.iter().map(|q| search(q).to_string()).collect());
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let mut clients = Vec::new();
-    for c in 0..args.clients {
-        let (http, base, key, bodies) = (http.clone(), base.clone(), key.clone(), Arc::clone(&bodies));
-        clients.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut i = c;
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                let response = http
-                    .post(format!("{base}/v1/vectors/search"))
-                    .header("x-api-key", &key)
-                    .header("content-type", "application/json")
-                    .body(bodies[i % bodies.len()].clone())
-                    .send()
-                    .await
-                    .expect("search answers");
-                let _ = response.bytes().await.expect("body");
-                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-                i += args.clients;
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Vec::new();
-    for client in clients {
-        latencies.extend(client.await?);
-    }
-    latencies.sort_by(f64::total_cmp);
-    let http_qps = latencies.len() as f64 / args.seconds as f64;
     let (allocated, used) = (indexes.memory_bytes(), indexes.used_bytes());
     let ef = indexes.search_width(project.id, "bench").await.unwrap_or_default();
-
-    // Raw usearch in-process: same options, same data, same concurrency, no HTTP.
-    eprintln!("searching raw usearch in-process…");
-    let raw = Arc::new(quiver_engine::NamespaceIndex::new(
-        args.dim,
-        Metric::Cosine,
-        Default::default(),
-    )?);
-    {
-        let changes: Vec<quiver_store::Change> = data
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                quiver_store::Change::Upsert(quiver_store::Record {
-                    id: i.to_string(),
-                    vector: v.clone(),
-                    metadata: Default::default(),
-                    content: None,
-                    seq: 1,
-                    created_at: Default::default(),
-                    updated_at: Default::default(),
-                })
-            })
-            .collect();
-        let raw = Arc::clone(&raw);
-        tokio::task::spawn_blocking(move || raw.apply(&changes)).await??;
-    }
-    // The same search width the served index tuned itself to.
-    raw.set_ef(ef);
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let queries = Arc::new(queries);
-    let mut threads = Vec::new();
-    for c in 0..args.clients {
-        let (raw, queries) = (Arc::clone(&raw), Arc::clone(&queries));
-        threads.push(std::thread::spawn(move || {
-            let mut done = 0usize;
-            let mut i = c;
-            while Instant::now() < deadline {
-                let _ = raw
-                    .search(&queries[i % queries.len()], 10, &quiver_engine::Filter::All, false)
-                    .expect("search");
-                done += 1;
-                i += 8;
-            }
-            done
-        }));
-    }
-    let raw_done: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
-    let raw_qps = raw_done as f64 / args.seconds as f64;
-    drop(raw);
 
     // Snapshot the served index, then load it on a fresh manager (a new pod) from it.
     eprintln!("snapshotting and loading from the snapshot…");
     let started = Instant::now();
     let snapshot_seq = indexes.snapshot_now(project.id, "bench").await?;
     let snapshot_secs = started.elapsed().as_secs_f64();
-    let snapshot_bytes = store
+    let stored = store
         .snapshot(project.id, "bench")
         .await?
-        .map_or(0, |snapshot| snapshot.bytes.len());
+        .ok_or_else(|| anyhow::anyhow!("no snapshot stored"))?;
+    let snapshot_bytes = stored.bytes.len();
     let fresh = quiver_engine::IndexManager::new(Arc::clone(&store), 8 << 30);
     let started = Instant::now();
     let probe = quiver_engine::Query {
@@ -322,6 +326,43 @@ async fn main() -> anyhow::Result<()> {
         snapshot_seq.is_some() && matches!(from, Some(quiver_engine::LoadedFrom::Snapshot(_))),
         "the fresh manager did not load from the snapshot ({from:?})"
     );
+    drop(fresh);
+
+    // Raw usearch in-process: the served index itself (restored from its snapshot, so
+    // the very same graph and search width), the same queries and concurrency.
+    let raw = Arc::new(
+        tokio::task::spawn_blocking(move || {
+            quiver_engine::NamespaceIndex::restore(args.dim, Metric::Cosine, stored.epoch, &stored.bytes)
+        })
+        .await??,
+    );
+    raw.set_ef(ef);
+
+    // Search load, HTTP and raw in alternating rounds, so that drift in this machine's
+    // speed (it is shared) falls on both alike.
+    eprintln!(
+        "searching over HTTP and raw, {} clients, {} rounds of {} s each…",
+        args.clients, ROUNDS, args.seconds
+    );
+    let bodies: Arc<Vec<String>> = Arc::new(queries.iter().map(|q| search(q).to_string()).collect());
+    let queries = Arc::new(queries);
+    let round = Duration::from_secs(args.seconds) / ROUNDS;
+    let (mut latencies, mut client_cpu, mut process_cpu) = (Vec::new(), 0.0, 0.0);
+    let (mut raw_done, mut raw_cpu) = (0usize, 0.0);
+    for _ in 0..ROUNDS {
+        let (times, client, process) = http_round(&base, &key, &bodies, args.clients, round)?;
+        latencies.extend(times);
+        client_cpu += client;
+        process_cpu += process;
+        let (done, cpu) = raw_round(&raw, &queries, args.clients, round);
+        raw_done += done;
+        raw_cpu += cpu;
+    }
+    drop(raw);
+    latencies.sort_by(f64::total_cmp);
+    let http_qps = latencies.len() as f64 / args.seconds as f64;
+    let raw_qps = raw_done as f64 / args.seconds as f64;
+    let raw_cpu_per_search = raw_cpu / raw_done as f64;
 
     println!("| measure | value |");
     println!("|---|---|");
@@ -357,6 +398,18 @@ async fn main() -> anyhow::Result<()> {
         args.clients, raw_qps
     );
     println!("| HTTP / raw | {:.0} % |", 100.0 * http_qps / raw_qps);
+    let requests = latencies.len() as f64;
+    let server_cpu = (process_cpu - client_cpu) / requests;
+    println!(
+        "| CPU per search request | server {:.0} µs, load client {:.0} µs; raw usearch {:.0} µs per search |",
+        server_cpu * 1e6,
+        client_cpu / requests * 1e6,
+        raw_cpu_per_search * 1e6
+    );
+    println!(
+        "| server CPU: raw search / HTTP request | {:.0} % |",
+        100.0 * raw_cpu_per_search / server_cpu
+    );
     println!(
         "| index memory | {:.0} bytes/vector in use, {:.0} allocated (usearch grows its arenas by doubling) |",
         used as f64 / args.vectors as f64,
