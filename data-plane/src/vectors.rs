@@ -66,57 +66,162 @@ fn no_namespace(name: &str) -> ApiError {
 /// Checks a vector's values: numbers, finite as f32, of the project's dimension, and
 /// (for cosine) not all zero. `what` names the vector in messages.
 pub(crate) fn parse_values(value: &Value, dimension: u32, metric: Metric, what: &str) -> Result<Vec<f32>, ApiError> {
-    let items = value.as_array().ok_or_else(|| {
-        ApiError::validation(format!(
-            "{what} values must be an array of numbers, got {}",
-            kind(value)
-        ))
-    })?;
-    if items.len() != dimension as usize {
-        return Err(ApiError::validation(format!(
-            "{what} has {} values, the project's dimension is {dimension}",
-            items.len()
-        )));
-    }
-    let mut values = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let x = item
-            .as_f64()
-            .ok_or_else(|| ApiError::validation(format!("{what} value {i} is {}, not a number", kind(item))))?;
-        let x = x as f32;
-        if !x.is_finite() {
-            return Err(ApiError::validation(format!(
-                "{what} value {i} is not a finite 32-bit float"
-            )));
-        }
-        values.push(x);
-    }
-    if metric == Metric::Cosine && values.iter().all(|x| *x == 0.0) {
-        return Err(ApiError::validation(format!(
-            "{what} is all zeros, which has no direction for cosine similarity"
-        )));
-    }
-    Ok(values)
+    VectorValues::deserialize(value)
+        .map_err(|err| ApiError::validation(format!("{what}: {err}")))?
+        .check(dimension, metric, what)
 }
 
-/// [`parse_values`] for raw JSON: numbers go straight into `f32` (no `Value` per
-/// number, which costs more than the rest of a search request); only a vector that
-/// fails is parsed again through `Value`, to say what is wrong with it.
-fn parse_raw_values(
-    raw: &serde_json::value::RawValue,
-    dimension: u32,
-    metric: Metric,
-    what: &str,
-) -> Result<Vec<f32>, ApiError> {
-    if let Ok(values) = serde_json::from_str::<Vec<f32>>(raw.get())
-        && values.len() == dimension as usize
-        && values.iter().all(|x| x.is_finite())
-        && !(metric == Metric::Cosine && values.iter().all(|x| *x == 0.0))
-    {
-        return Ok(values);
+/// A vector as a request sent it, read in one pass: its numbers go straight into
+/// `f32` as the body is parsed (no `Value` per number, which would cost more than the
+/// rest of a search request). Anything else is kept only as far as
+/// [`VectorValues::check`] needs to say what is wrong with it.
+#[derive(Debug)]
+pub(crate) enum VectorValues {
+    /// An array. Elements that are not numbers stand as NaN in `values`; `bad` is
+    /// the first of them, with its kind.
+    Array {
+        values: Vec<f32>,
+        bad: Option<(usize, &'static str)>,
+    },
+    /// Some other JSON value, by kind ("a string", "null", ...).
+    Not(&'static str),
+}
+
+impl VectorValues {
+    /// The values, if they are numbers, finite as f32, of the project's dimension and
+    /// (for cosine) not all zero; otherwise a validation error that names `what`.
+    pub(crate) fn check(self, dimension: u32, metric: Metric, what: &str) -> Result<Vec<f32>, ApiError> {
+        let (values, bad) = match self {
+            Self::Array { values, bad } => (values, bad),
+            Self::Not(kind) => {
+                return Err(ApiError::validation(format!(
+                    "{what} values must be an array of numbers, got {kind}"
+                )));
+            }
+        };
+        if values.len() != dimension as usize {
+            return Err(ApiError::validation(format!(
+                "{what} has {} values, the project's dimension is {dimension}",
+                values.len()
+            )));
+        }
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(ApiError::validation(match bad {
+                Some((at, kind)) if at == i => format!("{what} value {i} is {kind}, not a number"),
+                _ => format!("{what} value {i} is not a finite 32-bit float"),
+            }));
+        }
+        if metric == Metric::Cosine && values.iter().all(|x| *x == 0.0) {
+            return Err(ApiError::validation(format!(
+                "{what} is all zeros, which has no direction for cosine similarity"
+            )));
+        }
+        Ok(values)
     }
-    let value: Value = serde_json::from_str(raw.get()).map_err(|err| ApiError::validation(format!("{what}: {err}")))?;
-    parse_values(&value, dimension, metric, what)
+}
+
+impl<'de> Deserialize<'de> for VectorValues {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match deserializer.deserialize_any(Shape { outermost: true })? {
+            Read::Array { values, bad } => VectorValues::Array { values, bad },
+            Read::Number(_) => VectorValues::Not("a number"),
+            Read::Not(kind) => VectorValues::Not(kind),
+        })
+    }
+}
+
+/// What [`Shape`] read: a number, an array of numbers (the outermost value only), or
+/// the kind of anything else, in the words of [`kind`].
+enum Read {
+    Number(f32),
+    Array {
+        values: Vec<f32>,
+        bad: Option<(usize, &'static str)>,
+    },
+    Not(&'static str),
+}
+
+impl Read {
+    /// The number read, or the kind of what was read instead.
+    fn number(self) -> Result<f32, &'static str> {
+        match self {
+            Read::Number(x) => Ok(x),
+            Read::Array { .. } => Err("an array"),
+            Read::Not(kind) => Err(kind),
+        }
+    }
+}
+
+/// Reads a vector (`outermost`) or one of its elements. Arrays and objects inside
+/// are read through and dropped: only their kind is kept.
+struct Shape {
+    outermost: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Shape {
+    type Value = Read;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Read, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Shape {
+    type Value = Read;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, x: i64) -> Result<Read, E> {
+        Ok(Read::Number(x as f32))
+    }
+    fn visit_u64<E: serde::de::Error>(self, x: u64) -> Result<Read, E> {
+        Ok(Read::Number(x as f32))
+    }
+    fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<Read, E> {
+        Ok(Read::Number(x as f32))
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Read, E> {
+        Ok(Read::Not("a boolean"))
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Read, E> {
+        Ok(Read::Not("a string"))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Read, E> {
+        Ok(Read::Not("null"))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Read, E> {
+        Ok(Read::Not("null"))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Read, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Read::Not("an object"))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Read, A::Error> {
+        if !self.outermost {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            return Ok(Read::Not("an array"));
+        }
+        // A body does not say how long its arrays are: start with room for common
+        // dimensions rather than grow through ten reallocations.
+        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(1024).min(4096));
+        let mut bad = None;
+        while let Some(element) = seq.next_element_seed(Shape { outermost: false })? {
+            match element.number() {
+                Ok(x) => values.push(x),
+                Err(kind) => {
+                    bad.get_or_insert((values.len(), kind));
+                    values.push(f32::NAN);
+                }
+            }
+        }
+        Ok(Read::Array { values, bad })
+    }
 }
 
 pub(crate) fn parse_id(value: Option<&Value>, what: &str) -> Result<String, ApiError> {
@@ -298,7 +403,7 @@ pub struct SearchRequest {
     namespace: Option<String>,
     /// The query: the project's dimension, finite.
     #[schema(value_type = Vec<f32>, example = json!([0.11, 0.22, 0.33, 0.44]))]
-    vector: Option<Box<serde_json::value::RawValue>>,
+    vector: Option<VectorValues>,
     /// 1 to 1,000 (default 10).
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000, example = 10)]
     top_k: Option<Value>,
@@ -394,18 +499,17 @@ pub async fn search(
     principal: Principal,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SearchResponse>, ApiError> {
     principal.require(Scope::Read)?;
     let body = body.map_err(crate::json::body_rejection)?;
     let request: SearchRequest = parse_body(&headers, &body)?;
     let namespace = namespace(request.namespace)?;
     principal.require_namespace(&namespace)?;
     let project = &principal.project;
-    let vector = request
+    let query = request
         .vector
-        .as_deref()
-        .ok_or_else(|| ApiError::validation("the search has no vector"))?;
-    let query = parse_raw_values(vector, project.dimension, project.metric, "the query vector")?;
+        .ok_or_else(|| ApiError::validation("the search has no vector"))?
+        .check(project.dimension, project.metric, "the query vector")?;
     let k = parse_top_k(request.top_k.as_ref(), "top_k")?;
     let filter = Arc::new(parse_filter(request.filter.as_ref(), "filter")?);
     let strong = strong(request.consistency.as_deref())?;
@@ -433,14 +537,11 @@ pub async fn search(
             metadata: include_metadata.then_some(m.metadata),
         })
         .collect();
-    Ok(Json(
-        serde_json::to_value(SearchResponse {
-            matches,
-            namespace,
-            seq: outcome.seq,
-        })
-        .map_err(anyhow::Error::from)?,
-    ))
+    Ok(Json(SearchResponse {
+        matches,
+        namespace,
+        seq: outcome.seq,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -818,4 +919,85 @@ pub async fn list(
         })
         .map_err(anyhow::Error::from)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector read in one pass from a body's text, and through a `Value`, as
+    /// upserts read theirs: both must give the same values or the same refusal.
+    fn both_ways(text: &str, dimension: u32, metric: Metric) -> Result<Vec<f32>, String> {
+        #[derive(Deserialize)]
+        struct Body {
+            vector: VectorValues,
+        }
+        let body = format!(r#"{{"vector": {text}}}"#);
+        let streamed: Body = serde_json::from_str(&body).expect("VectorValues read any JSON value");
+        let streamed = streamed.vector.check(dimension, metric, "the query vector");
+        let value: Value = serde_json::from_str(text).expect("valid JSON");
+        let through_value = parse_values(&value, dimension, metric, "the query vector");
+        let message = |r: Result<Vec<f32>, ApiError>| r.map_err(|e| e.envelope().error.message);
+        let (streamed, through_value) = (message(streamed), message(through_value));
+        assert_eq!(streamed, through_value, "{text}");
+        streamed
+    }
+
+    #[test]
+    fn a_vector_of_numbers_reads_into_f32() {
+        assert_eq!(
+            both_ways("[1, -2, 0.5, 1e-3]", 4, Metric::Cosine),
+            Ok(vec![1.0, -2.0, 0.5, 0.001])
+        );
+        assert_eq!(both_ways("[0, 0]", 2, Metric::Euclidean), Ok(vec![0.0, 0.0]));
+    }
+
+    #[test]
+    fn a_bad_vector_is_refused_with_what_is_wrong_at_the_first_bad_value() {
+        let cases = [
+            (
+                r#""0.1, 0.2""#,
+                "the query vector values must be an array of numbers, got a string",
+            ),
+            ("null", "the query vector values must be an array of numbers, got null"),
+            (
+                "{\"a\": [1]}",
+                "the query vector values must be an array of numbers, got an object",
+            ),
+            ("7", "the query vector values must be an array of numbers, got a number"),
+            (
+                "true",
+                "the query vector values must be an array of numbers, got a boolean",
+            ),
+            (
+                "[1, 2, 3]",
+                "the query vector has 3 values, the project's dimension is 4",
+            ),
+            ("[]", "the query vector has 0 values, the project's dimension is 4"),
+            (
+                r#"[1, "2", 3, 4]"#,
+                "the query vector value 1 is a string, not a number",
+            ),
+            ("[[1], 2, 3, {}]", "the query vector value 0 is an array, not a number"),
+            (
+                "[1, 2, null, {\"x\": 1}]",
+                "the query vector value 2 is null, not a number",
+            ),
+            (
+                "[1, 1e39, 3, false]",
+                "the query vector value 1 is not a finite 32-bit float",
+            ),
+            (
+                "[1, true, 3, 1e39]",
+                "the query vector value 1 is a boolean, not a number",
+            ),
+            (
+                "[0, 0, 0, 0.0]",
+                "the query vector is all zeros, which has no direction for cosine similarity",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(both_ways(text, 4, Metric::Cosine), Err(expected.to_owned()), "{text}");
+        }
+    }
 }

@@ -308,6 +308,18 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
             "dimension is 4",
         ),
         (json!({"namespace": "ns", "top_k": 3}), "no vector"),
+        (
+            json!({"namespace": "ns", "vector": [1, "2", 3, 4]}),
+            "the query vector value 1 is a string, not a number",
+        ),
+        (
+            json!({"namespace": "ns", "vector": "1,2,3,4"}),
+            "the query vector values must be an array of numbers, got a string",
+        ),
+        (
+            json!({"namespace": "ns", "vector": [1, 2, 3, 1e39]}),
+            "the query vector value 3 is not a finite 32-bit float",
+        ),
         (json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 0}), "top_k"),
         (
             json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 1001}),
