@@ -26,7 +26,7 @@ use crate::idempotency::idempotent;
 use crate::json::parse_body;
 use crate::limits::Kind;
 use crate::records;
-use crate::vectors::{parse_filter, parse_id, parse_metadata, parse_top_k, parse_values, strong};
+use crate::vectors::{VectorValues, parse_filter, parse_id, parse_metadata, parse_top_k, parse_values, strong};
 
 pub fn router() -> Router<DataPlane> {
     Router::new()
@@ -536,7 +536,7 @@ pub struct SearchRequest {
     query: Option<Value>,
     /// A query vector of the project's dimension, instead of `query`.
     #[schema(value_type = Option<Vec<f32>>)]
-    vector: Option<Value>,
+    vector: Option<VectorValues>,
     /// 1 to 1,000 (default 10).
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000, example = 10)]
     limit: Option<Value>,
@@ -617,11 +617,11 @@ pub async fn search(
     let filter = Arc::new(parse_filter(request.filters.as_ref(), "filters")?);
     let strong = strong(request.consistency.as_deref())?;
     state.admit(&principal, Kind::Queries, 1).await?;
-    let (vector, model) = match (&request.query, &request.vector) {
+    let (vector, model) = match (&request.query, request.vector) {
         (Some(_), Some(_)) => return Err(ApiError::validation("send either query or vector, not both")),
         (None, None) => return Err(ApiError::validation("send the query text (or a vector)")),
         (None, Some(vector)) => (
-            parse_values(vector, project.dimension, project.metric, "the query vector")?,
+            vector.check(project.dimension, project.metric, "the query vector")?,
             None,
         ),
         (Some(query), None) => {

@@ -642,6 +642,34 @@ async fn bad_documents_are_refused_and_nothing_is_written(backend: Backend) {
         )
         .await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
+    let mut bad_vector = vec![json!(0.1); 1536];
+    bad_vector[7] = json!("0.1");
+    for (search, needle) in [
+        (
+            json!({"vector": bad_vector}),
+            "the query vector value 7 is a string, not a number",
+        ),
+        (
+            json!({"vector": [0.1, 0.2]}),
+            "the query vector has 2 values, the project's dimension is 1536",
+        ),
+        (
+            json!({"query": "x", "vector": vec![0.1; 1536]}),
+            "send either query or vector, not both",
+        ),
+    ] {
+        let (status, body) = app
+            .data_call(
+                0,
+                Method::POST,
+                "/api/v1/collections/c/search",
+                &t.readonly,
+                Some(search),
+            )
+            .await;
+        let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+        assert!(message.contains(needle), "{message}");
+    }
     let (status, body) = app
         .data_call(
             0,
