@@ -616,17 +616,25 @@ pub async fn search(
     }
     let filter = Arc::new(parse_filter(request.filters.as_ref(), "filters")?);
     let strong = strong(request.consistency.as_deref())?;
-    state.admit(&principal, Kind::Queries, 1).await?;
-    let (vector, model) = match (&request.query, request.vector) {
+    /// What the search looks for: text to embed, or a vector as given.
+    enum Probe {
+        Text(String),
+        Vector(Vec<f32>),
+    }
+    // The request is checked whole before it counts against the rate limit.
+    let probe = match (&request.query, request.vector) {
         (Some(_), Some(_)) => return Err(ApiError::validation("send either query or vector, not both")),
         (None, None) => return Err(ApiError::validation("send the query text (or a vector)")),
-        (None, Some(vector)) => (
-            vector.check(project.dimension, project.metric, "the query vector")?,
-            None,
+        (None, Some(vector)) => Probe::Vector(vector.check(project.dimension, project.metric, "the query vector")?),
+        (Some(query), None) => Probe::Text(
+            parse_content(Some(query), "the query")?
+                .ok_or_else(|| ApiError::validation("the query must be a non-empty string"))?,
         ),
-        (Some(query), None) => {
-            let text = parse_content(Some(query), "the query")?
-                .ok_or_else(|| ApiError::validation("the query must be a non-empty string"))?;
+    };
+    state.admit(&principal, Kind::Queries, 1).await?;
+    let (vector, model) = match probe {
+        Probe::Vector(vector) => (vector, None),
+        Probe::Text(text) => {
             let model = request.embedding_model.as_deref().unwrap_or(&state.default_model);
             // Refuse an unknown collection before paying for an embedding.
             if state

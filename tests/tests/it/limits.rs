@@ -102,6 +102,17 @@ async fn a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next(app
         assert_eq!(answer.limit, Some(30));
         assert_eq!(answer.remaining, Some(29 - i), "query {i}");
         assert!(answer.reset.expect("reset") >= epoch_secs());
+        if i == 10 {
+            // Bad searches are refused before they count: the next query still finds
+            // 18 left.
+            for (path, body) in [
+                ("/v1/vectors/search", json!({"vector": [0.1, "x", 0.3, 0.4]})),
+                ("/api/v1/collections/docs/search", json!({"vector": [0.1, 0.2]})),
+            ] {
+                let bad = send(&app, 0, Method::POST, path, &key, body).await;
+                assert_error(bad.status, &bad.body, 400, "VALIDATION_ERROR");
+            }
+        }
     }
     let refused = search(&app, 0, &key).await;
     let message = assert_error(refused.status, &refused.body, 429, "RATE_LIMITED");
