@@ -207,9 +207,11 @@ impl<'de> serde::de::Visitor<'de> for Shape {
             while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
             return Ok(Read::Not("an array"));
         }
-        // A body does not say how long its arrays are: start with room for common
-        // dimensions rather than grow through ten reallocations.
-        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(1024).min(4096));
+        // A body does not say how long its arrays are, and the batch size is checked
+        // only after parsing: reserve no more than the input says is there, or a 64 MiB
+        // body of tiny vectors could ask for gigabytes. Growing costs little beside
+        // parsing the numbers.
+        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
         let mut bad = None;
         while let Some(element) = seq.next_element_seed(Shape { outermost: false })? {
             match element.number() {
@@ -1029,6 +1031,18 @@ mod tests {
             Ok(vec![1.0, -2.0, 0.5, 0.001])
         );
         assert_eq!(both_ways("[0, 0]", 2, Metric::Euclidean), Ok(vec![0.0, 0.0]));
+    }
+
+    #[test]
+    fn a_short_vector_reserves_no_room_for_a_long_one() {
+        // An upsert body may hold millions of tiny vectors before its batch size is
+        // checked: each must cost what it holds, not a guess at a common dimension.
+        let read: VectorValues = serde_json::from_str("[1, 2]").expect("a vector");
+        let VectorValues::Array { values, .. } = read else {
+            panic!("an array reads as one: {read:?}");
+        };
+        assert_eq!(values, vec![1.0, 2.0]);
+        assert!(values.capacity() < 64, "capacity {}", values.capacity());
     }
 
     #[test]
