@@ -43,8 +43,10 @@ pub fn brute_force(data: &[Vec<f32>], query: &[f32], k: usize) -> Vec<usize> {
         .enumerate()
         .map(|(i, v)| (v.iter().zip(query).map(|(a, b)| a * b).sum(), i))
         .collect();
-    scored.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
-    scored.truncate(k);
+    if k < scored.len() {
+        scored.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
+        scored.truncate(k);
+    }
     scored.into_iter().map(|(_, i)| i).collect()
 }
 

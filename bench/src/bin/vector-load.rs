@@ -99,6 +99,9 @@ impl quiver_common::http::ReadinessCheck for Unmetered {
 /// Rounds each of HTTP and raw search alternate over.
 const ROUNDS: u32 = 3;
 
+/// Matches each search asks for.
+const TOP_K: usize = 10;
+
 /// Searches over HTTP for `duration` from `clients` concurrent clients on one thread of
 /// their own (so their CPU can be told from the server's). Returns the latencies (ms),
 /// the client thread's CPU seconds and the whole process's.
@@ -106,7 +109,7 @@ const ROUNDS: u32 = 3;
 /// Each client holds one keep-alive HTTP/1.1 connection of its own and speaks it the
 /// way load generators such as wrk do: each request is written from bytes built before
 /// the run, and each response is read whole (status line, headers, `content-length`
-/// bytes of body) and checked (a 200 whose body holds ten matches). The load tool shares
+/// bytes of body) and checked (a 200 whose body holds `expected` matches). The load tool shares
 /// the server's two cores, so it should take as little of them as it can.
 fn http_round(
     server: SocketAddr,
@@ -114,6 +117,7 @@ fn http_round(
     clients: usize,
     duration: Duration,
     policy: ClientPolicy,
+    expected: usize,
 ) -> anyhow::Result<(Vec<f64>, f64, f64)> {
     let process_before = cpu_seconds(false);
     let requests = Arc::clone(requests);
@@ -140,8 +144,8 @@ fn http_round(
                         let body = read_response(&mut stream, &mut buffer).await?;
                         let answer: SearchAnswer = serde_json::from_slice(body)?;
                         anyhow::ensure!(
-                            answer.matches.len() == 10,
-                            "a search found {} matches",
+                            answer.matches.len() == expected,
+                            "a search found {} matches, not {expected}",
                             answer.matches.len()
                         );
                         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -257,7 +261,7 @@ fn raw_round(
                 while Instant::now() < deadline {
                     let _ = raw
                         .index
-                        .search(&queries[i % queries.len()], 10, &quiver_engine::Filter::All, false)
+                        .search(&queries[i % queries.len()], TOP_K, &quiver_engine::Filter::All, false)
                         .expect("search");
                     done += 1;
                     i += clients;
@@ -370,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
     let upsert_secs = started.elapsed().as_secs_f64();
 
     // First search loads the index from the store (cold load by replay).
-    let search = |q: &[f32]| json!({"namespace": "bench", "vector": q, "top_k": 10, "include_metadata": false});
+    let search = |q: &[f32]| json!({"namespace": "bench", "vector": q, "top_k": TOP_K, "include_metadata": false});
     let started = Instant::now();
     http.post(format!("{base}/v1/vectors/search"))
         .header("x-api-key", &key)
@@ -404,7 +408,7 @@ async fn main() -> anyhow::Result<()> {
                 .count()
         });
     }
-    let recall = hits as f64 / (10 * args.recall_queries) as f64;
+    let recall = hits as f64 / (10.min(args.vectors) * args.recall_queries) as f64;
 
     let (allocated, used) = (indexes.memory_bytes(), indexes.used_bytes());
     let ef = indexes.search_width(project.id, "bench").await.unwrap_or_default();
@@ -461,7 +465,14 @@ async fn main() -> anyhow::Result<()> {
     let (mut latencies, mut client_cpu, mut process_cpu) = (Vec::new(), 0.0, 0.0);
     let (mut raw_done, mut raw_cpu) = (0usize, 0.0);
     for _ in 0..ROUNDS {
-        let (times, client, process) = http_round(server, &requests, args.clients, round, args.client_policy)?;
+        let (times, client, process) = http_round(
+            server,
+            &requests,
+            args.clients,
+            round,
+            args.client_policy,
+            TOP_K.min(args.vectors),
+        )?;
         latencies.extend(times);
         client_cpu += client;
         process_cpu += process;
