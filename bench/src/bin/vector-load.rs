@@ -109,8 +109,8 @@ const TOP_K: usize = 10;
 /// Each client holds one keep-alive HTTP/1.1 connection of its own and speaks it the
 /// way load generators such as wrk do: each request is written from bytes built before
 /// the run, and each response is read whole (status line, headers, `content-length`
-/// bytes of body) and checked (a 200 whose body holds `expected` matches). The load tool shares
-/// the server's two cores, so it should take as little of them as it can.
+/// bytes of body) and checked (a 200 whose body holds `expected` matches). The load
+/// tool shares the server's two cores, so it should take as little of them as it can.
 fn http_round(
     server: SocketAddr,
     requests: &Arc<Vec<Bytes>>,
@@ -389,11 +389,15 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Recall@10 over HTTP.
+    // Recall@10 over HTTP. A search finds `expected` matches: ten, or every vector if
+    // there are fewer.
+    let expected = TOP_K.min(args.vectors);
     let mut hits = 0;
     for q in queries.iter().take(args.recall_queries) {
-        let truth: std::collections::HashSet<String> =
-            brute_force(&data, q, 10).into_iter().map(|i| i.to_string()).collect();
+        let truth: std::collections::HashSet<String> = brute_force(&data, q, TOP_K)
+            .into_iter()
+            .map(|i| i.to_string())
+            .collect();
         let body: Value = http
             .post(format!("{base}/v1/vectors/search"))
             .header("x-api-key", &key)
@@ -408,7 +412,7 @@ async fn main() -> anyhow::Result<()> {
                 .count()
         });
     }
-    let recall = hits as f64 / (10.min(args.vectors) * args.recall_queries) as f64;
+    let recall = hits as f64 / (expected * args.recall_queries) as f64;
 
     let (allocated, used) = (indexes.memory_bytes(), indexes.used_bytes());
     let ef = indexes.search_width(project.id, "bench").await.unwrap_or_default();
@@ -465,14 +469,8 @@ async fn main() -> anyhow::Result<()> {
     let (mut latencies, mut client_cpu, mut process_cpu) = (Vec::new(), 0.0, 0.0);
     let (mut raw_done, mut raw_cpu) = (0usize, 0.0);
     for _ in 0..ROUNDS {
-        let (times, client, process) = http_round(
-            server,
-            &requests,
-            args.clients,
-            round,
-            args.client_policy,
-            TOP_K.min(args.vectors),
-        )?;
+        let (times, client, process) =
+            http_round(server, &requests, args.clients, round, args.client_policy, expected)?;
         latencies.extend(times);
         client_cpu += client;
         process_cpu += process;
