@@ -6,7 +6,9 @@ through the generated functions and every answer is checked as a typed model, so
 spec that does not describe what the server sends fails here.
 """
 
+import base64
 import os
+import struct
 import sys
 import uuid
 
@@ -175,6 +177,19 @@ def main():
     )
     assert found.matches[0].id == "sku-3", found
     assert all(m.metadata["category"] == "hardware" for m in found.matches)
+
+    # The same query as base64 of little-endian float32s (OpenAI's encoding_format="base64").
+    encoded = base64.b64encode(struct.pack(f"<{DIM}f", *vec(3))).decode()
+    by_base64 = ok(
+        search_vectors.sync_detailed(
+            client=data,
+            body=VectorSearchRequest.from_dict(
+                {"namespace": ns, "vector": encoded, "top_k": 3, "filter": {"category": "hardware"}, "consistency": "strong"}
+            ),
+        ),
+        VectorSearchResponse,
+    )
+    assert [m.id for m in by_base64.matches] == [m.id for m in found.matches], by_base64
 
     one = fetch_vectors.sync_detailed(client=data, body=VectorQueryRequest(namespace=ns, id="sku-1"))
     assert one.status_code == 200 and one.parsed["id"] == "sku-1"

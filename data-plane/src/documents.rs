@@ -100,7 +100,8 @@ pub struct DocumentInput {
     pub content: String,
     #[schema(value_type = Option<Object>, example = json!({"source": "blog", "category": "technology"}))]
     pub metadata: Option<Value>,
-    /// The document's own vector, of the project's dimension.
+    /// The document's own vector, as numbers or base64.
+    #[schema(value_type = Option<crate::vectors::VectorData>)]
     pub embedding: Option<Vec<f32>>,
 }
 
@@ -363,8 +364,8 @@ pub struct ReplaceRequest {
     /// New metadata: replaces the whole object.
     #[schema(value_type = Option<Object>, example = json!({"source": "blog", "updated": true}))]
     metadata: Option<Value>,
-    /// A new vector, of the project's dimension.
-    #[schema(value_type = Option<Vec<f32>>)]
+    /// A new vector, as numbers or base64.
+    #[schema(value_type = Option<crate::vectors::VectorData>)]
     embedding: Option<Value>,
     /// Embed the (new) content again; without it the embedding is kept.
     #[serde(default)]
@@ -534,8 +535,8 @@ pub struct SearchRequest {
     /// Text to embed and search for (or send `vector`).
     #[schema(example = "AI-native database for semantic search")]
     query: Option<Value>,
-    /// A query vector of the project's dimension, instead of `query`.
-    #[schema(value_type = Option<Vec<f32>>)]
+    /// A query vector, as numbers or base64, instead of `query`.
+    #[schema(value_type = Option<crate::vectors::VectorData>)]
     vector: Option<VectorValues>,
     /// 1 to 1,000 (default 10).
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000, example = 10)]

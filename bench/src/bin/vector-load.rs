@@ -1,7 +1,8 @@
 //! Measures the vector API over HTTP on this machine: upsert throughput, search QPS and
-//! p50/p99 latency at a given concurrency with recall@10, index memory per vector,
-//! and the QPS raw usearch reaches in-process on the very index the server searches,
-//! with the CPU each spends per search.
+//! p50/p99 latency at a given concurrency with recall@10 (the query vector sent as JSON
+//! numbers, and as base64), index memory per vector, and the QPS raw usearch reaches
+//! in-process on the very index the server searches, with the CPU each spends per
+//! search.
 //!
 //! `cargo run --release -p quiver-bench --bin vector-load -- --vectors 100000 --dim 768`
 
@@ -34,7 +35,8 @@ struct Args {
     /// Concurrent search clients.
     #[arg(long, default_value_t = 8)]
     clients: usize,
-    /// Seconds of searching for each of HTTP and raw (in alternating rounds).
+    /// Seconds of searching for each of HTTP with JSON numbers, HTTP with base64, and
+    /// raw (in alternating rounds).
     #[arg(long, default_value_t = 15)]
     seconds: u64,
     /// How Linux schedules the load client's thread: as any other thread (`normal`,
@@ -96,8 +98,48 @@ impl quiver_common::http::ReadinessCheck for Unmetered {
     }
 }
 
-/// Rounds each of HTTP and raw search alternate over.
+/// Rounds the ways of searching alternate over.
 const ROUNDS: u32 = 3;
+
+/// How a search request sends its query vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// A JSON array of numbers.
+    Numbers,
+    /// A base64 string of the little-endian f32s.
+    Base64,
+}
+
+impl Encoding {
+    const ALL: [Encoding; 2] = [Encoding::Numbers, Encoding::Base64];
+
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Numbers => "JSON numbers",
+            Encoding::Base64 => "base64",
+        }
+    }
+
+    /// The query vector as this encoding sends it.
+    fn vector(self, q: &[f32]) -> Value {
+        match self {
+            Encoding::Numbers => json!(q),
+            Encoding::Base64 => {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = q.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
+}
+
+/// What the search rounds of one encoding add up to.
+#[derive(Default)]
+struct HttpLoad {
+    latencies: Vec<f64>,
+    client_cpu: f64,
+    process_cpu: f64,
+}
 
 /// Matches each search asks for.
 const TOP_K: usize = 10;
@@ -374,11 +416,11 @@ async fn main() -> anyhow::Result<()> {
     let upsert_secs = started.elapsed().as_secs_f64();
 
     // First search loads the index from the store (cold load by replay).
-    let search = |q: &[f32]| json!({"namespace": "bench", "vector": q, "top_k": TOP_K, "include_metadata": false});
+    let search = |q: &[f32], encoding: Encoding| json!({"namespace": "bench", "vector": encoding.vector(q), "top_k": TOP_K, "include_metadata": false});
     let started = Instant::now();
     http.post(format!("{base}/v1/vectors/search"))
         .header("x-api-key", &key)
-        .json(&search(&queries[0]))
+        .json(&search(&queries[0], Encoding::Numbers))
         .send()
         .await?;
     let load_secs = started.elapsed().as_secs_f64();
@@ -389,30 +431,32 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Recall@10 over HTTP. A search finds `expected` matches: ten, or every vector if
-    // there are fewer.
+    // Recall@10 over HTTP, for each encoding. A search finds `expected` matches: ten,
+    // or every vector if there are fewer.
     let expected = TOP_K.min(args.vectors);
-    let mut hits = 0;
+    let mut hits = [0usize; 2];
     for q in queries.iter().take(args.recall_queries) {
         let truth: std::collections::HashSet<String> = brute_force(&data, q, TOP_K)
             .into_iter()
             .map(|i| i.to_string())
             .collect();
-        let body: Value = http
-            .post(format!("{base}/v1/vectors/search"))
-            .header("x-api-key", &key)
-            .json(&search(q))
-            .send()
-            .await?
-            .json()
-            .await?;
-        hits += body["matches"].as_array().map_or(0, |m| {
-            m.iter()
-                .filter(|m| truth.contains(m["id"].as_str().unwrap_or("")))
-                .count()
-        });
+        for (encoding, hits) in Encoding::ALL.into_iter().zip(&mut hits) {
+            let body: Value = http
+                .post(format!("{base}/v1/vectors/search"))
+                .header("x-api-key", &key)
+                .json(&search(q, encoding))
+                .send()
+                .await?
+                .json()
+                .await?;
+            *hits += body["matches"].as_array().map_or(0, |m| {
+                m.iter()
+                    .filter(|m| truth.contains(m["id"].as_str().unwrap_or("")))
+                    .count()
+            });
+        }
     }
-    let recall = hits as f64 / (expected * args.recall_queries) as f64;
+    let recall = hits.map(|hits| hits as f64 / (expected * args.recall_queries) as f64);
 
     let (allocated, used) = (indexes.memory_bytes(), indexes.used_bytes());
     let ef = indexes.search_width(project.id, "bench").await.unwrap_or_default();
@@ -452,35 +496,39 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("the served index is gone"))?;
 
-    // Search load, HTTP and raw in alternating rounds, so that drift in this machine's
-    // speed (it is shared) falls on both alike.
+    // Search load: HTTP with each encoding and raw in alternating rounds, so that drift
+    // in this machine's speed (it is shared) falls on all three alike.
     eprintln!(
-        "searching over HTTP and raw, {} clients, {} s each in {} rounds…",
+        "searching over HTTP (JSON numbers, base64) and raw, {} clients, {} s each in {} rounds…",
         args.clients, args.seconds, ROUNDS
     );
-    let requests: Arc<Vec<Bytes>> = Arc::new(
-        queries
+    let requests = Encoding::ALL.map(|encoding| {
+        let requests: Vec<Bytes> = queries
             .iter()
-            .map(|q| search_request(server, &key, &search(q).to_string()))
-            .collect(),
-    );
+            .map(|q| search_request(server, &key, &search(q, encoding).to_string()))
+            .collect();
+        Arc::new(requests)
+    });
     let queries = Arc::new(queries);
     let round = Duration::from_secs(args.seconds) / ROUNDS;
-    let (mut latencies, mut client_cpu, mut process_cpu) = (Vec::new(), 0.0, 0.0);
+    let mut loads = [HttpLoad::default(), HttpLoad::default()];
     let (mut raw_done, mut raw_cpu) = (0usize, 0.0);
     for _ in 0..ROUNDS {
-        let (times, client, process) =
-            http_round(server, &requests, args.clients, round, args.client_policy, expected)?;
-        latencies.extend(times);
-        client_cpu += client;
-        process_cpu += process;
+        for (requests, load) in requests.iter().zip(&mut loads) {
+            let (times, client, process) =
+                http_round(server, requests, args.clients, round, args.client_policy, expected)?;
+            load.latencies.extend(times);
+            load.client_cpu += client;
+            load.process_cpu += process;
+        }
         let (done, cpu) = raw_round(&raw, &queries, args.clients, round);
         raw_done += done;
         raw_cpu += cpu;
     }
     drop(raw);
-    latencies.sort_by(f64::total_cmp);
-    let http_qps = latencies.len() as f64 / args.seconds as f64;
+    for load in &mut loads {
+        load.latencies.sort_by(f64::total_cmp);
+    }
     let raw_qps = raw_done as f64 / args.seconds as f64;
     let raw_cpu_per_search = raw_cpu / raw_done as f64;
 
@@ -503,33 +551,35 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| cold index load from the snapshot | {:.1} s |", snapshot_load_secs);
     println!(
-        "| recall@10 over HTTP ({} queries) | {:.3} |",
-        args.recall_queries, recall
+        "| recall@10 over HTTP ({} queries) | {:.3} (JSON numbers), {:.3} (base64) |",
+        args.recall_queries, recall[0], recall[1]
     );
     println!(
-        "| search over HTTP, {} clients | {:.0} QPS, p50 {:.2} ms, p99 {:.2} ms |",
+        "| raw usearch in-process, {} threads, the served index (ef {ef}) | {:.0} QPS, {:.0} µs CPU per search |",
         args.clients,
-        http_qps,
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0)
-    );
-    println!(
-        "| raw usearch in-process, {} threads, the served index (ef {ef}) | {:.0} QPS |",
-        args.clients, raw_qps
-    );
-    println!("| HTTP / raw | {:.0} % |", 100.0 * http_qps / raw_qps);
-    let requests = latencies.len() as f64;
-    let server_cpu = (process_cpu - client_cpu) / requests;
-    println!(
-        "| CPU per search request | server {:.0} µs, load client {:.0} µs; raw usearch {:.0} µs per search |",
-        server_cpu * 1e6,
-        client_cpu / requests * 1e6,
+        raw_qps,
         raw_cpu_per_search * 1e6
     );
-    println!(
-        "| server CPU: raw search / HTTP request | {:.0} % |",
-        100.0 * raw_cpu_per_search / server_cpu
-    );
+    for (encoding, load) in Encoding::ALL.into_iter().zip(&loads) {
+        let requests = load.latencies.len() as f64;
+        let qps = requests / args.seconds as f64;
+        let server_cpu = (load.process_cpu - load.client_cpu) / requests;
+        println!(
+            "| search over HTTP, {} clients, query as {} | {:.0} QPS, p50 {:.2} ms, p99 {:.2} ms |",
+            args.clients,
+            encoding.name(),
+            qps,
+            percentile(&load.latencies, 50.0),
+            percentile(&load.latencies, 99.0)
+        );
+        println!(
+            "| HTTP / raw, query as {} | **{:.0} %** (CPU per request: server {:.0} µs, load client {:.0} µs) |",
+            encoding.name(),
+            100.0 * qps / raw_qps,
+            server_cpu * 1e6,
+            load.client_cpu / requests * 1e6
+        );
+    }
     println!(
         "| index memory | {:.0} bytes/vector in use, {:.0} allocated (usearch grows its arenas by doubling) |",
         used as f64 / args.vectors as f64,

@@ -15,6 +15,7 @@ on_both_backends!(
     filters_narrow_searches_and_deletes,
     scopes_and_tenancy_hold_on_every_route,
     ids_are_listed_with_a_cursor_and_fetched_in_bulk,
+    vectors_sent_as_base64_are_the_vectors_their_bytes_hold,
     with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503,
 );
 
@@ -207,7 +208,19 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
         (json!({"id": "a"}), "has no values"),
         (json!({"id": "a", "values": [1, "2", 3, 4]}), "value 1 is a string"),
         (json!({"id": "a", "values": [1, 2, 3, 1e39]}), "not a finite"),
+        (
+            json!({"id": "a", "values": [1, 2, 3, 1e5]}),
+            "value 3 is 100000, beyond ±65504, the largest magnitude the index holds",
+        ),
         (json!({"id": "a", "values": [0, 0, 0, 0]}), "all zeros"),
+        (
+            json!({"id": "b64", "values": "AAAAAAAAAA=="}),
+            "vector 1 (id \"b64\") values are a string, which decodes to 7 bytes, not a whole number",
+        ),
+        (
+            json!({"id": "b64", "values": "AACAPwAAAEAAAEBA"}),
+            "vector 1 (id \"b64\") has 3 values, the project's dimension is 4",
+        ),
         (
             json!({"id": "a", "values": [1, 2, 3, 4], "metadata": [1]}),
             "metadata must be an object",
@@ -314,7 +327,11 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
         ),
         (
             json!({"namespace": "ns", "vector": "1,2,3,4"}),
-            "the query vector values must be an array of numbers, got a string",
+            "the query vector values are a string, which is not base64: character 1 is ','",
+        ),
+        (
+            json!({"namespace": "ns", "vector": {"values": [1, 2, 3, 4]}}),
+            "the query vector values must be an array of numbers or a base64 string of little-endian 32-bit floats, got an object",
         ),
         (
             json!({"namespace": "ns", "vector": [1, 2, 3, 1e39]}),
@@ -774,6 +791,107 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
         "{body}"
     );
     assert!(body["matches"][0]["values"].is_array() && body["matches"][0].get("metadata").is_none());
+}
+
+/// The base64 of `values`' little-endian bytes, as OpenAI's embeddings API returns an
+/// embedding for `encoding_format: "base64"`.
+fn base64_of(values: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn vectors_sent_as_base64_are_the_vectors_their_bytes_hold(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    // 0.1 has no exact f32 and 1e-45 is subnormal: the bytes arrive as they were sent.
+    let exact = [0.1_f32, -2.5, 1e-45, 65504.0];
+    let upsert = json!({"namespace": "b", "vectors": [
+        {"id": "sent-as-base64", "values": base64_of(&exact), "metadata": {"via": "base64"}},
+        {"id": "sent-as-numbers", "values": [0.9, 0.1, 0.0, 0.0]},
+    ]});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert))
+        .await;
+    assert_eq!((status, &body["upserted_count"]), (200, &json!(2)), "{body}");
+
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "b", "id": "sent-as-base64"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let fetched: Vec<f32> = serde_json::from_value(body["values"].clone()).expect("values are numbers");
+    assert_eq!(
+        fetched.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        exact.map(f32::to_bits)
+    );
+
+    // A query sent as base64 (unpadded too) finds what the same numbers find.
+    let query = [0.9_f32, 0.1, 0.0, 0.0];
+    let by_numbers = json!({"namespace": "b", "vector": query, "top_k": 2});
+    let (_, expected) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_numbers))
+        .await;
+    assert_eq!(expected["matches"][0]["id"], "sent-as-numbers", "{expected}");
+    for encoded in [base64_of(&query), base64_of(&query).trim_end_matches('=').to_owned()] {
+        let by_base64 = json!({"namespace": "b", "vector": encoded, "top_k": 2});
+        let (status, body) = app
+            .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_base64))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["matches"], expected["matches"], "{encoded}");
+    }
+
+    // New values by update, as base64.
+    let update = json!({"namespace": "b", "id": "sent-as-numbers", "values": base64_of(&[0.0, 0.0, 1.0, 0.0])});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/update", &key, Some(update))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "b", "id": "sent-as-numbers"})),
+        )
+        .await;
+    assert_eq!(body["values"], json!([0.0, 0.0, 1.0, 0.0]), "{body}");
+
+    // A string that is not the base64 of four floats is refused, naming what is wrong.
+    for (values, needle) in [
+        (
+            json!("AACAPw=="),
+            "vector \"sent-as-numbers\" has 1 values, the project's dimension is 4",
+        ),
+        (json!("not base64!"), "which is not base64: character 3 is ' '"),
+    ] {
+        let update = json!({"namespace": "b", "id": "sent-as-numbers", "values": values});
+        let (status, body) = app
+            .data_call(0, Method::POST, "/v1/vectors/update", &key, Some(update))
+            .await;
+        let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+        assert!(message.contains(needle), "{message}");
+    }
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "b", "id": "sent-as-numbers"})),
+        )
+        .await;
+    assert_eq!(
+        body["values"],
+        json!([0.0, 0.0, 1.0, 0.0]),
+        "a refused update changed nothing: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
