@@ -81,9 +81,19 @@ struct Page {
     limit: Option<u64>,
 }
 
+/// The largest `offset` a request may ask for: a signed 64-bit integer, as the OpenAPI
+/// document says (`int64`) and SQL's `OFFSET` takes.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
+
 fn page_of(request: &QueryRequest, key: &[u8]) -> Result<Option<Page>, ApiError> {
     if request.limit == Some(0) {
         return Err(ApiError::validation("limit must be at least 1"));
+    }
+    if let Some(offset) = request.offset.filter(|&offset| offset > MAX_OFFSET) {
+        return Err(ApiError::Validation {
+            message: format!("offset must be from 0 to {MAX_OFFSET}, got {offset}"),
+            detail: Some("field offset".into()),
+        });
     }
     if let Some(cursor) = &request.cursor {
         let hash = cursor::query_hash(&request.query, &request.params);

@@ -302,6 +302,28 @@ async fn nql_pages_with_offsets_and_cursors(backend: Backend) {
     assert_eq!(next["hasMore"], false);
     assert!(next["nextCursor"].is_null());
 
+    // An offset past a signed 64-bit integer (the spec's int64) is refused, on both routes.
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &t.readonly,
+            Some(json!({"query": "SELECT * FROM documents", "offset": 9_223_372_036_854_775_808_u64})),
+        )
+        .await;
+    let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+    assert_eq!(
+        message,
+        "offset must be from 0 to 9223372036854775807, got 9223372036854775808"
+    );
+    let path = "/api/v1/collections/documents/documents?offset=9223372036854775808";
+    let (status, body) = app.data_call(0, Method::GET, path, &t.readonly, None).await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+    let path = "/api/v1/collections/documents/documents?offset=9223372036854775807";
+    let (status, body) = app.data_call(0, Method::GET, path, &t.readonly, None).await;
+    assert_eq!((status, &body["rowCount"]), (200, &json!(0)), "{body}");
+
     // A cursor is bound to its query.
     let (status, body) = app
         .data_call(
