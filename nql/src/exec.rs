@@ -81,13 +81,19 @@ struct Page {
     limit: Option<u64>,
 }
 
+/// The largest page a request may ask for (`limit`).
+pub const MAX_PAGE_LIMIT: u64 = 10_000;
+
 /// The largest `offset` a request may ask for: a signed 64-bit integer, as the OpenAPI
 /// document says (`int64`) and SQL's `OFFSET` takes.
 pub const MAX_OFFSET: u64 = i64::MAX as u64;
 
 fn page_of(request: &QueryRequest, key: &[u8]) -> Result<Option<Page>, ApiError> {
-    if request.limit == Some(0) {
-        return Err(ApiError::validation("limit must be at least 1"));
+    if let Some(limit) = request.limit.filter(|limit| !(1..=MAX_PAGE_LIMIT).contains(limit)) {
+        return Err(ApiError::Validation {
+            message: format!("limit must be from 1 to {MAX_PAGE_LIMIT}, got {limit}"),
+            detail: Some("field limit".into()),
+        });
     }
     if let Some(offset) = request.offset.filter(|&offset| offset > MAX_OFFSET) {
         return Err(ApiError::Validation {

@@ -302,7 +302,8 @@ async fn nql_pages_with_offsets_and_cursors(backend: Backend) {
     assert_eq!(next["hasMore"], false);
     assert!(next["nextCursor"].is_null());
 
-    // An offset past a signed 64-bit integer (the spec's int64) is refused, on both routes.
+    // A page of 1 to 10,000 rows, and an offset up to a signed 64-bit integer (the
+    // spec's int64), on both routes.
     let (status, body) = app
         .data_call(
             0,
@@ -317,6 +318,19 @@ async fn nql_pages_with_offsets_and_cursors(backend: Backend) {
         message,
         "offset must be from 0 to 9223372036854775807, got 9223372036854775808"
     );
+    for limit in [0, 10_001] {
+        let (status, body) = app
+            .data_call(
+                0,
+                Method::POST,
+                "/api/v1/query",
+                &t.readonly,
+                Some(json!({"query": "SELECT * FROM documents", "limit": limit})),
+            )
+            .await;
+        let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+        assert_eq!(message, format!("limit must be from 1 to 10000, got {limit}"));
+    }
     let path = "/api/v1/collections/documents/documents?offset=9223372036854775808";
     let (status, body) = app.data_call(0, Method::GET, path, &t.readonly, None).await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
