@@ -235,11 +235,14 @@ async fn serve_until_signal(servers: Vec<(TcpListener, Router)>, store: Arc<dyn 
         let mut stopped = stopped.clone();
         let stop = Arc::clone(&stop);
         tasks.spawn(async move {
-            let result = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await;
+            let result = axum::serve(
+                quiver_common::http::without_nagle(listener),
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await;
             let _ = stop.send(true);
             result
         });

@@ -41,7 +41,11 @@ async fn serve(router: axum::Router) -> String {
         .expect("bind a free port");
     let addr = listener.local_addr().expect("local addr");
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, service).await.expect("test server runs") });
+    tokio::spawn(async move {
+        axum::serve(quiver_common::http::without_nagle(listener), service)
+            .await
+            .expect("test server runs")
+    });
     format!("http://{addr}")
 }
 

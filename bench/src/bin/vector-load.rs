@@ -340,10 +340,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = listener.local_addr()?;
     let base = format!("http://{server}");
-    // Served as the binary serves it (with each client's address, for the key guard).
+    // Served as the binary serves it (Nagle off, each client's address for the key guard).
     tokio::spawn(async move {
         axum::serve(
-            listener,
+            quiver_common::http::without_nagle(listener),
             plane.router().into_make_service_with_connect_info::<SocketAddr>(),
         )
         .await
