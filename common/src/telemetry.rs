@@ -24,18 +24,115 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default filter.
-pub fn init(format: LogFormat) {
+/// Keeps the log writer's thread running; dropping it writes out what is queued.
+/// Hold it until the process exits.
+#[must_use = "logs queued when the guard drops are written out; drop it only at exit"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
+/// Installs the global subscriber, writing to stderr. `RUST_LOG` overrides the default
+/// filter.
+pub fn init(format: LogFormat) -> LogGuard {
+    init_with(format, std::io::stderr(), std::io::stderr().is_terminal())
+}
+
+/// Installs the global subscriber, writing to `writer` (ANSI colours in the pretty
+/// format when `ansi`).
+///
+/// Lines are formatted on the thread that logs and written by a thread of their own,
+/// so a request never waits on the log's reader (a container runtime's pipe, a
+/// collector that falls behind): if that reader stalls until 128,000 lines are queued,
+/// further lines are dropped rather than block requests. The writer is buffered and
+/// flushed each time the queue empties, so a busy pod writes many lines per syscall.
+pub fn init_with<W: std::io::Write + Send + 'static>(format: LogFormat, writer: W, ansi: bool) -> LogGuard {
+    let (subscriber, guard) = subscriber(format, writer, ansi);
+    // `set_global_default` fails if one is set already: tests that build several
+    // apps in one process keep the first.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    guard
+}
+
+/// The subscriber [`init_with`] installs, and the guard of its writer's thread.
+fn subscriber<W: std::io::Write + Send + 'static>(
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+) -> (Box<dyn tracing::Subscriber + Send + Sync>, LogGuard) {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("quiver-log")
+        .finish(std::io::BufWriter::new(writer));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // `try_init` so that tests which build several apps in one process do not panic.
-    let _ = match format {
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_target(false)
-            .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = match format {
+        LogFormat::Pretty => Box::new(builder.with_ansi(ansi).with_target(false).finish()),
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).with_current_span(true).finish()),
     };
+    (subscriber, LogGuard(guard))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::mpsc;
+
+    /// A log reader that reads nothing until told to, like a stalled pipe.
+    struct Stalled {
+        go: mpsc::Receiver<()>,
+        lines: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            // Blocks until the test lets the reader go (once), as a full pipe would.
+            let _ = self.go.recv();
+            self.lines.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn logging_does_not_wait_for_a_stalled_reader_and_loses_nothing_it_queued() {
+        let (go, wait) = mpsc::channel();
+        let lines = std::sync::Arc::default();
+        let writer = Stalled {
+            go: wait,
+            lines: std::sync::Arc::clone(&lines),
+        };
+        let (subscriber, guard) = subscriber(LogFormat::Json, writer, false);
+        // Log from another thread: if a line waited on the reader, it would never end.
+        let (done, finished) = mpsc::channel();
+        let logger = std::thread::spawn(move || {
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::info_span!("request", path = "/v1/vectors/search");
+                let _entered = span.enter();
+                for i in 0..100 {
+                    tracing::info!(status = 200, i, "request finished");
+                }
+            });
+            done.send(()).expect("the test waits");
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("logging returned while the reader was stalled");
+        logger.join().expect("the logger ends");
+        // Let the reader go; dropping the guard writes out everything queued.
+        drop(go);
+        drop(guard);
+        let text = String::from_utf8(lines.lock().expect("lock").clone()).expect("utf-8");
+        let logged: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON object a line"))
+            .collect();
+        assert_eq!(logged.len(), 100, "{text}");
+        for (i, line) in logged.iter().enumerate() {
+            assert_eq!(line["message"], "request finished");
+            assert_eq!(line["i"], i);
+            assert_eq!(line["span"]["path"], "/v1/vectors/search");
+        }
+    }
 }

@@ -320,6 +320,9 @@ fn raw_round(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
+    // Logs as a pod logs (`--log-format json`: a line per request), into a file here.
+    let log = std::fs::File::create(dir.path().join("quiver.log"))?;
+    let _log = quiver_common::telemetry::init_with(quiver_common::telemetry::LogFormat::Json, log, false);
     let store = quiver_store::connect(&quiver_store::sqlite::SqliteStore::url_for_data_dir(dir.path())).await?;
     store.migrate().await?;
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
