@@ -65,7 +65,16 @@ fn subscriber<W: std::io::Write + Send + 'static>(
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = match format {
         LogFormat::Pretty => Box::new(builder.with_ansi(ansi).with_target(false).finish()),
-        LogFormat::Json => Box::new(builder.json().flatten_event(true).with_current_span(true).finish()),
+        // The request span once, as `span`: not again in a `spans` list, which would
+        // repeat it (there are no nested spans) in every line.
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
     };
     (subscriber, LogGuard(guard))
 }
@@ -133,6 +142,7 @@ mod tests {
             assert_eq!(line["message"], "request finished");
             assert_eq!(line["i"], i);
             assert_eq!(line["span"]["path"], "/v1/vectors/search");
+            assert!(line.get("spans").is_none(), "the span is logged once: {line}");
         }
     }
 }
