@@ -27,7 +27,9 @@ impl FromStr for LogFormat {
 /// Keeps the log writer's thread running; dropping it writes out what is queued.
 /// Hold it until the process exits.
 #[must_use = "logs queued when the guard drops are written out; drop it only at exit"]
-pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+pub struct LogGuard {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+}
 
 /// Installs the global subscriber, writing to stderr. `RUST_LOG` overrides the default
 /// filter.
@@ -44,10 +46,12 @@ pub fn init(format: LogFormat) -> LogGuard {
 /// further lines are dropped rather than block requests. The writer is buffered and
 /// flushed each time the queue empties, so a busy pod writes many lines per syscall.
 pub fn init_with<W: std::io::Write + Send + 'static>(format: LogFormat, writer: W, ansi: bool) -> LogGuard {
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let (subscriber, guard) = subscriber(format, writer, ansi);
-    // `set_global_default` fails if one is set already: tests that build several
-    // apps in one process keep the first.
-    let _ = tracing::subscriber::set_global_default(subscriber);
+    // `try_init` also forwards the `log` crate's records (dependencies that log
+    // through it); it fails if a subscriber is set already: tests that build
+    // several apps in one process keep the first.
+    let _ = subscriber.try_init();
     guard
 }
 
@@ -76,7 +80,7 @@ fn subscriber<W: std::io::Write + Send + 'static>(
                 .finish(),
         ),
     };
-    (subscriber, LogGuard(guard))
+    (subscriber, LogGuard { _writer: guard })
 }
 
 #[cfg(test)]
@@ -93,7 +97,7 @@ mod tests {
 
     impl Write for Stalled {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            // Blocks until the test lets the reader go (once), as a full pipe would.
+            // Blocks, as a full pipe would, until the test lets the reader go (drops `go`).
             let _ = self.go.recv();
             self.lines.lock().expect("lock").extend_from_slice(bytes);
             Ok(bytes.len())
@@ -144,5 +148,23 @@ mod tests {
             assert_eq!(line["span"]["path"], "/v1/vectors/search");
             assert!(line.get("spans").is_none(), "the span is logged once: {line}");
         }
+    }
+
+    #[test]
+    fn the_installed_logger_also_writes_what_dependencies_log_through_the_log_crate() {
+        let (go, wait) = mpsc::channel::<()>();
+        drop(go); // a reader that never stalls
+        let lines = std::sync::Arc::default();
+        let writer = Stalled {
+            go: wait,
+            lines: std::sync::Arc::clone(&lines),
+        };
+        let guard = init_with(LogFormat::Json, writer, false);
+        log::warn!(target: "some_dependency", "a record through the log crate");
+        drop(guard);
+        let text = String::from_utf8(lines.lock().expect("lock").clone()).expect("utf-8");
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+        assert_eq!(line["message"], "a record through the log crate", "{text}");
+        assert_eq!(line["level"], "WARN");
     }
 }
