@@ -80,3 +80,88 @@ pub fn cpu_seconds(thread: bool) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// This machine's CPU time since boot as `/proc/stat` counts it, in clock ticks: all of
+/// it, and the part the hypervisor gave to other guests while this one wanted to run
+/// ("steal"). Linux only; zeros elsewhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineTicks {
+    pub total: u64,
+    pub steal: u64,
+}
+
+impl MachineTicks {
+    pub fn now() -> Self {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| Self::parse(&stat))
+            .unwrap_or_default()
+    }
+
+    /// The first (all-CPU) line of `/proc/stat`: `cpu user nice system idle iowait irq
+    /// softirq steal guest guest_nice`. Guest time is already counted in user and nice.
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        Some(Self {
+            total: ticks.iter().take(8).sum(),
+            steal: ticks.get(7).copied().unwrap_or(0),
+        })
+    }
+
+    /// The share of the machine's CPU time stolen between `earlier` and `self`.
+    pub fn steal_since(self, earlier: Self) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.steal.saturating_sub(earlier.steal) as f64 / total as f64
+    }
+}
+
+/// The median of samples (NaN when there are none).
+pub fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_ticks_read_the_all_cpu_line_and_its_steal() {
+        let stat = "cpu  7169 3232 4393 15072 615 0 205 349 0 0\ncpu0 3485 1576 1722 8480 59 0 38 147 0 0\n";
+        let ticks = MachineTicks::parse(stat).expect("parses");
+        assert_eq!(
+            ticks,
+            MachineTicks {
+                total: 7169 + 3232 + 4393 + 15072 + 615 + 205 + 349,
+                steal: 349
+            }
+        );
+        let later = MachineTicks {
+            total: ticks.total + 200,
+            steal: ticks.steal + 50,
+        };
+        assert_eq!(later.steal_since(ticks), 0.25);
+        assert_eq!(ticks.steal_since(ticks), 0.0);
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert!(median(&[]).is_nan());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+}

@@ -1,8 +1,10 @@
 //! Measures the vector API over HTTP on this machine: upsert throughput, search QPS and
 //! p50/p99 latency at a given concurrency with recall@10 (the query vector sent as JSON
 //! numbers, and as base64), index memory per vector, and the QPS raw usearch reaches
-//! in-process on the very index the server searches, with the CPU each spends per
-//! search.
+//! in-process on the very index the server searches (from as many threads as clients,
+//! and from one per core), with the CPU each spends per search. The ways of searching
+//! take turns in short rounds, and the report gives each round's HTTP/raw ratio as
+//! well as the whole run's, and the share of CPU time the hypervisor stole meanwhile.
 //!
 //! `cargo run --release -p quiver-bench --bin vector-load -- --vectors 100000 --dim 768`
 
@@ -14,7 +16,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use clap::Parser;
-use quiver_bench::{brute_force, clustered_unit_vectors, cpu_seconds, percentile};
+use quiver_bench::{MachineTicks, brute_force, clustered_unit_vectors, cpu_seconds, median, percentile};
 use quiver_common::bus::{Bus, InProcessBus};
 use quiver_common::domain::{Metric, ProjectId, Role};
 use quiver_common::token::JwtKeys;
@@ -36,9 +38,14 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     clients: usize,
     /// Seconds of searching for each of HTTP with JSON numbers, HTTP with base64, and
-    /// raw (in alternating rounds).
+    /// raw, split over `--rounds`.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// Rounds the three ways of searching alternate over, each way once a round, the
+    /// order turned by one each round. Short rounds put the three under the same drift
+    /// of this shared machine's speed.
+    #[arg(long, default_value_t = 15)]
+    rounds: u32,
     /// How Linux schedules the load client's thread: as any other thread (`normal`,
     /// the default), or `batch` (`SCHED_BATCH`: it does not preempt a search when a
     /// response wakes it, so responses wait for the scheduler's next turn).
@@ -98,9 +105,6 @@ impl quiver_common::http::ReadinessCheck for Unmetered {
     }
 }
 
-/// Rounds the ways of searching alternate over.
-const ROUNDS: u32 = 3;
-
 /// How a search request sends its query vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -139,6 +143,23 @@ struct HttpLoad {
     latencies: Vec<f64>,
     client_cpu: f64,
     process_cpu: f64,
+    /// This encoding's QPS over raw's in each round.
+    ratios: Vec<f64>,
+}
+
+/// What the search rounds of raw usearch from one number of threads add up to.
+struct RawLoad {
+    threads: usize,
+    done: usize,
+    cpu: f64,
+}
+
+/// A way of searching, as the rounds take turns.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    Http(Encoding),
+    /// Raw usearch, from the threads of `raws[i]`.
+    Raw(usize),
 }
 
 /// Matches each search asks for.
@@ -500,10 +521,12 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("the served index is gone"))?;
 
     // Search load: HTTP with each encoding and raw in alternating rounds, so that drift
-    // in this machine's speed (it is shared) falls on all three alike.
+    // in this machine's speed (it is shared) falls on all three alike. The rounds are
+    // short and turn the order, so no way always follows the same other one.
+    let rounds = args.rounds.max(1);
     eprintln!(
-        "searching over HTTP (JSON numbers, base64) and raw, {} clients, {} s each in {} rounds…",
-        args.clients, args.seconds, ROUNDS
+        "searching over HTTP (JSON numbers, base64) and raw, {} clients, {} s each in {rounds} rounds…",
+        args.clients, args.seconds
     );
     let requests = Encoding::ALL.map(|encoding| {
         let requests: Vec<Bytes> = queries
@@ -513,27 +536,63 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(requests)
     });
     let queries = Arc::new(queries);
-    let round = Duration::from_secs(args.seconds) / ROUNDS;
+    let round = Duration::from_secs(args.seconds) / rounds;
     let mut loads = [HttpLoad::default(), HttpLoad::default()];
-    let (mut raw_done, mut raw_cpu) = (0usize, 0.0);
-    for _ in 0..ROUNDS {
-        for (requests, load) in requests.iter().zip(&mut loads) {
-            let (times, client, process) =
-                http_round(server, requests, args.clients, round, args.client_policy, expected)?;
-            load.latencies.extend(times);
-            load.client_cpu += client;
-            load.process_cpu += process;
+    // Raw from as many threads as there are clients, and from one per core (fewer
+    // threads switch less): the better of the two is what HTTP is held to.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut raws: Vec<RawLoad> = [args.clients, cores]
+        .into_iter()
+        .enumerate()
+        .filter(|&(i, threads)| i == 0 || threads != args.clients)
+        .map(|(_, threads)| RawLoad {
+            threads,
+            done: 0,
+            cpu: 0.0,
+        })
+        .collect();
+    let ways: Vec<Way> = Encoding::ALL
+        .into_iter()
+        .map(Way::Http)
+        .chain((0..raws.len()).map(Way::Raw))
+        .collect();
+    let machine_before = MachineTicks::now();
+    for r in 0..rounds as usize {
+        let mut http_qps = [0.0; 2];
+        let mut best_raw_qps = 0f64;
+        for w in 0..ways.len() {
+            match ways[(w + r) % ways.len()] {
+                Way::Http(encoding) => {
+                    let e = encoding as usize;
+                    let (times, client, process) =
+                        http_round(server, &requests[e], args.clients, round, args.client_policy, expected)?;
+                    http_qps[e] = times.len() as f64 / round.as_secs_f64();
+                    let load = &mut loads[e];
+                    load.latencies.extend(times);
+                    load.client_cpu += client;
+                    load.process_cpu += process;
+                }
+                Way::Raw(i) => {
+                    let (done, cpu) = raw_round(&raw, &queries, raws[i].threads, round);
+                    best_raw_qps = best_raw_qps.max(done as f64 / round.as_secs_f64());
+                    raws[i].done += done;
+                    raws[i].cpu += cpu;
+                }
+            }
         }
-        let (done, cpu) = raw_round(&raw, &queries, args.clients, round);
-        raw_done += done;
-        raw_cpu += cpu;
+        for (load, qps) in loads.iter_mut().zip(http_qps) {
+            load.ratios.push(qps / best_raw_qps);
+        }
     }
+    let stolen = MachineTicks::now().steal_since(machine_before);
     drop(raw);
     for load in &mut loads {
         load.latencies.sort_by(f64::total_cmp);
     }
-    let raw_qps = raw_done as f64 / args.seconds as f64;
-    let raw_cpu_per_search = raw_cpu / raw_done as f64;
+    let raw_qps = raws
+        .iter()
+        .map(|raw| raw.done as f64 / args.seconds as f64)
+        .fold(0f64, f64::max);
 
     println!("| measure | value |");
     println!("|---|---|");
@@ -557,12 +616,14 @@ async fn main() -> anyhow::Result<()> {
         "| recall@10 over HTTP ({} queries) | {:.3} (JSON numbers), {:.3} (base64) |",
         args.recall_queries, recall[0], recall[1]
     );
-    println!(
-        "| raw usearch in-process, {} threads, the served index (ef {ef}) | {:.0} QPS, {:.0} µs CPU per search |",
-        args.clients,
-        raw_qps,
-        raw_cpu_per_search * 1e6
-    );
+    for raw in &raws {
+        println!(
+            "| raw usearch in-process, {} threads, the served index (ef {ef}) | {:.0} QPS, {:.0} µs CPU per search |",
+            raw.threads,
+            raw.done as f64 / args.seconds as f64,
+            raw.cpu / raw.done as f64 * 1e6
+        );
+    }
     for (encoding, load) in Encoding::ALL.into_iter().zip(&loads) {
         let requests = load.latencies.len() as f64;
         let qps = requests / args.seconds as f64;
@@ -575,14 +636,27 @@ async fn main() -> anyhow::Result<()> {
             percentile(&load.latencies, 50.0),
             percentile(&load.latencies, 99.0)
         );
+        let (low, high) = load
+            .ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), &r| {
+                (low.min(r), high.max(r))
+            });
         println!(
-            "| HTTP / raw, query as {} | **{:.0} %** (CPU per request: server {:.0} µs, load client {:.0} µs) |",
+            "| HTTP / raw (the better raw), query as {} | **{:.0} %** (rounds: median {:.0} %, {:.0}–{:.0} %; CPU per request: server {:.0} µs, load client {:.0} µs) |",
             encoding.name(),
             100.0 * qps / raw_qps,
+            100.0 * median(&load.ratios),
+            100.0 * low,
+            100.0 * high,
             server_cpu * 1e6,
             load.client_cpu / requests * 1e6
         );
     }
+    println!(
+        "| CPU time stolen by the hypervisor while searching | {:.1} % |",
+        100.0 * stolen
+    );
     println!(
         "| index memory | {:.0} bytes/vector in use, {:.0} allocated (usearch grows its arenas by doubling) |",
         used as f64 / args.vectors as f64,
