@@ -31,6 +31,12 @@ const EF_CHOICES: [usize; 6] = [16, 32, 64, 128, 256, 512];
 /// ef_search before the first tuning, and for small namespaces.
 const DEFAULT_EF: usize = 256;
 
+/// A query for tuning the search width, with the keys of its exact top ten.
+struct TuningSample {
+    query: Vec<f32>,
+    truth: HashSet<u64>,
+}
+
 /// A search hit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Match {
@@ -461,6 +467,25 @@ impl NamespaceIndex {
     /// namespace is too small to tell.
     /// CPU-heavy (exact scans): call from a blocking thread, rarely.
     pub fn tune_ef(&self, queries: usize) -> Result<Option<(usize, f64)>, IndexError> {
+        let Some(samples) = self.tuning_samples(queries)? else {
+            return Ok(None);
+        };
+        let mut chosen = None;
+        for ef in EF_CHOICES {
+            let recall = self.recall_at(ef, &samples)?;
+            if recall >= TARGET_RECALL {
+                chosen = Some((ef, recall));
+                break;
+            }
+        }
+        let (ef, recall) = chosen.unwrap_or((*EF_CHOICES.last().expect("choices"), f64::NAN));
+        self.set_ef(ef);
+        Ok(Some((ef, recall)))
+    }
+
+    /// Queries for [`NamespaceIndex::tune_ef`] with their exact top ten, or `None` when
+    /// the namespace is too small to tell. Searches go on meanwhile (a read lock).
+    fn tuning_samples(&self, queries: usize) -> Result<Option<Vec<TuningSample>>, IndexError> {
         const K: usize = 10;
         let state = self.read();
         let live: Vec<u64> = state.by_id.values().copied().collect();
@@ -499,35 +524,34 @@ impl NamespaceIndex {
                 .max(f32::MIN_POSITIVE);
             let query: Vec<f32> = stored.iter().zip(&direction).map(|(v, d)| v + gap * d / norm).collect();
             let truth = self.exact(&state, &query, K, &|_| true)?;
-            samples.push((query, truth.into_iter().map(|(k, _)| k).collect::<HashSet<u64>>()));
+            samples.push(TuningSample {
+                query,
+                truth: truth.into_iter().map(|(k, _)| k).collect(),
+            });
         }
-        if samples.is_empty() {
-            return Ok(None);
-        }
-        let original = state.index.expansion_search();
-        let mut chosen = None;
-        for ef in EF_CHOICES {
-            state.index.change_expansion_search(ef);
-            let mut hits = 0usize;
-            for (query, truth) in &samples {
-                let found = state.index.search(query, K).map_err(|e| IndexError(e.to_string()))?;
-                hits += found.keys.iter().filter(|k| truth.contains(k)).count();
-            }
-            let recall = hits as f64 / (K * samples.len()) as f64;
-            if recall >= TARGET_RECALL {
-                chosen = Some((ef, recall));
-                break;
-            }
-        }
-        let (ef, recall) = match chosen {
-            Some(found) => found,
-            None => (*EF_CHOICES.last().expect("choices"), f64::NAN),
-        };
-        if ef != original {
-            tracing::debug!(ef, recall, "search width tuned");
-        }
+        Ok((!samples.is_empty()).then_some(samples))
+    }
+
+    /// Recall@10 of `samples` at search width `ef`. The width is the index's own, so
+    /// the trial holds the index exclusively and puts the served width back before it
+    /// lets go: a search beside it would otherwise run at the trial's width (as low as
+    /// 16, where random 128-d data gets a recall near 0.5). Writes between sampling
+    /// and the trial can only make a sample's truth stale, which reads as lower recall
+    /// and errs toward a wider search.
+    fn recall_at(&self, ef: usize, samples: &[TuningSample]) -> Result<f64, IndexError> {
+        let state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let served = state.index.expansion_search();
         state.index.change_expansion_search(ef);
-        Ok(Some((ef, recall)))
+        let hits = samples.iter().try_fold(0usize, |hits, sample| {
+            let found = state
+                .index
+                .search(&sample.query, sample.truth.len().max(1))
+                .map_err(|e| IndexError(e.to_string()))?;
+            Ok(hits + found.keys.iter().filter(|k| sample.truth.contains(k)).count())
+        });
+        state.index.change_expansion_search(served);
+        let expected: usize = samples.iter().map(|sample| sample.truth.len()).sum();
+        Ok(hits? as f64 / expected.max(1) as f64)
     }
 
     /// The ids of the live records that pass `filter`.
@@ -837,6 +861,43 @@ mod tests {
         assert_eq!(easy_index.ef(), easy_ef);
         let small = NamespaceIndex::new(4, Metric::Cosine, uuid::Uuid::nil()).expect("index");
         assert_eq!(small.tune_ef(10).expect("tune"), None);
+    }
+
+    #[test]
+    fn searches_beside_a_tuning_run_at_the_served_width_not_a_trial_one() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let changes: Vec<Change> = (0..3_000)
+            .map(|i| {
+                let v = (0..128).map(|_| rng.random_range(-1.0..1.0)).collect();
+                upsert(&format!("v{i}"), 1, v, json!({}))
+            })
+            .collect();
+        let index = Arc::new(NamespaceIndex::new(128, Metric::Cosine, uuid::Uuid::nil()).expect("index"));
+        index.apply(&changes).expect("apply");
+        let served = index.ef();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (index, done) = (Arc::clone(&index), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    seen.insert(index.ef());
+                }
+                seen
+            })
+        };
+        let (tuned, _) = index.tune_ef(20).expect("tune").expect("big enough");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = watcher.join().expect("watcher");
+        assert!(
+            tuned > EF_CHOICES[0],
+            "random 128-d data needs more than the narrowest trial"
+        );
+        assert!(
+            seen.iter().all(|&ef| ef == served || ef == tuned),
+            "a reader saw the widths {seen:?}; only the served {served} and the tuned {tuned} may show"
+        );
     }
 
     #[test]
