@@ -124,17 +124,6 @@ impl MachineTicks {
     }
 }
 
-/// The median of samples (NaN when there are none).
-pub fn median(samples: &[f64]) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,12 +145,5 @@ mod tests {
         };
         assert_eq!(later.steal_since(ticks), 0.25);
         assert_eq!(ticks.steal_since(ticks), 0.0);
-    }
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert!(median(&[]).is_nan());
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

@@ -31,6 +31,9 @@ const EF_CHOICES: [usize; 6] = [16, 32, 64, 128, 256, 512];
 /// ef_search before the first tuning, and for small namespaces.
 const DEFAULT_EF: usize = 256;
 
+/// The k of the recall@k the tuner measures.
+const TUNING_K: usize = 10;
+
 /// A query for tuning the search width, with the keys of its exact top ten.
 struct TuningSample {
     query: Vec<f32>,
@@ -486,7 +489,6 @@ impl NamespaceIndex {
     /// Queries for [`NamespaceIndex::tune_ef`] with their exact top ten, or `None` when
     /// the namespace is too small to tell. Searches go on meanwhile (a read lock).
     fn tuning_samples(&self, queries: usize) -> Result<Option<Vec<TuningSample>>, IndexError> {
-        const K: usize = 10;
         let state = self.read();
         let live: Vec<u64> = state.by_id.values().copied().collect();
         if live.len() < 1_000 {
@@ -523,7 +525,7 @@ impl NamespaceIndex {
                 .sqrt()
                 .max(f32::MIN_POSITIVE);
             let query: Vec<f32> = stored.iter().zip(&direction).map(|(v, d)| v + gap * d / norm).collect();
-            let truth = self.exact(&state, &query, K, &|_| true)?;
+            let truth = self.exact(&state, &query, TUNING_K, &|_| true)?;
             samples.push(TuningSample {
                 query,
                 truth: truth.into_iter().map(|(k, _)| k).collect(),
@@ -545,13 +547,12 @@ impl NamespaceIndex {
         let hits = samples.iter().try_fold(0usize, |hits, sample| {
             let found = state
                 .index
-                .search(&sample.query, sample.truth.len().max(1))
+                .search(&sample.query, TUNING_K)
                 .map_err(|e| IndexError(e.to_string()))?;
             Ok(hits + found.keys.iter().filter(|k| sample.truth.contains(k)).count())
         });
         state.index.change_expansion_search(served);
-        let expected: usize = samples.iter().map(|sample| sample.truth.len()).sum();
-        Ok(hits? as f64 / expected.max(1) as f64)
+        Ok(hits? as f64 / (TUNING_K * samples.len()) as f64)
     }
 
     /// The ids of the live records that pass `filter`.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use clap::Parser;
-use quiver_bench::{MachineTicks, brute_force, clustered_unit_vectors, cpu_seconds, median, percentile};
+use quiver_bench::{MachineTicks, brute_force, clustered_unit_vectors, cpu_seconds, percentile};
 use quiver_common::bus::{Bus, InProcessBus};
 use quiver_common::domain::{Metric, ProjectId, Role};
 use quiver_common::token::JwtKeys;
@@ -143,7 +143,7 @@ struct HttpLoad {
     latencies: Vec<f64>,
     client_cpu: f64,
     process_cpu: f64,
-    /// This encoding's QPS over raw's in each round.
+    /// This encoding's QPS over raw's in each round (sorted once the rounds are done).
     ratios: Vec<f64>,
 }
 
@@ -541,11 +541,13 @@ async fn main() -> anyhow::Result<()> {
     // Raw from as many threads as there are clients, and from one per core (fewer
     // threads switch less): the better of the two is what HTTP is held to.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut raws: Vec<RawLoad> = [args.clients, cores]
+    let mut thread_counts = vec![args.clients];
+    if cores != args.clients {
+        thread_counts.push(cores);
+    }
+    let mut raws: Vec<RawLoad> = thread_counts
         .into_iter()
-        .enumerate()
-        .filter(|&(i, threads)| i == 0 || threads != args.clients)
-        .map(|(_, threads)| RawLoad {
+        .map(|threads| RawLoad {
             threads,
             done: 0,
             cpu: 0.0,
@@ -588,6 +590,7 @@ async fn main() -> anyhow::Result<()> {
     drop(raw);
     for load in &mut loads {
         load.latencies.sort_by(f64::total_cmp);
+        load.ratios.sort_by(f64::total_cmp);
     }
     let raw_qps = raws
         .iter()
@@ -636,19 +639,13 @@ async fn main() -> anyhow::Result<()> {
             percentile(&load.latencies, 50.0),
             percentile(&load.latencies, 99.0)
         );
-        let (low, high) = load
-            .ratios
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), &r| {
-                (low.min(r), high.max(r))
-            });
         println!(
             "| HTTP / raw (the better raw), query as {} | **{:.0} %** (rounds: median {:.0} %, {:.0}–{:.0} %; CPU per request: server {:.0} µs, load client {:.0} µs) |",
             encoding.name(),
             100.0 * qps / raw_qps,
-            100.0 * median(&load.ratios),
-            100.0 * low,
-            100.0 * high,
+            100.0 * percentile(&load.ratios, 50.0),
+            100.0 * percentile(&load.ratios, 0.0),
+            100.0 * percentile(&load.ratios, 100.0),
             server_cpu * 1e6,
             load.client_cpu / requests * 1e6
         );
