@@ -66,19 +66,40 @@ fn subscriber<W: std::io::Write + Send + 'static>(
         .thread_name("quiver-log")
         .finish(std::io::BufWriter::new(writer));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = match format {
-        LogFormat::Pretty => Box::new(builder.with_ansi(ansi).with_target(false).finish()),
-        // The request span once, as `span`: not again in a `spans` list, which would
-        // repeat it (there are no nested spans) in every line.
-        LogFormat::Json => Box::new(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
+        LogFormat::Pretty => Box::new(
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .with_target(false)
                 .finish(),
         ),
+        // json-subscriber writes the same object as tracing-subscriber's JSON format in
+        // about half the time (a request's span and line, 2026-11-29: 2.0–2.8 µs against
+        // 3.8–4.8 µs on an idle machine, 3.8–4.2 against 7.3–8.8 beside a build): it
+        // keeps each span's fields as JSON text and splices it into every line, where
+        // tracing-subscriber parses that text back into a map for each line and again
+        // for each field recorded later.
+        LogFormat::Json => {
+            let mut layer = json_subscriber::JsonLayer::new(writer);
+            layer
+                .with_timer("timestamp", tracing_subscriber::fmt::time::SystemTime)
+                .with_level("level")
+                .with_flattened_event()
+                // The request span once, as `span`: not again in a `spans` list, which
+                // would repeat it (there are no nested spans) in every line.
+                .with_current_span("span");
+            // A record from the `log` crate comes as an event of the bridge's target
+            // ("log"): name the target the record itself gives, as tracing-subscriber does.
+            layer.add_dynamic_field("target", |event, _| {
+                use tracing_log::NormalizeEvent as _;
+                let target = event.normalized_metadata().map(|meta| meta.target().to_owned());
+                Some(target.unwrap_or_else(|| event.metadata().target().to_owned()))
+            });
+            use tracing_subscriber::layer::SubscriberExt as _;
+            Box::new(tracing_subscriber::registry().with(layer).with(filter))
+        }
     };
     (subscriber, LogGuard { _writer: guard })
 }
@@ -166,5 +187,9 @@ mod tests {
         let line: serde_json::Value = serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
         assert_eq!(line["message"], "a record through the log crate", "{text}");
         assert_eq!(line["level"], "WARN");
+        assert_eq!(
+            line["target"], "some_dependency",
+            "the record's own target, not the log bridge's"
+        );
     }
 }
