@@ -61,6 +61,8 @@ pub struct Loaded {
     wanted: AtomicI64,
     /// The record count at the last ef tuning; tuning runs again when it doubles.
     tuned_at: AtomicI64,
+    /// Tunings running now, in the background.
+    tunings: AtomicU64,
     /// The seq of the newest snapshot known to be stored.
     snapshot_seq: AtomicI64,
     /// Changes applied since that snapshot.
@@ -71,6 +73,23 @@ pub struct Loaded {
     saving: tokio::sync::Mutex<()>,
     /// Where the index was last loaded from.
     from: std::sync::Mutex<LoadedFrom>,
+}
+
+/// Counts a background tuning of an index as running (in [`IndexStatus::tuning`]) from
+/// before it is spawned until it ends, however it ends.
+struct TuningRunning(Arc<Loaded>);
+
+impl TuningRunning {
+    fn start(loaded: Arc<Loaded>) -> Self {
+        loaded.tunings.fetch_add(1, Ordering::SeqCst);
+        Self(loaded)
+    }
+}
+
+impl Drop for TuningRunning {
+    fn drop(&mut self) {
+        self.0.tunings.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Loaded {
@@ -85,6 +104,7 @@ impl Loaded {
             applying: tokio::sync::Mutex::new(()),
             wanted: AtomicI64::new(wanted),
             tuned_at: AtomicI64::new(tuned_at),
+            tunings: AtomicU64::new(0),
             snapshot_seq: AtomicI64::new(from.snapshot_seq()),
             since_snapshot: AtomicU64::new(0),
             snapshot_at: std::sync::Mutex::new(Instant::now()),
@@ -122,6 +142,12 @@ pub struct IndexStatus {
     /// The seq of the newest snapshot known to be stored (0: none).
     pub snapshot_seq: i64,
     pub from: LoadedFrom,
+    /// The search width it serves.
+    pub ef: usize,
+    /// Whether it is tuning its search width in the background right now. A load that
+    /// replays records starts its tuning before it returns, so right after a search
+    /// that loaded the index, `false` means `ef` is the settled width.
+    pub tuning: bool,
 }
 
 /// When indexes are snapshotted in the background.
@@ -426,8 +452,8 @@ impl IndexManager {
         {
             return; // Another task is on it.
         }
-        let loaded = Arc::clone(loaded);
-        tokio::task::spawn_blocking(move || match loaded.index.tune_ef(TUNING_QUERIES) {
+        let running = TuningRunning::start(Arc::clone(loaded));
+        tokio::task::spawn_blocking(move || match running.0.index.tune_ef(TUNING_QUERIES) {
             Ok(Some((ef, recall))) => tracing::info!(records = size, ef, recall, "search width tuned"),
             Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "tuning the search width failed"),
@@ -667,6 +693,8 @@ impl IndexManager {
             records: loaded.index.len(),
             snapshot_seq: loaded.snapshot_seq.load(Ordering::SeqCst),
             from: *loaded.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            ef: loaded.index.ef(),
+            tuning: loaded.tunings.load(Ordering::SeqCst) > 0,
         })
     }
 
@@ -684,14 +712,6 @@ impl IndexManager {
     /// Whether a namespace's index is in memory.
     pub async fn is_loaded(&self, project: ProjectId, namespace: &str) -> bool {
         self.cache.contains_key(&(project, namespace.to_owned()))
-    }
-
-    /// The search width of a loaded namespace index, if it is in memory.
-    pub async fn search_width(&self, project: ProjectId, namespace: &str) -> Option<usize> {
-        self.cache
-            .get(&(project, namespace.to_owned()))
-            .await
-            .map(|loaded| loaded.index.ef())
     }
 
     /// Bytes the indexes in memory use, without usearch's reserved room to grow.

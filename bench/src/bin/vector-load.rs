@@ -451,7 +451,12 @@ async fn main() -> anyhow::Result<()> {
 
     // Loading triggers a background tuning of the search width: measure after it.
     let tuning = Instant::now();
-    while indexes.search_width(project.id, "bench").await == Some(256) && tuning.elapsed() < Duration::from_secs(60) {
+    while indexes
+        .status(project.id, "bench")
+        .await
+        .is_some_and(|status| status.tuning)
+        && tuning.elapsed() < Duration::from_secs(300)
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -483,7 +488,7 @@ async fn main() -> anyhow::Result<()> {
     let recall = hits.map(|hits| hits as f64 / (expected * args.recall_queries) as f64);
 
     let (allocated, used) = (indexes.memory_bytes(), indexes.used_bytes());
-    let ef = indexes.search_width(project.id, "bench").await.unwrap_or_default();
+    let ef = indexes.status(project.id, "bench").await.map_or(0, |status| status.ef);
 
     // Snapshot the served index, then load it on a fresh manager (a new pod) from it.
     eprintln!("snapshotting and loading from the snapshot…");

@@ -240,7 +240,32 @@ async fn an_unusable_snapshot_is_ignored_and_replaced(store: Arc<dyn Store>) {
     );
 }
 
+/// A load by replay starts tuning the search width before the search that loaded it
+/// returns, and reports it until it is done: once `tuning` reads false, the width
+/// served is the tuned one, not the default it loaded with.
+async fn a_replayed_load_reports_its_tuning_until_the_width_is_settled(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..3_000)).await.expect("upsert");
+    let manager = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&manager, &project, 1, false).await.as_deref(), Some("r1"));
+    let mut status = manager.status(project.id, "ns").await.expect("loaded");
+    for _ in 0..600 {
+        if !status.tuning {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = manager.status(project.id, "ns").await.expect("loaded");
+    }
+    assert!(!status.tuning, "tuning 3,000 records of 16 dimensions ends within 30 s");
+    // These records are far apart: the narrowest width the tuner tries finds them.
+    assert_eq!(
+        status.ef, 16,
+        "the tuned width, not the default of 256 a load starts with"
+    );
+}
+
 on_both_stores!(
+    a_replayed_load_reports_its_tuning_until_the_width_is_settled,
     loads_from_the_snapshot_plus_the_writes_after_it,
     an_index_behind_the_horizon_reloads_from_the_snapshot,
     a_reload_without_a_usable_snapshot_rebuilds_from_the_records,
