@@ -154,6 +154,13 @@ struct RawLoad {
     cpu: f64,
 }
 
+impl RawLoad {
+    /// Searches a second over the `seconds` its rounds took in all.
+    fn qps(&self, seconds: u64) -> f64 {
+        self.done as f64 / seconds as f64
+    }
+}
+
 /// A way of searching, as the rounds take turns.
 #[derive(Debug, Clone, Copy)]
 enum Way {
@@ -597,10 +604,7 @@ async fn main() -> anyhow::Result<()> {
         load.latencies.sort_by(f64::total_cmp);
         load.ratios.sort_by(f64::total_cmp);
     }
-    let raw_qps = raws
-        .iter()
-        .map(|raw| raw.done as f64 / args.seconds as f64)
-        .fold(0f64, f64::max);
+    let raw_qps = raws.iter().map(|raw| raw.qps(args.seconds)).fold(0f64, f64::max);
 
     println!("| measure | value |");
     println!("|---|---|");
@@ -628,7 +632,7 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "| raw usearch in-process, {} threads, the served index (ef {ef}) | {:.0} QPS, {:.0} µs CPU per search |",
             raw.threads,
-            raw.done as f64 / args.seconds as f64,
+            raw.qps(args.seconds),
             raw.cpu / raw.done as f64 * 1e6
         );
     }
