@@ -3,6 +3,8 @@ use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
 
+mod batch;
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -28,7 +30,7 @@ impl FromStr for LogFormat {
 /// Hold it until the process exits.
 #[must_use = "logs queued when the guard drops are written out; drop it only at exit"]
 pub struct LogGuard {
-    _writer: tracing_appender::non_blocking::WorkerGuard,
+    _writer: batch::BatchGuard,
 }
 
 /// Installs the global subscriber, writing to stderr. `RUST_LOG` overrides the default
@@ -40,11 +42,11 @@ pub fn init(format: LogFormat) -> LogGuard {
 /// Installs the global subscriber, writing to `writer` (ANSI colours in the pretty
 /// format when `ansi`).
 ///
-/// Lines are formatted on the thread that logs and written by a thread of their own,
-/// so a request never waits on the log's reader (a container runtime's pipe, a
-/// collector that falls behind): if that reader stalls until 128,000 lines are queued,
-/// further lines are dropped rather than block requests. The writer is buffered and
-/// flushed each time the queue empties, so a busy pod writes many lines per syscall.
+/// Lines are formatted on the thread that logs, appended to a buffer in memory, and
+/// written out by a thread of their own every 20 ms, so a request never waits on the
+/// log's reader (a container runtime's pipe, a collector that falls behind) and a busy
+/// pod writes hundreds of lines per syscall. If the reader stalls until 32 MiB wait,
+/// further lines are dropped rather than block requests, and a line says how many.
 pub fn init_with<W: std::io::Write + Send + 'static>(format: LogFormat, writer: W, ansi: bool) -> LogGuard {
     use tracing_subscriber::util::SubscriberInitExt as _;
     let (subscriber, guard) = subscriber(format, writer, ansi);
@@ -61,10 +63,11 @@ fn subscriber<W: std::io::Write + Send + 'static>(
     writer: W,
     ansi: bool,
 ) -> (Box<dyn tracing::Subscriber + Send + Sync>, LogGuard) {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .thread_name("quiver-log")
-        .finish(std::io::BufWriter::new(writer));
+    let dropped_note = match format {
+        LogFormat::Pretty => pretty_dropped_note as fn(u64) -> String,
+        LogFormat::Json => json_dropped_note,
+    };
+    let (writer, guard) = batch::start(writer, dropped_note);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
     let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = match format {
         LogFormat::Pretty => Box::new(
@@ -102,6 +105,21 @@ fn subscriber<W: std::io::Write + Send + 'static>(
         }
     };
     (subscriber, LogGuard { _writer: guard })
+}
+
+fn pretty_dropped_note(dropped: u64) -> String {
+    format!("WARN {dropped} log lines were dropped: the log's reader fell behind\n")
+}
+
+fn json_dropped_note(dropped: u64) -> String {
+    let line = serde_json::json!({
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "level": "WARN",
+        "message": "log lines were dropped: the log's reader fell behind",
+        "dropped": dropped,
+        "target": module_path!(),
+    });
+    format!("{line}\n")
 }
 
 #[cfg(test)]
@@ -169,6 +187,16 @@ mod tests {
             assert_eq!(line["span"]["path"], "/v1/vectors/search");
             assert!(line.get("spans").is_none(), "the span is logged once: {line}");
         }
+    }
+
+    #[test]
+    fn the_note_of_dropped_lines_is_a_log_line_of_its_format() {
+        let json: serde_json::Value = serde_json::from_str(json_dropped_note(7).trim_end()).expect("one JSON line");
+        assert_eq!(json["level"], "WARN");
+        assert_eq!(json["dropped"], 7);
+        assert!(json["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{json}");
+        assert!(pretty_dropped_note(7).starts_with("WARN 7 log lines were dropped"));
+        assert!(json_dropped_note(7).ends_with('\n') && pretty_dropped_note(7).ends_with('\n'));
     }
 
     #[test]
