@@ -40,6 +40,13 @@ struct TuningSample {
     truth: HashSet<u64>,
 }
 
+/// What a tuning measures recall on: its queries with their exact top ten, and the
+/// records live when that truth was taken.
+struct TuningSamples {
+    samples: Vec<TuningSample>,
+    population: HashSet<u64>,
+}
+
 /// A search hit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Match {
@@ -488,7 +495,7 @@ impl NamespaceIndex {
 
     /// Queries for [`NamespaceIndex::tune_ef`] with their exact top ten, or `None` when
     /// the namespace is too small to tell. Searches go on meanwhile (a read lock).
-    fn tuning_samples(&self, queries: usize) -> Result<Option<Vec<TuningSample>>, IndexError> {
+    fn tuning_samples(&self, queries: usize) -> Result<Option<TuningSamples>, IndexError> {
         let state = self.read();
         let live: Vec<u64> = state.by_id.values().copied().collect();
         if live.len() < 1_000 {
@@ -531,28 +538,35 @@ impl NamespaceIndex {
                 truth: truth.into_iter().map(|(k, _)| k).collect(),
             });
         }
-        Ok((!samples.is_empty()).then_some(samples))
+        Ok((!samples.is_empty()).then(|| TuningSamples {
+            samples,
+            population: live.into_iter().collect(),
+        }))
     }
 
     /// Recall@10 of `samples` at search width `ef`. The width is the index's own, so
     /// the trial holds the index exclusively and puts the served width back before it
     /// lets go: a search beside it would otherwise run at the trial's width (as low as
-    /// 16, where random 128-d data gets a recall near 0.5). Writes between sampling
-    /// and the trial can only make a sample's truth stale, which reads as lower recall
-    /// and errs toward a wider search.
-    fn recall_at(&self, ef: usize, samples: &[TuningSample]) -> Result<f64, IndexError> {
+    /// 16, where random 128-d data gets a recall near 0.5).
+    ///
+    /// The trial finds among the records the truth was taken from: a record written
+    /// since (a replay still loading, a busy namespace) could be nearer than any in the
+    /// truth, and counting it as a miss would read as low recall at every width and
+    /// settle on the widest, many times slower than needed.
+    fn recall_at(&self, ef: usize, tuning: &TuningSamples) -> Result<f64, IndexError> {
         let state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let served = state.index.expansion_search();
         state.index.change_expansion_search(ef);
-        let hits = samples.iter().try_fold(0usize, |hits, sample| {
+        let sampled = |key: u64| tuning.population.contains(&key);
+        let hits = tuning.samples.iter().try_fold(0usize, |hits, sample| {
             let found = state
                 .index
-                .search(&sample.query, TUNING_K)
+                .filtered_search(&sample.query, TUNING_K, sampled)
                 .map_err(|e| IndexError(e.to_string()))?;
             Ok(hits + found.keys.iter().filter(|k| sample.truth.contains(k)).count())
         });
         state.index.change_expansion_search(served);
-        Ok(hits? as f64 / (TUNING_K * samples.len()) as f64)
+        Ok(hits? as f64 / (TUNING_K * tuning.samples.len()) as f64)
     }
 
     /// The ids of the live records that pass `filter`.
@@ -862,6 +876,48 @@ mod tests {
         assert_eq!(easy_index.ef(), easy_ef);
         let small = NamespaceIndex::new(4, Metric::Cosine, uuid::Uuid::nil()).expect("index");
         assert_eq!(small.tune_ef(10).expect("tune"), None);
+    }
+
+    #[test]
+    fn records_written_during_a_tuning_do_not_count_against_its_recall() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let first: Vec<Change> = (0..3_000)
+            .map(|i| {
+                let v = (0..32).map(|_| rng.random_range(-1.0..1.0)).collect();
+                upsert(&format!("a{i}"), 1, v, json!({}))
+            })
+            .collect();
+        let index = NamespaceIndex::new(32, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        index.apply(&first).expect("apply");
+        let tuning = index.tuning_samples(20).expect("sample").expect("big enough");
+        let before = index.recall_at(EF_CHOICES[3], &tuning).expect("trial");
+        assert!(before >= TARGET_RECALL, "a wide search finds the truth: {before}");
+        // Writes land between the sampling and the trials (as a replay still loading
+        // does): ten near copies of every query, nearer to it than any of its truth.
+        let second: Vec<Change> = tuning
+            .samples
+            .iter()
+            .enumerate()
+            .flat_map(|(i, sample)| {
+                let query = sample.query.clone();
+                (0..10).map(move |j| {
+                    let v = query.iter().map(|x| x * (1.0 + 1e-3 * (j + 1) as f32)).collect();
+                    upsert(&format!("b{i}-{j}"), 2, v, json!({}))
+                })
+            })
+            .collect();
+        index.apply(&second).expect("apply");
+        let nearest = index
+            .search(&tuning.samples[0].query, 1, &Filter::All, false)
+            .expect("search")
+            .0;
+        assert!(nearest[0].id.starts_with('b'), "the new records are the nearest now");
+        let after = index.recall_at(EF_CHOICES[3], &tuning).expect("trial");
+        assert!(
+            (after - before).abs() < 0.05,
+            "the trial measures the records it sampled: recall {before} before the writes, {after} after"
+        );
     }
 
     #[test]
