@@ -15,11 +15,9 @@ const GATHER: Duration = Duration::from_millis(20);
 /// (and counted) rather than grow memory without bound or block the request.
 const MAX_WAITING: usize = 32 << 20;
 
-/// A handle that lines are written to; cloned freely, one per logging call.
-#[derive(Clone)]
+/// What lines are written to: each logging call borrows it.
 pub(crate) struct BatchWriter {
     shared: Arc<Shared>,
-    max_waiting: usize,
 }
 
 /// Keeps the writer thread running; dropping it writes out every line waiting and
@@ -31,6 +29,8 @@ pub(crate) struct BatchGuard {
 
 struct Shared {
     state: Mutex<State>,
+    /// The most bytes that may wait; lines beyond are dropped.
+    max_waiting: usize,
     /// Signalled when lines arrive in an empty buffer, and when the guard drops.
     arrived: Condvar,
 }
@@ -62,6 +62,7 @@ fn start_with<W: Write + Send + 'static>(
 ) -> (BatchWriter, BatchGuard) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
+        max_waiting,
         arrived: Condvar::new(),
     });
     let thread = {
@@ -103,7 +104,6 @@ fn start_with<W: Write + Send + 'static>(
     };
     let writer = BatchWriter {
         shared: Arc::clone(&shared),
-        max_waiting,
     };
     (
         writer,
@@ -114,11 +114,11 @@ fn start_with<W: Write + Send + 'static>(
     )
 }
 
-impl Write for BatchWriter {
+impl Write for &BatchWriter {
     /// Queues `bytes` (a whole line: the formatters write each line at once).
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let mut state = self.shared.lock();
-        if state.lines.len() + bytes.len() > self.max_waiting {
+        if state.lines.len() + bytes.len() > self.shared.max_waiting {
             state.dropped += 1;
         } else {
             let was_empty = state.lines.is_empty();
@@ -137,10 +137,10 @@ impl Write for BatchWriter {
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchWriter {
-    type Writer = BatchWriter;
+    type Writer = &'a BatchWriter;
 
     fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
+        self
     }
 }
 
@@ -195,8 +195,8 @@ mod tests {
     fn lines_are_written_out_without_waiting_for_the_guard() {
         let (sink, go, kept) = sink();
         drop(go);
-        let (mut writer, _guard) = start(sink, note);
-        writer.write_all(b"one line\n").expect("queued");
+        let (writer, _guard) = start(sink, note);
+        (&writer).write_all(b"one line\n").expect("queued");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while kept.lock().expect("lock").is_empty() {
             assert!(std::time::Instant::now() < deadline, "the line was never written");
@@ -208,9 +208,9 @@ mod tests {
     #[test]
     fn a_stalled_reader_costs_lines_beyond_the_cap_and_a_line_says_how_many() {
         let (sink, go, kept) = sink();
-        let (mut writer, guard) = start_with(sink, note, 1000);
+        let (writer, guard) = start_with(sink, note, 1000);
         for i in 0..100 {
-            writer
+            (&writer)
                 .write_all(format!("line {i:03} of a log, some forty bytes\n").as_bytes())
                 .expect("never blocks");
         }
