@@ -756,6 +756,16 @@ mod tests {
     use quiver_store::Record;
     use serde_json::json;
 
+    /// `n` upserts of uniform random `dim`-d vectors with ids `{prefix}0`, `{prefix}1`, …
+    fn random_upserts(rng: &mut impl rand::Rng, n: usize, dim: usize, prefix: &str) -> Vec<Change> {
+        (0..n)
+            .map(|i| {
+                let v = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+                upsert(&format!("{prefix}{i}"), 1, v, json!({}))
+            })
+            .collect()
+    }
+
     fn upsert(id: &str, seq: i64, vector: Vec<f32>, metadata: serde_json::Value) -> Change {
         Change::Upsert(Record {
             id: id.into(),
@@ -851,16 +861,7 @@ mod tests {
                 upsert(&format!("e{i}"), 1, v, json!({}))
             })
             .collect();
-        let hard: Vec<Change> = (0..10_000)
-            .map(|i| {
-                upsert(
-                    &format!("h{i}"),
-                    1,
-                    (0..128).map(|_| rng.random_range(-1.0..1.0)).collect(),
-                    json!({}),
-                )
-            })
-            .collect();
+        let hard = random_upserts(&mut rng, 10_000, 128, "h");
         let easy_index = NamespaceIndex::new(16, Metric::Euclidean, uuid::Uuid::nil()).expect("index");
         easy_index.apply(&easy).expect("apply");
         let hard_index = NamespaceIndex::new(128, Metric::Cosine, uuid::Uuid::nil()).expect("index");
@@ -880,14 +881,9 @@ mod tests {
 
     #[test]
     fn records_written_during_a_tuning_do_not_count_against_its_recall() {
-        use rand::{Rng as _, SeedableRng as _};
+        use rand::SeedableRng as _;
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let first: Vec<Change> = (0..3_000)
-            .map(|i| {
-                let v = (0..32).map(|_| rng.random_range(-1.0..1.0)).collect();
-                upsert(&format!("a{i}"), 1, v, json!({}))
-            })
-            .collect();
+        let first = random_upserts(&mut rng, 3_000, 32, "a");
         let index = NamespaceIndex::new(32, Metric::Cosine, uuid::Uuid::nil()).expect("index");
         index.apply(&first).expect("apply");
         let tuning = index.tuning_samples(20).expect("sample").expect("big enough");
@@ -922,14 +918,9 @@ mod tests {
 
     #[test]
     fn searches_beside_a_tuning_run_at_the_served_width_not_a_trial_one() {
-        use rand::{Rng as _, SeedableRng as _};
+        use rand::SeedableRng as _;
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let changes: Vec<Change> = (0..3_000)
-            .map(|i| {
-                let v = (0..128).map(|_| rng.random_range(-1.0..1.0)).collect();
-                upsert(&format!("v{i}"), 1, v, json!({}))
-            })
-            .collect();
+        let changes = random_upserts(&mut rng, 3_000, 128, "v");
         let index = Arc::new(NamespaceIndex::new(128, Metric::Cosine, uuid::Uuid::nil()).expect("index"));
         index.apply(&changes).expect("apply");
         let served = index.ef();
