@@ -33,6 +33,8 @@ pub mod namespaces;
 pub mod query;
 /// Writes shared by the vector, document and query APIs.
 mod records;
+/// Reading the vectors of a search or an upsert straight from the body's bytes.
+pub mod vector_json;
 /// The vector API.
 pub mod vectors;
 
