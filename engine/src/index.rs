@@ -135,18 +135,62 @@ pub fn score(metric: Metric, distance: f32) -> f32 {
 fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
     match metric {
         Metric::Cosine => {
-            let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
-            for (x, y) in a.iter().zip(b) {
-                dot += x * y;
-                na += x * x;
-                nb += y * y;
-            }
+            let [dot, na, nb] = sums(a, b, |[dot, na, nb], x, y| {
+                for i in 0..LANES {
+                    dot[i] += x[i] * y[i];
+                    na[i] += x[i] * x[i];
+                    nb[i] += y[i] * y[i];
+                }
+            });
             let norm = (na * nb).sqrt();
             if norm == 0.0 { 1.0 } else { 1.0 - dot / norm }
         }
-        Metric::DotProduct => 1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>(),
-        Metric::Euclidean => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+        Metric::DotProduct => {
+            let [dot] = sums(a, b, |[dot], x, y| {
+                for i in 0..LANES {
+                    dot[i] += x[i] * y[i];
+                }
+            });
+            1.0 - dot
+        }
+        Metric::Euclidean => {
+            let [squares] = sums(a, b, |[squares], x, y| {
+                for i in 0..LANES {
+                    squares[i] += (x[i] - y[i]) * (x[i] - y[i]);
+                }
+            });
+            squares
+        }
     }
+}
+
+/// The lanes [`sums`] adds in.
+const LANES: usize = 8;
+
+/// `N` sums over `a` and `b`, which `add` adds to lane by lane, eight elements at a
+/// time; the lanes are added up at the end. One running sum must add its terms in
+/// order, one at a time, where eight independent ones compile to vector
+/// instructions. The last few elements are padded with zeros, which add nothing to
+/// any of the sums above.
+fn sums<const N: usize>(
+    a: &[f32],
+    b: &[f32],
+    add: impl Fn(&mut [[f32; LANES]; N], &[f32; LANES], &[f32; LANES]),
+) -> [f32; N] {
+    let mut lanes = [[0f32; LANES]; N];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (mut a_tail, mut b_tail) = ([0f32; LANES], [0f32; LANES]);
+    a_tail[..a_chunks.remainder().len()].copy_from_slice(a_chunks.remainder());
+    b_tail[..b_chunks.remainder().len()].copy_from_slice(b_chunks.remainder());
+    for (x, y) in a_chunks.zip(b_chunks) {
+        add(
+            &mut lanes,
+            x.try_into().expect("a chunk of LANES"),
+            y.try_into().expect("a chunk of LANES"),
+        );
+    }
+    add(&mut lanes, &a_tail, &b_tail);
+    lanes.map(|lane| lane.iter().sum())
 }
 
 /// A candidate in the exact scan's top-k heap (max-heap on distance).
@@ -721,7 +765,12 @@ impl NamespaceIndex {
         k: usize,
         passes: &dyn Fn(u64) -> bool,
     ) -> Result<Vec<(u64, f32)>, IndexError> {
+        use half::slice::{HalfBitsSliceExt as _, HalfFloatSliceExt as _};
         let mut heap = BinaryHeap::with_capacity(k + 1);
+        // Each record's f16s are copied out as stored and widened here, with F16C
+        // where the CPU has it: asked for f32s, usearch widens them one at a time,
+        // which took two thirds of a scan (2.5 µs a 768-d record).
+        let mut bits = vec![0u16; self.dimension];
         let mut buffer = vec![0f32; self.dimension];
         for (key, slot) in state.slots.iter().enumerate() {
             let key = key as u64;
@@ -730,8 +779,9 @@ impl NamespaceIndex {
             }
             state
                 .index
-                .get(key, &mut buffer)
+                .get(key, usearch::f16::from_mut_i16s(bytemuck::cast_slice_mut(&mut bits)))
                 .map_err(|e| IndexError(e.to_string()))?;
+            bits.reinterpret_cast::<half::f16>().convert_to_f32_slice(&mut buffer);
             let d = distance(self.metric, query, &buffer);
             if heap.len() < k {
                 heap.push(Candidate(d, key));
@@ -1059,6 +1109,56 @@ mod tests {
         assert!(index.try_search(&[1.0, 0.0], 1, &Filter::All, false).is_none());
         drop(writing);
         assert!(index.try_search(&[1.0, 0.0], 1, &Filter::All, false).is_some());
+    }
+
+    #[test]
+    fn distances_summed_in_lanes_agree_with_an_ordered_sum() {
+        let mut rng = rand::rng();
+        for dim in [1, 7, 8, 9, 768] {
+            let a: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let b: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let (mut dot, mut na, mut nb, mut squares) = (0f64, 0f64, 0f64, 0f64);
+            for (&x, &y) in a.iter().zip(&b) {
+                let (x, y) = (f64::from(x), f64::from(y));
+                dot += x * y;
+                na += x * x;
+                nb += y * y;
+                squares += (x - y) * (x - y);
+            }
+            for (metric, expected) in [
+                (Metric::Cosine, 1.0 - dot / (na * nb).sqrt()),
+                (Metric::DotProduct, 1.0 - dot),
+                (Metric::Euclidean, squares),
+            ] {
+                let got = f64::from(distance(metric, &a, &b));
+                assert!(
+                    (got - expected).abs() < 1e-4,
+                    "{metric} at {dim}-d: {got} against {expected}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_exact_scan_measures_the_stored_vectors() {
+        let index = NamespaceIndex::new(20, Metric::Euclidean, uuid::Uuid::nil()).expect("index");
+        let near: Vec<f32> = (0..20).map(|i| i as f32 / 7.0).collect();
+        let far: Vec<f32> = near.iter().map(|x| x + 3.0).collect();
+        index
+            .apply(&[
+                upsert("near", 1, near.clone(), json!({})),
+                upsert("far", 2, far, json!({})),
+            ])
+            .expect("apply");
+        let query = vec![0.0; 20];
+        let state = index.read();
+        let found = index.exact(&state, &query, 2, &|_| true).expect("scan");
+        // The index holds f16s: the distance is to the stored values, rounded so.
+        let stored: f32 = near.iter().map(|&x| half::f16::from_f32(x).to_f32().powi(2)).sum();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].0, state.by_id["near"]);
+        assert!((found[0].1 - stored).abs() < 1e-4, "{} against {stored}", found[0].1);
+        assert!(found[1].1 > found[0].1);
     }
 
     #[test]
