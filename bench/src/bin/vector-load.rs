@@ -54,6 +54,10 @@ struct Args {
     /// Queries whose recall@10 is checked against brute force.
     #[arg(long, default_value_t = 200)]
     recall_queries: usize,
+    /// Search at this width (HNSW ef_search) instead of the one the namespace tuned
+    /// itself to: to compare HTTP with raw at a given width, whichever the tuner picks.
+    #[arg(long)]
+    ef: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -468,6 +472,15 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    if let Some(ef) = args.ef {
+        let served = indexes
+            .open(&project, "bench")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the served index is gone"))?;
+        eprintln!("searching at ef {ef} (tuned: {})", served.index.ef());
+        served.index.set_ef(ef);
     }
 
     // Recall@10 over HTTP, for each encoding. A search finds `expected` matches: ten,
