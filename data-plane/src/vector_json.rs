@@ -135,43 +135,36 @@ impl<'a> Cursor<'a> {
     /// Reads an object, handing each member's name to `member` with the cursor at its
     /// value, for it to read or step over.
     fn object(&mut self, mut member: impl FnMut(&'a [u8], &mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        self.skip_whitespace();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            self.skip_whitespace();
-            let name = self.plain_string()?;
-            self.skip_whitespace();
-            self.eat(b':')?;
-            self.skip_whitespace();
-            member(name, self)?;
-            self.skip_whitespace();
-            match self.next()? {
-                b',' => {}
-                b'}' => return Some(()),
-                _ => return None,
-            }
-        }
+        self.delimited(b'{', b'}', |cursor| {
+            let name = cursor.plain_string()?;
+            cursor.skip_whitespace();
+            cursor.eat(b':')?;
+            cursor.skip_whitespace();
+            member(name, cursor)
+        })
     }
 
     /// Reads an array, handing the cursor to `element` at each element.
-    fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
+    fn array(&mut self, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.delimited(b'[', b']', element)
+    }
+
+    /// Reads `open`, items separated by commas, and `close`, whitespace allowed
+    /// around each, handing the cursor to `item` at each item.
+    fn delimited(&mut self, open: u8, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(open)?;
         self.skip_whitespace();
-        if self.peek()? == b']' {
+        if self.peek()? == close {
             self.at += 1;
             return Some(());
         }
         loop {
             self.skip_whitespace();
-            element(self)?;
+            item(self)?;
             self.skip_whitespace();
             match self.next()? {
                 b',' => {}
-                b']' => return Some(()),
+                byte if byte == close => return Some(()),
                 _ => return None,
             }
         }
@@ -253,30 +246,20 @@ impl<'a> Cursor<'a> {
     fn numbers(&mut self) -> Option<Vec<f32>> {
         const JSON: u128 = lexical_core::format::JSON;
         let options = lexical_core::ParseFloatOptions::new();
-        self.eat(b'[')?;
         // Room for the common embedding sizes without growing; a body cannot hold
         // more numbers than half its bytes, so a small one reserves little.
         let mut values = Vec::with_capacity(((self.bytes.len() - self.at) / 2).min(1536));
-        self.skip_whitespace();
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(values);
-        }
-        loop {
+        self.array(|cursor| {
             let (value, length) =
-                lexical_core::parse_partial_with_options::<f64, JSON>(&self.bytes[self.at..], &options).ok()?;
+                lexical_core::parse_partial_with_options::<f64, JSON>(&cursor.bytes[cursor.at..], &options).ok()?;
             if length == 0 || !value.is_finite() {
                 return None;
             }
             values.push(value as f32);
-            self.at += length;
-            self.skip_whitespace();
-            match self.next()? {
-                b',' => self.skip_whitespace(),
-                b']' => return Some(values),
-                _ => return None,
-            }
-        }
+            cursor.at += length;
+            Some(())
+        })?;
+        Some(values)
     }
 }
 
