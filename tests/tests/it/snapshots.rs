@@ -257,10 +257,13 @@ async fn a_replayed_load_reports_its_tuning_until_the_width_is_settled(store: Ar
         status = manager.status(project.id, "ns").await.expect("loaded");
     }
     assert!(!status.tuning, "tuning 3,000 records of 16 dimensions ends within 30 s");
-    // These records are far apart: the narrowest width the tuner tries finds them.
-    assert_eq!(
-        status.ef, 16,
-        "the tuned width, not the default of 256 a load starts with"
+    // Which width the tuner settles on depends on its random sample and on the graph
+    // (16 or 64 have been seen for these records); any of them is far narrower than the
+    // default of 256 that a load starts with, which would mean no tuning took effect.
+    assert!(
+        status.ef < 256,
+        "the tuned width, not the default of 256 a load starts with: {}",
+        status.ef
     );
 }
 
