@@ -649,12 +649,41 @@ async fn main() -> anyhow::Result<()> {
         "upserting {} more vectors into the loaded namespace…",
         args.live_upserts
     );
+    // Meanwhile one client searches, one query after another, to time searches that
+    // meet writes.
     let more = Arc::new(clustered_unit_vectors(args.live_upserts, args.dim, 1000, 3));
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let searcher = {
+        let (http, url, key, writing) = (
+            http.clone(),
+            format!("{base}/v1/vectors/search"),
+            key.clone(),
+            Arc::clone(&writing),
+        );
+        let bodies: Vec<Value> = queries.iter().map(|q| search(q, Encoding::Numbers)).collect();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            for body in bodies.iter().cycle() {
+                if !writing.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let started = Instant::now();
+                let response = http.post(&url).header("x-api-key", &key).json(body).send().await?;
+                anyhow::ensure!(response.status() == 200, "search answered {}", response.status());
+                response.bytes().await?;
+                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        })
+    };
     let live_secs = if args.live_upserts > 0 {
         writer.upsert(Arc::clone(&more), args.vectors).await?
     } else {
         f64::NAN
     };
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut beside_writes = searcher.await??;
+    beside_writes.sort_by(f64::total_cmp);
     for load in &mut loads {
         load.latencies.sort_by(f64::total_cmp);
         load.ratios.sort_by(f64::total_cmp);
@@ -677,6 +706,15 @@ async fn main() -> anyhow::Result<()> {
         args.live_upserts,
         args.live_upserts as f64 / live_secs
     );
+    if !beside_writes.is_empty() {
+        println!(
+            "| search over HTTP meanwhile (1 client, one at a time; {} searches) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
+            beside_writes.len(),
+            percentile(&beside_writes, 50.0),
+            percentile(&beside_writes, 99.0),
+            beside_writes.last().copied().unwrap_or_default()
+        );
+    }
     println!("| cold index load (replay from SQLite) | {:.1} s |", load_secs);
     println!(
         "| snapshot (serialize and store in SQLite) | {:.1} s, {:.0} MB |",
