@@ -431,7 +431,9 @@ impl NamespaceIndex {
         }
         let adds: Vec<(u64, &[f32])> = adds.into_iter().collect();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let threads = cores.min(adds.len() / 64 + 1).min(THREADS);
+        // A thread for every 8K values to add (64 128-d vectors, 6 of 1,536-d): fewer
+        // would not pay for starting it.
+        let threads = cores.min(adds.len() * self.dimension / 8192 + 1).min(THREADS);
         let index = &state.index;
         let add_all = |part: &[(u64, &[f32])]| -> Result<(), IndexError> {
             for (key, vector) in part {

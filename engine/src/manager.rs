@@ -253,8 +253,14 @@ impl IndexManager {
     pub async fn open(&self, project: &Project, namespace: &str) -> Result<Option<Arc<Loaded>>, EngineError> {
         let key = (project.id, namespace.to_owned());
         if let Some(loaded) = self.cache.get(&key).await {
-            if loaded.wanted.load(Ordering::SeqCst) > loaded.index.seq() {
-                self.catch_up(&loaded, project.id, namespace, None).await?;
+            // Catch up with the writes heard of, unless a write or a catch-up is being
+            // applied right now: a search then serves what is in memory (an eventual
+            // search; a strong one catches up to the store's seq itself) instead of
+            // waiting seconds for a large write to go in.
+            if loaded.wanted.load(Ordering::SeqCst) > loaded.index.seq()
+                && let Ok(_applying) = loaded.applying.try_lock()
+            {
+                self.catch_up_holding(&loaded, project.id, namespace, None).await?;
             }
             return Ok(Some(loaded));
         }
@@ -347,6 +353,17 @@ impl IndexManager {
         target: Option<i64>,
     ) -> Result<(), EngineError> {
         let _applying = loaded.applying.lock().await;
+        self.catch_up_holding(loaded, project, namespace, target).await
+    }
+
+    /// [`IndexManager::catch_up`] for a caller that holds `loaded.applying`.
+    async fn catch_up_holding(
+        &self,
+        loaded: &Arc<Loaded>,
+        project: ProjectId,
+        namespace: &str,
+        target: Option<i64>,
+    ) -> Result<(), EngineError> {
         let mut limit = PAGE;
         let mut reloads = 0;
         loop {

@@ -267,7 +267,51 @@ async fn a_replayed_load_reports_its_tuning_until_the_width_is_settled(store: Ar
     );
 }
 
+/// While a pod catches up with a large write it heard of, the search that started the
+/// catch-up waits for it, and searches beside it answer at once from what is in memory
+/// (reporting the seq before the write) rather than queue behind it.
+async fn searches_beside_a_catch_up_answer_from_memory_without_waiting(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..10)).await.expect("upsert");
+    let manager = Arc::new(IndexManager::new(Arc::clone(&store), 1 << 30));
+    assert_eq!(found(&manager, &project, 3, false).await.as_deref(), Some("r3"));
+    let before = manager.status(project.id, "ns").await.expect("loaded");
+    let total = 60_000;
+    let outcome = store
+        .upsert(project.id, "ns", &writes(10..total))
+        .await
+        .expect("upsert");
+    manager.heard_of(project.id, "ns", outcome.state).await;
+
+    let first = {
+        let (manager, project) = (Arc::clone(&manager), project.clone());
+        tokio::spawn(async move { manager.search(&project, "ns", nearest(vector(7), false)).await })
+    };
+    // Wait until the catch-up is adding the write to the graph.
+    let mut status = manager.status(project.id, "ns").await.expect("loaded");
+    while status.records == before.records {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        status = manager.status(project.id, "ns").await.expect("loaded");
+    }
+    let beside = manager
+        .search(&project, "ns", nearest(vector(5), false))
+        .await
+        .expect("search")
+        .expect("namespace");
+    let after = manager.status(project.id, "ns").await.expect("loaded");
+    assert!(
+        after.records < total,
+        "the catch-up was still running when the search beside it answered ({} of {total} in)",
+        after.records
+    );
+    assert_eq!(beside.seq, before.seq, "the search beside it served what was in memory");
+    let first = first.await.expect("task").expect("search").expect("namespace");
+    assert_eq!(first.seq, outcome.state.seq, "the search that caught up saw the write");
+    assert_eq!(manager.status(project.id, "ns").await.expect("loaded").records, total);
+}
+
 on_both_stores!(
+    searches_beside_a_catch_up_answer_from_memory_without_waiting,
     a_replayed_load_reports_its_tuning_until_the_width_is_settled,
     loads_from_the_snapshot_plus_the_writes_after_it,
     an_index_behind_the_horizon_reloads_from_the_snapshot,
