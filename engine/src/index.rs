@@ -691,6 +691,22 @@ impl NamespaceIndex {
         self.search_in(&self.read(), query, k, filter, include_values)
     }
 
+    /// [`NamespaceIndex::search`] with the seq searched, both under one hold of the read
+    /// lock: the seq is the one of the records searched, and a write waiting between
+    /// the two cannot make the search wait for it.
+    pub fn search_at_seq(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+        include_values: bool,
+    ) -> Result<SearchOutcome, IndexError> {
+        let state = self.read();
+        let seq = state.seq;
+        self.search_in(&state, query, k, filter, include_values)
+            .map(|(matches, plan)| SearchOutcome { matches, plan, seq })
+    }
+
     /// [`NamespaceIndex::search`] if the index is not being written right now, with the
     /// seq searched; `None` (at once, without waiting) if it is. For callers that must
     /// not block on a write, such as an async runtime's thread.

@@ -567,11 +567,9 @@ impl IndexManager {
             return Ok(Some(found?));
         }
         let outcome = tokio::task::spawn_blocking(move || {
-            let seq = loaded.index.seq();
             loaded
                 .index
-                .search(&query.vector, query.k, &query.filter, query.include_values)
-                .map(|(matches, plan)| SearchOutcome { matches, plan, seq })
+                .search_at_seq(&query.vector, query.k, &query.filter, query.include_values)
         })
         .await
         .map_err(|e| EngineError::Task(e.to_string()))??;
