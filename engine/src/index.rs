@@ -25,9 +25,10 @@ pub const THREADS: usize = 64;
 const EXACT_MAX_MATCHES: f64 = 4096.0;
 const EXACT_MAX_SELECTIVITY: f64 = 0.02;
 /// How many values (records × dimensions) [`NamespaceIndex::apply`] adds to the graph
-/// under one hold of the write lock: 85 768-d vectors, about 50 ms on two cores at
-/// 100,000 vectors.
-const PART_VALUES: usize = 1 << 16;
+/// under one hold of the write lock: 21 768-d vectors, about 30 ms on two cores at
+/// 100,000 vectors (85, with 64K values, left searches beside writes waiting up to
+/// 270 ms).
+const PART_VALUES: usize = 1 << 14;
 /// Records sampled to estimate a filter's selectivity.
 const SAMPLE: usize = 512;
 /// The recall@10 the ef tuner aims for, a margin above the 0.95 the product promises.
@@ -317,7 +318,7 @@ impl NamespaceIndex {
     /// turns (the manager's `applying` lock). A large batch goes in parts of about
     /// [`PART_VALUES`] values, each under the write lock, which is handed to waiting
     /// searches between parts: a search waits for one part, not for the whole batch
-    /// (about 50 ms against seconds for 500 768-d vectors at 100,000), and may see a
+    /// (tens of milliseconds against seconds for 500 768-d vectors at 100,000), and may see a
     /// write's first parts before the seq it reports counts that write. A snapshot
     /// taken between parts is consistent; replaying the write over it gives the same
     /// index. Within a part, bookkeeping runs in order; then replaced and deleted
