@@ -702,10 +702,7 @@ impl NamespaceIndex {
         filter: &Filter,
         include_values: bool,
     ) -> Result<SearchOutcome, IndexError> {
-        let state = self.read();
-        let seq = state.seq;
-        self.search_in(&state, query, k, filter, include_values)
-            .map(|(matches, plan)| SearchOutcome { matches, plan, seq })
+        self.outcome_in(&self.read(), query, k, filter, include_values)
     }
 
     /// [`NamespaceIndex::search`] if the index is not being written right now, with the
@@ -719,11 +716,24 @@ impl NamespaceIndex {
         include_values: bool,
     ) -> Option<Result<SearchOutcome, IndexError>> {
         let state = self.state.try_read()?;
-        let seq = state.seq;
-        Some(
-            self.search_in(&state, query, k, filter, include_values)
-                .map(|(matches, plan)| SearchOutcome { matches, plan, seq }),
-        )
+        Some(self.outcome_in(&state, query, k, filter, include_values))
+    }
+
+    /// [`NamespaceIndex::search_in`] with the seq of the state searched.
+    fn outcome_in(
+        &self,
+        state: &State,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+        include_values: bool,
+    ) -> Result<SearchOutcome, IndexError> {
+        self.search_in(state, query, k, filter, include_values)
+            .map(|(matches, plan)| SearchOutcome {
+                matches,
+                plan,
+                seq: state.seq,
+            })
     }
 
     fn search_in(
