@@ -5,8 +5,9 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 
 use quiver_common::domain::Metric;
 use quiver_store::{Change, Metadata};
@@ -16,18 +17,31 @@ use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
 use crate::filter::Filter;
 use crate::snapshot;
 
-/// How many threads may use one index at once; the manager's semaphore keeps
+/// How many callers may use one index at once; the manager's semaphore keeps
 /// concurrent callers within it (usearch fails calls beyond its reserved slots).
 pub const THREADS: usize = 64;
+
+/// The cores of this machine: as many threads as an apply adds vectors from.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The usearch thread contexts an index reserves: one for each of [`THREADS`] callers
+/// (an apply among them) and one for each thread an apply adds vectors from, since
+/// those adds run beside searches.
+fn contexts() -> usize {
+    THREADS + cores()
+}
 
 /// When a filter is estimated to match at most this many records, or this small a
 /// share of them, search scans the matches exactly instead of walking the graph.
 const EXACT_MAX_MATCHES: f64 = 4096.0;
 const EXACT_MAX_SELECTIVITY: f64 = 0.02;
-/// How many values (records × dimensions) [`NamespaceIndex::apply`] adds to the graph
-/// under one hold of the write lock: 21 768-d vectors, about 30 ms on two cores at
-/// 100,000 vectors (85, with 64K values, left searches beside writes waiting up to
-/// 270 ms).
+/// How many values (records × dimensions) [`NamespaceIndex::apply`] takes in one part:
+/// 21 768-d vectors, about 30 ms of graph insertion on two cores at 100,000 vectors.
+/// New records go into the graph beside searches; replaced ones under the write lock,
+/// which searches wait for (85 ms with 64K values left searches beside writes waiting
+/// up to 270 ms).
 const PART_VALUES: usize = 1 << 14;
 /// Records sampled to estimate a filter's selectivity.
 const SAMPLE: usize = 512;
@@ -96,8 +110,9 @@ struct State {
     slots: Vec<Option<Slot>>,
     free: Vec<u64>,
     by_id: HashMap<String, u64>,
-    /// The seq of the last change applied.
-    seq: i64,
+    /// The seq of the last write applied whole. Atomic, as the end of a part moves it
+    /// while searches read (see [`NamespaceIndex::apply`]).
+    seq: AtomicI64,
     /// Bytes held by `slots` (ids and metadata), kept up to date on every change.
     slot_bytes: usize,
 }
@@ -107,6 +122,12 @@ fn slot_bytes(slot: &Slot) -> usize {
 }
 
 /// An in-memory index of one namespace.
+///
+/// Its state is under a reader-writer lock: searches read; the bookkeeping of a write
+/// (slot table, removals, growing usearch's arenas) and the replacement of vectors
+/// take the write lock; a write adds new vectors to the graph holding the upgradable
+/// read lock, beside searches. A snapshot holds the upgradable read lock too, so no
+/// write changes the index under it.
 pub struct NamespaceIndex {
     metric: Metric,
     dimension: usize,
@@ -251,7 +272,7 @@ impl NamespaceIndex {
         };
         let index = usearch::Index::new(&options).map_err(|e| IndexError(e.to_string()))?;
         index
-            .reserve_capacity_and_threads(1024, THREADS)
+            .reserve_capacity_and_threads(1024, contexts())
             .map_err(|e| IndexError(e.to_string()))?;
         Ok(Self {
             metric,
@@ -262,7 +283,7 @@ impl NamespaceIndex {
                 slots: Vec::new(),
                 free: Vec::new(),
                 by_id: HashMap::new(),
-                seq: 0,
+                seq: AtomicI64::new(0),
                 slot_bytes: 0,
             }),
         })
@@ -282,7 +303,7 @@ impl NamespaceIndex {
 
     /// The seq of the last change applied.
     pub fn seq(&self) -> i64 {
-        self.read().seq
+        self.read().seq.load(AtomicOrdering::Acquire)
     }
 
     /// Live records.
@@ -315,15 +336,18 @@ impl NamespaceIndex {
     }
 
     /// Applies changes in order: upserts replace, deletes free their key. Callers take
-    /// turns (the manager's `applying` lock). A large batch goes in parts of about
-    /// [`PART_VALUES`] values, each under the write lock, which is handed to waiting
-    /// searches between parts: a search waits for one part, not for the whole batch
-    /// (tens of milliseconds against seconds for 500 768-d vectors at 100,000), and may see a
-    /// write's first parts before the seq it reports counts that write. A snapshot
-    /// taken between parts is consistent; replaying the write over it gives the same
-    /// index. Within a part, bookkeeping runs in order; then replaced and deleted
-    /// vectors leave the graph, and the new ones are added on every core (usearch
-    /// takes concurrent adds).
+    /// turns (the manager's `applying` lock).
+    ///
+    /// A large batch goes in parts of about [`PART_VALUES`] values. In each part the
+    /// bookkeeping runs in order under the write lock (microseconds), replaced and
+    /// deleted vectors leave the graph and replacements go in; then, with the write
+    /// lock given back, the vectors of new records are added on every core beside
+    /// searches (usearch takes concurrent adds and searches). A search meanwhile does
+    /// not find a new record until its vector is in, and may find some of a write
+    /// before the seq it reports counts that write; a replaced record is found as
+    /// either its old or its new vector, never neither. The upgradable read lock held
+    /// throughout keeps snapshots out: one taken between writes replays to the same
+    /// index.
     /// CPU-heavy for large batches: call from a blocking thread.
     pub fn apply(&self, changes: &[Change]) -> Result<(), IndexError> {
         for change in changes {
@@ -338,15 +362,19 @@ impl NamespaceIndex {
                 )));
             }
         }
+        let mut writing = self.state.upgradable_read();
         // Changes at or below the index's seq are in it already (an apply that outlived
         // its caller may arrive after a reload): applying them again could revive deletes.
-        let applied = self.read().seq;
+        let applied = writing.seq.load(AtomicOrdering::Acquire);
         let changes: Vec<&Change> = changes.iter().filter(|c| c.seq() > applied).collect();
         let per_part = (PART_VALUES / self.dimension).max(1);
         let mut parts = changes.chunks(per_part).peekable();
         while let Some(part) = parts.next() {
-            let mut state = self.state.write();
-            self.apply_part(&mut state, part)?;
+            let mut state = RwLockUpgradableReadGuard::upgrade(writing);
+            let adds = self.apply_part(&mut state, part)?;
+            // Searches waiting for the lock get it back while the new vectors go in.
+            writing = RwLockWriteGuard::downgrade_to_upgradable(state);
+            self.add_all(&writing.index, &adds)?;
             // The seq counts whole writes only: a write that goes on in the next part
             // is not in yet.
             let next = parts.peek().and_then(|next| next.first()).map(|c| c.seq());
@@ -356,30 +384,33 @@ impl NamespaceIndex {
                 .filter(|&seq| next.is_none_or(|next| seq < next))
                 .max()
             {
-                state.seq = state.seq.max(done);
+                writing.seq.fetch_max(done, AtomicOrdering::Release);
             }
-            // Hand the lock to the searches waiting for it before the next part.
-            RwLockWriteGuard::unlock_fair(state);
         }
         Ok(())
     }
 
     /// Applies one part of [`NamespaceIndex::apply`]'s changes under the write lock,
-    /// except for the seq.
-    fn apply_part(&self, state: &mut State, changes: &[&Change]) -> Result<(), IndexError> {
+    /// except for the seq and the vectors of new records, which it returns by key.
+    fn apply_part<'c>(&self, state: &mut State, changes: &[&'c Change]) -> Result<Vec<(u64, &'c [f32])>, IndexError> {
         // Keys whose vector is in the graph and must leave it, keys given out in this
-        // batch (not in the graph), and the vector each key ends up with.
+        // batch (not in the graph), the keys of records that were in the graph before
+        // this part and stay, and the vector each key ends up with.
         let mut vacate = Vec::new();
         let mut vacated = HashSet::new();
         let mut fresh = HashSet::new();
-        let mut adds: HashMap<u64, &[f32]> = HashMap::new();
+        let mut replaced = HashSet::new();
+        let mut adds: HashMap<u64, &'c [f32]> = HashMap::new();
         for &change in changes {
             match change {
                 Change::Upsert(record) => {
                     let key = match state.by_id.get(&record.id) {
                         Some(&key) => {
-                            if !fresh.contains(&key) && vacated.insert(key) {
-                                vacate.push(key);
+                            if !fresh.contains(&key) {
+                                replaced.insert(key);
+                                if vacated.insert(key) {
+                                    vacate.push(key);
+                                }
                             }
                             key
                         }
@@ -408,6 +439,7 @@ impl NamespaceIndex {
                         if !fresh.remove(&key) && vacated.insert(key) {
                             vacate.push(key);
                         }
+                        replaced.remove(&key);
                         adds.remove(&key);
                         if let Some(old) = state.slots[key as usize].take() {
                             state.slot_bytes -= slot_bytes(&old);
@@ -427,30 +459,33 @@ impl NamespaceIndex {
             let capacity = needed.max(state.index.capacity() * 3 / 2).max(1024);
             state
                 .index
-                .reserve_capacity_and_threads(capacity, THREADS)
+                .reserve_capacity_and_threads(capacity, contexts())
                 .map_err(|e| IndexError(e.to_string()))?;
         }
-        let adds: Vec<(u64, &[f32])> = adds.into_iter().collect();
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        // A thread for every 8K values to add (64 128-d vectors, 6 of 1,536-d): fewer
-        // would not pay for starting it.
-        let threads = cores.min(adds.len() * self.dimension / 8192 + 1).min(THREADS);
-        let index = &state.index;
-        let add_all = |part: &[(u64, &[f32])]| -> Result<(), IndexError> {
+        // A replaced record's new vector goes in before searches come back: between
+        // its removal and its add they would not find the record at all.
+        let (replacements, new): (Vec<_>, Vec<_>) = adds.into_iter().partition(|(key, _)| replaced.contains(key));
+        self.add_all(&state.index, &replacements)?;
+        Ok(new)
+    }
+
+    /// Adds vectors to the graph by key, on every core for more than a few.
+    fn add_all(&self, index: &usearch::Index, adds: &[(u64, &[f32])]) -> Result<(), IndexError> {
+        let add = |part: &[(u64, &[f32])]| -> Result<(), IndexError> {
             for (key, vector) in part {
                 index.add(*key, vector).map_err(|e| IndexError(e.to_string()))?;
             }
             Ok(())
         };
+        // A thread for every 8K values to add (64 128-d vectors, 6 of 1,536-d): fewer
+        // would not pay for starting it.
+        let threads = cores().min(adds.len() * self.dimension / 8192 + 1);
         if threads <= 1 {
-            return add_all(&adds);
+            return add(adds);
         }
         let chunk = adds.len().div_ceil(threads);
         std::thread::scope(|scope| {
-            let workers: Vec<_> = adds
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || add_all(part)))
-                .collect();
+            let workers: Vec<_> = adds.chunks(chunk).map(|part| scope.spawn(move || add(part))).collect();
             workers.into_iter().try_for_each(|w| {
                 w.join()
                     .unwrap_or_else(|_| Err(IndexError("an index worker panicked".into())))
@@ -462,12 +497,13 @@ impl NamespaceIndex {
     /// Writes wait while it runs; searches do not. Returns the seq and the bytes.
     /// CPU- and memory-heavy (a copy of the index): call from a blocking thread.
     pub fn snapshot(&self) -> Result<(i64, Vec<u8>), IndexError> {
-        let state = self.read();
+        let state = self.state.upgradable_read();
+        let seq = state.seq.load(AtomicOrdering::Acquire);
         let (mut out, at) = snapshot::begin(
             self.dimension as u32,
             self.metric,
             state.index.expansion_search() as u32,
-            state.seq,
+            seq,
             self.epoch,
             state.index.serialized_length(),
             state.slot_bytes,
@@ -480,7 +516,7 @@ impl NamespaceIndex {
             .slots
             .iter()
             .map(|slot| slot.as_ref().map(|slot| (slot.id.as_str(), &*slot.metadata)));
-        Ok((state.seq, snapshot::finish(out, slots)))
+        Ok((seq, snapshot::finish(out, slots)))
     }
 
     /// An index restored from [`NamespaceIndex::snapshot`] bytes. Refuses bytes that
@@ -512,10 +548,10 @@ impl NamespaceIndex {
             let capacity = state.index.size().max(1024);
             state
                 .index
-                .reserve_capacity_and_threads(capacity, THREADS)
+                .reserve_capacity_and_threads(capacity, contexts())
                 .map_err(|e| IndexError(e.to_string()))?;
             state.index.change_expansion_search(parts.ef as usize);
-            state.seq = parts.seq;
+            *state.seq.get_mut() = parts.seq;
             state.slots.reserve_exact(parts.slots.len());
             for (key, slot) in parts.slots.into_iter().enumerate() {
                 let slot = slot.map(|(id, metadata)| Slot {
@@ -590,10 +626,18 @@ impl NamespaceIndex {
     /// the namespace is too small to tell. Searches go on meanwhile (a read lock).
     fn tuning_samples(&self, queries: usize) -> Result<Option<TuningSamples>, IndexError> {
         let state = self.read();
-        let live: Vec<u64> = state.by_id.values().copied().collect();
+        // The records in the graph now: a write may be adding more meanwhile, and the
+        // truth is taken among these alone, as the trials search.
+        let live: Vec<u64> = state
+            .by_id
+            .values()
+            .copied()
+            .filter(|&key| state.index.contains(key))
+            .collect();
         if live.len() < 1_000 {
             return Ok(None);
         }
+        let population: HashSet<u64> = live.iter().copied().collect();
         let mut rng = rand::rng();
         let mut stored = vec![0f32; self.dimension];
         let mut neighbour = vec![0f32; self.dimension];
@@ -604,7 +648,10 @@ impl NamespaceIndex {
                 .index
                 .get(key, &mut stored)
                 .map_err(|e| IndexError(e.to_string()))?;
-            let Some(&(nearest, _)) = self.exact(&state, &stored, 1, &|other| other != key)?.first() else {
+            let Some(&(nearest, _)) = self
+                .exact(&state, &stored, 1, &|other| other != key && population.contains(&other))?
+                .first()
+            else {
                 continue;
             };
             state
@@ -625,16 +672,13 @@ impl NamespaceIndex {
                 .sqrt()
                 .max(f32::MIN_POSITIVE);
             let query: Vec<f32> = stored.iter().zip(&direction).map(|(v, d)| v + gap * d / norm).collect();
-            let truth = self.exact(&state, &query, TUNING_K, &|_| true)?;
+            let truth = self.exact(&state, &query, TUNING_K, &|key| population.contains(&key))?;
             samples.push(TuningSample {
                 query,
                 truth: truth.into_iter().map(|(k, _)| k).collect(),
             });
         }
-        Ok((!samples.is_empty()).then(|| TuningSamples {
-            samples,
-            population: live.into_iter().collect(),
-        }))
+        Ok((!samples.is_empty()).then(|| TuningSamples { samples, population }))
     }
 
     /// Recall@10 of `samples` at search width `ef`. The width is the index's own, so
@@ -676,8 +720,7 @@ impl NamespaceIndex {
 
     /// Marks changes up to `seq` as applied when there were none to apply (a no-op write).
     pub fn advance_to(&self, seq: i64) {
-        let mut state = self.state.write();
-        state.seq = state.seq.max(seq);
+        self.read().seq.fetch_max(seq, AtomicOrdering::Release);
     }
 
     /// The `k` most similar records that pass `filter`, best first, and how they were
@@ -728,12 +771,10 @@ impl NamespaceIndex {
         filter: &Filter,
         include_values: bool,
     ) -> Result<SearchOutcome, IndexError> {
+        // Read before searching: every write the seq counts is in what is searched.
+        let seq = state.seq.load(AtomicOrdering::Acquire);
         self.search_in(state, query, k, filter, include_values)
-            .map(|(matches, plan)| SearchOutcome {
-                matches,
-                plan,
-                seq: state.seq,
-            })
+            .map(|(matches, plan)| SearchOutcome { matches, plan, seq })
     }
 
     fn search_in(
@@ -851,10 +892,13 @@ impl NamespaceIndex {
             if slot.is_none() || !passes(key) {
                 continue;
             }
-            state
+            let found = state
                 .index
                 .get(key, usearch::f16::from_mut_i16s(bytemuck::cast_slice_mut(&mut bits)))
                 .map_err(|e| IndexError(e.to_string()))?;
+            if found == 0 {
+                continue; // A new record whose vector a write is adding right now.
+            }
             bits.reinterpret_cast::<half::f16>().convert_to_f32_slice(&mut buffer);
             let d = distance(self.metric, query, &buffer);
             if heap.len() < k {
@@ -931,7 +975,11 @@ mod tests {
                     let state = index.read();
                     let held = state.by_id.len();
                     if held > 1 && held < records + 1 {
-                        assert_eq!(state.seq, 1, "a partly applied write is not counted in the seq");
+                        assert_eq!(
+                            state.seq.load(AtomicOrdering::Acquire),
+                            1,
+                            "a partly applied write is not counted in the seq"
+                        );
                         partial += 1;
                     }
                 }
@@ -955,6 +1003,86 @@ mod tests {
         // changes nothing.
         index.apply(&write).expect("replay");
         assert_eq!((index.seq(), index.len()), (2, records + 1));
+    }
+
+    /// New records' vectors go into the graph beside searches: a search finds the
+    /// slot table holding records whose vectors are not in the graph yet and answers
+    /// without them. A replaced record is always in the index by its old or its new
+    /// vector: an exact scan always finds it, and the graph's walk nearly always (it
+    /// is approximate, and links forming beside it made it miss the exact match in
+    /// about 0.2 % of these searches; with no write going, none in 6,144). Once the
+    /// write is done every record is found.
+    #[test]
+    fn new_vectors_go_in_beside_searches_and_replaced_ones_are_never_missing() {
+        use rand::{Rng as _, SeedableRng as _};
+        const DIM: usize = 512;
+        let index = Arc::new(NamespaceIndex::new(DIM, Metric::Cosine, uuid::Uuid::nil()).expect("index"));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        // Random in 8 of the dimensions, so that the graph's walk finds any vector (in
+        // all 512, nearly orthogonal vectors leave it little to go on): the test is of
+        // what a search sees mid-write, not of recall.
+        let mut vector = || {
+            (0..DIM)
+                .map(|d| if d < 8 { rng.random_range(-1.0f32..1.0) } else { 0.0 })
+                .collect::<Vec<f32>>()
+        };
+        let kept = vector();
+        index
+            .apply(&[upsert("kept", 1, kept.clone(), json!({"kept": true}))])
+            .expect("apply");
+        let records = 24 * (PART_VALUES / DIM);
+        // The write replaces "kept" in every part (with a vector near the old one) and
+        // adds new records.
+        let write: Vec<Change> = (0..records)
+            .map(|i| {
+                if i % (PART_VALUES / DIM) == 0 {
+                    let near = kept.iter().map(|x| x * (1.0 + 1e-3 * (i + 1) as f32)).collect();
+                    upsert("kept", 2, near, json!({"kept": true}))
+                } else {
+                    upsert(&format!("r{i}"), 2, vector(), json!({"i": i}))
+                }
+            })
+            .collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let searcher = {
+            let (index, done, kept) = (Arc::clone(&index), Arc::clone(&done), kept.clone());
+            std::thread::spawn(move || {
+                let kept_only = Filter::parse(&json!({"kept": true})).expect("filter");
+                let (mut ahead, mut searches, mut missed) = (0, 0, 0);
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let state = index.read();
+                    let in_graph = state.index.size();
+                    let (graph, _) = index.search_in(&state, &kept, 1, &Filter::All, false).expect("search");
+                    let (scan, plan) = index.search_in(&state, &kept, 1, &kept_only, false).expect("scan");
+                    assert_eq!(plan, Plan::ExactScan);
+                    assert_eq!(scan[0].id, "kept", "a replaced record is found mid-write by a scan");
+                    searches += 1;
+                    missed += usize::from(graph[0].id != "kept");
+                    if state.by_id.len() > in_graph {
+                        ahead += 1;
+                    }
+                }
+                (ahead, searches, missed)
+            })
+        };
+        index.apply(&write).expect("apply");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (ahead, searches, missed) = searcher.join().expect("searcher");
+        assert!(ahead > 0, "no search ran while new vectors went into the graph");
+        assert!(
+            missed * 20 <= searches,
+            "the graph's walk missed a replaced record in {missed} of {searches} searches mid-write"
+        );
+        // "kept" and a new record for each of the write's other upserts.
+        let held = 1 + records - records / (PART_VALUES / DIM);
+        assert_eq!((index.seq(), index.len()), (2, held));
+        assert_eq!(index.read().index.size(), held);
+        for i in [1, records / 2 + 1, records - 1] {
+            let (hits, _) = index
+                .search(&write_vector(&write[i]), 1, &Filter::All, false)
+                .expect("search");
+            assert_eq!(hits[0].id, format!("r{i}"));
+        }
     }
 
     fn write_vector(change: &Change) -> Vec<f32> {
