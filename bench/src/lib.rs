@@ -81,6 +81,58 @@ pub fn cpu_seconds(thread: bool) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The CPUs the calling thread may run on (Linux).
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: CPU_ISSET only reads bit `cpu` of `set`.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Lets the calling thread run on `cpus` only (Linux). Threads it starts afterwards
+/// inherit that.
+pub fn pin_thread(cpus: &[usize]) -> std::io::Result<()> {
+    pin(0, cpus)
+}
+
+/// Lets every thread of this process run on `cpus` only (Linux): those running now,
+/// from `/proc/self/task`, and (by inheritance) those they start afterwards. A thread
+/// that ends meanwhile is skipped.
+pub fn pin_process(cpus: &[usize]) -> std::io::Result<()> {
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let name = task?.file_name();
+        let Some(tid) = name.to_str().and_then(|tid| tid.parse::<libc::pid_t>().ok()) else {
+            continue;
+        };
+        match pin(tid, cpus) {
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+fn pin(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET only sets bit `cpu` of `set` (ignoring CPUs beyond its size).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed, read only during the
+    // call; the call changes nothing but the thread's CPU affinity.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// This machine's CPU time since boot as `/proc/stat` counts it, in clock ticks: all of
 /// it, and the part the hypervisor gave to other guests while this one wanted to run
 /// ("steal"). Linux only; zeros elsewhere.

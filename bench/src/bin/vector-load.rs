@@ -62,6 +62,12 @@ struct Args {
     /// itself to: to compare HTTP with raw at a given width, whichever the tuner picks.
     #[arg(long)]
     ef: Option<usize>,
+    /// During the search rounds, run the server (one runtime thread) and raw usearch on
+    /// the first core and the load client on the second, so that HTTP is measured
+    /// without the load client taking the server's CPU, as with clients on other
+    /// machines. Loading and upserts run on every core as usual.
+    #[arg(long)]
+    split_cores: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -241,13 +247,15 @@ const TOP_K: usize = 10;
 /// way load generators such as wrk do: each request is written from bytes built before
 /// the run, and each response is read whole (status line, headers, `content-length`
 /// bytes of body) and checked (a 200 whose body holds `expected` matches). The load
-/// tool shares the server's two cores, so it should take as little of them as it can.
+/// tool shares the server's two cores, so it should take as little of them as it can
+/// (or, with `client_cpu`, runs on that core alone).
 fn http_round(
     server: SocketAddr,
     requests: &Arc<Vec<Bytes>>,
     clients: usize,
     duration: Duration,
     policy: ClientPolicy,
+    client_cpu: Option<usize>,
     expected: usize,
 ) -> anyhow::Result<(Vec<f64>, f64, f64)> {
     let process_before = cpu_seconds(false);
@@ -255,6 +263,9 @@ fn http_round(
     let client = std::thread::Builder::new().name("load-client".into()).spawn(move || {
         if policy == ClientPolicy::Batch {
             stay_out_of_the_way();
+        }
+        if let Some(cpu) = client_cpu {
+            quiver_bench::pin_thread(&[cpu])?;
         }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
@@ -405,9 +416,23 @@ fn raw_round(
     (done, cpu_seconds(false) - before)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let cpus = quiver_bench::allowed_cpus()?;
+    anyhow::ensure!(
+        !args.split_cores || cpus.len() >= 2,
+        "--split-cores needs two cores, this process may use {}",
+        cpus.len()
+    );
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.split_cores {
+        // The server gets one core for its searches: one runtime thread.
+        runtime.worker_threads(1);
+    }
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Logs as a pod logs (`--log-format json`: a line per request), into a file here.
     let log = std::fs::File::create(dir.path().join("quiver.log"))?;
@@ -592,6 +617,15 @@ async fn main() -> anyhow::Result<()> {
     let queries = Arc::new(queries);
     let round = Duration::from_secs(args.seconds) / rounds;
     let mut loads = [HttpLoad::default(), HttpLoad::default()];
+    // With --split-cores, the server's threads (and raw's, which start from this one)
+    // keep to the first core, the load client to the second.
+    let cpus = quiver_bench::allowed_cpus()?;
+    let client_cpu = if args.split_cores {
+        quiver_bench::pin_process(&cpus[..1])?;
+        Some(cpus[1])
+    } else {
+        None
+    };
     // Raw from as many threads as there are clients, and from one per core (fewer
     // threads switch less): the better of the two is what HTTP is held to.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -620,8 +654,15 @@ async fn main() -> anyhow::Result<()> {
             match ways[(w + r) % ways.len()] {
                 Way::Http(encoding) => {
                     let e = encoding as usize;
-                    let (times, client, process) =
-                        http_round(server, &requests[e], args.clients, round, args.client_policy, expected)?;
+                    let (times, client, process) = http_round(
+                        server,
+                        &requests[e],
+                        args.clients,
+                        round,
+                        args.client_policy,
+                        client_cpu,
+                        expected,
+                    )?;
                     http_qps[e] = times.len() as f64 / round.as_secs_f64();
                     let load = &mut loads[e];
                     load.latencies.extend(times);
@@ -642,6 +683,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let stolen = MachineTicks::now().steal_since(machine_before);
     drop(raw);
+    if args.split_cores {
+        quiver_bench::pin_process(&cpus)?;
+    }
 
     // Upsert into the namespace now that it is loaded and being served: each write is
     // added to the graph before it is answered, so this is the rate of the index.
@@ -696,6 +740,12 @@ async fn main() -> anyhow::Result<()> {
         "| data | {} × {}-d clustered unit vectors, cosine |",
         args.vectors, args.dim
     );
+    if args.split_cores {
+        println!(
+            "| cores while searching | server (1 runtime thread) and raw usearch on CPU {}, load client on CPU {} |",
+            cpus[0], cpus[1]
+        );
+    }
     println!(
         "| upsert over HTTP, namespace not loaded yet (batches of {}, 2 in flight) | {:.0} vectors/s |",
         args.batch,
