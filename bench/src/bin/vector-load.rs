@@ -778,8 +778,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     for raw in &raws {
         println!(
-            "| raw usearch in-process, {} threads, the served index (ef {ef}) | {:.0} QPS, {:.0} µs CPU per search |",
+            "| raw usearch in-process, {} thread{}, the served index (ef {ef}) | {:.0} QPS, {:.0} µs CPU per search |",
             raw.threads,
+            if raw.threads == 1 { "" } else { "s" },
             raw.qps(args.seconds),
             raw.cpu / raw.done as f64 * 1e6
         );
