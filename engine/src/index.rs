@@ -344,8 +344,8 @@ impl NamespaceIndex {
     /// lock given back, the vectors of new records are added on every core beside
     /// searches (usearch takes concurrent adds and searches). A search meanwhile does
     /// not find a new record until its vector is in, and may find some of a write
-    /// before the seq it reports counts that write; a replaced record is found as
-    /// either its old or its new vector, never neither. The upgradable read lock held
+    /// before the seq it reports counts that write; a replaced record is in the index
+    /// by either its old or its new vector, never neither. The upgradable read lock held
     /// throughout keeps snapshots out: one taken between writes replays to the same
     /// index.
     /// CPU-heavy for large batches: call from a blocking thread.

@@ -429,10 +429,11 @@ fn main() -> anyhow::Result<()> {
         // The server gets one core for its searches: one runtime thread.
         runtime.worker_threads(1);
     }
-    runtime.enable_all().build()?.block_on(run(args))
+    runtime.enable_all().build()?.block_on(run(args, cpus))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// The benchmark; `cpus` are the CPUs this process may use.
+async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Logs as a pod logs (`--log-format json`: a line per request), into a file here.
     let log = std::fs::File::create(dir.path().join("quiver.log"))?;
@@ -619,7 +620,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut loads = [HttpLoad::default(), HttpLoad::default()];
     // With --split-cores, the server's threads (and raw's, which start from this one)
     // keep to the first core, the load client to the second.
-    let cpus = quiver_bench::allowed_cpus()?;
     let client_cpu = if args.split_cores {
         quiver_bench::pin_process(&cpus[..1])?;
         Some(cpus[1])
