@@ -58,6 +58,10 @@ struct Args {
     /// first upserts go to a namespace no pod holds in memory yet).
     #[arg(long, default_value_t = 2_000)]
     live_upserts: usize,
+    /// The upserts into the loaded namespace give existing records new vectors (the
+    /// first `--live-upserts` records) instead of adding records.
+    #[arg(long)]
+    live_replace: bool,
     /// Search at this width (HNSW ef_search) instead of the one the namespace tuned
     /// itself to: to compare HTTP with raw at a given width, whichever the tuner picks.
     #[arg(long)]
@@ -721,7 +725,8 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
         })
     };
     let live_secs = if args.live_upserts > 0 {
-        writer.upsert(Arc::clone(&more), args.vectors).await?
+        let first_id = if args.live_replace { 0 } else { args.vectors };
+        writer.upsert(Arc::clone(&more), first_id).await?
     } else {
         f64::NAN
     };
@@ -752,8 +757,13 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
         args.vectors as f64 / upsert_secs
     );
     println!(
-        "| upsert over HTTP into the loaded namespace (graph insertion included; {} vectors) | {:.0} vectors/s |",
+        "| upsert over HTTP into the loaded namespace (graph insertion included; {} vectors{}) | {:.0} vectors/s |",
         args.live_upserts,
+        if args.live_replace {
+            ", each replacing a record's"
+        } else {
+            ""
+        },
         args.live_upserts as f64 / live_secs
     );
     if !beside_writes.is_empty() {
