@@ -39,9 +39,8 @@ const EXACT_MAX_MATCHES: f64 = 4096.0;
 const EXACT_MAX_SELECTIVITY: f64 = 0.02;
 /// How many values (records × dimensions) [`NamespaceIndex::apply`] takes in one part:
 /// 21 768-d vectors, about 30 ms of graph insertion on two cores at 100,000 vectors.
-/// New records go into the graph beside searches; replaced ones under the write lock,
-/// which searches wait for (85 ms with 64K values left searches beside writes waiting
-/// up to 270 ms).
+/// Vectors go into the graph beside searches; the seq moves at the end of a part, so
+/// smaller parts make a large write's first records searchable sooner.
 const PART_VALUES: usize = 1 << 14;
 /// Records sampled to estimate a filter's selectivity.
 const SAMPLE: usize = 512;
@@ -110,6 +109,10 @@ struct State {
     slots: Vec<Option<Slot>>,
     free: Vec<u64>,
     by_id: HashMap<String, u64>,
+    /// Keys of records that a write in progress replaces: each keeps its old vector and
+    /// slot, so searches find the record, until the new vector (under a key of its own)
+    /// is in; then it leaves. Empty between writes.
+    retiring: HashSet<u64>,
     /// The seq of the last write applied whole. Atomic, as the end of a part moves it
     /// while searches read (see [`NamespaceIndex::apply`]).
     seq: AtomicI64,
@@ -124,10 +127,10 @@ fn slot_bytes(slot: &Slot) -> usize {
 /// An in-memory index of one namespace.
 ///
 /// Its state is under a reader-writer lock: searches read; the bookkeeping of a write
-/// (slot table, removals, growing usearch's arenas) and the replacement of vectors
-/// take the write lock; a write adds new vectors to the graph holding the upgradable
-/// read lock, beside searches. A snapshot holds the upgradable read lock too, so no
-/// write changes the index under it.
+/// (slot table, removals, growing usearch's arenas) takes the write lock; a write adds
+/// vectors to the graph holding the upgradable read lock, beside searches, a replaced
+/// record's new vector under a key of its own beside the old. A snapshot holds the
+/// upgradable read lock too, so no write changes the index under it.
 pub struct NamespaceIndex {
     metric: Metric,
     dimension: usize,
@@ -283,6 +286,7 @@ impl NamespaceIndex {
                 slots: Vec::new(),
                 free: Vec::new(),
                 by_id: HashMap::new(),
+                retiring: HashSet::new(),
                 seq: AtomicI64::new(0),
                 slot_bytes: 0,
             }),
@@ -339,15 +343,17 @@ impl NamespaceIndex {
     /// turns (the manager's `applying` lock).
     ///
     /// A large batch goes in parts of about [`PART_VALUES`] values. In each part the
-    /// bookkeeping runs in order under the write lock (microseconds), replaced and
-    /// deleted vectors leave the graph and replacements go in; then, with the write
-    /// lock given back, the vectors of new records are added on every core beside
-    /// searches (usearch takes concurrent adds and searches). A search meanwhile does
-    /// not find a new record until its vector is in, and may find some of a write
-    /// before the seq it reports counts that write; a replaced record is in the index
-    /// by either its old or its new vector, never neither. The upgradable read lock held
-    /// throughout keeps snapshots out: one taken between writes replays to the same
-    /// index.
+    /// bookkeeping runs in order under the write lock (microseconds): deleted records'
+    /// vectors leave the graph, and every upserted record gets a key whose vector is
+    /// not in the graph yet, a replaced one a new key beside its old. Then, with the
+    /// write lock given back, the vectors go in on every core beside searches (usearch
+    /// takes concurrent adds and searches); last, briefly under the write lock again,
+    /// the replaced records' old keys leave. Meanwhile a search finds a new record
+    /// once its vector is in, a replaced record by its old vector or its new (never
+    /// neither, and once: [`NamespaceIndex::search`] keeps each id's best), and may
+    /// find some of a write before the seq it reports counts that write. The
+    /// upgradable read lock held throughout keeps snapshots out: one taken between
+    /// writes replays to the same index.
     /// CPU-heavy for large batches: call from a blocking thread.
     pub fn apply(&self, changes: &[Change]) -> Result<(), IndexError> {
         for change in changes {
@@ -372,9 +378,15 @@ impl NamespaceIndex {
         while let Some(part) = parts.next() {
             let mut state = RwLockUpgradableReadGuard::upgrade(writing);
             let adds = self.apply_part(&mut state, part)?;
-            // Searches waiting for the lock get it back while the new vectors go in.
+            // Searches waiting for the lock get it back while the vectors go in.
             writing = RwLockWriteGuard::downgrade_to_upgradable(state);
-            self.add_all(&writing.index, &adds)?;
+            let added = self.add_all(&writing.index, &adds);
+            if !writing.retiring.is_empty() {
+                let mut state = RwLockUpgradableReadGuard::upgrade(writing);
+                Self::retire(&mut state)?;
+                writing = RwLockWriteGuard::downgrade_to_upgradable(state);
+            }
+            added?;
             // The seq counts whole writes only: a write that goes on in the next part
             // is not in yet.
             let next = parts.peek().and_then(|next| next.first()).map(|c| c.seq());
@@ -390,31 +402,26 @@ impl NamespaceIndex {
         Ok(())
     }
 
-    /// Applies one part of [`NamespaceIndex::apply`]'s changes under the write lock,
-    /// except for the seq and the vectors of new records, which it returns by key.
+    /// Applies one part of [`NamespaceIndex::apply`]'s changes to the slot table under
+    /// the write lock, removes deleted records' vectors from the graph and makes room
+    /// for the new ones, which it returns by key (not in the graph yet). Replaced
+    /// records' old keys go to `retiring`.
     fn apply_part<'c>(&self, state: &mut State, changes: &[&'c Change]) -> Result<Vec<(u64, &'c [f32])>, IndexError> {
-        // Keys whose vector is in the graph and must leave it, keys given out in this
-        // batch (not in the graph), the keys of records that were in the graph before
-        // this part and stay, and the vector each key ends up with.
-        let mut vacate = Vec::new();
-        let mut vacated = HashSet::new();
+        // Keys given out in this part, the vector each ends up with, the keys whose
+        // vector leaves the graph now, and each replaced record's key before this part.
         let mut fresh = HashSet::new();
-        let mut replaced = HashSet::new();
         let mut adds: HashMap<u64, &'c [f32]> = HashMap::new();
+        let mut vacate = Vec::new();
+        let mut replaced: HashMap<&str, u64> = HashMap::new();
         for &change in changes {
             match change {
                 Change::Upsert(record) => {
-                    let key = match state.by_id.get(&record.id) {
-                        Some(&key) => {
-                            if !fresh.contains(&key) {
-                                replaced.insert(key);
-                                if vacated.insert(key) {
-                                    vacate.push(key);
-                                }
+                    let key = match state.by_id.get(&record.id).copied() {
+                        Some(key) if fresh.contains(&key) => key,
+                        before => {
+                            if let Some(old) = before {
+                                replaced.insert(&record.id, old);
                             }
-                            key
-                        }
-                        None => {
                             let key = state.free.pop().unwrap_or_else(|| {
                                 state.slots.push(None);
                                 (state.slots.len() - 1) as u64
@@ -435,20 +442,29 @@ impl NamespaceIndex {
                     }
                 }
                 Change::Delete { id, .. } => {
-                    if let Some(key) = state.by_id.remove(id) {
-                        if !fresh.remove(&key) && vacated.insert(key) {
-                            vacate.push(key);
-                        }
-                        replaced.remove(&key);
+                    let Some(key) = state.by_id.remove(id) else {
+                        continue;
+                    };
+                    if fresh.remove(&key) {
                         adds.remove(&key);
-                        if let Some(old) = state.slots[key as usize].take() {
-                            state.slot_bytes -= slot_bytes(&old);
+                    } else {
+                        vacate.push(key);
+                    }
+                    // A record replaced earlier in this part and now deleted: its old
+                    // vector leaves too, at once.
+                    let old = replaced.remove(id.as_str());
+                    for key in std::iter::once(key).chain(old) {
+                        if let Some(slot) = state.slots[key as usize].take() {
+                            state.slot_bytes -= slot_bytes(&slot);
                         }
                         state.free.push(key);
                     }
+                    vacate.extend(old);
                 }
             }
         }
+        // Keys vacated here may have been given out again in this part: they leave the
+        // graph before their new vectors go in.
         for key in vacate {
             state.index.remove(key).map_err(|e| IndexError(e.to_string()))?;
         }
@@ -462,11 +478,21 @@ impl NamespaceIndex {
                 .reserve_capacity_and_threads(capacity, contexts())
                 .map_err(|e| IndexError(e.to_string()))?;
         }
-        // A replaced record's new vector goes in before searches come back: between
-        // its removal and its add they would not find the record at all.
-        let (replacements, new): (Vec<_>, Vec<_>) = adds.into_iter().partition(|(key, _)| replaced.contains(key));
-        self.add_all(&state.index, &replacements)?;
-        Ok(new)
+        state.retiring.extend(replaced.into_values());
+        Ok(adds.into_iter().collect())
+    }
+
+    /// Removes the old keys of the records a part replaced, now that their new vectors
+    /// are in (under the write lock).
+    fn retire(state: &mut State) -> Result<(), IndexError> {
+        for key in std::mem::take(&mut state.retiring) {
+            state.index.remove(key).map_err(|e| IndexError(e.to_string()))?;
+            if let Some(slot) = state.slots[key as usize].take() {
+                state.slot_bytes -= slot_bytes(&slot);
+            }
+            state.free.push(key);
+        }
+        Ok(())
     }
 
     /// Adds vectors to the graph by key, on every core for more than a few.
@@ -712,7 +738,9 @@ impl NamespaceIndex {
         state
             .slots
             .iter()
-            .flatten()
+            .enumerate()
+            .filter(|(key, _)| !state.retiring.contains(&(*key as u64)))
+            .filter_map(|(_, slot)| slot.as_ref())
             .filter(|slot| filter.matches(&slot.metadata))
             .map(|slot| slot.id.clone())
             .collect()
@@ -789,6 +817,12 @@ impl NamespaceIndex {
         if live == 0 || k == 0 {
             return Ok((Vec::new(), Plan::Graph));
         }
+        // A record a write is replacing may be found twice, by its old vector and its
+        // new: ask for enough more that k records remain when each record's best is
+        // kept (of k + min(r, k) found with r records replaced, at most min(r, k) are
+        // repeats).
+        let wanted = k;
+        let k = k + state.retiring.len().min(k);
         let passes = |key: u64| {
             state
                 .slots
@@ -815,7 +849,7 @@ impl NamespaceIndex {
                     .index
                     .filtered_search(usearch::f16::from_i16s(&f16_bits(query)), k, passes)
                     .map_err(|e| IndexError(e.to_string()))?;
-                if found.keys.len() < k.min(expected as usize) {
+                if found.keys.len() < wanted.min(expected as usize) {
                     // The walk ran dry before finding k matches: scan instead.
                     (self.exact(state, query, k, &passes)?, Plan::ExactScan)
                 } else {
@@ -826,11 +860,18 @@ impl NamespaceIndex {
                 }
             }
         };
-        let mut matches = Vec::with_capacity(keys_and_distances.len());
+        let mut matches = Vec::with_capacity(keys_and_distances.len().min(wanted));
+        let mut seen = HashSet::new();
         for (key, distance) in keys_and_distances {
             let Some(slot) = state.slots.get(key as usize).and_then(Option::as_ref) else {
                 continue;
             };
+            if matches.len() == wanted {
+                break;
+            }
+            if !state.retiring.is_empty() && !seen.insert(slot.id.as_str()) {
+                continue;
+            }
             let values = if include_values {
                 let mut values = Vec::new();
                 state
@@ -1085,6 +1126,104 @@ mod tests {
                 .expect("search");
             assert_eq!(hits[0].id, format!("r{i}"));
         }
+    }
+
+    /// Replacing records puts their new vectors in beside searches too. Mid-write a
+    /// search finds each record at most once (by its old vector or its new) and still
+    /// k of them, an exact scan finds a replaced record whichever vector it has, and
+    /// listing by filter names each record once. After the write only the new vectors
+    /// are in.
+    #[test]
+    fn replacements_go_in_beside_searches_and_each_record_is_found_once() {
+        use rand::{Rng as _, SeedableRng as _};
+        const DIM: usize = 512;
+        let index = Arc::new(NamespaceIndex::new(DIM, Metric::Cosine, uuid::Uuid::nil()).expect("index"));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        // Random in 32 of the dimensions, as in the test above.
+        let mut vector = || {
+            (0..DIM)
+                .map(|d| if d < 32 { rng.random_range(-1.0f32..1.0) } else { 0.0 })
+                .collect::<Vec<f32>>()
+        };
+        let records = 48 * (PART_VALUES / DIM);
+        let first: Vec<Change> = (0..records)
+            .map(|i| upsert(&format!("r{i}"), 1, vector(), json!({"i": i})))
+            .collect();
+        index.apply(&first).expect("apply");
+        let second: Vec<Change> = (0..records)
+            .map(|i| upsert(&format!("r{i}"), 2, vector(), json!({"i": i, "v": 2})))
+            .collect();
+        let old: Arc<Vec<Vec<f32>>> = Arc::new(first.iter().map(write_vector).collect());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let searcher = {
+            let (index, done, old, started) = (
+                Arc::clone(&index),
+                Arc::clone(&done),
+                Arc::clone(&old),
+                Arc::clone(&started),
+            );
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+                let (mut beside, mut searches) = (0, 0);
+                started.wait();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let i = rng.random_range(0..records);
+                    {
+                        let state = index.read();
+                        // A replacing vector not in the graph yet: this search runs
+                        // while the write adds it.
+                        beside += usize::from(state.by_id.values().any(|&key| !state.index.contains(key)));
+                        let (graph, _) = index
+                            .search_in(&state, &old[i], 10, &Filter::All, false)
+                            .expect("search");
+                        let ids: HashSet<&str> = graph.iter().map(|m| m.id.as_str()).collect();
+                        assert_eq!((graph.len(), ids.len()), (10, 10), "ten records, each once");
+                        let only = Filter::parse(&json!({"i": i})).expect("filter");
+                        let (scan, plan) = index.search_in(&state, &old[i], 5, &only, false).expect("scan");
+                        assert_eq!(plan, Plan::ExactScan);
+                        let found: Vec<&str> = scan.iter().map(|m| m.id.as_str()).collect();
+                        assert_eq!(found, [format!("r{i}")], "a replaced record is found once mid-write");
+                    }
+                    assert_eq!(
+                        index.matching_ids(&Filter::All).len(),
+                        records,
+                        "each record listed once"
+                    );
+                    searches += 1;
+                }
+                (beside, searches)
+            })
+        };
+        started.wait();
+        index.apply(&second).expect("apply");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (beside, searches) = searcher.join().expect("searcher");
+        assert!(
+            beside > 0,
+            "none of {searches} searches ran while replacing vectors went into the graph"
+        );
+        assert_eq!((index.seq(), index.len()), (2, records));
+        {
+            let state = index.read();
+            assert_eq!(state.index.size(), records, "the old vectors left");
+            assert!(state.retiring.is_empty());
+        }
+        for i in [0, records / 2, records - 1] {
+            let (hits, _) = index
+                .search(&write_vector(&second[i]), 1, &Filter::All, true)
+                .expect("search");
+            assert_eq!(hits[0].id, format!("r{i}"));
+            assert_eq!(hits[0].metadata["v"], 2);
+            let stored = hits[0].values.as_deref().expect("values");
+            let new = write_vector(&second[i]);
+            assert!(
+                stored.iter().zip(&new).all(|(a, b)| (a - b).abs() < 1e-2),
+                "the new vector"
+            );
+        }
+        let two = Filter::parse(&json!({"v": 2})).expect("filter");
+        assert_eq!(index.matching_ids(&two).len(), records);
     }
 
     fn write_vector(change: &Change) -> Vec<f32> {
