@@ -377,16 +377,20 @@ impl NamespaceIndex {
         let mut parts = changes.chunks(per_part).peekable();
         while let Some(part) = parts.next() {
             let mut state = RwLockUpgradableReadGuard::upgrade(writing);
-            let adds = self.apply_part(&mut state, part)?;
+            let adds = self.apply_part(&mut state, part);
             // Searches waiting for the lock get it back while the vectors go in.
             writing = RwLockWriteGuard::downgrade_to_upgradable(state);
-            let added = self.add_all(&writing.index, &adds);
-            if !writing.retiring.is_empty() {
+            let added = adds.and_then(|adds| self.add_all(&writing.index, &adds));
+            // The old keys leave whatever happened, so that none outlives the write.
+            let retired = if writing.retiring.is_empty() {
+                Ok(())
+            } else {
                 let mut state = RwLockUpgradableReadGuard::upgrade(writing);
-                Self::retire(&mut state)?;
+                let retired = Self::retire(&mut state);
                 writing = RwLockWriteGuard::downgrade_to_upgradable(state);
-            }
-            added?;
+                retired
+            };
+            added.and(retired)?;
             // The seq counts whole writes only: a write that goes on in the next part
             // is not in yet.
             let next = parts.peek().and_then(|next| next.first()).map(|c| c.seq());
@@ -405,14 +409,14 @@ impl NamespaceIndex {
     /// Applies one part of [`NamespaceIndex::apply`]'s changes to the slot table under
     /// the write lock, removes deleted records' vectors from the graph and makes room
     /// for the new ones, which it returns by key (not in the graph yet). Replaced
-    /// records' old keys go to `retiring`.
+    /// records' old keys go to `retiring` as they are replaced.
     fn apply_part<'c>(&self, state: &mut State, changes: &[&'c Change]) -> Result<Vec<(u64, &'c [f32])>, IndexError> {
         // Keys given out in this part, the vector each ends up with, the keys whose
         // vector leaves the graph now, and each replaced record's key before this part.
         let mut fresh = HashSet::new();
         let mut adds: HashMap<u64, &'c [f32]> = HashMap::new();
         let mut vacate = Vec::new();
-        let mut replaced: HashMap<&str, u64> = HashMap::new();
+        let mut replaced: HashMap<&'c str, u64> = HashMap::new();
         for &change in changes {
             match change {
                 Change::Upsert(record) => {
@@ -421,6 +425,7 @@ impl NamespaceIndex {
                         before => {
                             if let Some(old) = before {
                                 replaced.insert(&record.id, old);
+                                state.retiring.insert(old);
                             }
                             let key = state.free.pop().unwrap_or_else(|| {
                                 state.slots.push(None);
@@ -453,6 +458,9 @@ impl NamespaceIndex {
                     // A record replaced earlier in this part and now deleted: its old
                     // vector leaves too, at once.
                     let old = replaced.remove(id.as_str());
+                    if let Some(old) = old {
+                        state.retiring.remove(&old);
+                    }
                     for key in std::iter::once(key).chain(old) {
                         if let Some(slot) = state.slots[key as usize].take() {
                             state.slot_bytes -= slot_bytes(&slot);
@@ -478,21 +486,24 @@ impl NamespaceIndex {
                 .reserve_capacity_and_threads(capacity, contexts())
                 .map_err(|e| IndexError(e.to_string()))?;
         }
-        state.retiring.extend(replaced.into_values());
         Ok(adds.into_iter().collect())
     }
 
     /// Removes the old keys of the records a part replaced, now that their new vectors
-    /// are in (under the write lock).
+    /// are in (under the write lock). Every key leaves the slot table even if usearch
+    /// refuses to remove one; the first refusal is returned.
     fn retire(state: &mut State) -> Result<(), IndexError> {
+        let mut result = Ok(());
         for key in std::mem::take(&mut state.retiring) {
-            state.index.remove(key).map_err(|e| IndexError(e.to_string()))?;
+            if let Err(err) = state.index.remove(key) {
+                result = result.and(Err(IndexError(err.to_string())));
+            }
             if let Some(slot) = state.slots[key as usize].take() {
                 state.slot_bytes -= slot_bytes(&slot);
             }
             state.free.push(key);
         }
-        Ok(())
+        result
     }
 
     /// Adds vectors to the graph by key, on every core for more than a few.
@@ -830,45 +841,51 @@ impl NamespaceIndex {
                 .and_then(Option::as_ref)
                 .is_some_and(|slot| filter.matches(&slot.metadata))
         };
-        let (keys_and_distances, plan) = if filter.is_all() {
+        if filter.is_all() {
             let found = state
                 .index
                 .search(usearch::f16::from_i16s(&f16_bits(query)), k)
                 .map_err(|e| IndexError(e.to_string()))?;
-            (
-                found.keys.into_iter().zip(found.distances).collect::<Vec<_>>(),
-                Plan::Graph,
-            )
-        } else {
-            let selectivity = Self::estimate_selectivity(state, &passes);
-            let expected = selectivity * live as f64;
-            if expected <= EXACT_MAX_MATCHES || selectivity <= EXACT_MAX_SELECTIVITY {
-                (self.exact(state, query, k, &passes)?, Plan::ExactScan)
-            } else {
-                let found = state
-                    .index
-                    .filtered_search(usearch::f16::from_i16s(&f16_bits(query)), k, passes)
-                    .map_err(|e| IndexError(e.to_string()))?;
-                if found.keys.len() < wanted.min(expected as usize) {
-                    // The walk ran dry before finding k matches: scan instead.
-                    (self.exact(state, query, k, &passes)?, Plan::ExactScan)
-                } else {
-                    (
-                        found.keys.into_iter().zip(found.distances).collect(),
-                        Plan::FilteredGraph,
-                    )
-                }
+            let found = found.keys.into_iter().zip(found.distances);
+            return Ok((self.matches(state, found, wanted, include_values)?, Plan::Graph));
+        }
+        let selectivity = Self::estimate_selectivity(state, &passes);
+        let expected = selectivity * live as f64;
+        if expected > EXACT_MAX_MATCHES && selectivity > EXACT_MAX_SELECTIVITY {
+            let found = state
+                .index
+                .filtered_search(usearch::f16::from_i16s(&f16_bits(query)), k, passes)
+                .map_err(|e| IndexError(e.to_string()))?;
+            let found = found.keys.into_iter().zip(found.distances);
+            let matches = self.matches(state, found, wanted, include_values)?;
+            // Unless the walk ran dry before finding k records: then scan.
+            if matches.len() >= wanted.min(expected as usize) {
+                return Ok((matches, Plan::FilteredGraph));
             }
-        };
-        let mut matches = Vec::with_capacity(keys_and_distances.len().min(wanted));
+        }
+        let found = self.exact(state, query, k, &passes)?;
+        Ok((self.matches(state, found, wanted, include_values)?, Plan::ExactScan))
+    }
+
+    /// The records of `found` (keys and distances, best first), the first `wanted`
+    /// of them, each once.
+    fn matches(
+        &self,
+        state: &State,
+        found: impl IntoIterator<Item = (u64, f32)>,
+        wanted: usize,
+        include_values: bool,
+    ) -> Result<Vec<Match>, IndexError> {
+        let mut matches = Vec::with_capacity(wanted);
         let mut seen = HashSet::new();
-        for (key, distance) in keys_and_distances {
-            let Some(slot) = state.slots.get(key as usize).and_then(Option::as_ref) else {
-                continue;
-            };
+        for (key, distance) in found {
             if matches.len() == wanted {
                 break;
             }
+            let Some(slot) = state.slots.get(key as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            // Only a record being replaced can be found twice (by its old and new key).
             if !state.retiring.is_empty() && !seen.insert(slot.id.as_str()) {
                 continue;
             }
@@ -889,7 +906,7 @@ impl NamespaceIndex {
                 values,
             });
         }
-        Ok((matches, plan))
+        Ok(matches)
     }
 
     /// The share of live records that pass, estimated from a random sample (exact for
@@ -905,7 +922,8 @@ impl NamespaceIndex {
         while seen < SAMPLE && tries < SAMPLE * 8 {
             tries += 1;
             let key = rng.random_range(0..state.slots.len()) as u64;
-            if state.slots[key as usize].is_some() {
+            // Live records only: not the old keys of records a write is replacing.
+            if state.slots[key as usize].is_some() && (state.retiring.is_empty() || !state.retiring.contains(&key)) {
                 seen += 1;
                 matched += usize::from(passes(key));
             }
@@ -1132,7 +1150,8 @@ mod tests {
     /// search finds each record at most once (by its old vector or its new) and still
     /// k of them, an exact scan finds a replaced record whichever vector it has, and
     /// listing by filter names each record once. After the write only the new vectors
-    /// are in.
+    /// are in. Each new vector is near the old one (a record embedded again), so that
+    /// a search near a record being replaced finds both of its keys in the graph.
     #[test]
     fn replacements_go_in_beside_searches_and_each_record_is_found_once() {
         use rand::{Rng as _, SeedableRng as _};
@@ -1150,10 +1169,22 @@ mod tests {
             .map(|i| upsert(&format!("r{i}"), 1, vector(), json!({"i": i})))
             .collect();
         index.apply(&first).expect("apply");
-        let second: Vec<Change> = (0..records)
-            .map(|i| upsert(&format!("r{i}"), 2, vector(), json!({"i": i, "v": 2})))
-            .collect();
         let old: Arc<Vec<Vec<f32>>> = Arc::new(first.iter().map(write_vector).collect());
+        let second: Vec<Change> = (0..records)
+            .map(|i| {
+                let near = old[i]
+                    .iter()
+                    .map(|&x| {
+                        if x == 0.0 {
+                            x
+                        } else {
+                            x + rng.random_range(-0.05f32..0.05)
+                        }
+                    })
+                    .collect();
+                upsert(&format!("r{i}"), 2, near, json!({"i": i, "v": 2}))
+            })
+            .collect();
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let started = Arc::new(std::sync::Barrier::new(2));
         let searcher = {
@@ -1165,15 +1196,29 @@ mod tests {
             );
             std::thread::spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-                let (mut beside, mut searches) = (0, 0);
+                let (mut beside, mut doubled, mut searches) = (0, 0, 0);
                 started.wait();
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    let i = rng.random_range(0..records);
                     {
                         let state = index.read();
                         // A replacing vector not in the graph yet: this search runs
                         // while the write adds it.
                         beside += usize::from(state.by_id.values().any(|&key| !state.index.contains(key)));
+                        // Near a record being replaced, if there is one.
+                        let i = match state.retiring.iter().next() {
+                            Some(&key) => state.slots[key as usize].as_ref().expect("slot").metadata["i"]
+                                .as_u64()
+                                .expect("i") as usize,
+                            None => rng.random_range(0..records),
+                        };
+                        let raw = state.index.search(&old[i][..], 20).expect("raw search");
+                        let raw_ids: Vec<&str> = raw
+                            .keys
+                            .iter()
+                            .filter_map(|&key| state.slots[key as usize].as_ref())
+                            .map(|slot| slot.id.as_str())
+                            .collect();
+                        doubled += usize::from(raw_ids.iter().collect::<HashSet<_>>().len() < raw_ids.len());
                         let (graph, _) = index
                             .search_in(&state, &old[i], 10, &Filter::All, false)
                             .expect("search");
@@ -1192,16 +1237,20 @@ mod tests {
                     );
                     searches += 1;
                 }
-                (beside, searches)
+                (beside, doubled, searches)
             })
         };
         started.wait();
         index.apply(&second).expect("apply");
         done.store(true, std::sync::atomic::Ordering::SeqCst);
-        let (beside, searches) = searcher.join().expect("searcher");
+        let (beside, doubled, searches) = searcher.join().expect("searcher");
         assert!(
             beside > 0,
             "none of {searches} searches ran while replacing vectors went into the graph"
+        );
+        assert!(
+            doubled > 0,
+            "in none of {searches} searches did the graph hold a record by both of its vectors"
         );
         assert_eq!((index.seq(), index.len()), (2, records));
         {
@@ -1285,12 +1334,31 @@ mod tests {
                     id: "gone".into(),
                     seq: 2,
                 },
+                // Replaced, deleted and written again, all in the one part.
+                upsert("r3", 2, vec![-9.0, 0.0], json!({"v": 1})),
+                Change::Delete {
+                    id: "r3".into(),
+                    seq: 2,
+                },
+                upsert("r3", 2, vec![-10.0, 0.0], json!({"v": 3})),
             ])
             .expect("mixed batch");
         assert_eq!(index.len(), 1000, "r2 and gone deleted, new added");
+        {
+            let state = index.read();
+            assert_eq!(state.index.size(), 1000, "one vector a record");
+            assert!(state.retiring.is_empty());
+        }
+        assert_eq!(index.matching_ids(&Filter::All).len(), 1000);
+        let (hits, _) = index.search(&[-10.0, 0.0], 2, &Filter::All, false).expect("search");
+        let ids: Vec<&str> = hits.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["r3", "r1"]);
+        assert_eq!(hits[0].metadata["v"], 3);
+        let (hits, _) = index.search(&[3.0, 0.0], 1, &Filter::All, false).expect("search");
+        assert_ne!(hits[0].id, "r3", "r3's first vector is gone");
         let (hits, _) = index.search(&[-7.0, 0.0], 3, &Filter::All, false).expect("search");
         let ids: Vec<&str> = hits.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids, ["r1", "new", "r0"]);
+        assert_eq!(ids, ["r1", "new", "r3"]);
         assert_eq!(hits[0].metadata["v"], 2, "the last write of r1 wins");
         let (hits, _) = index.search(&[2.0, 0.0], 1, &Filter::All, false).expect("search");
         assert_ne!(hits[0].id, "r2");
