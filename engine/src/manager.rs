@@ -61,6 +61,11 @@ pub struct Loaded {
     wanted: AtomicI64,
     /// The record count at the last ef tuning; tuning runs again when it doubles.
     tuned_at: AtomicI64,
+    /// The index's churn at the last ef tuning; tuning runs again when a fifth of the
+    /// records more have been removed or replaced.
+    tuned_churn: AtomicU64,
+    /// Tunings started since the index was loaded.
+    tunings_started: AtomicU64,
     /// Tunings running now, in the background.
     tunings: AtomicU64,
     /// The seq of the newest snapshot known to be stored.
@@ -104,6 +109,8 @@ impl Loaded {
             applying: tokio::sync::Mutex::new(()),
             wanted: AtomicI64::new(wanted),
             tuned_at: AtomicI64::new(tuned_at),
+            tuned_churn: AtomicU64::new(0),
+            tunings_started: AtomicU64::new(0),
             tunings: AtomicU64::new(0),
             snapshot_seq: AtomicI64::new(from.snapshot_seq()),
             since_snapshot: AtomicU64::new(0),
@@ -117,6 +124,8 @@ impl Loaded {
     fn loaded_from(&self, from: LoadedFrom) {
         self.snapshot_seq.store(from.snapshot_seq(), Ordering::SeqCst);
         self.snapshot_counted(u64::MAX);
+        // The index swapped in counts its churn afresh.
+        self.tuned_churn.store(0, Ordering::SeqCst);
         *self.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = from;
     }
 
@@ -148,6 +157,12 @@ pub struct IndexStatus {
     /// replays records starts its tuning before it returns, so right after a search
     /// that loaded the index, `false` means `ef` is the settled width.
     pub tuning: bool,
+    /// Tunings started since the index was loaded: after the first, each one is for
+    /// the namespace having doubled, or a fifth of its records removed or replaced.
+    pub tunings: u64,
+    /// Vectors removed from the graph (deleted or replaced) since it was built or
+    /// restored ([`NamespaceIndex::churn`]).
+    pub churn: usize,
 }
 
 /// When indexes are snapshotted in the background.
@@ -450,28 +465,43 @@ impl IndexManager {
             .await
             .map_err(|e| EngineError::Task(e.to_string()))??;
         loaded.since_snapshot.fetch_add(count, Ordering::SeqCst);
-        Self::tune_if_grown(loaded);
+        Self::tune_if_changed(loaded);
         Ok(())
     }
 
     /// Re-tunes the search width in the background when the namespace has doubled
-    /// since it was last tuned.
-    fn tune_if_grown(loaded: &Arc<Loaded>) {
+    /// since it was last tuned, or a fifth of its records have been removed or
+    /// replaced since (each such change leaves the graph a little worse to walk: see
+    /// [`NamespaceIndex::churn`]).
+    fn tune_if_changed(loaded: &Arc<Loaded>) {
         let size = loaded.index.len() as i64;
-        let last = loaded.tuned_at.load(Ordering::SeqCst);
-        if size < 1_000 || size < last.saturating_mul(2) {
+        if size < 1_000 {
             return;
         }
-        if loaded
-            .tuned_at
-            .compare_exchange(last, size, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
+        let last = loaded.tuned_at.load(Ordering::SeqCst);
+        let churn = loaded.index.churn() as u64;
+        let churn_then = loaded.tuned_churn.load(Ordering::SeqCst);
+        let claimed = if size >= last.saturating_mul(2) {
+            loaded
+                .tuned_at
+                .compare_exchange(last, size, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        } else if churn.saturating_sub(churn_then) >= size as u64 / 5 {
+            loaded
+                .tuned_churn
+                .compare_exchange(churn_then, churn, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        } else {
+            return;
+        };
+        if !claimed {
             return; // Another task is on it.
         }
+        loaded.tuned_churn.fetch_max(churn, Ordering::SeqCst);
+        loaded.tunings_started.fetch_add(1, Ordering::SeqCst);
         let running = TuningRunning::start(Arc::clone(loaded));
         tokio::task::spawn_blocking(move || match running.0.index.tune_ef(TUNING_QUERIES) {
-            Ok(Some((ef, recall))) => tracing::info!(records = size, ef, recall, "search width tuned"),
+            Ok(Some((ef, recall))) => tracing::info!(records = size, churn, ef, recall, "search width tuned"),
             Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "tuning the search width failed"),
         });
@@ -710,6 +740,8 @@ impl IndexManager {
             from: *loaded.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
             ef: loaded.index.ef(),
             tuning: loaded.tunings.load(Ordering::SeqCst) > 0,
+            tunings: loaded.tunings_started.load(Ordering::SeqCst),
+            churn: loaded.index.churn(),
         })
     }
 

@@ -267,6 +267,55 @@ async fn a_replayed_load_reports_its_tuning_until_the_width_is_settled(store: Ar
     );
 }
 
+/// The status of a loaded namespace once no tuning of its search width is running.
+async fn settled(manager: &IndexManager, project: &Project) -> quiver_engine::IndexStatus {
+    let mut status = manager.status(project.id, "ns").await.expect("loaded");
+    for _ in 0..600 {
+        if !status.tuning {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = manager.status(project.id, "ns").await.expect("loaded");
+    }
+    assert!(
+        !status.tuning,
+        "a tuning of a few thousand 16-d records ends within 30 s"
+    );
+    status
+}
+
+/// Each replaced or deleted record leaves the graph a little harder to walk, so once a
+/// fifth of the records have been replaced or deleted since the last tuning, the
+/// search width is tuned again; fewer do not start one.
+async fn replacing_a_fifth_of_the_records_tunes_the_search_width_again(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..2_000)).await.expect("upsert");
+    let manager = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&manager, &project, 1, false).await.as_deref(), Some("r1"));
+    let status = settled(&manager, &project).await;
+    assert_eq!((status.tunings, status.churn), (1, 0), "tuned once, on load");
+
+    // 300 replaced and 50 deleted: 17.5 %.
+    store.upsert(project.id, "ns", &writes(0..300)).await.expect("replace");
+    store
+        .delete(project.id, "ns", &ids(1_950..2_000))
+        .await
+        .expect("delete");
+    assert_eq!(found(&manager, &project, 7, true).await.as_deref(), Some("r7"));
+    let status = settled(&manager, &project).await;
+    assert_eq!((status.records, status.churn, status.tunings), (1_950, 350, 1));
+
+    // 40 more replaced: 390 of 1,950, a fifth.
+    store
+        .upsert(project.id, "ns", &writes(300..340))
+        .await
+        .expect("replace");
+    assert_eq!(found(&manager, &project, 310, true).await.as_deref(), Some("r310"));
+    let status = settled(&manager, &project).await;
+    assert_eq!((status.churn, status.tunings), (390, 2), "tuned again");
+    assert!(status.ef < 256, "a tuned width: {}", status.ef);
+}
+
 /// While a pod catches up with a large write it heard of, the search that started the
 /// catch-up waits for it, and searches beside it answer at once from what is in memory
 /// (reporting the seq before the write) rather than queue behind it.
@@ -311,6 +360,7 @@ async fn searches_beside_a_catch_up_answer_from_memory_without_waiting(store: Ar
 }
 
 on_both_stores!(
+    replacing_a_fifth_of_the_records_tunes_the_search_width_again,
     searches_beside_a_catch_up_answer_from_memory_without_waiting,
     a_replayed_load_reports_its_tuning_until_the_width_is_settled,
     loads_from_the_snapshot_plus_the_writes_after_it,
