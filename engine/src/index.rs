@@ -898,6 +898,16 @@ impl NamespaceIndex {
                 if matches.len() >= wanted {
                     return Ok((matches, Plan::Graph));
                 }
+                // Records whose add is still running cannot be counted yet: with fewer
+                // than k others, all of those found is the answer.
+                let pending = state
+                    .added
+                    .iter()
+                    .filter(|done| !done.load(AtomicOrdering::Acquire))
+                    .count();
+                if matches.len() >= live.saturating_sub(pending) {
+                    return Ok((matches, Plan::Graph));
+                }
                 if short {
                     // The walk came back with fewer than the graph holds. Beside a
                     // write that happens when an add promotes the graph's entry point
@@ -905,7 +915,7 @@ impl NamespaceIndex {
                     // may pair the new node with the old level), or relinks a reused
                     // node the walk starts from: for a moment the walk finds nowhere
                     // to go. Try again while the write goes on.
-                    if state.adding.is_empty() || retries == WALK_RETRIES {
+                    if pending == 0 || retries == WALK_RETRIES {
                         return Ok((matches, Plan::Graph));
                     }
                     retries += 1;

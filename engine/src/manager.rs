@@ -486,7 +486,12 @@ impl IndexManager {
                 .tuned_at
                 .compare_exchange(last, size, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
-        } else if churn.saturating_sub(churn_then) >= size as u64 / 5 {
+        } else if churn.saturating_sub(churn_then) >= size as u64 / 5
+            // Not while a tuning runs (the later could finish first), nor on an index
+            // being rebuilt aside (tuned once in place).
+            && loaded.tunings.load(Ordering::SeqCst) == 0
+            && last < i64::MAX / 4
+        {
             loaded
                 .tuned_churn
                 .compare_exchange(churn_then, churn, Ordering::SeqCst, Ordering::SeqCst)
