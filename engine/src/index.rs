@@ -1222,20 +1222,11 @@ mod tests {
     /// write is done every record is found.
     #[test]
     fn new_vectors_go_in_beside_searches_and_replaced_ones_are_never_missing() {
-        use rand::{Rng as _, SeedableRng as _};
+        use rand::SeedableRng as _;
         const DIM: usize = 512;
         let index = Arc::new(NamespaceIndex::new(DIM, Metric::Cosine, uuid::Uuid::nil()).expect("index"));
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        // Random in 32 of the dimensions, so that the graph's walk finds any vector: in
-        // all 512, nearly orthogonal vectors leave it little to go on, and in as few as
-        // 8 the walk missed a record after the write once in CI (likely HNSW's
-        // neighbour pruning leaving it unreachable). The test is of what a search sees
-        // mid-write, not of recall.
-        let mut vector = || {
-            (0..DIM)
-                .map(|d| if d < 32 { rng.random_range(-1.0f32..1.0) } else { 0.0 })
-                .collect::<Vec<f32>>()
-        };
+        let mut vector = || sparse_vector(&mut rng, DIM);
         let kept = vector();
         index
             .apply(&[upsert("kept", 1, kept.clone(), json!({"kept": true}))])
@@ -1307,12 +1298,7 @@ mod tests {
         const DIM: usize = 512;
         let index = Arc::new(NamespaceIndex::new(DIM, Metric::Cosine, uuid::Uuid::nil()).expect("index"));
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        // Random in 32 of the dimensions, as in the test above.
-        let mut vector = || {
-            (0..DIM)
-                .map(|d| if d < 32 { rng.random_range(-1.0f32..1.0) } else { 0.0 })
-                .collect::<Vec<f32>>()
-        };
+        let mut vector = || sparse_vector(&mut rng, DIM);
         let records = 48 * (PART_VALUES / DIM);
         let first: Vec<Change> = (0..records)
             .map(|i| upsert(&format!("r{i}"), 1, vector(), json!({"i": i})))
@@ -1422,6 +1408,18 @@ mod tests {
         }
         let two = Filter::parse(&json!({"v": 2})).expect("filter");
         assert_eq!(index.matching_ids(&two).len(), records);
+    }
+
+    /// A vector random in its first 32 dimensions and zero in the rest, so that the
+    /// graph's walk finds any vector: in all 512 of the tests' dimensions, nearly
+    /// orthogonal vectors leave it little to go on, and in as few as 8 the walk missed
+    /// a record after a write once in CI (likely HNSW's neighbour pruning leaving it
+    /// unreachable). The tests using it are of what a search sees mid-write, not of
+    /// recall.
+    fn sparse_vector(rng: &mut impl rand::Rng, dimension: usize) -> Vec<f32> {
+        (0..dimension)
+            .map(|d| if d < 32 { rng.random_range(-1.0f32..1.0) } else { 0.0 })
+            .collect()
     }
 
     fn write_vector(change: &Change) -> Vec<f32> {

@@ -248,15 +248,7 @@ async fn a_replayed_load_reports_its_tuning_until_the_width_is_settled(store: Ar
     store.upsert(project.id, "ns", &writes(0..3_000)).await.expect("upsert");
     let manager = IndexManager::new(Arc::clone(&store), 1 << 30);
     assert_eq!(found(&manager, &project, 1, false).await.as_deref(), Some("r1"));
-    let mut status = manager.status(project.id, "ns").await.expect("loaded");
-    for _ in 0..600 {
-        if !status.tuning {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        status = manager.status(project.id, "ns").await.expect("loaded");
-    }
-    assert!(!status.tuning, "tuning 3,000 records of 16 dimensions ends within 30 s");
+    let status = settled(&manager, &project).await;
     // Which width the tuner settles on depends on its random sample and on the graph
     // (16 or 64 have been seen for these records); any of them is far narrower than the
     // default of 256 that a load starts with, which would mean no tuning took effect.
