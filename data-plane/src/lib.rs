@@ -96,7 +96,7 @@ impl DataPlane {
         auth.spawn_watchers(bus.as_ref());
         let projects = projects::Projects::new(Arc::clone(&store), bus.as_ref());
         let indexes = Arc::new(IndexManager::new(Arc::clone(&store), settings.index_memory));
-        IndexManager::run_snapshots(Arc::downgrade(&indexes), settings.snapshots);
+        IndexManager::run_maintenance(Arc::downgrade(&indexes), settings.snapshots);
         let weak = Arc::downgrade(&indexes);
         bus.listen(Arc::new(move |event| {
             let Some(indexes) = weak.upgrade() else { return };

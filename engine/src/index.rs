@@ -149,6 +149,8 @@ pub struct NamespaceIndex {
     metric: Metric,
     dimension: usize,
     epoch: uuid::Uuid,
+    /// How many threads a write adds vectors from (see [`NamespaceIndex::in_background`]).
+    add_threads: usize,
     state: RwLock<State>,
 }
 
@@ -295,6 +297,7 @@ impl NamespaceIndex {
             metric,
             dimension,
             epoch,
+            add_threads: cores(),
             state: RwLock::new(State {
                 index,
                 slots: Vec::new(),
@@ -327,13 +330,23 @@ impl NamespaceIndex {
         self.read().seq.load(AtomicOrdering::Acquire)
     }
 
+    /// An index built in the background, beside one serving searches: its writes add
+    /// vectors from half the cores, leaving the rest to the searches.
+    pub fn in_background(self) -> Self {
+        Self {
+            add_threads: (cores() / 2).max(1),
+            ..self
+        }
+    }
+
     /// Vectors removed from the graph (deleted, or replaced by a new vector) since it
     /// was built or restored. Each leaves links in the graph that lead astray (usearch
     /// gives its node to the next vector added without removing the links to it): in
     /// a measurement on 20,000 random 64-d vectors at ef 48, replacing a tenth of the
     /// records with nearby vectors took recall@10 from 0.85 to 0.82, a quarter to
     /// 0.77, all of them to 0.68, where a graph built afresh reached 0.82. The manager
-    /// tunes the search width again as this grows.
+    /// tunes the search width again as this grows, and rebuilds the graph aside once
+    /// half the records have churned.
     pub fn churn(&self) -> usize {
         self.read().churn
     }
@@ -541,10 +554,16 @@ impl NamespaceIndex {
         result
     }
 
-    /// Adds vectors to the graph by key, on every core for more than a few.
-    /// Marks each in `added` (by its place in `adds`) once usearch has it.
-    fn add_all(&self, index: &usearch::Index, adds: &[(u64, &[f32])], added: &[AtomicBool]) -> Result<(), IndexError> {
-        let add = |from: usize, part: &[(u64, &[f32])]| -> Result<(), IndexError> {
+    /// Adds vectors to the graph by key, on every core for more than a few (half of
+    /// them [`NamespaceIndex::in_background`]). Marks each in `added` (by its place in
+    /// `adds`) once usearch has it.
+    fn add_all<T: usearch::VectorType + Sync>(
+        &self,
+        index: &usearch::Index,
+        adds: &[(u64, &[T])],
+        added: &[AtomicBool],
+    ) -> Result<(), IndexError> {
+        let add = |from: usize, part: &[(u64, &[T])]| -> Result<(), IndexError> {
             for (at, (key, vector)) in part.iter().enumerate() {
                 index.add(*key, vector).map_err(|e| IndexError(e.to_string()))?;
                 added[from + at].store(true, AtomicOrdering::Release);
@@ -553,7 +572,7 @@ impl NamespaceIndex {
         };
         // A thread for every 8K values to add (64 128-d vectors, 6 of 1,536-d): fewer
         // would not pay for starting it.
-        let threads = cores().min(adds.len() * self.dimension / 8192 + 1);
+        let threads = self.add_threads.min(adds.len() * self.dimension / 8192 + 1);
         if threads <= 1 {
             return add(0, adds);
         }
@@ -654,6 +673,62 @@ impl NamespaceIndex {
             }
         }
         Ok(restored)
+    }
+
+    /// A new graph of this index's live records, at its seq and search width, to replace
+    /// a worn one. The vectors go in as stored (f16: nothing lost, nothing converted).
+    /// Writes wait while the records are copied out (a memory copy, as for a snapshot;
+    /// the copy holds two bytes a dimension a record); the graph is then built from
+    /// half the cores without holding this index.
+    /// CPU-heavy (minutes for large namespaces): call from a blocking thread.
+    pub fn rebuilt(&self) -> Result<NamespaceIndex, IndexError> {
+        let (seq, ef, records) = {
+            let state = self.state.upgradable_read();
+            let mut records = Vec::with_capacity(state.by_id.len());
+            for (key, slot) in state.slots.iter().enumerate() {
+                // Between writes nothing is retiring; a slot that is belongs to a write
+                // in progress, whose replacement is live under its own key.
+                let Some(slot) = slot.as_ref().filter(|_| !state.retiring.contains(&(key as u64))) else {
+                    continue;
+                };
+                let mut vector = vec![0i16; self.dimension];
+                state
+                    .index
+                    .get(key as u64, usearch::f16::from_mut_i16s(&mut vector))
+                    .map_err(|e| IndexError(e.to_string()))?;
+                records.push((slot.id.clone(), Arc::clone(&slot.metadata), vector));
+            }
+            (
+                state.seq.load(AtomicOrdering::Acquire),
+                state.index.expansion_search(),
+                records,
+            )
+        };
+        let fresh = NamespaceIndex::new(self.dimension, self.metric, self.epoch)?.in_background();
+        {
+            let mut guard = fresh.state.write();
+            let state = &mut *guard;
+            state
+                .index
+                .reserve_capacity_and_threads(records.len().max(1024), contexts())
+                .map_err(|e| IndexError(e.to_string()))?;
+            let mut adds = Vec::with_capacity(records.len());
+            for (key, (id, metadata, vector)) in records.iter().enumerate() {
+                let slot = Slot {
+                    id: id.clone(),
+                    metadata: Arc::clone(metadata),
+                };
+                state.slot_bytes += slot_bytes(&slot);
+                state.by_id.insert(slot.id.clone(), key as u64);
+                state.slots.push(Some(slot));
+                adds.push((key as u64, usearch::f16::from_i16s(vector)));
+            }
+            let added: Vec<AtomicBool> = adds.iter().map(|_| AtomicBool::new(false)).collect();
+            fresh.add_all(&state.index, &adds, &added)?;
+            state.index.change_expansion_search(ef);
+            *state.seq.get_mut() = seq;
+        }
+        Ok(fresh)
     }
 
     /// Swaps this index's contents with another's: a reload in place, so that everyone

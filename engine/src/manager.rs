@@ -9,11 +9,13 @@
 //!
 //! A namespace loads from its stored snapshot, when there is one, plus the changes
 //! after it; without one it replays every record and rebuilds the graph, which takes
-//! minutes for large namespaces. [`IndexManager::run_snapshots`] snapshots the
+//! minutes for large namespaces. [`IndexManager::run_maintenance`] snapshots the
 //! indexes that changed enough in the background; storing a snapshot purges the
-//! tombstones it covers, and an index that falls behind that horizon reloads.
+//! tombstones it covers, and an index that falls behind that horizon reloads. The same
+//! rounds rebuild, aside, the graph of an index whose records have mostly been replaced
+//! or deleted since it was built ([`IndexManager::rebuild_due`]).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,13 @@ use crate::index::{IndexError, NamespaceIndex, SearchOutcome, THREADS};
 const PAGE: u32 = 2_000;
 /// Stored vectors used as queries when tuning a namespace's search width.
 const TUNING_QUERIES: usize = 48;
+/// Below this many records, a namespace's search width is not tuned nor its graph
+/// rebuilt: the default width finds everything in a graph that small.
+const SMALL: usize = 1_000;
+/// A graph is rebuilt once this share of its records has churned (been replaced or
+/// deleted) since it was built: see [`NamespaceIndex::churn`] for what churn costs.
+/// Until then, re-tuning the search width keeps recall up at some search speed.
+const REBUILD_CHURN: f64 = 0.5;
 
 /// What can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +87,10 @@ pub struct Loaded {
     saving: tokio::sync::Mutex<()>,
     /// Where the index was last loaded from.
     from: std::sync::Mutex<LoadedFrom>,
+    /// Whether its graph is being rebuilt aside right now.
+    rebuilding: AtomicBool,
+    /// Rebuilds swapped in since the index was loaded.
+    rebuilds: AtomicU64,
 }
 
 /// Counts a background tuning of an index as running (in [`IndexStatus::tuning`]) from
@@ -94,6 +107,23 @@ impl TuningRunning {
 impl Drop for TuningRunning {
     fn drop(&mut self) {
         self.0.tunings.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Marks an index as being rebuilt (in [`IndexStatus::rebuilding`]) from before the
+/// rebuild is spawned until it ends, however it ends.
+struct RebuildRunning(Arc<Loaded>);
+
+impl RebuildRunning {
+    fn start(loaded: Arc<Loaded>) -> Self {
+        loaded.rebuilding.store(true, Ordering::SeqCst);
+        Self(loaded)
+    }
+}
+
+impl Drop for RebuildRunning {
+    fn drop(&mut self) {
+        self.0.rebuilding.store(false, Ordering::SeqCst);
     }
 }
 
@@ -117,6 +147,8 @@ impl Loaded {
             snapshot_at: std::sync::Mutex::new(Instant::now()),
             saving: tokio::sync::Mutex::new(()),
             from: std::sync::Mutex::new(from),
+            rebuilding: AtomicBool::new(false),
+            rebuilds: AtomicU64::new(0),
         }
     }
 
@@ -163,12 +195,17 @@ pub struct IndexStatus {
     /// Vectors removed from the graph (deleted or replaced) since it was built or
     /// restored ([`NamespaceIndex::churn`]).
     pub churn: usize,
+    /// Whether its graph is being rebuilt aside right now ([`IndexManager::rebuild_due`]).
+    pub rebuilding: bool,
+    /// Rebuilt graphs swapped in since the index was loaded.
+    pub rebuilds: u64,
 }
 
 /// When indexes are snapshotted in the background.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotPolicy {
-    /// How often loaded indexes are checked; zero turns background snapshots off.
+    /// How often loaded indexes are checked for a snapshot or a rebuild due; zero turns
+    /// both off.
     pub interval: Duration,
     /// Snapshot once this many changes (or an eighth of the index, if more) were
     /// applied since the last snapshot...
@@ -227,6 +264,10 @@ pub struct IndexManager {
     store: Arc<dyn Store>,
     cache: moka::future::Cache<Key, Arc<Loaded>>,
     permits: Arc<Semaphore>,
+    /// The memory budget, in bytes.
+    budget: u64,
+    /// Held by the rebuild running, so one runs at a time.
+    rebuilding: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What to search for.
@@ -260,6 +301,8 @@ impl IndexManager {
             store,
             cache,
             permits: Arc::new(Semaphore::new(THREADS)),
+            budget: memory_budget,
+            rebuilding: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -475,7 +518,8 @@ impl IndexManager {
     /// [`NamespaceIndex::churn`]).
     fn tune_if_changed(loaded: &Arc<Loaded>) {
         let size = loaded.index.len() as i64;
-        if size < 1_000 {
+        // A graph being rebuilt is tuned once the new one is in.
+        if size < SMALL as i64 || loaded.rebuilding.load(Ordering::SeqCst) {
             return;
         }
         let last = loaded.tuned_at.load(Ordering::SeqCst);
@@ -653,7 +697,13 @@ impl IndexManager {
     /// Snapshots every loaded index that `policy` says is due, one at a time; returns
     /// how many were stored. Failures are logged and retried on the next round.
     pub async fn snapshot_due(&self, policy: &SnapshotPolicy) -> usize {
-        let due: Vec<(Arc<Key>, Arc<Loaded>)> = self.cache.iter().filter(|(_, loaded)| policy.is_due(loaded)).collect();
+        // An index being rebuilt is snapshotted once the new graph is in (the rebuild
+        // holds `saving` meanwhile).
+        let due: Vec<(Arc<Key>, Arc<Loaded>)> = self
+            .cache
+            .iter()
+            .filter(|(_, loaded)| !loaded.rebuilding.load(Ordering::SeqCst) && policy.is_due(loaded))
+            .collect();
         let mut stored = 0;
         for (key, loaded) in due {
             match self.save(&key.0, &key.1, &loaded).await {
@@ -718,8 +768,136 @@ impl IndexManager {
         Ok(Some(seq))
     }
 
-    /// Snapshots due indexes every `policy.interval` for as long as the manager lives.
-    pub fn run_snapshots(manager: Weak<Self>, policy: SnapshotPolicy) -> Option<tokio::task::JoinHandle<()>> {
+    /// Whether the memory budget has room for a second graph the size of `loaded`'s,
+    /// as a rebuild holds both until it swaps. Counts the indexes in memory as they
+    /// are now (the cache weighs each as it was when last inserted).
+    fn has_room_to_rebuild(&self, loaded: &Loaded) -> bool {
+        let held: u64 = self
+            .cache
+            .iter()
+            .map(|(_, other)| other.index.memory_bytes() as u64)
+            .sum();
+        held + loaded.index.memory_bytes() as u64 <= self.budget
+    }
+
+    /// Starts rebuilding, in the background, the graph of the loaded index that has
+    /// churned most, if at least half its records have been replaced or deleted since
+    /// its graph was built, it has at least a thousand, and the memory budget has room
+    /// for a second graph of its size. One rebuild runs at a time: `None` when one
+    /// already runs or none is due.
+    pub fn rebuild_due(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let wear = |loaded: &Loaded| loaded.index.churn() as f64 / loaded.index.len().max(1) as f64;
+        let (key, loaded) = self
+            .cache
+            .iter()
+            .filter(|(_, loaded)| {
+                loaded.index.len() >= SMALL && wear(loaded) >= REBUILD_CHURN && self.has_room_to_rebuild(loaded)
+            })
+            .max_by(|(_, a), (_, b)| wear(a).total_cmp(&wear(b)))?;
+        let one_at_a_time = Arc::clone(&self.rebuilding).try_lock_owned().ok()?;
+        let running = RebuildRunning::start(loaded);
+        let manager = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            if let Err(err) = manager.rebuild(&key, running).await {
+                tracing::warn!(project_id = %key.0, namespace = %key.1, error = %err, "rebuilding an index graph failed");
+            }
+        }))
+    }
+
+    /// Rebuilds a namespace's graph now, if its index is in memory, after any rebuild
+    /// running ends: whether a rebuilt graph was swapped in (not when the index is not
+    /// loaded or the memory budget has no room for a second graph of its size).
+    pub async fn rebuild_now(&self, project: ProjectId, namespace: &str) -> Result<bool, EngineError> {
+        let key = (project, namespace.to_owned());
+        let Some(loaded) = self.cache.get(&key).await else {
+            return Ok(false);
+        };
+        let _one_at_a_time = self.rebuilding.lock().await;
+        self.rebuild(&key, RebuildRunning::start(loaded)).await
+    }
+
+    /// Builds a new graph of the index's records aside ([`NamespaceIndex::rebuilt`]),
+    /// from half the cores, while the index serves searches and takes writes; then
+    /// applies the writes made meanwhile to it from the store, the last of them holding
+    /// writes, and swaps it in whole, at the search width served.
+    /// Its width is tuned again once it is in, and it is snapshotted with the next write.
+    async fn rebuild(&self, key: &Key, running: RebuildRunning) -> Result<bool, EngineError> {
+        let (project, namespace) = (key.0, key.1.as_str());
+        let loaded = &Arc::clone(&running.0);
+        if !self.has_room_to_rebuild(loaded) {
+            tracing::info!(
+                project_id = %project,
+                namespace,
+                bytes = loaded.index.memory_bytes(),
+                "no room in the memory budget to rebuild the index's graph aside"
+            );
+            return Ok(false);
+        }
+        // No snapshot of the worn graph meanwhile.
+        let _saving = loaded.saving.lock().await;
+        let started = Instant::now();
+        let index = &loaded.index;
+        let churn = index.churn();
+        // The records as the index holds them, into a new graph, while writes go on to
+        // the index served (a replay from the store would meet the tombstone horizon
+        // of the namespace's last snapshot)...
+        let worn = Arc::clone(loaded);
+        let fresh = tokio::task::spawn_blocking(move || worn.index.rebuilt())
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))??;
+        let aside = Arc::new(Loaded::new(fresh, 0, LoadedFrom::Replay));
+        // Tuned once it is in place, not while it is built.
+        aside.tuned_at.store(i64::MAX / 4, Ordering::SeqCst);
+        self.catch_up(&aside, project, namespace, None).await?;
+        // ...and the writes made meanwhile, holding writes. A tuning of the worn graph
+        // that is still running would set its width on the new one: it ends first (no
+        // new one starts while the index is rebuilding).
+        while loaded.tunings.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let applying = loaded.applying.lock().await;
+        self.catch_up(&aside, project, namespace, Some(index.seq())).await?;
+        let still_served = self
+            .cache
+            .get(key)
+            .await
+            .is_some_and(|cached| Arc::ptr_eq(&cached, loaded));
+        let replayed = *aside.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == LoadedFrom::Replay;
+        if !still_served || !replayed {
+            // Evicted or replaced meanwhile, or the catch-up met the tombstone horizon of
+            // a snapshot another pod stored and restored it (a graph no newer than the
+            // one served).
+            tracing::info!(project_id = %project, namespace, still_served, replayed, "index graph rebuild dropped");
+            return Ok(false);
+        }
+        aside.index.set_ef(index.ef());
+        index.swap_with(&aside.index);
+        loaded.rebuilds.fetch_add(1, Ordering::SeqCst);
+        loaded.tuned_churn.store(index.churn() as u64, Ordering::SeqCst);
+        loaded.tuned_at.store(0, Ordering::SeqCst);
+        // Every record is in a new place: worth a snapshot at the next write.
+        loaded.since_snapshot.fetch_add(index.len() as u64, Ordering::SeqCst);
+        drop(applying);
+        drop(running);
+        Self::tune_if_changed(loaded);
+        // Re-insert so the memory budget sees the new graph's size.
+        self.cache.insert(key.clone(), Arc::clone(loaded)).await;
+        tracing::info!(
+            project_id = %project,
+            namespace,
+            records = index.len(),
+            churn,
+            seq = index.seq(),
+            ms = started.elapsed().as_millis() as u64,
+            "index graph rebuilt"
+        );
+        Ok(true)
+    }
+
+    /// Every `policy.interval`, for as long as the manager lives: snapshots the indexes
+    /// due, and starts the rebuild of the most worn graph, if one is due and none runs.
+    pub fn run_maintenance(manager: Weak<Self>, policy: SnapshotPolicy) -> Option<tokio::task::JoinHandle<()>> {
         if policy.interval.is_zero() {
             return None;
         }
@@ -731,6 +909,7 @@ impl IndexManager {
                 ticks.tick().await;
                 let Some(manager) = manager.upgrade() else { return };
                 manager.snapshot_due(&policy).await;
+                manager.rebuild_due();
             }
         }))
     }
@@ -747,6 +926,8 @@ impl IndexManager {
             tuning: loaded.tunings.load(Ordering::SeqCst) > 0,
             tunings: loaded.tunings_started.load(Ordering::SeqCst),
             churn: loaded.index.churn(),
+            rebuilding: loaded.rebuilding.load(Ordering::SeqCst),
+            rebuilds: loaded.rebuilds.load(Ordering::SeqCst),
         })
     }
 

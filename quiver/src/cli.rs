@@ -124,10 +124,12 @@ impl EmbedArgs {
     }
 }
 
-/// When a data-plane pod snapshots its indexes to the store, so they load fast.
+/// When a data-plane pod snapshots its indexes to the store, so they load fast (and
+/// rebuilds worn graphs, on the same rounds).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SnapshotArgs {
-    /// Seconds between checks for indexes to snapshot (0 turns background snapshots off).
+    /// Seconds between checks for indexes to snapshot and worn graphs to rebuild (0 turns
+    /// both off).
     #[arg(long, env = "QUIVER_SNAPSHOT_INTERVAL", default_value_t = 30)]
     pub snapshot_interval: u64,
     /// Snapshot an index once this many changes (or an eighth of its records, if more)
