@@ -62,6 +62,11 @@ struct Args {
     /// first `--live-upserts` records) instead of adding records.
     #[arg(long)]
     live_replace: bool,
+    /// After the replacing upserts (`--live-replace`), rebuild the worn graph aside as the
+    /// maintenance round would, and compare the search width, recall and raw search
+    /// time of the worn graph and the rebuilt one.
+    #[arg(long, requires = "live_replace")]
+    rebuild: bool,
     /// Search at this width (HNSW ef_search) instead of the one the namespace tuned
     /// itself to: to compare HTTP with raw at a given width, whichever the tuner picks.
     #[arg(long)]
@@ -420,6 +425,150 @@ fn raw_round(
     (done, cpu_seconds(false) - before)
 }
 
+fn search_body(q: &[f32], encoding: Encoding) -> Value {
+    json!({"namespace": "bench", "vector": encoding.vector(q), "top_k": TOP_K, "include_metadata": false})
+}
+
+/// Waits while the namespace's search width is being tuned (up to five minutes).
+async fn wait_for_tuning(indexes: &quiver_engine::IndexManager, project: ProjectId) {
+    let started = Instant::now();
+    while indexes
+        .status(project, "bench")
+        .await
+        .is_some_and(|status| status.tuning)
+    {
+        if started.elapsed() >= Duration::from_secs(300) {
+            eprintln!("warning: the search width was still being tuned after 300 s; measuring at the width in use");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Searches over HTTP with reqwest, outside the measured rounds.
+struct Searcher {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Searcher {
+    /// Recall@10 of `queries` against brute force over `data` (record `i` has id `i`),
+    /// for each encoding. A search finds ten matches, or every vector if there are fewer.
+    async fn recall(&self, data: &[Vec<f32>], queries: &[Vec<f32>]) -> anyhow::Result<[f64; 2]> {
+        let mut hits = [0usize; 2];
+        for q in queries {
+            let truth: std::collections::HashSet<String> =
+                brute_force(data, q, TOP_K).into_iter().map(|i| i.to_string()).collect();
+            for (encoding, hits) in Encoding::ALL.into_iter().zip(&mut hits) {
+                let body: Value = self
+                    .http
+                    .post(&self.url)
+                    .header("x-api-key", &self.key)
+                    .json(&search_body(q, encoding))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                *hits += body["matches"].as_array().map_or(0, |m| {
+                    m.iter()
+                        .filter(|m| truth.contains(m["id"].as_str().unwrap_or("")))
+                        .count()
+                });
+            }
+        }
+        let expected = TOP_K.min(data.len()) * queries.len();
+        Ok(hits.map(|hits| hits as f64 / expected as f64))
+    }
+
+    /// One client searching, one query after another, until stopped: to time searches
+    /// beside something else.
+    fn one_at_a_time(&self, queries: &[Vec<f32>]) -> Meanwhile {
+        let going = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (http, url, key, still) = (
+            self.http.clone(),
+            self.url.clone(),
+            self.key.clone(),
+            Arc::clone(&going),
+        );
+        let bodies: Vec<Value> = queries.iter().map(|q| search_body(q, Encoding::Numbers)).collect();
+        let task = tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            for body in bodies.iter().cycle() {
+                if !still.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let started = Instant::now();
+                let response = http.post(&url).header("x-api-key", &key).json(body).send().await?;
+                anyhow::ensure!(response.status() == 200, "search answered {}", response.status());
+                response.bytes().await?;
+                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        });
+        Meanwhile { going, task }
+    }
+}
+
+/// A client searching beside something else ([`Searcher::one_at_a_time`]).
+struct Meanwhile {
+    going: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<f64>>>,
+}
+
+impl Meanwhile {
+    /// Stops the client: its latencies in ms, sorted.
+    async fn stop(self) -> anyhow::Result<Vec<f64>> {
+        self.going.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut latencies = self.task.await??;
+        latencies.sort_by(f64::total_cmp);
+        Ok(latencies)
+    }
+}
+
+/// How a namespace's graph searches as it stands.
+struct GraphMeasure {
+    churn: usize,
+    ef: usize,
+    /// Recall@10 over HTTP with JSON numbers.
+    recall: f64,
+    raw_threads: usize,
+    /// CPU per raw in-process search, from a thread per core for three seconds.
+    raw_us: f64,
+}
+
+impl GraphMeasure {
+    async fn take(
+        indexes: &quiver_engine::IndexManager,
+        project: &quiver_store::Project,
+        searches: &Searcher,
+        data: &[Vec<f32>],
+        checked: &[Vec<f32>],
+        queries: &[Vec<f32>],
+    ) -> anyhow::Result<Self> {
+        let status = indexes
+            .status(project.id, "bench")
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the served index is gone"))?;
+        let [recall, _] = searches.recall(data, checked).await?;
+        let raw = indexes
+            .open(project, "bench")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the served index is gone"))?;
+        let raw_threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let queries = Arc::new(queries.to_vec());
+        let (done, cpu) =
+            tokio::task::block_in_place(|| raw_round(&raw, &queries, raw_threads, Duration::from_secs(3)));
+        Ok(Self {
+            churn: status.churn,
+            ef: status.ef,
+            recall,
+            raw_threads,
+            raw_us: cpu / done.max(1) as f64 * 1e6,
+        })
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cpus = quiver_bench::allowed_cpus()?;
@@ -507,28 +656,16 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
     let upsert_secs = writer.upsert(Arc::clone(&data), 0).await?;
 
     // First search loads the index from the store (cold load by replay).
-    let search = |q: &[f32], encoding: Encoding| json!({"namespace": "bench", "vector": encoding.vector(q), "top_k": TOP_K, "include_metadata": false});
     let started = Instant::now();
     http.post(format!("{base}/v1/vectors/search"))
         .header("x-api-key", &key)
-        .json(&search(&queries[0], Encoding::Numbers))
+        .json(&search_body(&queries[0], Encoding::Numbers))
         .send()
         .await?;
     let load_secs = started.elapsed().as_secs_f64();
 
     // Loading triggers a background tuning of the search width: measure after it.
-    let tuning = Instant::now();
-    while indexes
-        .status(project.id, "bench")
-        .await
-        .is_some_and(|status| status.tuning)
-    {
-        if tuning.elapsed() >= Duration::from_secs(300) {
-            eprintln!("warning: the search width was still being tuned after 300 s; measuring at the width in use");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_tuning(&indexes, project.id).await;
 
     if let Some(ef) = args.ef {
         let served = indexes
@@ -539,32 +676,13 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
         served.index.set_ef(ef);
     }
 
-    // Recall@10 over HTTP, for each encoding. A search finds `expected` matches: ten,
-    // or every vector if there are fewer.
     let expected = TOP_K.min(args.vectors);
-    let mut hits = [0usize; 2];
-    for q in queries.iter().take(args.recall_queries) {
-        let truth: std::collections::HashSet<String> = brute_force(&data, q, TOP_K)
-            .into_iter()
-            .map(|i| i.to_string())
-            .collect();
-        for (encoding, hits) in Encoding::ALL.into_iter().zip(&mut hits) {
-            let body: Value = http
-                .post(format!("{base}/v1/vectors/search"))
-                .header("x-api-key", &key)
-                .json(&search(q, encoding))
-                .send()
-                .await?
-                .json()
-                .await?;
-            *hits += body["matches"].as_array().map_or(0, |m| {
-                m.iter()
-                    .filter(|m| truth.contains(m["id"].as_str().unwrap_or("")))
-                    .count()
-            });
-        }
-    }
-    let recall = hits.map(|hits| hits as f64 / (expected * args.recall_queries) as f64);
+    let searches = Searcher {
+        http: http.clone(),
+        url: format!("{base}/v1/vectors/search"),
+        key: key.clone(),
+    };
+    let recall = searches.recall(&data, &queries[..args.recall_queries]).await?;
 
     let (allocated, used) = (indexes.memory_bytes(), indexes.used_bytes());
     let ef = indexes.status(project.id, "bench").await.map_or(0, |status| status.ef);
@@ -615,7 +733,7 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
     let requests = Encoding::ALL.map(|encoding| {
         let requests: Vec<Bytes> = queries
             .iter()
-            .map(|q| search_request(server, &key, &search(q, encoding).to_string()))
+            .map(|q| search_request(server, &key, &search_body(q, encoding).to_string()))
             .collect();
         Arc::new(requests)
     });
@@ -700,39 +818,42 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
     // Meanwhile one client searches, one query after another, to time searches that
     // meet writes.
     let more = Arc::new(clustered_unit_vectors(args.live_upserts, args.dim, 1000, 3));
-    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let searcher = {
-        let (http, url, key, writing) = (
-            http.clone(),
-            format!("{base}/v1/vectors/search"),
-            key.clone(),
-            Arc::clone(&writing),
-        );
-        let bodies: Vec<Value> = queries.iter().map(|q| search(q, Encoding::Numbers)).collect();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            for body in bodies.iter().cycle() {
-                if !writing.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                let started = Instant::now();
-                let response = http.post(&url).header("x-api-key", &key).json(body).send().await?;
-                anyhow::ensure!(response.status() == 200, "search answered {}", response.status());
-                response.bytes().await?;
-                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-            anyhow::Ok(latencies)
-        })
-    };
+    let meanwhile = searches.one_at_a_time(&queries);
     let live_secs = if args.live_upserts > 0 {
         let first_id = if args.live_replace { 0 } else { args.vectors };
         writer.upsert(Arc::clone(&more), first_id).await?
     } else {
         f64::NAN
     };
-    writing.store(false, std::sync::atomic::Ordering::SeqCst);
-    let mut beside_writes = searcher.await??;
-    beside_writes.sort_by(f64::total_cmp);
+    let beside_writes = meanwhile.stop().await?;
+
+    // Rebuild the graph the replacements wore, with one client searching meanwhile.
+    let rebuilt = if args.rebuild {
+        let now: Vec<Vec<f32>> = more
+            .iter()
+            .chain(&data[more.len().min(data.len())..])
+            .cloned()
+            .collect();
+        let checked = &queries[..args.recall_queries];
+        wait_for_tuning(&indexes, project.id).await;
+        eprintln!("measuring the worn graph…");
+        let worn = GraphMeasure::take(&indexes, &project, &searches, &now, checked, &queries).await?;
+        eprintln!("rebuilding the graph aside…");
+        let meanwhile = searches.one_at_a_time(&queries);
+        let started = Instant::now();
+        anyhow::ensure!(
+            indexes.rebuild_now(project.id, "bench").await?,
+            "the rebuild did not run"
+        );
+        let secs = started.elapsed().as_secs_f64();
+        let latencies = meanwhile.stop().await?;
+        wait_for_tuning(&indexes, project.id).await;
+        eprintln!("measuring the rebuilt graph…");
+        let fresh = GraphMeasure::take(&indexes, &project, &searches, &now, checked, &queries).await?;
+        Some((worn, secs, latencies, fresh))
+    } else {
+        None
+    };
     for load in &mut loads {
         load.latencies.sort_by(f64::total_cmp);
         load.ratios.sort_by(f64::total_cmp);
@@ -773,6 +894,21 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
             percentile(&beside_writes, 50.0),
             percentile(&beside_writes, 99.0),
             beside_writes.last().copied().unwrap_or_default()
+        );
+    }
+    if let Some((worn, secs, latencies, fresh)) = &rebuilt {
+        for (name, graph) in [("worn by the replacements", worn), ("rebuilt", fresh)] {
+            println!(
+                "| graph {name} (churn {}): search width, recall@10 over HTTP, raw search ({} threads) | ef {}, recall {:.3}, {:.0} µs CPU per search |",
+                graph.churn, graph.raw_threads, graph.ef, graph.recall, graph.raw_us
+            );
+        }
+        println!(
+            "| rebuild aside (from one core), searches meanwhile (1 client, one at a time; {} searches) | {secs:.1} s; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
+            latencies.len(),
+            percentile(latencies, 50.0),
+            percentile(latencies, 99.0),
+            latencies.last().copied().unwrap_or_default()
         );
     }
     println!("| cold index load (replay from SQLite) | {:.1} s |", load_secs);
