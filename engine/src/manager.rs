@@ -152,6 +152,15 @@ impl Loaded {
         }
     }
 
+    /// An index being built to replace a loaded one's contents, private to its builder:
+    /// it replays from the store as a new one would, but is tuned only once swapped in
+    /// (`tune_if_changed` leaves it be).
+    fn aside(index: NamespaceIndex) -> Arc<Self> {
+        let aside = Arc::new(Self::new(index, 0, LoadedFrom::Replay));
+        aside.tuned_at.store(i64::MAX / 4, Ordering::SeqCst);
+        aside
+    }
+
     /// Records that the index was (re)loaded from `from`.
     fn loaded_from(&self, from: LoadedFrom) {
         self.snapshot_seq.store(from.snapshot_seq(), Ordering::SeqCst);
@@ -479,13 +488,7 @@ impl IndexManager {
                 LoadedFrom::Snapshot(seq)
             }
             None => {
-                let aside = Arc::new(Loaded::new(
-                    NamespaceIndex::new(dimension, metric, epoch)?,
-                    0,
-                    LoadedFrom::Replay,
-                ));
-                // Tuned once it is in place, not while it is built.
-                aside.tuned_at.store(i64::MAX / 4, Ordering::SeqCst);
+                let aside = Loaded::aside(NamespaceIndex::new(dimension, metric, epoch)?);
                 Box::pin(self.catch_up(&aside, project, namespace, None)).await?;
                 index.swap_with(&aside.index);
                 loaded.tuned_at.store(0, Ordering::SeqCst);
@@ -768,15 +771,18 @@ impl IndexManager {
         Ok(Some(seq))
     }
 
-    /// Whether the memory budget has room for a second graph the size of `loaded`'s,
-    /// as a rebuild holds both until it swaps. Counts the indexes in memory as they
-    /// are now (the cache weighs each as it was when last inserted).
-    fn has_room_to_rebuild(&self, loaded: &Loaded) -> bool {
-        let held: u64 = self
-            .cache
+    /// Bytes the indexes in memory hold as they are now (the cache weighs each as it
+    /// was when last inserted).
+    fn held_bytes(&self) -> u64 {
+        self.cache
             .iter()
-            .map(|(_, other)| other.index.memory_bytes() as u64)
-            .sum();
+            .map(|(_, loaded)| loaded.index.memory_bytes() as u64)
+            .sum()
+    }
+
+    /// Whether the memory budget, with `held` bytes in use, has room for a second
+    /// graph the size of `loaded`'s, as a rebuild holds both until it swaps.
+    fn has_room_to_rebuild(&self, held: u64, loaded: &Loaded) -> bool {
         held + loaded.index.memory_bytes() as u64 <= self.budget
     }
 
@@ -787,11 +793,12 @@ impl IndexManager {
     /// already runs or none is due.
     pub fn rebuild_due(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         let wear = |loaded: &Loaded| loaded.index.churn() as f64 / loaded.index.len().max(1) as f64;
+        let held = self.held_bytes();
         let (key, loaded) = self
             .cache
             .iter()
             .filter(|(_, loaded)| {
-                loaded.index.len() >= SMALL && wear(loaded) >= REBUILD_CHURN && self.has_room_to_rebuild(loaded)
+                loaded.index.len() >= SMALL && wear(loaded) >= REBUILD_CHURN && self.has_room_to_rebuild(held, loaded)
             })
             .max_by(|(_, a), (_, b)| wear(a).total_cmp(&wear(b)))?;
         let one_at_a_time = Arc::clone(&self.rebuilding).try_lock_owned().ok()?;
@@ -825,7 +832,7 @@ impl IndexManager {
     async fn rebuild(&self, key: &Key, running: RebuildRunning) -> Result<bool, EngineError> {
         let (project, namespace) = (key.0, key.1.as_str());
         let loaded = &Arc::clone(&running.0);
-        if !self.has_room_to_rebuild(loaded) {
+        if !self.has_room_to_rebuild(self.held_bytes(), loaded) {
             tracing::info!(
                 project_id = %project,
                 namespace,
@@ -846,9 +853,7 @@ impl IndexManager {
         let fresh = tokio::task::spawn_blocking(move || worn.index.rebuilt())
             .await
             .map_err(|e| EngineError::Task(e.to_string()))??;
-        let aside = Arc::new(Loaded::new(fresh, 0, LoadedFrom::Replay));
-        // Tuned once it is in place, not while it is built.
-        aside.tuned_at.store(i64::MAX / 4, Ordering::SeqCst);
+        let aside = Loaded::aside(fresh);
         self.catch_up(&aside, project, namespace, None).await?;
         // ...and the writes made meanwhile, holding writes. A tuning of the worn graph
         // that is still running would set its width on the new one: it ends first (no
@@ -863,12 +868,15 @@ impl IndexManager {
             .get(key)
             .await
             .is_some_and(|cached| Arc::ptr_eq(&cached, loaded));
-        let replayed = *aside.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == LoadedFrom::Replay;
-        if !still_served || !replayed {
+        let restored = matches!(
+            *aside.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            LoadedFrom::Snapshot(_)
+        );
+        if !still_served || restored {
             // Evicted or replaced meanwhile, or the catch-up met the tombstone horizon of
             // a snapshot another pod stored and restored it (a graph no newer than the
             // one served).
-            tracing::info!(project_id = %project, namespace, still_served, replayed, "index graph rebuild dropped");
+            tracing::info!(project_id = %project, namespace, still_served, restored, "index graph rebuild dropped");
             return Ok(false);
         }
         aside.index.set_ef(index.ef());
