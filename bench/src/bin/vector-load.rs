@@ -77,6 +77,10 @@ struct Args {
     /// machines. Loading and upserts run on every core as usual.
     #[arg(long)]
     split_cores: bool,
+    /// Keep the server's log (JSON, a line per request and per background task) in this
+    /// file; by default it goes to a temporary directory removed at the end.
+    #[arg(long)]
+    log: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -589,7 +593,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Logs as a pod logs (`--log-format json`: a line per request), into a file here.
-    let log = std::fs::File::create(dir.path().join("quiver.log"))?;
+    let log_path = args.log.clone().unwrap_or_else(|| dir.path().join("quiver.log"));
+    let log = std::fs::File::create(&log_path)?;
     let _log = quiver_common::telemetry::init_with(quiver_common::telemetry::LogFormat::Json, log, false);
     let store = quiver_store::connect(&quiver_store::sqlite::SqliteStore::url_for_data_dir(dir.path())).await?;
     store.migrate().await?;
