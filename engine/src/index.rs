@@ -67,7 +67,42 @@ struct TuningSample {
 /// records live when that truth was taken.
 struct TuningSamples {
     samples: Vec<TuningSample>,
-    population: HashSet<u64>,
+    population: Population,
+}
+
+/// The records a tuning samples, by key, each with its metadata as it was then. The
+/// tuning lets go of the index between its searches, so a record may be deleted and
+/// its key given to another meanwhile: the slot's metadata, the very same `Arc`
+/// (held here, so never freed and reallocated), tells the record sampled from the
+/// one now under its key. A record whose metadata was updated since counts as gone.
+struct Population(HashMap<u64, Arc<Metadata>>);
+
+impl Population {
+    /// The records in the graph now, in `state`.
+    fn of(state: &State) -> Population {
+        Population(
+            state
+                .by_id
+                .values()
+                .filter(|&&key| state.index.contains(key))
+                .filter_map(|&key| {
+                    let slot = state.slots.get(key as usize)?.as_ref()?;
+                    Some((key, Arc::clone(&slot.metadata)))
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `key` still holds the record sampled under it.
+    fn holds(&self, state: &State, key: u64) -> bool {
+        self.0.get(&key).is_some_and(|sampled| {
+            state
+                .slots
+                .get(key as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|slot| Arc::ptr_eq(&slot.metadata, sampled))
+        })
+    }
 }
 
 /// A search hit.
@@ -124,8 +159,8 @@ struct State {
     /// add has returned, at the distance to the vector as stored. Empty between parts.
     adding: HashMap<u64, usize>,
     added: Vec<AtomicBool>,
-    /// Vectors removed from the graph (deleted or replaced) since it was built or
-    /// restored (see [`NamespaceIndex::churn`]).
+    /// Vectors removed from the graph (deleted or replaced) since it was built, kept
+    /// across snapshots (see [`NamespaceIndex::churn`]).
     churn: usize,
     /// The seq of the last write applied whole. Atomic, as the end of a part moves it
     /// while searches read (see [`NamespaceIndex::apply`]).
@@ -340,7 +375,7 @@ impl NamespaceIndex {
     }
 
     /// Vectors removed from the graph (deleted, or replaced by a new vector) since it
-    /// was built or restored. Each leaves links in the graph that lead astray (usearch
+    /// was built; a snapshot keeps the count with the graph. Each leaves links in the graph that lead astray (usearch
     /// gives its node to the next vector added without removing the links to it): in
     /// a measurement on 20,000 random 64-d vectors at ef 48, replacing a tenth of the
     /// records with nearby vectors took recall@10 from 0.85 to 0.82, a quarter to
@@ -596,15 +631,15 @@ impl NamespaceIndex {
     pub fn snapshot(&self) -> Result<(i64, Vec<u8>), IndexError> {
         let state = self.state.upgradable_read();
         let seq = state.seq.load(AtomicOrdering::Acquire);
-        let (mut out, at) = snapshot::begin(
-            self.dimension as u32,
-            self.metric,
-            state.index.expansion_search() as u32,
+        let header = snapshot::Header {
+            dimension: self.dimension as u32,
+            metric: self.metric,
+            ef: state.index.expansion_search() as u32,
+            churn: state.churn as u64,
             seq,
-            self.epoch,
-            state.index.serialized_length(),
-            state.slot_bytes,
-        );
+            epoch: self.epoch,
+        };
+        let (mut out, at) = snapshot::begin(&header, state.index.serialized_length(), state.slot_bytes);
         state
             .index
             .save_to_buffer(&mut out[at..])
@@ -621,7 +656,7 @@ impl NamespaceIndex {
     /// CPU-heavy for large indexes: call from a blocking thread.
     pub fn restore(dimension: usize, metric: Metric, epoch: uuid::Uuid, bytes: &[u8]) -> Result<Self, IndexError> {
         let parts = snapshot::decode(bytes, dimension as u32, metric).map_err(|e| IndexError(e.to_string()))?;
-        if parts.epoch != epoch {
+        if parts.header.epoch != epoch {
             return Err(IndexError(
                 "the snapshot is of an earlier life of this namespace".into(),
             ));
@@ -647,8 +682,9 @@ impl NamespaceIndex {
                 .index
                 .reserve_capacity_and_threads(capacity, contexts())
                 .map_err(|e| IndexError(e.to_string()))?;
-            state.index.change_expansion_search(parts.ef as usize);
-            *state.seq.get_mut() = parts.seq;
+            state.index.change_expansion_search(parts.header.ef as usize);
+            *state.seq.get_mut() = parts.header.seq;
+            state.churn = usize::try_from(parts.header.churn).unwrap_or(usize::MAX);
             state.slots.reserve_exact(parts.slots.len());
             for (key, slot) in parts.slots.into_iter().enumerate() {
                 let slot = slot.map(|(id, metadata)| Slot {
@@ -764,7 +800,9 @@ impl NamespaceIndex {
         };
         let mut chosen = None;
         for ef in EF_CHOICES {
-            let recall = self.recall_at(ef, &samples)?;
+            let Some(recall) = self.recall_at(ef, &samples)? else {
+                return Ok(None); // Every record sampled has gone since: nothing to tell.
+            };
             if recall >= TARGET_RECALL {
                 chosen = Some((ef, recall));
                 break;
@@ -776,87 +814,115 @@ impl NamespaceIndex {
     }
 
     /// Queries for [`NamespaceIndex::tune_ef`] with their exact top ten, or `None` when
-    /// the namespace is too small to tell. Searches go on meanwhile (a read lock).
+    /// the namespace is too small to tell.
+    ///
+    /// Each exact scan holds the read lock on its own (tens of milliseconds at 100,000
+    /// 768-d records): a write waiting for the lock holds back every search that asks
+    /// after it, so one read lock over all the scans (seconds) stalled searches for as
+    /// long. Between scans records may come and go; the truth is taken among the
+    /// sampled records still there (see [`Population`]).
     fn tuning_samples(&self, queries: usize) -> Result<Option<TuningSamples>, IndexError> {
-        let state = self.read();
-        // The records in the graph now: a write may be adding more meanwhile, and the
-        // truth is taken among these alone, as the trials search.
-        let live: Vec<u64> = state
-            .by_id
-            .values()
-            .copied()
-            .filter(|&key| state.index.contains(key))
-            .collect();
-        if live.len() < 1_000 {
+        let population = Population::of(&self.read());
+        if population.0.len() < 1_000 {
             return Ok(None);
         }
-        let population: HashSet<u64> = live.iter().copied().collect();
+        let keys: Vec<u64> = population.0.keys().copied().collect();
         let mut rng = rand::rng();
         let mut stored = vec![0f32; self.dimension];
         let mut neighbour = vec![0f32; self.dimension];
         let mut samples = Vec::with_capacity(queries);
         for _ in 0..queries {
-            let key = live[rng.random_range(0..live.len())];
-            state
-                .index
-                .get(key, &mut stored)
-                .map_err(|e| IndexError(e.to_string()))?;
-            let Some(&(nearest, _)) = self
-                .exact(&state, &stored, 1, &|other| other != key && population.contains(&other))?
-                .first()
-            else {
-                continue;
+            let query = {
+                let state = self.read();
+                let key = keys[rng.random_range(0..keys.len())];
+                if !population.holds(&state, key)
+                    || state
+                        .index
+                        .get(key, &mut stored)
+                        .map_err(|e| IndexError(e.to_string()))?
+                        == 0
+                {
+                    continue;
+                }
+                let Some(&(nearest, _)) = self
+                    .exact(&state, &stored, 1, &|other| {
+                        other != key && population.holds(&state, other)
+                    })?
+                    .first()
+                else {
+                    continue;
+                };
+                state
+                    .index
+                    .get(nearest, &mut neighbour)
+                    .map_err(|e| IndexError(e.to_string()))?;
+                let gap = stored
+                    .iter()
+                    .zip(&neighbour)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+                    .sqrt();
+                let direction: Vec<f32> = (0..self.dimension).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let norm = direction
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f32>()
+                    .sqrt()
+                    .max(f32::MIN_POSITIVE);
+                stored
+                    .iter()
+                    .zip(&direction)
+                    .map(|(v, d)| v + gap * d / norm)
+                    .collect::<Vec<f32>>()
             };
-            state
-                .index
-                .get(nearest, &mut neighbour)
-                .map_err(|e| IndexError(e.to_string()))?;
-            let gap = stored
-                .iter()
-                .zip(&neighbour)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum::<f32>()
-                .sqrt();
-            let direction: Vec<f32> = (0..self.dimension).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let norm = direction
-                .iter()
-                .map(|x| x * x)
-                .sum::<f32>()
-                .sqrt()
-                .max(f32::MIN_POSITIVE);
-            let query: Vec<f32> = stored.iter().zip(&direction).map(|(v, d)| v + gap * d / norm).collect();
-            let truth = self.exact(&state, &query, TUNING_K, &|key| population.contains(&key))?;
+            let state = self.read();
+            let truth = self.exact(&state, &query, TUNING_K, &|key| population.holds(&state, key))?;
             samples.push(TuningSample {
                 query,
                 truth: truth.into_iter().map(|(k, _)| k).collect(),
             });
         }
-        Ok((!samples.is_empty()).then(|| TuningSamples { samples, population }))
+        Ok((!samples.is_empty()).then_some(TuningSamples { samples, population }))
     }
 
-    /// Recall@10 of `samples` at search width `ef`. The width is the index's own, so
-    /// the trial holds the index exclusively and puts the served width back before it
-    /// lets go: a search beside it would otherwise run at the trial's width (as low as
-    /// 16, where random 128-d data gets a recall near 0.5).
+    /// Recall of `tuning`'s samples at search width `ef`, or `None` when none of their
+    /// truth is left. The width is the index's own, so each trial search holds the
+    /// index exclusively and puts the served width back before it lets go: a search
+    /// beside it would otherwise run at the trial's width (as low as 16, where random
+    /// 128-d data gets a recall near 0.5). One search at a time, so that searches
+    /// and writes wait for one trial search, not for all of them.
     ///
-    /// The trial finds among the records the truth was taken from: a record written
-    /// since (a replay still loading, a busy namespace) could be nearer than any in the
-    /// truth, and counting it as a miss would read as low recall at every width and
-    /// settle on the widest, many times slower than needed.
-    fn recall_at(&self, ef: usize, tuning: &TuningSamples) -> Result<f64, IndexError> {
-        let state = self.state.write();
-        let served = state.index.expansion_search();
-        state.index.change_expansion_search(ef);
-        let sampled = |key: u64| tuning.population.contains(&key);
-        let hits = tuning.samples.iter().try_fold(0usize, |hits, sample| {
+    /// A trial finds among the sampled records still there: a record written since (a
+    /// replay still loading, a busy namespace) could be nearer than any in the truth,
+    /// and counting it as a miss would read as low recall at every width and settle on
+    /// the widest, many times slower than needed. Of a sample's truth, those still
+    /// there are the exact nearest of the sampled records still there, so a trial asks
+    /// for as many as are left: recall@n of the n left, which asking for ten would
+    /// overstate (a few truth records among ten found are easier to find than ten).
+    fn recall_at(&self, ef: usize, tuning: &TuningSamples) -> Result<Option<f64>, IndexError> {
+        let (mut hits, mut sought) = (0, 0);
+        for sample in &tuning.samples {
+            let state = self.state.write();
+            let truth: Vec<u64> = sample
+                .truth
+                .iter()
+                .copied()
+                .filter(|&key| tuning.population.holds(&state, key))
+                .collect();
+            if truth.is_empty() {
+                continue;
+            }
+            let served = state.index.expansion_search();
+            state.index.change_expansion_search(ef);
             let found = state
                 .index
-                .filtered_search(&sample.query, TUNING_K, sampled)
-                .map_err(|e| IndexError(e.to_string()))?;
-            Ok(hits + found.keys.iter().filter(|k| sample.truth.contains(k)).count())
-        });
-        state.index.change_expansion_search(served);
-        Ok(hits? as f64 / (TUNING_K * tuning.samples.len()) as f64)
+                .filtered_search(&sample.query, truth.len(), |key| tuning.population.holds(&state, key));
+            state.index.change_expansion_search(served);
+            let found = found.map_err(|e| IndexError(e.to_string()))?;
+            hits += found.keys.iter().filter(|key| truth.contains(key)).count();
+            sought += truth.len();
+        }
+        Ok((sought > 0).then(|| hits as f64 / sought as f64))
     }
 
     /// The ids of the live records that pass `filter`.
@@ -1634,7 +1700,10 @@ mod tests {
         let index = NamespaceIndex::new(32, Metric::Cosine, uuid::Uuid::nil()).expect("index");
         index.apply(&first).expect("apply");
         let tuning = index.tuning_samples(20).expect("sample").expect("big enough");
-        let before = index.recall_at(EF_CHOICES[3], &tuning).expect("trial");
+        let before = index
+            .recall_at(EF_CHOICES[3], &tuning)
+            .expect("trial")
+            .expect("truth left");
         assert!(before >= TARGET_RECALL, "a wide search finds the truth: {before}");
         // Writes land between the sampling and the trials (as a replay still loading
         // does): ten near copies of every query, nearer to it than any of its truth.
@@ -1656,11 +1725,79 @@ mod tests {
             .expect("search")
             .0;
         assert!(nearest[0].id.starts_with('b'), "the new records are the nearest now");
-        let after = index.recall_at(EF_CHOICES[3], &tuning).expect("trial");
+        let after = index
+            .recall_at(EF_CHOICES[3], &tuning)
+            .expect("trial")
+            .expect("truth left");
         assert!(
             (after - before).abs() < 0.05,
             "the trial measures the records it sampled: recall {before} before the writes, {after} after"
         );
+    }
+
+    #[test]
+    fn records_deleted_during_a_tuning_and_their_keys_given_out_again_do_not_count_against_its_recall() {
+        use rand::SeedableRng as _;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let first = random_upserts(&mut rng, 3_000, 32, "a");
+        let index = NamespaceIndex::new(32, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        index.apply(&first).expect("apply");
+        let tuning = index.tuning_samples(20).expect("sample").expect("big enough");
+        let before = index
+            .recall_at(EF_CHOICES[3], &tuning)
+            .expect("trial")
+            .expect("truth left");
+        assert!(before >= TARGET_RECALL, "a wide search finds the truth: {before}");
+        // Between the sampling and the trials, half of every query's truth is deleted
+        // and the freed keys go to new records right beside the queries: under a
+        // sampled key, nearer than any of the truth, but not the record sampled.
+        let ids = |keys: &HashSet<u64>| -> Vec<String> {
+            let state = index.read();
+            keys.iter()
+                .filter_map(|&key| state.slots[key as usize].as_ref().map(|slot| slot.id.clone()))
+                .collect()
+        };
+        let mut gone = HashSet::new();
+        for sample in &tuning.samples {
+            gone.extend(ids(&sample.truth).into_iter().take(TUNING_K / 2));
+        }
+        let deletes: Vec<Change> = gone
+            .iter()
+            .map(|id| Change::Delete { id: id.clone(), seq: 2 })
+            .collect();
+        index.apply(&deletes).expect("delete");
+        let freed = index.read().free.len();
+        assert!(freed >= gone.len());
+        let near: Vec<Change> = tuning
+            .samples
+            .iter()
+            .cycle()
+            .take(freed)
+            .enumerate()
+            .map(|(i, sample)| {
+                let v = sample.query.iter().map(|x| x * (1.0 + 1e-4 * (i + 1) as f32)).collect();
+                upsert(&format!("b{i}"), 3, v, json!({}))
+            })
+            .collect();
+        index.apply(&near).expect("apply");
+        assert!(index.read().free.is_empty(), "every freed key was given out again");
+        let after = index
+            .recall_at(EF_CHOICES[3], &tuning)
+            .expect("trial")
+            .expect("truth left");
+        assert!(
+            (after - before).abs() < 0.05,
+            "the trial measures the records it sampled: recall {before} before, {after} after"
+        );
+        // With every sampled record gone there is nothing to measure.
+        let all: Vec<Change> = (0..3_000)
+            .map(|i| Change::Delete {
+                id: format!("a{i}"),
+                seq: 4,
+            })
+            .collect();
+        index.apply(&all).expect("delete");
+        assert_eq!(index.recall_at(EF_CHOICES[3], &tuning).expect("trial"), None);
     }
 
     #[test]
@@ -1722,6 +1859,7 @@ mod tests {
         assert_eq!(seq, 2);
         let restored = NamespaceIndex::restore(32, Metric::Cosine, epoch, &bytes).expect("restore");
         assert_eq!((restored.len(), restored.seq(), restored.ef()), (2_700, 2, 64));
+        assert_eq!(restored.churn(), 300, "the graph's wear comes with it");
         let tagged = Filter::parse(&json!({"tag": "t3"})).expect("filter");
         for _ in 0..20 {
             let query: Vec<f32> = (0..32).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -1747,6 +1885,40 @@ mod tests {
         let (hits, _) = restored.search(&[1.0; 32], 1, &Filter::All, false).expect("search");
         assert_eq!(hits[0].id, "new");
         assert!(restored.read().slots.len() <= 3_000, "a freed key was reused");
+    }
+
+    #[test]
+    fn a_snapshot_of_the_first_format_restores_as_a_graph_without_churn() {
+        let epoch = uuid::Uuid::now_v7();
+        let index = NamespaceIndex::new(4, Metric::Euclidean, epoch).expect("index");
+        index
+            .apply(&[
+                upsert("a", 1, vec![1.0, 2.0, 3.0, 4.0], json!({"k": "v"})),
+                upsert("b", 1, vec![4.0, 3.0, 2.0, 1.0], json!({})),
+            ])
+            .expect("apply");
+        index
+            .apply(&[upsert("a", 2, vec![1.0, 2.0, 3.0, 5.0], json!({"k": "w"}))])
+            .expect("replace");
+        assert_eq!(index.churn(), 1);
+        let (_, bytes) = index.snapshot().expect("snapshot");
+        // QVSNAP01: the same without the churn (8 bytes after magic, crc, dimension,
+        // metric and ef), sealed with its own checksum.
+        let mut first = b"QVSNAP01".to_vec();
+        first.extend_from_slice(&[0; 4]);
+        first.extend_from_slice(&bytes[12..21]);
+        first.extend_from_slice(&bytes[29..]);
+        let crc = crc32fast::hash(&first[12..]);
+        first[8..12].copy_from_slice(&crc.to_le_bytes());
+        let restored = NamespaceIndex::restore(4, Metric::Euclidean, epoch, &first).expect("restore");
+        assert_eq!((restored.len(), restored.seq(), restored.churn()), (2, 2, 0));
+        let (hits, _) = restored
+            .search(&[1.0, 2.0, 3.0, 5.0], 1, &Filter::All, false)
+            .expect("search");
+        assert_eq!(
+            (hits[0].id.as_str(), hits[0].metadata.get("k")),
+            ("a", Some(&json!("w")))
+        );
     }
 
     #[test]

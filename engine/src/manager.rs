@@ -134,12 +134,14 @@ impl Loaded {
             LoadedFrom::Snapshot(_) => index.len() as i64,
             LoadedFrom::Replay => 0,
         };
+        // Churn carried in a snapshot was there when it was tuned.
+        let tuned_churn = AtomicU64::new(index.churn() as u64);
         Self {
             index,
             applying: tokio::sync::Mutex::new(()),
             wanted: AtomicI64::new(wanted),
             tuned_at: AtomicI64::new(tuned_at),
-            tuned_churn: AtomicU64::new(0),
+            tuned_churn,
             tunings_started: AtomicU64::new(0),
             tunings: AtomicU64::new(0),
             snapshot_seq: AtomicI64::new(from.snapshot_seq()),
@@ -165,8 +167,9 @@ impl Loaded {
     fn loaded_from(&self, from: LoadedFrom) {
         self.snapshot_seq.store(from.snapshot_seq(), Ordering::SeqCst);
         self.snapshot_counted(u64::MAX);
-        // The index swapped in counts its churn afresh.
-        self.tuned_churn.store(0, Ordering::SeqCst);
+        // The index swapped in was tuned at its churn: built afresh (0) or as of its
+        // snapshot, which keeps the churn so that a worn graph is still rebuilt.
+        self.tuned_churn.store(self.index.churn() as u64, Ordering::SeqCst);
         *self.from.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = from;
     }
 
@@ -552,10 +555,16 @@ impl IndexManager {
         loaded.tuned_churn.fetch_max(churn, Ordering::SeqCst);
         loaded.tunings_started.fetch_add(1, Ordering::SeqCst);
         let running = TuningRunning::start(Arc::clone(loaded));
-        tokio::task::spawn_blocking(move || match running.0.index.tune_ef(TUNING_QUERIES) {
-            Ok(Some((ef, recall))) => tracing::info!(records = size, churn, ef, recall, "search width tuned"),
-            Ok(None) => {}
-            Err(err) => tracing::warn!(error = %err, "tuning the search width failed"),
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match running.0.index.tune_ef(TUNING_QUERIES) {
+                Ok(Some((ef, recall))) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(records = size, churn, ef, recall, ms, "search width tuned")
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "tuning the search width failed"),
+            }
         });
     }
 

@@ -3,18 +3,20 @@
 //! header that says what it is and a CRC-32 of the rest.
 //!
 //! ```text
-//! magic "QVSNAP01" | crc32 (of all that follows) | dimension u32 | metric u8 |
-//! ef u32 | seq i64 | epoch [16] | graph length u64 | graph |
+//! magic "QVSNAP02" | crc32 (of all that follows) | dimension u32 | metric u8 |
+//! ef u32 | churn u64 | seq i64 | epoch [16] | graph length u64 | graph |
 //! slot count u64 | per slot: 0 (free) or 1, id length u32, id, metadata length u32, metadata JSON
 //! ```
-//! Integers are little-endian.
+//! Integers are little-endian. The first format, "QVSNAP01", has no churn (read as 0).
 //!
 //! [`NamespaceIndex`]: crate::NamespaceIndex
 
 use quiver_common::domain::Metric;
 use quiver_store::Metadata;
 
-const MAGIC: &[u8; 8] = b"QVSNAP01";
+const MAGIC: &[u8; 8] = b"QVSNAP02";
+/// The first format: as now, without the churn.
+const MAGIC_01: &[u8; 8] = b"QVSNAP01";
 
 /// Why snapshot bytes cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +29,23 @@ pub enum SnapshotError {
     Mismatch { found: String, expected: String },
 }
 
+/// What a snapshot says of its index before the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    pub dimension: u32,
+    pub metric: Metric,
+    /// The search width served.
+    pub ef: u32,
+    /// Vectors removed from the graph since it was built (see `NamespaceIndex::churn`).
+    pub churn: u64,
+    pub seq: i64,
+    pub epoch: uuid::Uuid,
+}
+
 /// What an index is made of, as read from snapshot bytes (borrowing from them).
 #[derive(Debug)]
 pub struct Parts<'a> {
-    pub ef: u32,
-    pub seq: i64,
-    pub epoch: uuid::Uuid,
+    pub header: Header,
     pub graph: &'a [u8],
     pub slots: Vec<Option<(&'a str, Metadata)>>,
 }
@@ -57,23 +70,16 @@ fn metric_from(code: u8) -> Option<Metric> {
 /// Writes the header and leaves room for the graph, which usearch serializes in place:
 /// returns the buffer and where the graph goes. `slots_len` is a guess at the slot
 /// table's size, so that the buffer need not grow (and double) after.
-pub fn begin(
-    dimension: u32,
-    metric: Metric,
-    ef: u32,
-    seq: i64,
-    epoch: uuid::Uuid,
-    graph_len: usize,
-    slots_len: usize,
-) -> (Vec<u8>, usize) {
-    let mut out = Vec::with_capacity(64 + graph_len + slots_len);
+pub fn begin(header: &Header, graph_len: usize, slots_len: usize) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(72 + graph_len + slots_len);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[0; 4]); // CRC, filled in by `finish`
-    out.extend_from_slice(&dimension.to_le_bytes());
-    out.push(metric_code(metric));
-    out.extend_from_slice(&ef.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(epoch.as_bytes());
+    out.extend_from_slice(&header.dimension.to_le_bytes());
+    out.push(metric_code(header.metric));
+    out.extend_from_slice(&header.ef.to_le_bytes());
+    out.extend_from_slice(&header.churn.to_le_bytes());
+    out.extend_from_slice(&header.seq.to_le_bytes());
+    out.extend_from_slice(header.epoch.as_bytes());
     out.extend_from_slice(&(graph_len as u64).to_le_bytes());
     let at = out.len();
     out.resize(at + graph_len, 0);
@@ -106,7 +112,12 @@ pub fn finish<'s>(mut out: Vec<u8>, slots: impl ExactSizeIterator<Item = Option<
 /// Reads snapshot bytes, checking the checksum and that they are of an index with this
 /// dimension and metric.
 pub fn decode(bytes: &[u8], dimension: u32, metric: Metric) -> Result<Parts<'_>, SnapshotError> {
-    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+    let first_format = match bytes.get(..8) {
+        Some(magic) if magic == MAGIC => false,
+        Some(magic) if magic == MAGIC_01 => true,
+        _ => return Err(SnapshotError::Format),
+    };
+    if bytes.len() < 12 {
         return Err(SnapshotError::Format);
     }
     let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
@@ -123,6 +134,7 @@ pub fn decode(bytes: &[u8], dimension: u32, metric: Metric) -> Result<Parts<'_>,
         });
     }
     let ef = reader.u32()?;
+    let churn = if first_format { 0 } else { reader.u64()? };
     let seq = i64::from_le_bytes(reader.take(8)?.try_into().expect("8 bytes"));
     let epoch = uuid::Uuid::from_slice(reader.take(16)?).map_err(|_| SnapshotError::Corrupt("epoch"))?;
     let graph_len = reader.len()?;
@@ -152,9 +164,14 @@ pub fn decode(bytes: &[u8], dimension: u32, metric: Metric) -> Result<Parts<'_>,
         return Err(SnapshotError::Corrupt("trailing bytes"));
     }
     Ok(Parts {
-        ef,
-        seq,
-        epoch,
+        header: Header {
+            dimension,
+            metric,
+            ef,
+            churn,
+            seq,
+            epoch,
+        },
         graph,
         slots,
     })
@@ -182,8 +199,11 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
     fn len(&mut self) -> Result<usize, SnapshotError> {
-        let n = u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
-        usize::try_from(n).map_err(|_| SnapshotError::Corrupt("length"))
+        usize::try_from(self.u64()?).map_err(|_| SnapshotError::Corrupt("length"))
     }
 }

@@ -15,10 +15,14 @@ use crate::support::on_both_stores;
 
 const DIM: usize = 16;
 
+/// Record `i`'s vector: uniform in [0, 100) per dimension, seeded by `i`, so the same
+/// record always gets the same vector. (Vectors laid along 97 lines, as these once
+/// were, give usearch a degenerate graph, where whether a record just written was
+/// found at the tuned width came down to how the threads happened to build it.)
 fn vector(i: usize) -> Vec<f32> {
-    (0..DIM)
-        .map(|d| ((i * 31 + d * 7) % 97) as f32 + i as f32 * 0.01)
-        .collect()
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+    (0..DIM).map(|_| rng.random_range(0.0..100.0)).collect()
 }
 
 fn writes(range: std::ops::Range<usize>) -> Vec<RecordWrite> {
@@ -369,6 +373,12 @@ async fn a_worn_graph_is_rebuilt_aside_and_keeps_the_writes_made_meanwhile(store
     // from before it.
     assert_eq!(manager.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(2));
     assert!(manager.rebuild_due().is_none(), "999 of 2,000 replaced: not due");
+    // Another pod (or this one after a restart) loads the graph from that snapshot: its
+    // churn comes with it, and its width was tuned at that churn.
+    let restored = Arc::new(IndexManager::new(Arc::clone(&store), 1 << 30));
+    assert_eq!(found(&restored, &project, 7, false).await.as_deref(), Some("r7"));
+    let status = settled(&restored, &project).await;
+    assert_eq!((status.churn, status.tunings, status.rebuilds), (999, 0, 0));
 
     store
         .upsert(project.id, "ns", &writes(999..1_000))
@@ -377,6 +387,16 @@ async fn a_worn_graph_is_rebuilt_aside_and_keeps_the_writes_made_meanwhile(store
     assert_eq!(found(&manager, &project, 999, true).await.as_deref(), Some("r999"));
     let worn = settled(&manager, &project).await;
     assert_eq!(worn.churn, 1_000);
+    // One more replaced is half the records on the restored graph too.
+    assert_eq!(found(&restored, &project, 999, true).await.as_deref(), Some("r999"));
+    let rebuild = restored.rebuild_due().expect("half the restored graph replaced: due");
+    tokio::time::timeout(Duration::from_secs(60), rebuild)
+        .await
+        .expect("a rebuild of 2,000 16-d records ends within a minute")
+        .expect("task");
+    let status = settled(&restored, &project).await;
+    assert_eq!((status.rebuilds, status.churn, status.records), (1, 0, 2_000));
+    drop(restored);
     let rebuild = manager.rebuild_due().expect("half the records replaced: due");
     assert!(manager.rebuild_due().is_none(), "one rebuild at a time");
     assert!(manager.status(project.id, "ns").await.expect("loaded").rebuilding);
@@ -435,9 +455,7 @@ async fn a_worn_graph_is_rebuilt_aside_and_keeps_the_writes_made_meanwhile(store
 }
 
 /// The ids of the ten records nearest to record `i`'s own vector. A record is looked
-/// for among them, not first: the graph is approximate at its tuned width, and these
-/// records lie along lines, near one another (a worn graph has been seen to return
-/// a record four steps along the line first, and not the one just written).
+/// for among them, not first: the graph is approximate at its tuned width.
 async fn among_nearest(manager: &IndexManager, project: &Project, i: usize, strong: bool) -> Vec<String> {
     let query = Query {
         k: 10,
