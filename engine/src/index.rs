@@ -54,6 +54,10 @@ const EF_CHOICES: [usize; 6] = [16, 32, 64, 128, 256, 512];
 /// ef_search before the first tuning, and for small namespaces.
 const DEFAULT_EF: usize = 256;
 
+/// Slots an exact scan for the tuner reads under one hold of the read lock: about
+/// 8 ms of 768-d records on this machine's cores.
+const SCAN_SLOTS: usize = 8_192;
+
 /// The k of the recall@k the tuner measures.
 const TUNING_K: usize = 10;
 
@@ -816,11 +820,13 @@ impl NamespaceIndex {
     /// Queries for [`NamespaceIndex::tune_ef`] with their exact top ten, or `None` when
     /// the namespace is too small to tell.
     ///
-    /// Each exact scan holds the read lock on its own (tens of milliseconds at 100,000
-    /// 768-d records): a write waiting for the lock holds back every search that asks
-    /// after it, so one read lock over all the scans (seconds) stalled searches for as
-    /// long. Between scans records may come and go; the truth is taken among the
-    /// sampled records still there (see [`Population`]).
+    /// The exact scans hold the read lock a part at a time (see
+    /// [`NamespaceIndex::exact_sampled`]): a write waiting for the lock holds back
+    /// every search that asks after it, so one read lock over all the scans (10–20 s
+    /// at 100,000 768-d records) stalled searches for seconds (8.9 s in run 12-03 a),
+    /// and one a scan (about 100 ms) still held them some 100 ms. Meanwhile records
+    /// may come and go; the truth is taken among the sampled records still there (see
+    /// [`Population`]).
     fn tuning_samples(&self, queries: usize) -> Result<Option<TuningSamples>, IndexError> {
         let population = Population::of(&self.read());
         if population.0.len() < 1_000 {
@@ -832,51 +838,46 @@ impl NamespaceIndex {
         let mut neighbour = vec![0f32; self.dimension];
         let mut samples = Vec::with_capacity(queries);
         for _ in 0..queries {
-            let query = {
+            let key = keys[rng.random_range(0..keys.len())];
+            let held = {
                 let state = self.read();
-                let key = keys[rng.random_range(0..keys.len())];
-                if !population.holds(&state, key)
-                    || state
+                population.holds(&state, key)
+                    && state
                         .index
                         .get(key, &mut stored)
                         .map_err(|e| IndexError(e.to_string()))?
-                        == 0
-                {
-                    continue;
-                }
-                let Some(&(nearest, _)) = self
-                    .exact(&state, &stored, 1, &|other| {
-                        other != key && population.holds(&state, other)
-                    })?
-                    .first()
-                else {
-                    continue;
-                };
-                state
-                    .index
-                    .get(nearest, &mut neighbour)
-                    .map_err(|e| IndexError(e.to_string()))?;
-                let gap = stored
-                    .iter()
-                    .zip(&neighbour)
-                    .map(|(a, b)| (a - b) * (a - b))
-                    .sum::<f32>()
-                    .sqrt();
-                let direction: Vec<f32> = (0..self.dimension).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-                let norm = direction
-                    .iter()
-                    .map(|x| x * x)
-                    .sum::<f32>()
-                    .sqrt()
-                    .max(f32::MIN_POSITIVE);
-                stored
-                    .iter()
-                    .zip(&direction)
-                    .map(|(v, d)| v + gap * d / norm)
-                    .collect::<Vec<f32>>()
+                        > 0
             };
-            let state = self.read();
-            let truth = self.exact(&state, &query, TUNING_K, &|key| population.holds(&state, key))?;
+            if !held {
+                continue;
+            }
+            let Some(&(nearest, _)) = self.exact_sampled(&stored, 1, &population, Some(key))?.first() else {
+                continue;
+            };
+            if self
+                .read()
+                .index
+                .get(nearest, &mut neighbour)
+                .map_err(|e| IndexError(e.to_string()))?
+                == 0
+            {
+                continue; // Deleted since the scan.
+            }
+            let gap = stored
+                .iter()
+                .zip(&neighbour)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                .sqrt();
+            let direction: Vec<f32> = (0..self.dimension).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let norm = direction
+                .iter()
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
+                .max(f32::MIN_POSITIVE);
+            let query: Vec<f32> = stored.iter().zip(&direction).map(|(v, d)| v + gap * d / norm).collect();
+            let truth = self.exact_sampled(&query, TUNING_K, &population, None)?;
             samples.push(TuningSample {
                 query,
                 truth: truth.into_iter().map(|(k, _)| k).collect(),
@@ -1184,10 +1185,48 @@ impl NamespaceIndex {
         k: usize,
         passes: &dyn Fn(u64) -> bool,
     ) -> Result<Vec<(u64, f32)>, IndexError> {
-        let mut heap = BinaryHeap::with_capacity(k + 1);
-        let mut scratch = Scratch::new(self.dimension);
-        for (key, slot) in state.slots.iter().enumerate() {
-            let key = key as u64;
+        let mut top = TopK::new(k, self.dimension);
+        self.scan(state, query, passes, 0..state.slots.len(), &mut top)?;
+        Ok(top.best_first())
+    }
+
+    /// [`NamespaceIndex::exact`] over the records of `population` still there (other
+    /// than `except`), for the tuner: [`SCAN_SLOTS`] slots at a time, each under a read
+    /// lock of its own, so that a write waits for a part of the scan, not for all of
+    /// it. A record deleted after its part was scanned may be among those returned.
+    fn exact_sampled(
+        &self,
+        query: &[f32],
+        k: usize,
+        population: &Population,
+        except: Option<u64>,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
+        let mut top = TopK::new(k, self.dimension);
+        let mut start = 0;
+        loop {
+            let state = self.read();
+            let end = (start + SCAN_SLOTS).min(state.slots.len());
+            if start >= end {
+                break;
+            }
+            let passes = |key: u64| Some(key) != except && population.holds(&state, key);
+            self.scan(&state, query, &passes, start..end, &mut top)?;
+            start = end;
+        }
+        Ok(top.best_first())
+    }
+
+    /// Keeps in `top` the nearest to `query` of the records in `slots` that pass.
+    fn scan(
+        &self,
+        state: &State,
+        query: &[f32],
+        passes: &dyn Fn(u64) -> bool,
+        slots: std::ops::Range<usize>,
+        top: &mut TopK,
+    ) -> Result<(), IndexError> {
+        for (key, slot) in state.slots[slots.clone()].iter().enumerate() {
+            let key = (slots.start + key) as u64;
             if slot.is_none() || !passes(key) {
                 continue;
             }
@@ -1199,19 +1238,17 @@ impl NamespaceIndex {
             {
                 continue; // Its vector is being added right now (see `State::adding`).
             }
-            let Some(d) = self.stored_distance(state, key, query, &mut scratch)? else {
+            let Some(d) = self.stored_distance(state, key, query, &mut top.scratch)? else {
                 continue;
             };
-            if heap.len() < k {
-                heap.push(Candidate(d, key));
-            } else if heap.peek().is_some_and(|worst| d < worst.0) {
-                heap.pop();
-                heap.push(Candidate(d, key));
+            if top.heap.len() < top.k {
+                top.heap.push(Candidate(d, key));
+            } else if top.heap.peek().is_some_and(|worst| d < worst.0) {
+                top.heap.pop();
+                top.heap.push(Candidate(d, key));
             }
         }
-        let mut best: Vec<(u64, f32)> = heap.into_iter().map(|Candidate(d, key)| (key, d)).collect();
-        best.sort_by(|a, b| a.1.total_cmp(&b.1));
-        Ok(best)
+        Ok(())
     }
 
     /// The distance from `query` to the vector stored under `key`, computed in f32;
@@ -1246,6 +1283,30 @@ impl NamespaceIndex {
 }
 
 /// Buffers for reading stored vectors.
+/// The k nearest found so far by an exact scan, and its buffers.
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Candidate>,
+    scratch: Scratch,
+}
+
+impl TopK {
+    fn new(k: usize, dimension: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+            scratch: Scratch::new(dimension),
+        }
+    }
+
+    /// The keys found with their distances, nearest first.
+    fn best_first(self) -> Vec<(u64, f32)> {
+        let mut best: Vec<(u64, f32)> = self.heap.into_iter().map(|Candidate(d, key)| (key, d)).collect();
+        best.sort_by(|a, b| a.1.total_cmp(&b.1));
+        best
+    }
+}
+
 struct Scratch {
     bits: Vec<u16>,
     values: Vec<f32>,
