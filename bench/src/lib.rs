@@ -81,6 +81,21 @@ pub fn cpu_seconds(thread: bool) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Bytes of this process resident in memory (`/proc/self/statm`; Linux only), or NaN.
+pub fn resident_bytes() -> f64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return f64::NAN;
+    };
+    let pages = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page as f64
+}
+
 /// The CPUs the calling thread may run on (Linux).
 pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is a plain bit array, valid when zeroed.

@@ -702,6 +702,11 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("no snapshot stored"))?;
     let snapshot_bytes = stored.bytes.len();
+    drop(stored);
+    // What the index holds in memory, as against what usearch has reserved: loading
+    // it on a fresh manager grows this process by the pages it touches (usearch maps
+    // its arenas and the kernel backs a page once it is written).
+    let resident_before = quiver_bench::resident_bytes();
     let fresh = quiver_engine::IndexManager::new(Arc::clone(&store), 8 << 30);
     let started = Instant::now();
     let probe = quiver_engine::Query {
@@ -713,6 +718,7 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
     };
     fresh.search(&project, "bench", probe).await?;
     let snapshot_load_secs = started.elapsed().as_secs_f64();
+    let resident = quiver_bench::resident_bytes() - resident_before;
     let from = fresh.status(project.id, "bench").await.map(|status| status.from);
     anyhow::ensure!(
         snapshot_seq.is_some() && matches!(from, Some(quiver_engine::LoadedFrom::Snapshot(_))),
@@ -964,9 +970,10 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
         100.0 * stolen
     );
     println!(
-        "| index memory | {:.0} bytes/vector in use, {:.0} allocated (usearch grows its arenas by doubling) |",
+        "| index memory | {:.0} bytes/vector in use, {:.0} reserved (usearch grows its arenas by doubling); {:.0} resident (the process's growth as a fresh manager loads it from the snapshot) |",
         used as f64 / args.vectors as f64,
-        allocated as f64 / args.vectors as f64
+        allocated as f64 / args.vectors as f64,
+        resident / args.vectors as f64
     );
     Ok(())
 }
