@@ -531,7 +531,8 @@ impl IndexManager {
         let last = loaded.tuned_at.load(Ordering::SeqCst);
         let churn = loaded.index.churn() as u64;
         let churn_then = loaded.tuned_churn.load(Ordering::SeqCst);
-        let claimed = if size >= last.saturating_mul(2) {
+        let grown = size >= last.saturating_mul(2);
+        let claimed = if grown {
             loaded
                 .tuned_at
                 .compare_exchange(last, size, Ordering::SeqCst, Ordering::SeqCst)
@@ -553,15 +554,30 @@ impl IndexManager {
             return; // Another task is on it.
         }
         loaded.tuned_churn.fetch_max(churn, Ordering::SeqCst);
-        loaded.tunings_started.fetch_add(1, Ordering::SeqCst);
+        let generation = loaded.tunings_started.fetch_add(1, Ordering::SeqCst) + 1;
         let running = TuningRunning::start(Arc::clone(loaded));
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            match running.0.index.tune_ef(TUNING_QUERIES) {
-                Ok(Some((ef, recall))) => {
+            let loaded = &running.0;
+            if grown && last > 0 {
+                // Its width was tuned at half the records or fewer: searched meanwhile,
+                // a wider one keeps recall up (see `NamespaceIndex::widen`).
+                loaded.index.widen();
+            }
+            match loaded.index.measure_ef(TUNING_QUERIES) {
+                // A tuning started since (of more records) serves its own width: this
+                // one's, measured on fewer, would narrow what it widened.
+                Ok(Some((ef, recall))) if loaded.tunings_started.load(Ordering::SeqCst) == generation => {
+                    loaded.index.set_ef(ef);
                     let ms = started.elapsed().as_millis() as u64;
                     tracing::info!(records = size, churn, ef, recall, ms, "search width tuned")
                 }
+                Ok(Some((ef, _))) => tracing::info!(
+                    records = size,
+                    churn,
+                    ef,
+                    "search width tuned, overtaken by a later tuning"
+                ),
                 Ok(None) => {}
                 Err(err) => tracing::warn!(error = %err, "tuning the search width failed"),
             }
