@@ -386,13 +386,13 @@ impl NamespaceIndex {
     }
 
     /// Vectors removed from the graph (deleted, or replaced by a new vector) since it
-    /// was built; a snapshot keeps the count with the graph. Each leaves links in the graph that lead astray (usearch
-    /// gives its node to the next vector added without removing the links to it): in
-    /// a measurement on 20,000 random 64-d vectors at ef 48, replacing a tenth of the
-    /// records with nearby vectors took recall@10 from 0.85 to 0.82, a quarter to
-    /// 0.77, all of them to 0.68, where a graph built afresh reached 0.82. The manager
-    /// tunes the search width again as this grows, and rebuilds the graph aside once
-    /// half the records have churned.
+    /// was built; a snapshot keeps the count with the graph. Each leaves links in the
+    /// graph that lead astray (usearch gives its node to the next vector added without
+    /// removing the links to it): in a measurement on 20,000 random 64-d vectors at
+    /// ef 48, replacing a tenth of the records with nearby vectors took recall@10 from
+    /// 0.85 to 0.82, a quarter to 0.77, all of them to 0.68, where a graph built afresh
+    /// reached 0.82. The manager tunes the search width again as this grows, and
+    /// rebuilds the graph aside once half the records have churned.
     pub fn churn(&self) -> usize {
         self.read().churn
     }
@@ -645,11 +645,7 @@ impl NamespaceIndex {
         let header = snapshot::Header {
             dimension: self.dimension as u32,
             metric: self.metric,
-            // The served width, not a tuner's trial one.
-            ef: {
-                let _width = self.width.read();
-                state.index.expansion_search() as u32
-            },
+            ef: self.served_ef(&state) as u32,
             churn: state.churn as u64,
             seq,
             epoch: self.epoch,
@@ -749,14 +745,7 @@ impl NamespaceIndex {
                     .map_err(|e| IndexError(e.to_string()))?;
                 records.push((slot.id.clone(), Arc::clone(&slot.metadata), vector));
             }
-            (
-                state.seq.load(AtomicOrdering::Acquire),
-                {
-                    let _width = self.width.read();
-                    state.index.expansion_search()
-                },
-                records,
-            )
+            (state.seq.load(AtomicOrdering::Acquire), self.served_ef(&state), records)
         };
         let fresh = NamespaceIndex::new(self.dimension, self.metric, self.epoch)?.in_background();
         {
@@ -796,16 +785,27 @@ impl NamespaceIndex {
 
     /// The search width in use.
     pub fn ef(&self) -> usize {
-        let state = self.read();
+        self.served_ef(&self.read())
+    }
+
+    /// The width served in `state`, not a tuner's trial one.
+    fn served_ef(&self, state: &State) -> usize {
         let _width = self.width.read();
         state.index.expansion_search()
     }
 
-    /// Sets the search width served.
-    pub fn set_ef(&self, ef: usize) {
+    /// Serves the width `choose` picks given the one served; returns it.
+    fn serve_ef(&self, choose: impl FnOnce(usize) -> usize) -> usize {
         let state = self.read();
         let _width = self.width.write();
+        let ef = choose(state.index.expansion_search());
         state.index.change_expansion_search(ef);
+        ef
+    }
+
+    /// Sets the search width served.
+    pub fn set_ef(&self, ef: usize) {
+        self.serve_ef(|_| ef);
     }
 
     /// Serves the next width the tuner would try above the one served (none above the
@@ -814,12 +814,7 @@ impl NamespaceIndex {
     /// (20,000 random 128-d records searched at the width tuned at 8,000 gave recall@10
     /// 0.92–0.95, at the next width up 0.98). Returns the width now served.
     pub fn widen(&self) -> usize {
-        let state = self.read();
-        let _width = self.width.write();
-        let served = state.index.expansion_search();
-        let wider = EF_CHOICES.into_iter().find(|&ef| ef > served).unwrap_or(served);
-        state.index.change_expansion_search(wider);
-        wider
+        self.serve_ef(|served| EF_CHOICES.into_iter().find(|&ef| ef > served).unwrap_or(served))
     }
 
     /// Picks the narrowest search width that reaches recall@10 ≥ 0.97 on this
@@ -1328,7 +1323,6 @@ impl NamespaceIndex {
     }
 }
 
-/// Buffers for reading stored vectors.
 /// The k nearest found so far by an exact scan, and its buffers.
 struct TopK {
     k: usize,
@@ -1353,6 +1347,7 @@ impl TopK {
     }
 }
 
+/// Buffers for reading stored vectors.
 struct Scratch {
     bits: Vec<u16>,
     values: Vec<f32>,
@@ -1799,19 +1794,25 @@ mod tests {
         assert_eq!(small.tune_ef(10).expect("tune"), None);
     }
 
-    #[test]
-    fn records_written_during_a_tuning_do_not_count_against_its_recall() {
+    /// 3,000 random 32-d records ("a0" on), 20 tuning samples of them, and their recall
+    /// at ef 128, which finds the truth.
+    fn sampled_index(seed: u64) -> (NamespaceIndex, TuningSamples, f64) {
         use rand::SeedableRng as _;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let first = random_upserts(&mut rng, 3_000, 32, "a");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let index = NamespaceIndex::new(32, Metric::Cosine, uuid::Uuid::nil()).expect("index");
-        index.apply(&first).expect("apply");
+        index.apply(&random_upserts(&mut rng, 3_000, 32, "a")).expect("apply");
         let tuning = index.tuning_samples(20).expect("sample").expect("big enough");
         let before = index
             .recall_at(EF_CHOICES[3], &tuning)
             .expect("trial")
             .expect("truth left");
         assert!(before >= TARGET_RECALL, "a wide search finds the truth: {before}");
+        (index, tuning, before)
+    }
+
+    #[test]
+    fn records_written_during_a_tuning_do_not_count_against_its_recall() {
+        let (index, tuning, before) = sampled_index(5);
         // Writes land between the sampling and the trials (as a replay still loading
         // does): ten near copies of every query, nearer to it than any of its truth.
         let second: Vec<Change> = tuning
@@ -1844,17 +1845,7 @@ mod tests {
 
     #[test]
     fn records_deleted_during_a_tuning_and_their_keys_given_out_again_do_not_count_against_its_recall() {
-        use rand::SeedableRng as _;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let first = random_upserts(&mut rng, 3_000, 32, "a");
-        let index = NamespaceIndex::new(32, Metric::Cosine, uuid::Uuid::nil()).expect("index");
-        index.apply(&first).expect("apply");
-        let tuning = index.tuning_samples(20).expect("sample").expect("big enough");
-        let before = index
-            .recall_at(EF_CHOICES[3], &tuning)
-            .expect("trial")
-            .expect("truth left");
-        assert!(before >= TARGET_RECALL, "a wide search finds the truth: {before}");
+        let (index, tuning, before) = sampled_index(7);
         // Between the sampling and the trials, half of every query's truth is deleted
         // and the freed keys go to new records right beside the queries: under a
         // sampled key, nearer than any of the truth, but not the record sampled.
