@@ -1068,8 +1068,17 @@ impl NamespaceIndex {
         };
         if filter.is_all() {
             let bits = f16_bits(query);
+            let pending = || {
+                state
+                    .added
+                    .iter()
+                    .filter(|done| !done.load(AtomicOrdering::Acquire))
+                    .count()
+            };
             let (mut ask, mut retries) = (k, 0);
             loop {
+                // Adds pending as the walk starts: while any is, the walk may run dry.
+                let racing = pending() > 0;
                 let found = state
                     .index
                     .search(usearch::f16::from_i16s(&bits), ask)
@@ -1081,29 +1090,26 @@ impl NamespaceIndex {
                 if matches.len() >= wanted {
                     return Ok((matches, Plan::Graph));
                 }
-                // Records whose add is still running cannot be counted yet: with fewer
-                // than k others, all of those found is the answer.
-                let pending = state
-                    .added
-                    .iter()
-                    .filter(|done| !done.load(AtomicOrdering::Acquire))
-                    .count();
-                if matches.len() >= live.saturating_sub(pending) {
-                    return Ok((matches, Plan::Graph));
-                }
-                if short {
+                if short && racing && retries < WALK_RETRIES {
                     // The walk came back with fewer than the graph holds. Beside a
                     // write that happens when an add promotes the graph's entry point
                     // (usearch reads the entry node and its level without a lock, and
                     // may pair the new node with the old level), or relinks a reused
                     // node the walk starts from: for a moment the walk finds nowhere
-                    // to go. Try again while the write goes on.
-                    if pending == 0 || retries == WALK_RETRIES {
-                        return Ok((matches, Plan::Graph));
-                    }
+                    // to go. Try again if an add was running as the walk started, even
+                    // if it has returned since (the walk raced it all the same), and
+                    // before counting what was found as all there is: a record being
+                    // replaced is live and findable by its old vector while its new
+                    // one is pending.
                     retries += 1;
                     std::thread::yield_now();
                     continue;
+                }
+                // Records whose add is still running cannot be counted yet: with fewer
+                // than k others, all of those found is the answer. So is a short walk
+                // that raced no add (or ran out of retries).
+                if short || matches.len() >= live.saturating_sub(pending()) {
+                    return Ok((matches, Plan::Graph));
                 }
                 if exhausted {
                     return Ok((matches, Plan::Graph)); // Every record is in `matches`.
