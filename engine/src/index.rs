@@ -54,12 +54,25 @@ const EF_CHOICES: [usize; 6] = [16, 32, 64, 128, 256, 512];
 /// ef_search before the first tuning, and for small namespaces.
 const DEFAULT_EF: usize = 256;
 
-/// Slots an exact scan for the tuner reads under one hold of the read lock: about
-/// 8 ms of 768-d records on this machine's cores.
-const SCAN_SLOTS: usize = 8_192;
+/// Distances an exact scan for the tuner computes under one hold of the read lock
+/// (records read × queries): about 8 ms of 768-d records on this machine's cores.
+const SCAN_DISTANCES: usize = 8_192;
 
 /// The k of the recall@k the tuner measures.
 const TUNING_K: usize = 10;
+
+/// The tuner's queries are points of the data's own kind that the graph holds no node
+/// at: each takes every coordinate from one of this many records nearest a random
+/// stored one (itself among them), at random. A stored vector would be found through
+/// its own edges at any width, and one moved off it in a random direction (as the
+/// tuner did before) is still nearer to it than to anything else, its own edges the
+/// answer: at 20,000 random 128-d records those read recall@10 0.968–0.969 at ef 32
+/// where random queries read 0.941–0.947, and the tuner chose 32 for a namespace
+/// that random queries then searched at under 0.95. Mixing 20 neighbours read
+/// 0.948–0.953 there, as close to fresh queries on clustered 768-d unit vectors (0.949
+/// against 0.944 at 50,000), and harder than fresh ones on clustered 128-d (0.972–0.977
+/// against 0.982–0.987), which errs toward recall.
+const NEIGHBOURHOOD: usize = 20;
 
 /// A query for tuning the search width, with the keys of its exact top ten.
 struct TuningSample {
@@ -818,11 +831,10 @@ impl NamespaceIndex {
     }
 
     /// Picks the narrowest search width that reaches recall@10 ≥ 0.97 on this
-    /// namespace's own data, against an exact scan. Queries are stored vectors moved
-    /// off the graph by the distance to their nearest neighbour (as far from the data
-    /// as the data are from each other), in a random direction: a stored vector itself would be found through its own edges at any
-    /// width. Returns the ef chosen and the recall it measured, or `None` when the
-    /// namespace is too small to tell.
+    /// namespace's own data, against an exact scan, for queries like the data: each is
+    /// a point new to the graph in the neighbourhood of a random stored record (see
+    /// [`NEIGHBOURHOOD`]). Returns the ef chosen and the recall it measured, or `None`
+    /// when the namespace is too small to tell.
     /// CPU-heavy (exact scans): call from a blocking thread, rarely.
     pub fn tune_ef(&self, queries: usize) -> Result<Option<(usize, f64)>, IndexError> {
         let chosen = self.measure_ef(queries)?;
@@ -853,13 +865,14 @@ impl NamespaceIndex {
     /// Queries for [`NamespaceIndex::tune_ef`] with their exact top ten, or `None` when
     /// the namespace is too small to tell.
     ///
-    /// The exact scans hold the read lock a part at a time (see
-    /// [`NamespaceIndex::exact_sampled`]): a write waiting for the lock holds back
-    /// every search that asks after it, so one read lock over all the scans (10–20 s
-    /// at 100,000 768-d records) stalled searches for seconds (8.9 s in run 12-03 a),
-    /// and one a scan (about 100 ms) still held them some 100 ms. Meanwhile records
-    /// may come and go; the truth is taken among the sampled records still there (see
-    /// [`Population`]).
+    /// Two exact scans find them, each for all the queries at once: one for the
+    /// neighbourhoods they are drawn from, one for their truth. The scans hold the read
+    /// lock a part at a time (see [`NamespaceIndex::exact_sampled`]): a write waiting
+    /// for the lock holds back every search that asks after it, so one read lock over
+    /// all the scans (10–20 s at 100,000 768-d records, when each query had two scans
+    /// of its own) stalled searches for seconds (8.9 s in run 12-03 a), and one a scan
+    /// (about 100 ms) still held them some 100 ms. Meanwhile records may come and go;
+    /// the truth is taken among the sampled records still there (see [`Population`]).
     fn tuning_samples(&self, queries: usize) -> Result<Option<TuningSamples>, IndexError> {
         let population = Population::of(&self.read());
         if population.0.len() < 1_000 {
@@ -867,55 +880,48 @@ impl NamespaceIndex {
         }
         let keys: Vec<u64> = population.0.keys().copied().collect();
         let mut rng = rand::rng();
-        let mut stored = vec![0f32; self.dimension];
-        let mut neighbour = vec![0f32; self.dimension];
-        let mut samples = Vec::with_capacity(queries);
-        for _ in 0..queries {
-            let key = keys[rng.random_range(0..keys.len())];
-            let held = {
-                let state = self.read();
-                population.holds(&state, key)
-                    && state
-                        .index
-                        .get(key, &mut stored)
-                        .map_err(|e| IndexError(e.to_string()))?
-                        > 0
-            };
-            if !held {
-                continue;
+        let mut seeds = Vec::with_capacity(queries);
+        {
+            let state = self.read();
+            for _ in 0..queries {
+                let key = keys[rng.random_range(0..keys.len())];
+                if population.holds(&state, key) {
+                    seeds.extend(self.vector_of(&state, key)?);
+                }
             }
-            let Some(&(nearest, _)) = self.exact_sampled(&stored, 1, &population, Some(key))?.first() else {
-                continue;
-            };
-            if self
-                .read()
-                .index
-                .get(nearest, &mut neighbour)
-                .map_err(|e| IndexError(e.to_string()))?
-                == 0
-            {
-                continue; // Deleted since the scan.
-            }
-            let gap = stored
-                .iter()
-                .zip(&neighbour)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum::<f32>()
-                .sqrt();
-            let direction: Vec<f32> = (0..self.dimension).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let norm = direction
-                .iter()
-                .map(|x| x * x)
-                .sum::<f32>()
-                .sqrt()
-                .max(f32::MIN_POSITIVE);
-            let query: Vec<f32> = stored.iter().zip(&direction).map(|(v, d)| v + gap * d / norm).collect();
-            let truth = self.exact_sampled(&query, TUNING_K, &population, None)?;
-            samples.push(TuningSample {
-                query,
-                truth: truth.into_iter().map(|(k, _)| k).collect(),
-            });
         }
+        let seeds: Vec<&[f32]> = seeds.iter().map(Vec::as_slice).collect();
+        let neighbourhoods = self.exact_sampled(&seeds, NEIGHBOURHOOD, &population)?;
+        let mut mixed = Vec::with_capacity(neighbourhoods.len());
+        for near in neighbourhoods {
+            let members = {
+                let state = self.read();
+                let mut members = Vec::with_capacity(near.len());
+                for (key, _) in near {
+                    // None when deleted since the scan.
+                    members.extend(self.vector_of(&state, key)?);
+                }
+                members
+            };
+            if members.len() < 2 {
+                continue;
+            }
+            mixed.push(
+                (0..self.dimension)
+                    .map(|d| members[rng.random_range(0..members.len())][d])
+                    .collect::<Vec<f32>>(),
+            );
+        }
+        let queries: Vec<&[f32]> = mixed.iter().map(Vec::as_slice).collect();
+        let truths = self.exact_sampled(&queries, TUNING_K, &population)?;
+        let samples: Vec<TuningSample> = mixed
+            .into_iter()
+            .zip(truths)
+            .map(|(query, truth)| TuningSample {
+                query,
+                truth: truth.into_iter().map(|(key, _)| key).collect(),
+            })
+            .collect();
         Ok((!samples.is_empty()).then_some(TuningSamples { samples, population }))
     }
 
@@ -1232,45 +1238,52 @@ impl NamespaceIndex {
         k: usize,
         passes: &dyn Fn(u64) -> bool,
     ) -> Result<Vec<(u64, f32)>, IndexError> {
-        let mut top = TopK::new(k, self.dimension);
-        self.scan(state, query, passes, 0..state.slots.len(), &mut top)?;
+        let mut tops = [TopK::new(k)];
+        let mut scratch = Scratch::new(self.dimension);
+        self.scan(state, &[query], passes, 0..state.slots.len(), &mut tops, &mut scratch)?;
+        let [top] = tops;
         Ok(top.best_first())
     }
 
-    /// [`NamespaceIndex::exact`] over the records of `population` still there (other
-    /// than `except`), for the tuner: [`SCAN_SLOTS`] slots at a time, each under a read
-    /// lock of its own, so that a write waits for a part of the scan, not for all of
-    /// it. A record deleted after its part was scanned may be among those returned.
+    /// [`NamespaceIndex::exact`] for each of `queries` at once, over the records of
+    /// `population` still there, for the tuner. One pass reads each record once for
+    /// all the queries (widening a stored vector costs about what a distance does), a
+    /// part at a time, each part under a read lock of its own, so that a write waits
+    /// for a part of the scan (some [`SCAN_DISTANCES`] distances), not for all of it.
+    /// A record deleted after its part was scanned may be among those returned.
     fn exact_sampled(
         &self,
-        query: &[f32],
+        queries: &[&[f32]],
         k: usize,
         population: &Population,
-        except: Option<u64>,
-    ) -> Result<Vec<(u64, f32)>, IndexError> {
-        let mut top = TopK::new(k, self.dimension);
+    ) -> Result<Vec<Vec<(u64, f32)>>, IndexError> {
+        let mut tops: Vec<TopK> = queries.iter().map(|_| TopK::new(k)).collect();
+        let mut scratch = Scratch::new(self.dimension);
+        let part = (SCAN_DISTANCES / queries.len().max(1)).max(1);
         let mut start = 0;
         loop {
             let state = self.read();
-            let end = (start + SCAN_SLOTS).min(state.slots.len());
+            let end = (start + part).min(state.slots.len());
             if start >= end {
                 break;
             }
-            let passes = |key: u64| Some(key) != except && population.holds(&state, key);
-            self.scan(&state, query, &passes, start..end, &mut top)?;
+            let passes = |key: u64| population.holds(&state, key);
+            self.scan(&state, queries, &passes, start..end, &mut tops, &mut scratch)?;
             start = end;
         }
-        Ok(top.best_first())
+        Ok(tops.into_iter().map(TopK::best_first).collect())
     }
 
-    /// Keeps in `top` the nearest to `query` of the records in `slots` that pass.
+    /// Keeps in `tops[i]` the nearest to `queries[i]` of the records in `slots` that
+    /// pass.
     fn scan(
         &self,
         state: &State,
-        query: &[f32],
+        queries: &[&[f32]],
         passes: &dyn Fn(u64) -> bool,
         slots: std::ops::Range<usize>,
-        top: &mut TopK,
+        tops: &mut [TopK],
+        scratch: &mut Scratch,
     ) -> Result<(), IndexError> {
         for (key, slot) in state.slots[slots.clone()].iter().enumerate() {
             let key = (slots.start + key) as u64;
@@ -1285,14 +1298,11 @@ impl NamespaceIndex {
             {
                 continue; // Its vector is being added right now (see `State::adding`).
             }
-            let Some(d) = self.stored_distance(state, key, query, &mut top.scratch)? else {
+            let Some(stored) = self.stored_values(state, key, scratch)? else {
                 continue;
             };
-            if top.heap.len() < top.k {
-                top.heap.push(Candidate(d, key));
-            } else if top.heap.peek().is_some_and(|worst| d < worst.0) {
-                top.heap.pop();
-                top.heap.push(Candidate(d, key));
+            for (query, top) in queries.iter().zip(tops.iter_mut()) {
+                top.offer(distance(self.metric, query, stored), key);
             }
         }
         Ok(())
@@ -1307,6 +1317,25 @@ impl NamespaceIndex {
         query: &[f32],
         scratch: &mut Scratch,
     ) -> Result<Option<f32>, IndexError> {
+        Ok(self
+            .stored_values(state, key, scratch)?
+            .map(|stored| distance(self.metric, query, stored)))
+    }
+
+    /// The vector stored under `key`, as f32s; `None` if there is none.
+    fn vector_of(&self, state: &State, key: u64) -> Result<Option<Vec<f32>>, IndexError> {
+        let mut scratch = Scratch::new(self.dimension);
+        Ok(self.stored_values(state, key, &mut scratch)?.map(<[f32]>::to_vec))
+    }
+
+    /// The vector stored under `key`, widened to f32 in `scratch`; `None` if there is
+    /// none.
+    fn stored_values<'s>(
+        &self,
+        state: &State,
+        key: u64,
+        scratch: &'s mut Scratch,
+    ) -> Result<Option<&'s [f32]>, IndexError> {
         use half::slice::{HalfBitsSliceExt as _, HalfFloatSliceExt as _};
         // The f16s are copied out as stored and widened here, with F16C where the CPU
         // has it: asked for f32s, usearch widens them one at a time, which took two
@@ -1325,23 +1354,31 @@ impl NamespaceIndex {
             .bits
             .reinterpret_cast::<half::f16>()
             .convert_to_f32_slice(&mut scratch.values);
-        Ok(Some(distance(self.metric, query, &scratch.values)))
+        Ok(Some(&scratch.values))
     }
 }
 
-/// The k nearest found so far by an exact scan, and its buffers.
+/// The k nearest found so far by an exact scan.
 struct TopK {
     k: usize,
     heap: BinaryHeap<Candidate>,
-    scratch: Scratch,
 }
 
 impl TopK {
-    fn new(k: usize, dimension: usize) -> Self {
+    fn new(k: usize) -> Self {
         Self {
             k,
             heap: BinaryHeap::with_capacity(k + 1),
-            scratch: Scratch::new(dimension),
+        }
+    }
+
+    /// Keeps `key` at distance `d` if it is among the k nearest so far.
+    fn offer(&mut self, d: f32, key: u64) {
+        if self.heap.len() < self.k {
+            self.heap.push(Candidate(d, key));
+        } else if self.heap.peek().is_some_and(|worst| d < worst.0) {
+            self.heap.pop();
+            self.heap.push(Candidate(d, key));
         }
     }
 
@@ -2180,6 +2217,28 @@ mod tests {
         assert_eq!(found[0].0, state.by_id["near"]);
         assert!((found[0].1 - stored).abs() < 1e-4, "{} against {stored}", found[0].1);
         assert!(found[1].1 > found[0].1);
+    }
+
+    /// The tuner's scan takes many queries in one pass, in parts of a few records
+    /// when it has many: each gets the top k one scan of its own would find.
+    #[test]
+    fn one_scan_for_many_queries_finds_what_a_scan_each_finds() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let index = NamespaceIndex::new(16, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        index.apply(&random_upserts(&mut rng, 3_000, 16, "a")).expect("apply");
+        let population = Population::of(&index.read());
+        let queries: Vec<Vec<f32>> = (0..SCAN_DISTANCES / 1_000)
+            .map(|_| (0..16).map(|_| rng.random_range(-1.0..1.0)).collect())
+            .collect();
+        let refs: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+        let together = index.exact_sampled(&refs, 10, &population).expect("scan");
+        assert_eq!(together.len(), queries.len());
+        let state = index.read();
+        for (query, found) in queries.iter().zip(together) {
+            let alone = index.exact(&state, query, 10, &|_| true).expect("scan");
+            assert_eq!(found, alone);
+        }
     }
 
     #[test]
