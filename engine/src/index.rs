@@ -42,9 +42,10 @@ const EXACT_MAX_SELECTIVITY: f64 = 0.02;
 /// Vectors go into the graph beside searches; the seq moves at the end of a part, so
 /// smaller parts make a large write's first records searchable sooner.
 const PART_VALUES: usize = 1 << 14;
-/// How many times a search beside a write walks the graph again when the walk comes
-/// back short (see [`NamespaceIndex::search`]).
-const WALK_RETRIES: usize = 16;
+/// How long a search beside a write keeps walking the graph again while its walk
+/// comes back short, before it scans the records instead (see
+/// [`NamespaceIndex::search`]): a few adds' time.
+const WALK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Records sampled to estimate a filter's selectivity.
 const SAMPLE: usize = 512;
 /// The recall@10 the ef tuner aims for, a margin above the 0.95 the product promises.
@@ -1081,7 +1082,7 @@ impl NamespaceIndex {
                     .filter(|done| !done.load(AtomicOrdering::Acquire))
                     .count()
             };
-            let (mut ask, mut retries) = (k, 0);
+            let (mut ask, mut short_since) = (k, None);
             loop {
                 // Adds pending as the walk starts: while any is, the walk may run dry.
                 let racing = pending() > 0;
@@ -1093,28 +1094,35 @@ impl NamespaceIndex {
                 let short = found.keys.len() < ask.min(state.index.size());
                 let found = found.keys.into_iter().zip(found.distances);
                 let matches = self.matches(state, query, found, wanted, include_values)?;
-                if matches.len() >= wanted {
-                    return Ok((matches, Plan::Graph));
-                }
-                if short && racing && retries < WALK_RETRIES {
+                if short && racing {
                     // The walk came back with fewer than the graph holds. Beside a
                     // write that happens when an add promotes the graph's entry point
                     // (usearch reads the entry node and its level without a lock, and
                     // may pair the new node with the old level), or relinks a reused
-                    // node the walk starts from: for a moment the walk finds nowhere
-                    // to go. Try again if an add was running as the walk started, even
-                    // if it has returned since (the walk raced it all the same), and
-                    // before counting what was found as all there is: a record being
-                    // replaced is live and findable by its old vector while its new
-                    // one is pending.
-                    retries += 1;
-                    std::thread::yield_now();
-                    continue;
+                    // node the walk starts from: until that add returns, the walk
+                    // finds nowhere to go (16 walks in a row came back with the entry
+                    // node alone, in 3 of 150 runs of a test searching beside a write
+                    // into a graph of a few hundred, on a busy machine). Walk again
+                    // while an add was running as the walk started, even if it has
+                    // returned since (the walk raced it all the same), before counting
+                    // what was found as all there is: a record being replaced is live
+                    // and findable by its old vector while its new one is pending.
+                    // Even with k found, they may be the wrong k: the walk stopped
+                    // short of the nearest. If the add takes longer than we wait, scan
+                    // the records: an answer slower than a walk, never one short.
+                    let since = *short_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < WALK_PATIENCE {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    let found = self.exact(state, query, k, &|_| true)?;
+                    let matches = self.matches(state, query, found, wanted, include_values)?;
+                    return Ok((matches, Plan::ExactScan));
                 }
                 // Records whose add is still running cannot be counted yet: with fewer
                 // than k others, all of those found is the answer. So is a short walk
-                // that raced no add (or ran out of retries).
-                if short || matches.len() >= live.saturating_sub(pending()) {
+                // that raced no add.
+                if short || matches.len() >= wanted || matches.len() >= live.saturating_sub(pending()) {
                     return Ok((matches, Plan::Graph));
                 }
                 if exhausted {
