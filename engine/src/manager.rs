@@ -29,12 +29,11 @@ use crate::index::{IndexError, NamespaceIndex, SearchOutcome, THREADS};
 
 /// Changes read from the store per round trip while loading or catching up.
 const PAGE: u32 = 2_000;
-/// Queries a tuning of a namespace's search width measures recall@10 on. Recall is
-/// read off 2,000 neighbours: one query's recall varies widely, and with 48 queries
-/// (480 neighbours) a width whose recall was 0.955 read 0.97 in one tuning of eight,
-/// and was chosen. The exact scans take all the queries in one pass, so more cost
-/// little beyond their trial searches.
-const TUNING_QUERIES: usize = 200;
+/// Records a tuning of a namespace's search width draws queries around, two around
+/// each (see `NamespaceIndex::tune_ef`): recall is read off 2,000 neighbours of each
+/// kind of query, since one query's recall varies widely. The exact scans take all
+/// the queries in one pass, so more cost little beyond their trial searches.
+const TUNING_SEEDS: usize = 200;
 /// Below this many records, a namespace's search width is not tuned nor its graph
 /// rebuilt: the default width finds everything in a graph that small.
 const SMALL: usize = 1_000;
@@ -568,7 +567,7 @@ impl IndexManager {
                 // a wider one keeps recall up (see `NamespaceIndex::widen`).
                 loaded.index.widen();
             }
-            match loaded.index.measure_ef(TUNING_QUERIES) {
+            match loaded.index.measure_ef(TUNING_SEEDS) {
                 // A tuning started since (of more records) serves its own width: this
                 // one's, measured on fewer, would narrow what it widened.
                 Ok(Some((ef, recall))) if loaded.tunings_started.load(Ordering::SeqCst) == generation => {
