@@ -79,11 +79,12 @@ const TUNING_K: usize = 10;
 /// two kinds' recall, so a width must serve both.
 const NEIGHBOURHOOD: usize = 20;
 
-/// How a tuning query was drawn (see [`NEIGHBOURHOOD`]).
+/// How a tuning query was drawn (see [`NEIGHBOURHOOD`]); its number indexes the
+/// kinds' tallies.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum QueryKind {
-    Mixed,
-    Nudged,
+    Mixed = 0,
+    Nudged = 1,
 }
 
 /// A query for tuning the search width, with the keys of its exact top ten.
@@ -894,18 +895,17 @@ impl NamespaceIndex {
         }
         let keys: Vec<u64> = population.0.keys().copied().collect();
         let mut rng = rand::rng();
-        let count = seeds;
-        let mut seeds = Vec::with_capacity(count);
+        let mut drawn_from = Vec::with_capacity(seeds);
         {
             let state = self.read();
-            for _ in 0..count {
+            for _ in 0..seeds {
                 let key = keys[rng.random_range(0..keys.len())];
                 if population.holds(&state, key) {
-                    seeds.extend(self.vector_of(&state, key)?);
+                    drawn_from.extend(self.vector_of(&state, key)?);
                 }
             }
         }
-        let seeds: Vec<&[f32]> = seeds.iter().map(Vec::as_slice).collect();
+        let seeds: Vec<&[f32]> = drawn_from.iter().map(Vec::as_slice).collect();
         let neighbourhoods = self.exact_sampled(&seeds, NEIGHBOURHOOD, &population)?;
         let mut drawn = Vec::with_capacity(2 * neighbourhoods.len());
         for (seed, near) in seeds.iter().zip(neighbourhoods) {
@@ -927,13 +927,7 @@ impl NamespaceIndex {
             drawn.push((QueryKind::Mixed, mixed));
             let gap = members
                 .iter()
-                .map(|member| {
-                    seed.iter()
-                        .zip(member)
-                        .map(|(a, b)| (a - b) * (a - b))
-                        .sum::<f32>()
-                        .sqrt()
-                })
+                .map(|member| distance(Metric::Euclidean, seed, member).sqrt())
                 .filter(|&gap| gap > 0.0)
                 .fold(f32::INFINITY, f32::min);
             if gap.is_finite() {
@@ -981,10 +975,9 @@ impl NamespaceIndex {
     ///
     /// The recall is the lower of the two kinds' (see [`QueryKind`]).
     fn recall_at(&self, ef: usize, tuning: &TuningSamples) -> Result<Option<f64>, IndexError> {
-        let kinds = [QueryKind::Mixed, QueryKind::Nudged];
         let (mut hits, mut sought) = ([0; 2], [0; 2]);
         for sample in &tuning.samples {
-            let kind = kinds.iter().position(|&kind| kind == sample.kind).expect("a kind");
+            let kind = sample.kind as usize;
             let state = self.read();
             let _width = self.width.write();
             let truth: Vec<u64> = sample
@@ -1160,7 +1153,7 @@ impl NamespaceIndex {
                         std::thread::yield_now();
                         continue;
                     }
-                    let found = self.exact(state, query, k, &|_| true)?;
+                    let found = self.exact(state, query, k, &passes)?;
                     let matches = self.matches(state, query, found, wanted, include_values)?;
                     return Ok((matches, Plan::ExactScan));
                 }
@@ -1300,7 +1293,7 @@ impl NamespaceIndex {
 
     /// [`NamespaceIndex::exact`] for each of `queries` at once, over the records of
     /// `population` still there, for the tuner. One pass reads each record once for
-    /// all the queries (widening a stored vector costs about what a distance does), a
+    /// all the queries (its f16s copied out and widened once, not once a query), a
     /// part at a time, each part under a read lock of its own, so that a write waits
     /// for a part of the scan (some [`SCAN_DISTANCES`] distances), not for all of it.
     /// A record deleted after its part was scanned may be among those returned.
