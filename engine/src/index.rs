@@ -459,7 +459,8 @@ impl NamespaceIndex {
     /// A large batch goes in parts of about [`PART_VALUES`] values. In each part the
     /// bookkeeping runs in order under the write lock (microseconds): deleted records'
     /// vectors leave the graph, and every upserted record gets a key whose vector is
-    /// not in the graph yet, a replaced one a new key beside its old. Then, with the
+    /// not in the graph yet, a replaced one a new key beside its old (one upserted
+    /// with the very vector it has keeps its key and node). Then, with the
     /// write lock given back, the vectors go in on every core beside searches (usearch
     /// takes concurrent adds and searches); last, briefly under the write lock again,
     /// the replaced records' old keys leave. Meanwhile a search finds a new record
@@ -494,7 +495,16 @@ impl NamespaceIndex {
             let adds = self.apply_part(&mut state, part);
             // Searches waiting for the lock get it back while the vectors go in.
             writing = RwLockWriteGuard::downgrade_to_upgradable(state);
-            let added = adds.and_then(|adds| self.add_all(&writing.index, &adds, &writing.added));
+            let added = adds.and_then(|adds| {
+                // Narrowed here as a search's query is: what the graph stores is then
+                // what `holds` compares a later write's vector with.
+                let narrowed: Vec<(u64, Vec<i16>)> = adds.iter().map(|&(key, v)| (key, f16_bits(v))).collect();
+                let adds: Vec<(u64, &[usearch::f16])> = narrowed
+                    .iter()
+                    .map(|(key, bits)| (*key, usearch::f16::from_i16s(bits)))
+                    .collect();
+                self.add_all(&writing.index, &adds, &writing.added)
+            });
             // The old keys leave whatever happened, so that none outlives the write.
             let retired = if writing.retiring.is_empty() && writing.adding.is_empty() {
                 Ok(())
@@ -533,11 +543,27 @@ impl NamespaceIndex {
         let mut adds: HashMap<u64, &'c [f32]> = HashMap::new();
         let mut vacate = Vec::new();
         let mut replaced: HashMap<&'c str, u64> = HashMap::new();
+        let mut stored = vec![0i16; self.dimension];
         for &change in changes {
             match change {
                 Change::Upsert(record) => {
                     let key = match state.by_id.get(&record.id).copied() {
                         Some(key) if fresh.contains(&key) => key,
+                        // The vector the record has (a metadata update, a sync that
+                        // writes everything again): its node stays as it is. Given a
+                        // new node, it would link to its old self (the nearest node,
+                        // at distance 0) and lose those links when the old node goes.
+                        Some(key) if Self::holds(&state.index, key, &record.vector, &mut stored)? => {
+                            let slot = Slot {
+                                id: record.id.clone(),
+                                metadata: Arc::new(record.metadata.clone()),
+                            };
+                            state.slot_bytes += slot_bytes(&slot);
+                            if let Some(old) = state.slots[key as usize].replace(slot) {
+                                state.slot_bytes -= slot_bytes(&old);
+                            }
+                            continue;
+                        }
                         before => {
                             if let Some(old) = before {
                                 replaced.insert(&record.id, old);
@@ -607,6 +633,16 @@ impl NamespaceIndex {
         state.adding = adds.iter().enumerate().map(|(at, &(key, _))| (key, at)).collect();
         state.added = adds.iter().map(|_| AtomicBool::new(false)).collect();
         Ok(adds)
+    }
+
+    /// Whether the graph holds `vector` under `key`, to the bit as it stores it (f16s,
+    /// narrowed as [`f16_bits`] narrows: every vector goes in that way). `stored` is
+    /// room for one vector's f16s.
+    fn holds(index: &usearch::Index, key: u64, vector: &[f32], stored: &mut [i16]) -> Result<bool, IndexError> {
+        let found = index
+            .get(key, usearch::f16::from_mut_i16s(stored))
+            .map_err(|e| IndexError(e.to_string()))?;
+        Ok(found > 0 && *stored == *f16_bits(vector))
     }
 
     /// Removes the old keys of the records a part replaced, now that their new vectors
@@ -1540,6 +1576,55 @@ mod tests {
         // changes nothing.
         index.apply(&write).expect("replay");
         assert_eq!((index.seq(), index.len()), (2, records + 1));
+    }
+
+    /// A record written again with the vector it has (a metadata update, a sync that
+    /// writes everything again) keeps its node: only its metadata changes and nothing
+    /// leaves the graph. When each such write gave the record a new node, writing
+    /// 10,000 random 128-d records again unchanged took about 3 s (5 ms now) and
+    /// recall@10 at ef 64 fell from 0.84 to 0.74–0.75 over five such rewrites (a
+    /// release-build experiment, 2026-12-04).
+    #[test]
+    fn a_record_written_again_with_its_own_vector_keeps_its_node() {
+        use rand::SeedableRng as _;
+        const DIM: usize = 64;
+        let index = NamespaceIndex::new(DIM, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let first = random_upserts(&mut rng, 2_000, DIM, "r");
+        index.apply(&first).expect("apply");
+        let own = write_vector(&first[7]);
+        let key = index.read().by_id["r7"];
+        for seq in 2..=301 {
+            index
+                .apply(&[upsert("r7", seq, own.clone(), json!({"n": seq}))])
+                .expect("apply");
+        }
+        assert_eq!(index.read().by_id["r7"], key, "the record kept its key");
+        assert_eq!(
+            (index.churn(), index.len(), index.read().index.size()),
+            (0, 2_000, 2_000)
+        );
+        let (hits, plan) = index.search(&own, 1, &Filter::All, false).expect("search");
+        assert_eq!(plan, Plan::Graph);
+        assert_eq!((hits[0].id.as_str(), &hits[0].metadata["n"]), ("r7", &json!(301)));
+        for (n, found) in [(301, 1), (300, 0)] {
+            let filter = Filter::parse(&json!({"n": n})).expect("filter");
+            let (hits, _) = index.search(&own, 10, &filter, false).expect("search");
+            assert_eq!(hits.len(), found, "records with n = {n}");
+        }
+        // Another vector, even one a little off, replaces the node.
+        let mut moved = own.clone();
+        moved[0] += 0.01;
+        index
+            .apply(&[upsert("r7", 302, moved.clone(), json!({"n": 302}))])
+            .expect("apply");
+        assert_ne!(index.read().by_id["r7"], key);
+        assert_eq!(
+            (index.churn(), index.len(), index.read().index.size()),
+            (1, 2_000, 2_000)
+        );
+        let (hits, _) = index.search(&moved, 1, &Filter::All, false).expect("search");
+        assert_eq!((hits[0].id.as_str(), &hits[0].metadata["n"]), ("r7", &json!(302)));
     }
 
     /// New records' vectors go into the graph beside searches: a search finds the
