@@ -36,6 +36,19 @@ fn writes(range: std::ops::Range<usize>) -> Vec<RecordWrite> {
         .collect()
 }
 
+/// Records `range` with vectors a little off the ones [`writes`] gives them, still
+/// nearest to those: writes that replace (a record upserted with the vector it has
+/// keeps its node, and its graph does not wear).
+fn rewrites(range: std::ops::Range<usize>) -> Vec<RecordWrite> {
+    writes(range)
+        .into_iter()
+        .map(|mut write| {
+            write.vector[0] += 1.0;
+            write
+        })
+        .collect()
+}
+
 fn ids(range: impl Iterator<Item = usize>) -> Vec<String> {
     range.map(|i| format!("r{i}")).collect()
 }
@@ -291,9 +304,18 @@ async fn replacing_a_fifth_of_the_records_tunes_the_search_width_again(store: Ar
     assert_eq!(found(&manager, &project, 1, false).await.as_deref(), Some("r1"));
     let status = settled(&manager, &project).await;
     assert_eq!((status.tunings, status.churn), (1, 0), "tuned once, on load");
+    // Every record written again as it is (a sync that upserts everything): no node
+    // is replaced, so nothing wears.
+    store.upsert(project.id, "ns", &writes(0..2_000)).await.expect("again");
+    assert_eq!(found(&manager, &project, 1, true).await.as_deref(), Some("r1"));
+    let status = settled(&manager, &project).await;
+    assert_eq!((status.records, status.churn, status.tunings), (2_000, 0, 1));
 
     // 300 replaced and 50 deleted: 17.5 %.
-    store.upsert(project.id, "ns", &writes(0..300)).await.expect("replace");
+    store
+        .upsert(project.id, "ns", &rewrites(0..300))
+        .await
+        .expect("replace");
     store
         .delete(project.id, "ns", &ids(1_950..2_000))
         .await
@@ -304,7 +326,7 @@ async fn replacing_a_fifth_of_the_records_tunes_the_search_width_again(store: Ar
 
     // 40 more replaced: 390 of 1,950, a fifth.
     store
-        .upsert(project.id, "ns", &writes(300..340))
+        .upsert(project.id, "ns", &rewrites(300..340))
         .await
         .expect("replace");
     assert_eq!(found(&manager, &project, 310, true).await.as_deref(), Some("r310"));
@@ -365,7 +387,10 @@ async fn a_worn_graph_is_rebuilt_aside_and_keeps_the_writes_made_meanwhile(store
     let manager = Arc::new(IndexManager::new(Arc::clone(&store), 1 << 30));
     assert_eq!(found(&manager, &project, 1, false).await.as_deref(), Some("r1"));
 
-    store.upsert(project.id, "ns", &writes(0..999)).await.expect("replace");
+    store
+        .upsert(project.id, "ns", &rewrites(0..999))
+        .await
+        .expect("replace");
     assert_eq!(found(&manager, &project, 7, true).await.as_deref(), Some("r7"));
     let status = settled(&manager, &project).await;
     assert_eq!((status.churn, status.rebuilds), (999, 0));
@@ -381,7 +406,7 @@ async fn a_worn_graph_is_rebuilt_aside_and_keeps_the_writes_made_meanwhile(store
     assert_eq!((status.churn, status.tunings, status.rebuilds), (999, 0, 0));
 
     store
-        .upsert(project.id, "ns", &writes(999..1_000))
+        .upsert(project.id, "ns", &rewrites(999..1_000))
         .await
         .expect("replace");
     assert_eq!(found(&manager, &project, 999, true).await.as_deref(), Some("r999"));
