@@ -547,23 +547,13 @@ impl NamespaceIndex {
         for &change in changes {
             match change {
                 Change::Upsert(record) => {
-                    let key = match state.by_id.get(&record.id).copied() {
-                        Some(key) if fresh.contains(&key) => key,
+                    let (key, add) = match state.by_id.get(&record.id).copied() {
+                        Some(key) if fresh.contains(&key) => (key, true),
                         // The vector the record has (a metadata update, a sync that
                         // writes everything again): its node stays as it is. Given a
                         // new node, it would link to its old self (the nearest node,
                         // at distance 0) and lose those links when the old node goes.
-                        Some(key) if Self::holds(&state.index, key, &record.vector, &mut stored)? => {
-                            let slot = Slot {
-                                id: record.id.clone(),
-                                metadata: Arc::new(record.metadata.clone()),
-                            };
-                            state.slot_bytes += slot_bytes(&slot);
-                            if let Some(old) = state.slots[key as usize].replace(slot) {
-                                state.slot_bytes -= slot_bytes(&old);
-                            }
-                            continue;
-                        }
+                        Some(key) if Self::holds(&state.index, key, &record.vector, &mut stored)? => (key, false),
                         before => {
                             if let Some(old) = before {
                                 replaced.insert(&record.id, old);
@@ -575,10 +565,12 @@ impl NamespaceIndex {
                             });
                             state.by_id.insert(record.id.clone(), key);
                             fresh.insert(key);
-                            key
+                            (key, true)
                         }
                     };
-                    adds.insert(key, &record.vector);
+                    if add {
+                        adds.insert(key, &record.vector);
+                    }
                     let slot = Slot {
                         id: record.id.clone(),
                         metadata: Arc::new(record.metadata.clone()),
