@@ -191,6 +191,95 @@ impl MachineTicks {
     }
 }
 
+/// A data plane served in-process on loopback, as the binary serves it, with a project
+/// to load and search.
+pub struct Served {
+    pub store: std::sync::Arc<dyn quiver_store::Store>,
+    pub indexes: std::sync::Arc<quiver_engine::IndexManager>,
+    pub server: std::net::SocketAddr,
+    /// `dim`-d cosine vectors on Business Plus.
+    pub project: quiver_store::Project,
+    /// An admin key of the project.
+    pub key: String,
+}
+
+/// Serves a data plane on SQLite in `dir`, the bus in memory, with `budget` for the
+/// rate limits and `index_memory` bytes of indexes, and creates a project of `dim`-d
+/// cosine vectors with an admin key. Served as the binary serves it (Nagle off, each
+/// client's address for the key guard), but with no background snapshots: vector-load
+/// stores one itself to time loading from it, and request-cost would count a
+/// snapshot's writes in whichever phase they fell.
+pub async fn serve(
+    dir: &std::path::Path,
+    budget: std::sync::Arc<dyn quiver_data_plane::limits::Budget>,
+    index_memory: u64,
+    dim: usize,
+) -> anyhow::Result<Served> {
+    use std::sync::Arc;
+    let store = quiver_store::connect(&quiver_store::sqlite::SqliteStore::url_for_data_dir(dir)).await?;
+    store.migrate().await?;
+    let bus: Arc<dyn quiver_common::bus::Bus> = Arc::new(quiver_common::bus::InProcessBus::default());
+    let jwt = quiver_common::token::JwtKeys::new(&[9u8; 32]).map_err(anyhow::Error::msg)?;
+    let settings = quiver_data_plane::Settings {
+        index_memory,
+        snapshots: quiver_engine::SnapshotPolicy {
+            interval: std::time::Duration::ZERO,
+            ..quiver_engine::SnapshotPolicy::default()
+        },
+        embed: quiver_embed::EmbedConfig::default(),
+        default_embedding_model: quiver_embed::DEFAULT_MODEL.into(),
+    };
+    let plane = quiver_data_plane::DataPlane::new(Arc::clone(&store), bus, budget, jwt, settings);
+    let indexes = Arc::clone(&plane.indexes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = listener.local_addr()?;
+    tokio::spawn(async move {
+        axum::serve(
+            quiver_common::http::without_nagle(listener),
+            plane
+                .router()
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+
+    let user = store.create_user("bench@example.com", "unused").await?;
+    let project = store
+        .create_project(quiver_store::NewProject {
+            owner_id: user.id,
+            name: "bench".into(),
+            dimension: dim as u32,
+            metric: quiver_common::domain::Metric::Cosine,
+            plan_id: "business_plus".into(),
+        })
+        .await?;
+    let request = quiver_control_plane::keys::CreateKey {
+        label: "bench".into(),
+        role: quiver_common::domain::Role::Admin,
+        expires_at: None,
+    };
+    let key = quiver_control_plane::keys::mint(store.as_ref(), project.id, request)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.envelope().error.message))?
+        .key;
+    Ok(Served {
+        store,
+        indexes,
+        server,
+        project,
+        key,
+    })
+}
+
+/// A search request as the load clients write it: request line, headers and body.
+pub fn search_request(server: std::net::SocketAddr, key: &str, body: &str) -> String {
+    format!(
+        "POST /v1/vectors/search HTTP/1.1\r\nhost: {server}\r\nx-api-key: {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

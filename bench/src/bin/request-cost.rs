@@ -27,10 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use quiver_bench::{clustered_unit_vectors, cpu_seconds};
-use quiver_common::bus::{Bus, InProcessBus};
-use quiver_common::domain::{Metric, Role};
-use quiver_common::token::JwtKeys;
-use quiver_store::NewProject;
+use quiver_data_plane::limits::LocalBudget;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -69,57 +66,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Logs as a pod logs (`--log-format json`: a line per request), into a file.
     let log = std::fs::File::create(dir.path().join("quiver.log"))?;
     let _log = quiver_common::telemetry::init_with(quiver_common::telemetry::LogFormat::Json, log, false);
-    let store = quiver_store::connect(&quiver_store::sqlite::SqliteStore::url_for_data_dir(dir.path())).await?;
-    store.migrate().await?;
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
-    let settings = quiver_data_plane::Settings {
-        index_memory: 1 << 30,
-        // No snapshot in the background: its writes to the store would be counted
-        // in whichever phase they fell.
-        snapshots: quiver_engine::SnapshotPolicy {
-            interval: Duration::ZERO,
-            ..quiver_engine::SnapshotPolicy::default()
-        },
-        embed: quiver_embed::EmbedConfig::default(),
-        default_embedding_model: quiver_embed::DEFAULT_MODEL.into(),
-    };
-    let plane = quiver_data_plane::DataPlane::new(
-        Arc::clone(&store),
-        bus,
-        Arc::new(quiver_data_plane::limits::LocalBudget::default()),
-        JwtKeys::new(&[9u8; 32]).map_err(anyhow::Error::msg)?,
-        settings,
-    );
-    let indexes = Arc::clone(&plane.indexes);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = listener.local_addr()?;
-    tokio::spawn(async move {
-        axum::serve(
-            quiver_common::http::without_nagle(listener),
-            plane.router().into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-
-    let user = store.create_user("cost@example.com", "unused").await?;
-    let project = store
-        .create_project(NewProject {
-            owner_id: user.id,
-            name: "cost".into(),
-            dimension: args.dim as u32,
-            metric: Metric::Cosine,
-            plan_id: "business_plus".into(),
-        })
-        .await?;
-    let request = quiver_control_plane::keys::CreateKey {
-        label: "cost".into(),
-        role: Role::Admin,
-        expires_at: None,
-    };
-    let key = quiver_control_plane::keys::mint(store.as_ref(), project.id, request)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.envelope().error.message))?
-        .key;
+    let quiver_bench::Served {
+        indexes,
+        server,
+        project,
+        key,
+        ..
+    } = quiver_bench::serve(dir.path(), Arc::new(LocalBudget::default()), 1 << 30, args.dim).await?;
 
     let data = clustered_unit_vectors(args.vectors, args.dim, 100, 1);
     let queries = clustered_unit_vectors(256, args.dim, 100, 2);
@@ -142,7 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         queries
             .iter()
-            .map(|q| search_request(server, &key, &search_body(q, args.base64)))
+            .map(|q| quiver_bench::search_request(server, &key, &search_body(q, args.base64)).into_bytes())
             .collect(),
     );
     // The first search loads the index, which starts a tuning of its search width:
@@ -215,15 +168,6 @@ fn search_body(q: &[f32], base64: bool) -> String {
         json!(q)
     };
     json!({"namespace": "cost", "vector": vector, "top_k": TOP_K, "include_metadata": false}).to_string()
-}
-
-fn search_request(server: SocketAddr, key: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST /v1/vectors/search HTTP/1.1\r\nhost: {server}\r\nx-api-key: {key}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 /// A blocking HTTP/1.1 client on one keep-alive connection.

@@ -17,10 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use clap::Parser;
 use quiver_bench::{MachineTicks, brute_force, clustered_unit_vectors, cpu_seconds, percentile};
-use quiver_common::bus::{Bus, InProcessBus};
-use quiver_common::domain::{Metric, ProjectId, Role};
-use quiver_common::token::JwtKeys;
-use quiver_store::NewProject;
+use quiver_common::domain::ProjectId;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -335,15 +332,6 @@ struct AnswerMatch<'a> {
     _id: &'a str,
 }
 
-/// A search request as the load client writes it: request line, headers and body.
-fn search_request(server: SocketAddr, key: &str, body: &str) -> Bytes {
-    Bytes::from(format!(
-        "POST /v1/vectors/search HTTP/1.1\r\nhost: {server}\r\nx-api-key: {key}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    ))
-}
-
 /// Reads one HTTP/1.1 response from `stream` into `buffer` and returns its body; a
 /// status other than 200, or a response without `content-length`, is an error.
 async fn read_response<'b>(stream: &mut tokio::net::TcpStream, buffer: &'b mut Vec<u8>) -> anyhow::Result<&'b [u8]> {
@@ -596,54 +584,15 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
     let log_path = args.log.clone().unwrap_or_else(|| dir.path().join("quiver.log"));
     let log = std::fs::File::create(&log_path)?;
     let _log = quiver_common::telemetry::init_with(quiver_common::telemetry::LogFormat::Json, log, false);
-    let store = quiver_store::connect(&quiver_store::sqlite::SqliteStore::url_for_data_dir(dir.path())).await?;
-    store.migrate().await?;
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
-    let jwt = JwtKeys::new(&[9u8; 32]).map_err(anyhow::Error::msg)?;
-    let settings = quiver_data_plane::Settings {
-        index_memory: 8 << 30,
-        // The benchmark stores a snapshot itself, to time loading from it.
-        snapshots: quiver_engine::SnapshotPolicy {
-            interval: std::time::Duration::ZERO,
-            ..quiver_engine::SnapshotPolicy::default()
-        },
-        embed: quiver_embed::EmbedConfig::default(),
-        default_embedding_model: quiver_embed::DEFAULT_MODEL.into(),
-    };
     // The benchmark measures the vector path, not the plan: its budget never refuses.
-    let plane = quiver_data_plane::DataPlane::new(Arc::clone(&store), bus, Arc::new(Unmetered), jwt, settings);
-    let indexes = Arc::clone(&plane.indexes);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = listener.local_addr()?;
+    let quiver_bench::Served {
+        store,
+        indexes,
+        server,
+        project,
+        key,
+    } = quiver_bench::serve(dir.path(), Arc::new(Unmetered), 8 << 30, args.dim).await?;
     let base = format!("http://{server}");
-    // Served as the binary serves it (Nagle off, each client's address for the key guard).
-    tokio::spawn(async move {
-        axum::serve(
-            quiver_common::http::without_nagle(listener),
-            plane.router().into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-
-    let user = store.create_user("bench@example.com", "unused").await?;
-    let project = store
-        .create_project(NewProject {
-            owner_id: user.id,
-            name: "bench".into(),
-            dimension: args.dim as u32,
-            metric: Metric::Cosine,
-            plan_id: "business_plus".into(),
-        })
-        .await?;
-    let request = quiver_control_plane::keys::CreateKey {
-        label: "bench".into(),
-        role: Role::Admin,
-        expires_at: None,
-    };
-    let key = quiver_control_plane::keys::mint(store.as_ref(), project.id, request)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.envelope().error.message))?
-        .key;
 
     eprintln!("generating {} × {}-d vectors…", args.vectors, args.dim);
     let data = Arc::new(clustered_unit_vectors(args.vectors, args.dim, 1000, 1));
@@ -744,7 +693,13 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
     let requests = Encoding::ALL.map(|encoding| {
         let requests: Vec<Bytes> = queries
             .iter()
-            .map(|q| search_request(server, &key, &search_body(q, encoding).to_string()))
+            .map(|q| {
+                Bytes::from(quiver_bench::search_request(
+                    server,
+                    &key,
+                    &search_body(q, encoding).to_string(),
+                ))
+            })
             .collect();
         Arc::new(requests)
     });
