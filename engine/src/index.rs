@@ -1838,6 +1838,31 @@ mod tests {
         }
     }
 
+    /// usearch's arenas, which hold the vectors and the graph, are advised for
+    /// transparent huge pages (vendor/usearch/QUIVER.md). The kernel records the advice
+    /// on the mapping as the `hg` flag whatever the machine's THP mode, and nothing else
+    /// in this process asks for it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn index_memory_is_advised_for_huge_pages() {
+        let index = NamespaceIndex::new(64, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        index.apply(&[upsert("a", 1, vec![1.0; 64], json!({}))]).expect("apply");
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let (mut kib, mut size) = (0u64, 0u64);
+        for line in smaps.lines() {
+            if let Some(value) = line.strip_prefix("Size:") {
+                size = value.trim().trim_end_matches(" kB").parse().expect("a size in kB");
+            } else if let Some(flags) = line.strip_prefix("VmFlags:")
+                && flags.split_whitespace().any(|flag| flag == "hg")
+            {
+                kib += size;
+            }
+        }
+        // The first arena usearch maps is 8 MiB.
+        assert!(kib >= 8 << 10, "{kib} KiB of this process is advised for huge pages");
+        assert_eq!(index.len(), 1);
+    }
+
     #[test]
     fn upserts_replace_deletes_free_and_keys_are_reused() {
         let index = NamespaceIndex::new(2, Metric::Euclidean, uuid::Uuid::nil()).expect("index");
