@@ -159,6 +159,15 @@ impl VectorValues {
                 values.len()
             )));
         }
+        // One pass without early exits, which compiles to vector instructions (a 768-d
+        // query: about 100 instructions, where the three searches below take 10,000);
+        // they run only to name what is wrong. NaN and ±∞ fail `abs() <= MAX_VALUE` too.
+        let (in_range, any_nonzero) = values.iter().fold((true, false), |(in_range, any_nonzero), x| {
+            (in_range & (x.abs() <= MAX_VALUE), any_nonzero | (*x != 0.0))
+        });
+        if in_range && (any_nonzero || metric != Metric::Cosine) {
+            return Ok(values);
+        }
         if let Some(i) = values.iter().position(|x| !x.is_finite()) {
             return Err(ApiError::validation(match bad {
                 Some((at, kind)) if at == i => format!("{what} value {i} is {kind}, not a number"),
