@@ -271,6 +271,31 @@ pub async fn serve(
     })
 }
 
+/// Where a load client's response starts its body and how long the body is, once
+/// `buffer` holds the whole head (`None` before): the head's length and its
+/// `content-length`. A status other than 200, or no `content-length`, is an error that
+/// quotes what came after the head.
+pub fn response_head(buffer: &[u8]) -> anyhow::Result<Option<(usize, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = response.parse(buffer)? else {
+        return Ok(None);
+    };
+    let status = response.code.unwrap_or_default();
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+        .ok_or_else(|| anyhow::anyhow!("a response without content-length"))?;
+    anyhow::ensure!(
+        status == 200,
+        "search answered {status}: {}",
+        String::from_utf8_lossy(&buffer[head..])
+    );
+    Ok(Some((head, length)))
+}
+
 /// A search request as the load clients write it: request line, headers and body.
 pub fn search_request(server: std::net::SocketAddr, key: &str, body: &str) -> String {
     format!(

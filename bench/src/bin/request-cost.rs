@@ -197,22 +197,8 @@ impl Client {
             let read = self.stream.read(&mut self.chunk)?;
             anyhow::ensure!(read > 0, "the server closed the connection");
             self.buffer.extend_from_slice(&self.chunk[..read]);
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut response = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(head) = response.parse(&self.buffer)? {
-                let length = response
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-                    .ok_or_else(|| anyhow::anyhow!("a response without content-length"))?;
-                anyhow::ensure!(
-                    response.code == Some(200),
-                    "search answered {:?}: {}",
-                    response.code,
-                    String::from_utf8_lossy(&self.buffer[head..])
-                );
-                break (head, length);
+            if let Some(head) = quiver_bench::response_head(&self.buffer)? {
+                break head;
             }
         };
         while self.buffer.len() < head + length {

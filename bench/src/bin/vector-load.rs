@@ -340,22 +340,8 @@ async fn read_response<'b>(stream: &mut tokio::net::TcpStream, buffer: &'b mut V
         if stream.read_buf(buffer).await? == 0 {
             anyhow::bail!("the server closed the connection");
         }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(head) = response.parse(buffer)? {
-            let status = response.code.unwrap_or_default();
-            let length = response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-                .ok_or_else(|| anyhow::anyhow!("a response without content-length"))?;
-            anyhow::ensure!(
-                status == 200,
-                "search answered {status}: {}",
-                String::from_utf8_lossy(&buffer[head..])
-            );
-            break (head, length);
+        if let Some(head) = quiver_bench::response_head(buffer)? {
+            break head;
         }
     };
     while buffer.len() < head + length {
