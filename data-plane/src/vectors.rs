@@ -624,9 +624,14 @@ pub async fn upsert(
 pub struct SearchRequest {
     #[schema(example = "products")]
     namespace: Option<String>,
-    /// The query vector, as numbers or base64.
-    #[schema(value_type = VectorData)]
+    /// The query vector, as numbers or base64. Give this or `id`.
+    #[schema(value_type = Option<VectorData>)]
     vector: Option<VectorValues>,
+    /// Instead of `vector`: the id of a vector in the namespace, whose values are the
+    /// query (read from the records store). That vector is a match too, unless the
+    /// filter leaves it out.
+    #[schema(value_type = Option<String>, example = "sku-1")]
+    id: Option<Value>,
     /// 1 to 1,000 (default 10).
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000, example = 10)]
     top_k: Option<Value>,
@@ -737,7 +742,7 @@ pub(crate) fn strong(consistency: Option<&str>) -> Result<bool, ApiError> {
         (status = 400, body = quiver_common::error::ErrorEnvelope),
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
-        (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such namespace, or no vector of the search's `id`", body = quiver_common::error::ErrorEnvelope),
         (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
@@ -753,14 +758,38 @@ pub async fn search(
     let namespace = namespace(request.namespace)?;
     principal.require_namespace(&namespace)?;
     let project = &principal.project;
-    let query = request
-        .vector
-        .ok_or_else(|| ApiError::validation("the search has no vector"))?
-        .check(project.dimension, project.metric, "the query vector")?;
+    let query = match (request.vector, request.id) {
+        (Some(vector), None) => {
+            SearchWith::Vector(vector.check(project.dimension, project.metric, "the query vector")?)
+        }
+        (None, Some(id)) => SearchWith::StoredAs(parse_id(Some(&id), "the search")?),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation(
+                "the search has both a vector and an id; give one: the vector, or the id of a stored vector",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::validation(
+                "the search has no vector; give `vector`, or `id` to search with a stored vector",
+            ));
+        }
+    };
     let k = parse_top_k(request.top_k.as_ref(), "top_k")?;
     let filter = Arc::new(parse_filter(request.filter.as_ref(), "filter")?);
     let strong = strong(request.consistency.as_deref())?;
     state.admit(&principal, Kind::Queries, 1).await?;
+    let query = match query {
+        SearchWith::Vector(values) => values,
+        SearchWith::StoredAs(id) => {
+            state
+                .store
+                .fetch(principal.project_id, &namespace, std::slice::from_ref(&id))
+                .await?
+                .pop()
+                .ok_or_else(|| ApiError::NotFound(format!("no vector \"{id}\" in namespace \"{namespace}\"")))?
+                .vector
+        }
+    };
     let query = quiver_engine::Query {
         vector: query,
         k,
@@ -789,6 +818,14 @@ pub async fn search(
         namespace,
         seq: outcome.seq,
     }))
+}
+
+/// What a search searches with.
+enum SearchWith {
+    /// The values the request gave.
+    Vector(Vec<f32>),
+    /// The values of the stored vector of this id.
+    StoredAs(String),
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

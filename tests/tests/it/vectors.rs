@@ -16,6 +16,7 @@ on_both_backends!(
     scopes_and_tenancy_hold_on_every_route,
     ids_are_listed_with_a_cursor_and_fetched_in_bulk,
     vectors_sent_as_base64_are_the_vectors_their_bytes_hold,
+    a_search_by_id_searches_with_the_stored_vector,
     with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503,
 );
 
@@ -1064,4 +1065,74 @@ async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(
     )
     .await;
     assert_error(status, &body, 503, "SERVICE_UNAVAILABLE");
+}
+
+async fn a_search_by_id_searches_with_the_stored_vector(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let upsert = json!({"namespace": "s", "vectors": [
+        {"id": "a", "values": [1.0, 0.2, 0.0, 0.0], "metadata": {"side": "left"}},
+        {"id": "b", "values": [0.9, 0.3, 0.1, 0.0], "metadata": {"side": "right"}},
+        {"id": "c", "values": [0.0, 0.0, 1.0, 0.5], "metadata": {"side": "left"}},
+    ]});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The same answer as a search with the vector's values, the vector itself first.
+    let by_values = json!({"namespace": "s", "vector": [1.0, 0.2, 0.0, 0.0], "top_k": 3});
+    let (_, expected) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_values))
+        .await;
+    let by_id = json!({"namespace": "s", "id": "a", "top_k": 3});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_id))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matches"], expected["matches"], "{body}");
+    let ids: Vec<&str> = body["matches"]
+        .as_array()
+        .expect("matches")
+        .iter()
+        .map(|m| m["id"].as_str().expect("an id"))
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"], "{body}");
+    assert!(body["matches"][0]["score"].as_f64().expect("a score") > 0.999, "{body}");
+
+    // With a filter, the stored vector need not pass it.
+    let filtered = json!({"namespace": "s", "id": "a", "top_k": 3, "filter": {"side": "right"}});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(filtered))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matches"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["matches"][0]["id"], "b", "{body}");
+
+    // An id that is not stored is a 404; an id that is not an id, both or neither, a 400.
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &key,
+            Some(json!({"namespace": "s", "id": "nope"})),
+        )
+        .await;
+    let message = assert_error(status, &body, 404, "NOT_FOUND");
+    assert!(message.contains("\"nope\""), "{message}");
+    for (request, says) in [
+        (json!({"namespace": "s", "id": 7}), "ids must be strings"),
+        (json!({"namespace": "s", "id": ""}), "1 to 512 bytes"),
+        (
+            json!({"namespace": "s", "id": "a", "vector": [1.0, 0.0, 0.0, 0.0]}),
+            "both a vector and an id",
+        ),
+        (json!({"namespace": "s", "top_k": 3}), "no vector"),
+    ] {
+        let (status, body) = app
+            .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(request.clone()))
+            .await;
+        let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+        assert!(message.contains(says), "{request}: {message}");
+    }
 }
