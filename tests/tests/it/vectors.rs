@@ -1049,6 +1049,12 @@ async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(
         .await;
     assert_eq!(status, 200, "searches keep serving from memory: {body}");
     assert_eq!(body["matches"][0]["id"], "a");
+    // A search by id reads its vector from the records store.
+    let by_id = json!({"namespace": "ns", "id": "a", "top_k": 1});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_id))
+        .await;
+    assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
     let (status, body) = app
         .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert))
         .await;
