@@ -84,28 +84,37 @@ impl SqliteStore {
         now: DateTime<Utc>,
         batch: &[&RecordWrite],
     ) -> StoreResult<()> {
-        // One prepared statement per row: SQLite is in-process, so rows cost
-        // microseconds and no round trip.
-        for record in batch {
-            sqlx::query(UPSERT_RECORD)
-                .bind(project.0)
-                .bind(namespace)
-                .bind(&record.id)
-                .bind(crate::encode_vector(&record.vector))
-                .bind(Json(&record.metadata))
-                .bind(&record.content)
-                .bind(seq)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
+        // Many rows a statement: each statement is a round trip to sqlx's SQLite
+        // thread, which cost more than the row itself when each row had its own.
+        for rows in batch.chunks(ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO records (project_id, namespace, id, vector, metadata, content, seq, deleted, created_at, updated_at) ",
+            );
+            insert.push_values(rows, |mut row, record| {
+                row.push_bind(project.0)
+                    .push_bind(namespace)
+                    .push_bind(&record.id)
+                    .push_bind(crate::encode_vector(&record.vector))
+                    .push_bind(Json(&record.metadata))
+                    .push_bind(&record.content)
+                    .push_bind(seq)
+                    .push("FALSE")
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            insert.push(UPSERT_CONFLICT);
+            insert.build().execute(&mut **tx).await?;
         }
         Ok(())
     }
 }
 
-const UPSERT_RECORD: &str = "
-    INSERT INTO records (project_id, namespace, id, vector, metadata, content, seq, deleted, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, FALSE, $8, $8)
+/// Rows an insert statement takes: 9 parameters each, well under SQLite's limit.
+const ROWS_PER_INSERT: usize = 100;
+
+/// What an insert does with a row whose id is there already (deleted or not). SQLite
+/// applies it row by row, so it also holds between two rows of one statement.
+const UPSERT_CONFLICT: &str = "
     ON CONFLICT (project_id, namespace, id) DO UPDATE SET
         vector = excluded.vector, metadata = excluded.metadata, content = excluded.content,
         seq = excluded.seq, updated_at = excluded.updated_at,
