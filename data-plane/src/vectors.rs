@@ -69,6 +69,10 @@ fn no_namespace(name: &str) -> ApiError {
     ApiError::NotFound(format!("namespace \"{name}\" does not exist"))
 }
 
+fn no_vector(id: &str, namespace: &str) -> ApiError {
+    ApiError::NotFound(format!("no vector \"{id}\" in namespace \"{namespace}\""))
+}
+
 /// Checks a vector's values: numbers (or their base64), finite as f32 and within
 /// ±[`MAX_VALUE`], of the project's dimension, and (for cosine) not all zero. `what` names the vector in messages.
 pub(crate) fn parse_values(value: &Value, dimension: u32, metric: Metric, what: &str) -> Result<Vec<f32>, ApiError> {
@@ -786,7 +790,7 @@ pub async fn search(
                 .fetch(principal.project_id, &namespace, std::slice::from_ref(&id))
                 .await?
                 .pop()
-                .ok_or_else(|| ApiError::NotFound(format!("no vector \"{id}\" in namespace \"{namespace}\"")))?
+                .ok_or_else(|| no_vector(&id, &namespace))?
                 .vector
         }
     };
@@ -921,9 +925,7 @@ pub async fn query(
         })
         .collect();
     if single {
-        let view = views
-            .pop()
-            .ok_or_else(|| ApiError::NotFound(format!("no vector \"{}\" in namespace \"{namespace}\"", ids[0])))?;
+        let view = views.pop().ok_or_else(|| no_vector(&ids[0], &namespace))?;
         let mut body = serde_json::to_value(view).map_err(anyhow::Error::from)?;
         body["namespace"] = json!(namespace);
         return Ok(Json(body));
@@ -1010,7 +1012,7 @@ pub async fn update(
         state.admit(&principal, Kind::Documents, 1).await?;
         let (outcome, _) = records::patch(&state, &principal, &namespace, &id, &patch)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no vector \"{id}\" in namespace \"{namespace}\"")))?;
+            .ok_or_else(|| no_vector(&id, &namespace))?;
         Ok(serde_json::to_value(UpdateResponse {
             updated: true,
             id,
