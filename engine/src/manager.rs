@@ -41,6 +41,10 @@ const SMALL: usize = 1_000;
 /// deleted) since it was built: see [`NamespaceIndex::churn`] for what churn costs.
 /// Until then, re-tuning the search width keeps recall up at some search speed.
 const REBUILD_CHURN: f64 = 0.5;
+/// After a search found the records store unreachable while catching up with writes
+/// heard of, searches of that index serve what is in memory this long before one
+/// tries again (each try may wait out the store's connection timeout).
+const CATCH_UP_RETRY: Duration = Duration::from_secs(5);
 
 /// What can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,8 @@ pub struct Loaded {
     rebuilding: AtomicBool,
     /// Rebuilds swapped in since the index was loaded.
     rebuilds: AtomicU64,
+    /// When a search last found the records store unreachable catching up.
+    catch_up_failed: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Counts a background tuning of an index as running (in [`IndexStatus::tuning`]) from
@@ -154,6 +160,7 @@ impl Loaded {
             from: std::sync::Mutex::new(from),
             rebuilding: AtomicBool::new(false),
             rebuilds: AtomicU64::new(0),
+            catch_up_failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -302,6 +309,10 @@ impl IndexManager {
     pub fn new(store: Arc<dyn Store>, memory_budget: u64) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity((memory_budget / 1024).max(1))
+            // Least recently used goes first. moka's default, TinyLFU, also refuses
+            // to admit a new entry used less often than the one it would evict: a
+            // namespace new to a full pod would load again on every use.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_, loaded: &Arc<Loaded>| {
                 u32::try_from(loaded.index.memory_bytes() / 1024)
                     .unwrap_or(u32::MAX)
@@ -330,10 +341,22 @@ impl IndexManager {
             // applied right now: a search then serves what is in memory (an eventual
             // search; a strong one catches up to the store's seq itself) instead of
             // waiting seconds for a large write to go in.
+            let failed = *loaded.catch_up_failed.lock().expect("never poisoned");
             if loaded.wanted.load(Ordering::SeqCst) > loaded.index.seq()
+                && failed.is_none_or(|at| at.elapsed() >= CATCH_UP_RETRY)
                 && let Ok(_applying) = loaded.applying.try_lock()
             {
-                self.catch_up_holding(&loaded, project.id, namespace, None).await?;
+                match self.catch_up_holding(&loaded, project.id, namespace, None).await {
+                    Ok(()) => {}
+                    // Reads keep serving from memory while the store is unreachable;
+                    // the writes heard of arrive once it answers again.
+                    Err(EngineError::Store(StoreError::Unavailable(err))) => {
+                        *loaded.catch_up_failed.lock().expect("never poisoned") = Some(Instant::now());
+                        tracing::warn!(project_id = %project.id, namespace, error = %err,
+                            "catching up with writes heard of failed: serving what is in memory");
+                    }
+                    Err(other) => return Err(other),
+                }
             }
             return Ok(Some(loaded));
         }
@@ -619,9 +642,23 @@ impl IndexManager {
         if loaded.index.seq() < state.seq {
             self.catch_up(&loaded, project, namespace, Some(state.seq)).await?;
         }
-        // Re-insert so the memory budget sees the index's new size.
-        self.cache.insert(key, loaded).await;
+        self.reweigh(key, loaded).await;
         Ok(())
+    }
+
+    /// Puts an index back in the cache so the memory budget sees its new size, unless
+    /// it left the cache meanwhile (evicted, or its namespace deleted: a deleted
+    /// namespace's index must not come back). Removal takes the same key lock.
+    async fn reweigh(&self, key: Key, loaded: Arc<Loaded>) {
+        self.cache
+            .entry(key)
+            .and_compute_with(|entry| {
+                std::future::ready(match entry {
+                    Some(entry) if Arc::ptr_eq(entry.value(), &loaded) => moka::ops::compute::Op::Put(loaded),
+                    _ => moka::ops::compute::Op::Nop,
+                })
+            })
+            .await;
     }
 
     /// Another pod wrote `seq` to the namespace: catch up before the next search.
@@ -917,8 +954,7 @@ impl IndexManager {
         drop(applying);
         drop(running);
         Self::tune_if_changed(loaded);
-        // Re-insert so the memory budget sees the new graph's size.
-        self.cache.insert(key.clone(), Arc::clone(loaded)).await;
+        self.reweigh(key.clone(), Arc::clone(loaded)).await;
         tracing::info!(
             project_id = %project,
             namespace,
