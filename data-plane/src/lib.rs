@@ -147,6 +147,14 @@ impl DataPlane {
         self.limits.admit(&principal.project, kind, n, &principal.rate).await
     }
 
+    /// [`DataPlane::admit`] for a request that cannot be split: it takes at most a
+    /// minute's quota.
+    pub async fn admit_capped(&self, principal: &Principal, kind: limits::Kind, n: u64) -> Result<(), ApiError> {
+        self.limits
+            .admit_capped(&principal.project, kind, n, &principal.rate)
+            .await
+    }
+
     /// The caller's plan.
     pub async fn plan_of(&self, principal: &Principal) -> Result<Plan, ApiError> {
         let plan_id = &principal.project.plan_id;

@@ -626,7 +626,31 @@ impl Limits {
         n: u64,
         slot: &RateSlot,
     ) -> Result<(), ApiError> {
+        self.admit_within(project, kind, n, slot, false).await
+    }
+
+    /// [`Limits::admit`] for a request the caller cannot split, such as a delete by
+    /// filter: one larger than the quota takes the whole budget, once it is full.
+    pub async fn admit_capped(
+        &self,
+        project: &quiver_store::Project,
+        kind: Kind,
+        n: u64,
+        slot: &RateSlot,
+    ) -> Result<(), ApiError> {
+        self.admit_within(project, kind, n, slot, true).await
+    }
+
+    async fn admit_within(
+        &self,
+        project: &quiver_store::Project,
+        kind: Kind,
+        n: u64,
+        slot: &RateSlot,
+        capped: bool,
+    ) -> Result<(), ApiError> {
         let per_minute = self.quota(project, kind).await?;
+        let n = if capped { n.min(u64::from(per_minute)) } else { n };
         let units = u32::try_from(n).unwrap_or(u32::MAX);
         let decision = self.budget.take(project.id, kind, per_minute, units).await;
         slot.record(decision);

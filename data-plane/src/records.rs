@@ -11,9 +11,6 @@ use quiver_store::{Change, Record, RecordPatch, RecordWrite, WriteOutcome};
 use crate::DataPlane;
 use crate::auth::Principal;
 
-/// Most ids one store delete takes; larger deletes are split into several writes.
-const DELETE_CHUNK: usize = 1000;
-
 /// Inserts or replaces records, all or none, after checking the plan's caps.
 pub(crate) async fn upsert(
     state: &DataPlane,
@@ -65,42 +62,28 @@ pub(crate) async fn patch(
     Ok(Some((outcome, record)))
 }
 
-/// Tombstones records by id, in chunks of at most [`DELETE_CHUNK`] (each its own
-/// transaction). Returns how many existed and the namespace's seq after the last
-/// chunk; `None` when the namespace does not exist.
+/// Tombstones records by id, all in one transaction. Returns how many existed and
+/// the namespace's seq after the write; `None` when the namespace does not exist.
 pub(crate) async fn delete(
     state: &DataPlane,
     principal: &Principal,
     namespace: &str,
     ids: &[String],
 ) -> Result<Option<(u64, i64)>, ApiError> {
-    let mut deleted = 0;
-    let mut seq = None;
-    for chunk in ids.chunks(DELETE_CHUNK) {
-        let Some(outcome) = state.store.delete(principal.project_id, namespace, chunk).await? else {
-            return Ok(None);
-        };
-        deleted += outcome.affected;
-        seq = Some(outcome.state.seq);
-        if outcome.affected > 0 {
-            let changes = chunk
-                .iter()
-                .map(|id| Change::Delete {
-                    id: id.clone(),
-                    seq: outcome.state.seq,
-                })
-                .collect();
-            committed(state, principal, namespace, outcome, changes).await;
-        }
-    }
-    let seq = match seq {
-        Some(seq) => seq,
-        None => match state.store.namespace(principal.project_id, namespace).await? {
-            Some(ns) => ns.seq,
-            None => return Ok(None),
-        },
+    let Some(outcome) = state.store.delete(principal.project_id, namespace, ids).await? else {
+        return Ok(None);
     };
-    Ok(Some((deleted, seq)))
+    if outcome.affected > 0 {
+        let changes = ids
+            .iter()
+            .map(|id| Change::Delete {
+                id: id.clone(),
+                seq: outcome.state.seq,
+            })
+            .collect();
+        committed(state, principal, namespace, outcome, changes).await;
+    }
+    Ok(Some((outcome.affected, outcome.state.seq)))
 }
 
 /// After a write commits: bring this pod's index along and tell the other pods.

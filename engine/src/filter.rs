@@ -88,11 +88,15 @@ fn parse(value: &Value, depth: usize) -> Result<Filter, FilterError> {
                     .iter()
                     .map(|item| parse(item, depth + 1))
                     .collect::<Result<Vec<_>, _>>()?;
-                parts.push(if key == "$and" {
-                    Filter::And(parsed)
+                // An empty object in the list lets every record through: `$and` drops
+                // it and `$or` becomes it, so `is_all` sees what `{}` would be.
+                if key == "$and" {
+                    parts.extend(parsed);
+                } else if parsed.iter().any(Filter::is_all) {
+                    parts.push(Filter::All);
                 } else {
-                    Filter::Or(parsed)
-                });
+                    parts.push(Filter::Or(parsed));
+                }
             }
             other if other.starts_with('$') => {
                 return Err(FilterError(format!(
@@ -102,6 +106,7 @@ fn parse(value: &Value, depth: usize) -> Result<Filter, FilterError> {
             field => parts.extend(parse_field(field, condition)?),
         }
     }
+    parts.retain(|part| !part.is_all());
     Ok(match parts.len() {
         0 => Filter::All,
         1 => parts.pop().expect("one part"),
@@ -172,6 +177,9 @@ fn list(key: &str, op: &str, value: &Value) -> Result<Vec<Value>, FilterError> {
     let items = value
         .as_array()
         .ok_or_else(|| FilterError(format!("{op} on \"{key}\" takes an array, got {}", kind(value))))?;
+    if items.is_empty() {
+        return Err(FilterError(format!("{op} on \"{key}\" takes a non-empty array")));
+    }
     items.iter().map(|item| scalar(key, op, item)).collect()
 }
 
@@ -273,6 +281,26 @@ mod tests {
         }
     }
 
+    /// What lets every record through is `All` however it is written, so a delete by
+    /// filter can refuse it.
+    #[test]
+    fn empty_objects_inside_and_or_are_every_record() {
+        for filter in [
+            json!({}),
+            json!({"$and": [{}]}),
+            json!({"$or": [{}]}),
+            json!({"$or": [{"a": 1}, {}]}),
+            json!({"$and": [{}, {"$or": [{}]}]}),
+            json!({"$and": [{"$and": [{}]}], "$or": [{}, {"b": 2}]}),
+        ] {
+            assert_eq!(Filter::parse(&filter), Ok(Filter::All), "{filter}");
+        }
+        let narrowed = Filter::parse(&json!({"$and": [{}, {"a": 1}], "$or": [{"b": 2}]})).expect("valid");
+        assert!(!narrowed.is_all());
+        assert!(narrowed.matches(&meta(json!({"a": 1, "b": 2}))));
+        assert!(!narrowed.matches(&meta(json!({"a": 1}))));
+    }
+
     #[test]
     fn malformed_filters_are_refused_with_what_was_wrong() {
         for (filter, needle) in [
@@ -283,6 +311,14 @@ mod tests {
             (json!({"price": {"$gt": true}}), "number or a string"),
             (json!({"price": {"$exists": "yes"}}), "true or false"),
             (json!({"$and": []}), "non-empty array"),
+            (
+                json!({"price": {"$in": []}}),
+                "$in on \"price\" takes a non-empty array",
+            ),
+            (
+                json!({"price": {"$nin": []}}),
+                "$nin on \"price\" takes a non-empty array",
+            ),
             (json!({"price": {}}), "empty object"),
             (json!({"price": [1, 2]}), "got an array"),
             (json!({"price": null}), "got null"),

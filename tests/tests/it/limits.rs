@@ -195,6 +195,67 @@ async fn a_plan_change_takes_effect_within_a_second(app: TestApp) {
     }
 }
 
+/// A delete by filter cannot be split, so it takes at most a minute's budget however
+/// many records it matches; a delete by ids can be, and is held to the budget.
+async fn a_delete_by_filter_takes_at_most_a_minutes_budget(app: TestApp) {
+    let (session, project, key) = starter(&app).await;
+    let plan = async |plan: &str, queries: u64| {
+        let (status, body) = app
+            .control_call(
+                Method::PATCH,
+                &format!("/v1/projects/{project}"),
+                Some(&session),
+                Some(json!({"plan": plan})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while send(&app, 0, Method::GET, "/v1/namespaces", &key, Value::Null)
+            .await
+            .limit
+            != Some(queries)
+        {
+            assert!(Instant::now() < deadline, "the plan change to {plan} never took effect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // 150 records, more than a Starter minute's 100 documents, written on a bigger plan.
+    plan("developer", 300).await;
+    let vectors: Vec<Value> = (0..150)
+        .map(|i| json!({"id": format!("v{i}"), "values": [0.1, 0.2, 0.3, i as f64 + 1.0], "metadata": {"old": true}}))
+        .collect();
+    let written = send(
+        &app,
+        0,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        json!({"vectors": vectors}),
+    )
+    .await;
+    assert_eq!(written.status, 200, "{}", written.body);
+    plan("starter", 30).await;
+
+    let ids: Vec<String> = (0..101).map(|i| format!("v{i}")).collect();
+    let by_ids = send(&app, 0, Method::DELETE, "/v1/vectors/delete", &key, json!({"ids": ids})).await;
+    let message = assert_error(by_ids.status, &by_ids.body, 429, "RATE_LIMITED");
+    assert!(message.contains("smaller"), "{message}");
+    let by_filter = send(
+        &app,
+        0,
+        Method::DELETE,
+        "/v1/vectors/delete",
+        &key,
+        json!({"filter": {"old": true}}),
+    )
+    .await;
+    assert_eq!(by_filter.status, 200, "{}", by_filter.body);
+    assert_eq!(by_filter.body["deleted_count"], 150);
+    assert_eq!(by_filter.remaining, Some(0), "it took the whole budget");
+    let next = upsert(&app, &key, 1, 0).await;
+    assert_error(next.status, &next.body, 429, "RATE_LIMITED");
+}
+
 mod standalone {
     use super::*;
 
@@ -217,6 +278,11 @@ mod standalone {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_plan_change_takes_effect_within_a_second() {
         super::a_plan_change_takes_effect_within_a_second(TestApp::start(Backend::Sqlite).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_by_filter_takes_at_most_a_minutes_budget() {
+        super::a_delete_by_filter_takes_at_most_a_minutes_budget(TestApp::start(Backend::Sqlite).await).await;
     }
 }
 
