@@ -26,7 +26,9 @@ use crate::idempotency::idempotent;
 use crate::json::parse_body;
 use crate::limits::Kind;
 use crate::records;
-use crate::vectors::{VectorValues, parse_filter, parse_id, parse_metadata, parse_top_k, parse_values, strong};
+use crate::vectors::{
+    MAX_METADATA_BYTES, VectorValues, parse_filter, parse_id, parse_metadata, parse_top_k, parse_values, strong,
+};
 
 pub fn router() -> Router<DataPlane> {
     Router::new()
@@ -67,19 +69,31 @@ fn no_document(collection: &str, id: &str) -> ApiError {
 fn parse_content(value: Option<&Value>, what: &str) -> Result<Option<String>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.trim().is_empty() => {
-            Err(ApiError::validation(format!("{what} has empty content")))
-        }
-        Some(Value::String(text)) if text.len() > MAX_CONTENT_BYTES => Err(ApiError::validation(format!(
-            "{what} has {} bytes of content; the limit is {MAX_CONTENT_BYTES}",
-            text.len()
-        ))),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(Value::String(text)) => check_content(text, what).map(|()| Some(text.clone())),
         Some(other) => Err(ApiError::validation(format!(
             "{what} content must be a string, got {}",
             kind(other)
         ))),
     }
+}
+
+/// Refuses content that is blank, over [`MAX_CONTENT_BYTES`], or holds NUL.
+pub(crate) fn check_content(text: &str, what: &str) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::validation(format!("{what} has empty content")));
+    }
+    if text.len() > MAX_CONTENT_BYTES {
+        return Err(ApiError::validation(format!(
+            "{what} has {} bytes of content; the limit is {MAX_CONTENT_BYTES}",
+            text.len()
+        )));
+    }
+    if text.contains('\0') {
+        return Err(ApiError::validation(format!(
+            "{what} has content with the NUL character (U+0000), which content cannot hold"
+        )));
+    }
+    Ok(())
 }
 
 fn parse_document_id(value: Option<&Value>, what: &str) -> Result<Option<String>, ApiError> {
@@ -461,6 +475,7 @@ pub async fn replace(
             metadata,
             vector,
             content,
+            metadata_limit: Some(MAX_METADATA_BYTES),
         };
         let Some((outcome, _)) = records::patch(&state, &principal, &collection, &id, &patch).await? else {
             return Err(match state.store.namespace(principal.project_id, &collection).await? {

@@ -20,11 +20,12 @@ use serde_json::Value;
 
 use crate::DataPlane;
 use crate::auth::Principal;
-use crate::documents::{collection, no_collection};
+use crate::documents::{check_content, collection, no_collection};
 use crate::embeddings::{self, Source};
 use crate::json::parse_body;
 use crate::limits::Kind;
 use crate::records;
+use crate::vectors::{check_id, check_metadata};
 
 pub fn router() -> Router<DataPlane> {
     Router::new()
@@ -428,6 +429,15 @@ impl Backend for ProjectBackend<'_> {
         }
         let mut sources = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter_mut().enumerate() {
+            // The same rules as the document and vector APIs: one store for all three.
+            let what = format!("row {i}");
+            if let Some(id) = &row.id {
+                check_id(id, &what)?;
+            }
+            if let Some(content) = &row.content {
+                check_content(content, &what)?;
+            }
+            check_metadata(&row.metadata, &what)?;
             sources.push(match (row.embedding.take(), &row.content) {
                 (Some(vector), _) => {
                     self.check_vector(&vector, &format!("the embedding of row {i}"))?;
@@ -461,6 +471,16 @@ impl Backend for ProjectBackend<'_> {
 
     async fn update(&self, collection: &str, rows: Vec<RowUpdate>) -> Result<u64, ApiError> {
         self.principal.require_namespace(collection)?;
+        // Every row is checked before the first is written.
+        for update in &rows {
+            let what = format!("the update of \"{}\"", update.id);
+            if let Some(content) = &update.content {
+                check_content(content, &what)?;
+            }
+            if let Some(metadata) = &update.metadata {
+                check_metadata(metadata, &what)?;
+            }
+        }
         let mut changed = 0;
         for chunk in rows.chunks(self.plan.max_batch_size.max(1) as usize) {
             let ids: Vec<String> = chunk.iter().map(|r| r.id.clone()).collect();
@@ -480,6 +500,7 @@ impl Backend for ProjectBackend<'_> {
                 let Some(record) = current.get(&update.id) else {
                     continue;
                 };
+
                 sources.push(match (&update.embedding, &update.content) {
                     (Some(vector), _) => {
                         self.check_vector(vector, &format!("the new embedding of \"{}\"", update.id))?;

@@ -312,11 +312,7 @@ impl<'de> serde::de::Visitor<'de> for Shape {
 pub(crate) fn parse_id(value: Option<&Value>, what: &str) -> Result<String, ApiError> {
     match value {
         None | Some(Value::Null) => Err(ApiError::validation(format!("{what} has no id"))),
-        Some(Value::String(id)) if id.is_empty() || id.len() > MAX_ID_BYTES => Err(ApiError::validation(format!(
-            "{what} has an id of {} bytes; ids have 1 to {MAX_ID_BYTES} bytes",
-            id.len()
-        ))),
-        Some(Value::String(id)) => Ok(id.clone()),
+        Some(Value::String(id)) => check_id(id, what).map(|()| id.clone()),
         Some(other) => Err(ApiError::validation(format!(
             "{what} has an id that is {}; ids must be strings",
             kind(other)
@@ -324,18 +320,53 @@ pub(crate) fn parse_id(value: Option<&Value>, what: &str) -> Result<String, ApiE
     }
 }
 
+/// Refuses an id no store can hold alike: 1 to [`MAX_ID_BYTES`] bytes, no NUL.
+pub(crate) fn check_id(id: &str, what: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(ApiError::validation(format!(
+            "{what} has an id of {} bytes; ids have 1 to {MAX_ID_BYTES} bytes",
+            id.len()
+        )));
+    }
+    if id.contains('\0') {
+        return Err(ApiError::validation(format!(
+            "{what} has an id with the NUL character (U+0000), which ids cannot hold"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a JSON value holds the NUL character in a string or key. Postgres stores
+/// it in neither text nor JSON, so every store refuses it alike.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// Refuses metadata over [`MAX_METADATA_BYTES`] as JSON, or holding NUL.
+pub(crate) fn check_metadata(map: &Metadata, what: &str) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(map).map(|v| v.len()).unwrap_or(usize::MAX);
+    if bytes > MAX_METADATA_BYTES {
+        return Err(ApiError::validation(format!(
+            "{what} has {bytes} bytes of metadata; the limit is {MAX_METADATA_BYTES}"
+        )));
+    }
+    if map.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)) {
+        return Err(ApiError::validation(format!(
+            "{what} has metadata with the NUL character (U+0000), which no key or string can hold"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn parse_metadata(value: Option<&Value>, what: &str) -> Result<Metadata, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(Metadata::new()),
-        Some(Value::Object(map)) => {
-            let bytes = serde_json::to_vec(map).map(|v| v.len()).unwrap_or(usize::MAX);
-            if bytes > MAX_METADATA_BYTES {
-                return Err(ApiError::validation(format!(
-                    "{what} has {bytes} bytes of metadata; the limit is {MAX_METADATA_BYTES}"
-                )));
-            }
-            Ok(map.clone())
-        }
+        Some(Value::Object(map)) => check_metadata(map, what).map(|()| map.clone()),
         Some(other) => Err(ApiError::validation(format!(
             "{what} metadata must be an object, got {}",
             kind(other)
@@ -1003,6 +1034,7 @@ pub async fn update(
                 .map(|v| parse_values(v, project.dimension, project.metric, &what))
                 .transpose()?,
             content: None,
+            metadata_limit: Some(MAX_METADATA_BYTES),
         };
         if patch.metadata.is_none() && patch.vector.is_none() {
             return Err(ApiError::validation(
@@ -1077,7 +1109,7 @@ pub async fn remove(
         let request: DeleteRequest = parse_body(&headers, &body)?;
         let namespace = namespace(request.namespace)?;
         principal.require_namespace(&namespace)?;
-        let ids = match (request.filter, request.id, request.ids) {
+        let (ids, by_filter) = match (request.filter, request.id, request.ids) {
             (Some(filter), None, None) => {
                 let filter = parse_filter(Some(&filter), "filter")?;
                 if filter.is_all() {
@@ -1086,16 +1118,24 @@ pub async fn remove(
                         detail: Some("field filter".into()),
                     });
                 }
-                state
+                let ids = state
                     .indexes
                     .matching_ids(&principal.project, &namespace, filter)
                     .await?
-                    .ok_or_else(|| no_namespace(&namespace))?
+                    .ok_or_else(|| no_namespace(&namespace))?;
+                (ids, true)
             }
             (Some(_), _, _) => return Err(ApiError::validation("send id, ids or filter, only one of them")),
-            (None, id, ids) => parse_ids(id, ids)?.0,
+            (None, id, ids) => (parse_ids(id, ids)?.0, false),
         };
-        state.admit(&principal, Kind::Documents, ids.len() as u64).await?;
+        if by_filter {
+            // However many records match: the caller has no way to split the request.
+            state
+                .admit_capped(&principal, Kind::Documents, ids.len() as u64)
+                .await?;
+        } else {
+            state.admit(&principal, Kind::Documents, ids.len() as u64).await?;
+        }
         let (deleted, seq) = records::delete(&state, &principal, &namespace, &ids)
             .await?
             .ok_or_else(|| no_namespace(&namespace))?;
@@ -1164,6 +1204,14 @@ pub async fn list(
             detail: Some("field limit".into()),
         });
     }
+    if let Some(prefix) = &query.prefix
+        && (prefix.len() > MAX_ID_BYTES || prefix.contains('\0'))
+    {
+        return Err(ApiError::Validation {
+            message: format!("prefix must be at most {MAX_ID_BYTES} bytes, without the NUL character, as ids are"),
+            detail: Some("field prefix".into()),
+        });
+    }
     let after = query
         .cursor
         .map(|cursor| {
@@ -1171,6 +1219,8 @@ pub async fn list(
                 .decode(cursor)
                 .ok()
                 .and_then(|bytes| String::from_utf8(bytes).ok())
+                // The last id of a page: what is not an id is not a cursor.
+                .filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.contains('\0'))
                 .ok_or_else(|| ApiError::Validation {
                     message: "the cursor is not one this API returned".into(),
                     detail: Some("field cursor".into()),

@@ -472,6 +472,30 @@ pub async fn updates_merge_metadata_and_may_replace_vector_and_content(store: Ar
         Some("new text"),
         "content is kept when not given"
     );
+
+    // A merge that would take the metadata past its limit changes nothing.
+    let grow = |key: &str| RecordPatch {
+        metadata: Some(MetadataPatch::Merge(
+            json!({key: "x".repeat(30)}).as_object().cloned().unwrap_or_default(),
+        )),
+        metadata_limit: Some(80),
+        ..RecordPatch::default()
+    };
+    let (outcome, _) = store
+        .update(p, "ns", "a", &grow("first"))
+        .await
+        .expect("within the limit")
+        .expect("exists");
+    let refused = store.update(p, "ns", "a", &grow("second")).await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(ref message)) if message.contains("limit is 80")),
+        "{refused:?}"
+    );
+    let stored = store.fetch(p, "ns", &ids(&["a"])).await.expect("fetch").remove(0);
+    assert!(!stored.metadata.contains_key("second"));
+    assert_eq!(stored.seq, outcome.state.seq, "no seq was spent");
+    let ns = store.namespace(p, "ns").await.expect("namespace").expect("exists");
+    assert_eq!(ns.seq, outcome.state.seq);
 }
 
 pub async fn updates_of_missing_records_change_nothing(store: Arc<dyn Store>) {

@@ -31,6 +31,11 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() || db.is_check_violation() => {
                 StoreError::Invalid(db.message().to_owned())
             }
+            // Text Postgres cannot hold (the NUL character): the request's fault. The
+            // APIs refuse it before it gets here; this keeps anything missed a 400.
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22P05" | "22021")) => {
+                StoreError::Invalid(format!("a value the store cannot hold: {}", db.message()))
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut

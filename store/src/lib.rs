@@ -220,6 +220,10 @@ pub struct RecordPatch {
     pub vector: Option<Vec<f32>>,
     /// Replaces the content.
     pub content: Option<String>,
+    /// The most bytes the record's metadata may take as JSON once patched: beyond it
+    /// the update is refused ([`StoreError::Invalid`]) and nothing changes. A merge
+    /// can grow metadata past what any one request sends.
+    pub metadata_limit: Option<usize>,
 }
 
 /// The records of every namespace.

@@ -446,6 +446,15 @@ macro_rules! sql_store {
                     Some($crate::MetadataPatch::Replace(metadata)) => record.metadata.clone_from(metadata),
                     None => {}
                 }
+                if let Some(limit) = patch.metadata_limit {
+                    let bytes = serde_json::to_vec(&record.metadata).map_or(usize::MAX, |json| json.len());
+                    if bytes > limit {
+                        // Dropping the transaction rolls it back.
+                        return Err(StoreError::Invalid(format!(
+                            "the update would leave \"{id}\" with {bytes} bytes of metadata; the limit is {limit}"
+                        )));
+                    }
+                }
                 if let Some(vector) = &patch.vector {
                     record.vector.clone_from(vector);
                 }
