@@ -1,4 +1,6 @@
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use quiver_common::ApiError;
@@ -7,6 +9,7 @@ use serde::Serialize;
 
 use crate::DataPlane;
 use crate::auth::Principal;
+use crate::idempotency::idempotent;
 use crate::limits::Kind;
 
 pub fn router() -> Router<DataPlane> {
@@ -73,37 +76,57 @@ pub struct Deleted {
     path = "/v1/namespaces/{namespace}",
     tag = "namespaces",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
-    params(("namespace" = String, Path)),
+    params(
+        ("namespace" = String, Path),
+        ("x-idempotency-key" = Option<String>, Header, description = "replay-safe retries for 24 h"),
+    ),
     responses(
         (status = 200, body = Deleted),
+        (status = 400, body = quiver_common::error::ErrorEnvelope),
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, description = "no admin scope", body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such namespace", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, body = quiver_common::error::ErrorEnvelope),
+        (status = 422, body = quiver_common::error::ErrorEnvelope),
         (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn remove(
     State(state): State<DataPlane>,
     principal: Principal,
+    headers: HeaderMap,
     Path(namespace): Path<String>,
-) -> Result<Json<Deleted>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(Scope::Admin)?;
     principal.require_namespace(&namespace)?;
-    state.admit(&principal, Kind::Documents, 1).await?;
-    if !state.store.delete_namespace(principal.project_id, &namespace).await? {
-        return Err(ApiError::NotFound(format!("no namespace \"{namespace}\"")));
-    }
-    state.indexes.forget_namespace(principal.project_id, &namespace).await;
-    let notice = quiver_common::bus::Notice::NamespaceDeleted {
-        project_id: principal.project_id,
-        namespace: namespace.clone(),
-    };
-    if let Err(err) = state.bus.publish(notice).await {
-        tracing::warn!(error = %err, "publishing a namespace deletion failed");
-    }
-    tracing::info!(project_id = %principal.project_id, namespace = %namespace, "namespace deleted");
-    Ok(Json(Deleted {
-        deleted: true,
-        namespace,
-    }))
+    // The namespace is the whole request: a retry of this delete replays its answer
+    // rather than finding the namespace gone.
+    idempotent(
+        &state,
+        &principal,
+        &headers,
+        "namespace-delete",
+        namespace.as_bytes(),
+        async {
+            state.admit(&principal, Kind::Documents, 1).await?;
+            if !state.store.delete_namespace(principal.project_id, &namespace).await? {
+                return Err(ApiError::NotFound(format!("no namespace \"{namespace}\"")));
+            }
+            state.indexes.forget_namespace(principal.project_id, &namespace).await;
+            let notice = quiver_common::bus::Notice::NamespaceDeleted {
+                project_id: principal.project_id,
+                namespace: namespace.clone(),
+            };
+            if let Err(err) = state.bus.publish(notice).await {
+                tracing::warn!(error = %err, "publishing a namespace deletion failed");
+            }
+            tracing::info!(project_id = %principal.project_id, namespace = %namespace, "namespace deleted");
+            Ok(serde_json::to_value(Deleted {
+                deleted: true,
+                namespace: namespace.clone(),
+            })
+            .map_err(anyhow::Error::from)?)
+        },
+    )
+    .await
 }

@@ -158,12 +158,43 @@ async fn each_role_has_exactly_its_scopes(app: TestApp) {
         let message = assert_error(status, &body, 403, "FORBIDDEN");
         assert!(message.contains("admin"), "{message}");
     }
+    let search = json!({"namespace": "a", "vector": [0.11, 0.22, 0.33, 0.44]});
+    let searched = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &readonly, Some(search.clone()))
+        .await;
+    assert_eq!(searched.0, 200, "the index is in memory: {}", searched.1);
     let (status, body) = delete_namespace(&app, &admin, "a").await;
     assert_eq!((status, body), (200, json!({"deleted": true, "namespace": "a"})));
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &readonly, Some(search))
+        .await;
+    assert_error(status, &body, 404, "NOT_FOUND");
     let (status, body) = delete_namespace(&app, &admin, "a").await;
     assert_error(status, &body, 404, "NOT_FOUND");
     let (_, listed) = list(&app, 0, &readonly).await;
     assert_eq!(listed["namespaces"].as_array().map(Vec::len), Some(1));
+
+    // With an idempotency key, a retry replays the answer instead of a 404; the same
+    // key for another namespace is another request.
+    let with_key = async |namespace: &str| {
+        let response = app
+            .data_request(0, Method::DELETE, &format!("/v1/namespaces/{namespace}"))
+            .bearer_auth(&admin)
+            .header("x-idempotency-key", "drop-b")
+            .send()
+            .await
+            .expect("answer");
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let (status, body) = read(response).await;
+        (status, body, replayed)
+    };
+    let deleted = json!({"deleted": true, "namespace": "b"});
+    assert_eq!(with_key("b").await, (200, deleted.clone(), false));
+    assert_eq!(with_key("b").await, (200, deleted, true));
+    let (status, body, _) = with_key("a").await;
+    assert_error(status, &body, 422, "UNPROCESSABLE");
+    let (_, listed) = list(&app, 0, &readonly).await;
+    assert_eq!(listed["namespaces"], json!([]));
 }
 
 async fn the_project_always_comes_from_the_credential(app: TestApp) {

@@ -431,6 +431,52 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
     .await;
     assert_eq!(body["rows"], json!([{"count": 3}]), "{body}");
 
+    // NQL writes the same records as the document API, under the same rules, and a
+    // statement with one bad row writes none.
+    let insert = "INSERT INTO documents (id, content, embedding) VALUES ($1, 'fine', $3), ($2, $4, $3)";
+    for (params, code, needle) in [
+        (
+            json!(["n2", "", [0.5, 0.5, 0.5], "text"]),
+            "QUERY_ERROR",
+            "id must not be empty",
+        ),
+        (
+            json!(["n2", "x".repeat(513), [0.5, 0.5, 0.5], "text"]),
+            "VALIDATION_ERROR",
+            "1 to 512 bytes",
+        ),
+        (
+            json!(["n2", "n3", [0.5, 0.5, 0.5], "a\0b"]),
+            "VALIDATION_ERROR",
+            "NUL character",
+        ),
+    ] {
+        let (status, body) = q(&t.readwrite, insert, params.clone()).await;
+        let message = assert_error(status, &body, 400, code);
+        assert!(message.contains(needle), "{params}: {message}");
+    }
+    let (status, body) = q(
+        &t.readwrite,
+        "UPDATE documents SET metadata = metadata || $1 WHERE source = 'manual'",
+        json!([{"blob": "z".repeat(41 * 1024)}]),
+    )
+    .await;
+    let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+    assert!(message.contains("bytes of metadata"), "{message}");
+    let (_, body) = q(&t.readonly, "SELECT COUNT(*) FROM documents", json!([])).await;
+    assert_eq!(
+        body["rows"],
+        json!([{"count": 4}]),
+        "nothing refused was written: {body}"
+    );
+    let (_, body) = q(
+        &t.readonly,
+        "SELECT COUNT(*) FROM documents WHERE metadata->>'blob' IS NOT NULL",
+        json!([]),
+    )
+    .await;
+    assert_eq!(body["rows"], json!([{"count": 0}]), "{body}");
+
     let (status, body) = q(&t.readwrite, "DELETE FROM documents WHERE id = 'n1'", json!([])).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rowCount"], 1);

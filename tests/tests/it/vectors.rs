@@ -235,6 +235,16 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
             "unknown field",
         ),
         (json!("a string"), "must be an object"),
+        // Postgres holds NUL in neither text nor JSON: refused on every store alike.
+        (json!({"id": "a\0b", "values": [1, 2, 3, 4]}), "NUL character"),
+        (
+            json!({"id": "a", "values": [1, 2, 3, 4], "metadata": {"tags": ["ok", "x\0"]}}),
+            "NUL character",
+        ),
+        (
+            json!({"id": "a", "values": [1, 2, 3, 4], "metadata": {"k\0": 1}}),
+            "NUL character",
+        ),
     ];
     for (bad, needle) in cases {
         let body = json!({"namespace": "ns", "vectors": [good.clone(), bad.clone()]});
@@ -304,6 +314,48 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
         .await;
     assert_eq!(status, 200);
     assert_eq!(upsert_count(&app, &key).await, 1);
+
+    // Updates merge metadata: each under the cap, together past it, is refused whole.
+    let update = |key_name: &str, values: [f32; 4]| json!({"namespace": "ns", "id": "ok", "metadata": {key_name: "z".repeat(30 * 1024)}, "values": values});
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/update",
+            &key,
+            Some(update("first", [4.0, 3.0, 2.0, 1.0])),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/update",
+            &key,
+            Some(update("second", [9.0, 9.0, 9.0, 9.0])),
+        )
+        .await;
+    let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+    assert!(
+        message.contains("bytes of metadata") && message.contains("40960"),
+        "{message}"
+    );
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "ns", "id": "ok"})),
+        )
+        .await;
+    assert!(body["metadata"].get("second").is_none(), "{body}");
+    assert_eq!(
+        body["values"],
+        json!([4.0, 3.0, 2.0, 1.0]),
+        "the refused update changed nothing"
+    );
 }
 
 async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
@@ -623,7 +675,70 @@ async fn filters_narrow_searches_and_deletes(app: TestApp) {
         )
         .await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
+    // However an everything-filter is written, and empty lists of values.
+    for (filter, needle) in [
+        (json!({"$and": [{}]}), "empty filter"),
+        (json!({"$or": [{"color": "blue"}, {}]}), "empty filter"),
+        (json!({"color": {"$nin": []}}), "non-empty array"),
+        (json!({"color": {"$in": []}}), "non-empty array"),
+    ] {
+        let (status, body) = app
+            .data_call(
+                0,
+                Method::DELETE,
+                "/v1/vectors/delete",
+                &key,
+                Some(json!({"namespace": "f", "filter": filter})),
+            )
+            .await;
+        let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+        assert!(message.contains(needle), "{filter}: {message}");
+    }
     assert_eq!(upsert_count(&app, &key).await, 40);
+
+    // A filter that matches nothing deletes nothing and spends no seq.
+    let (_, before) = app.data_call(0, Method::GET, "/v1/namespaces", &key, None).await;
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::DELETE,
+            "/v1/vectors/delete",
+            &key,
+            Some(json!({"namespace": "f", "filter": {"color": "purple"}})),
+        )
+        .await;
+    assert_eq!((status, &body["deleted_count"]), (200, &json!(0)), "{body}");
+    assert_eq!(body["seq"], before["namespaces"][0]["seq"], "{body} {before}");
+
+    // A list of ids: those that exist are deleted, in one write.
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::DELETE,
+            "/v1/vectors/delete",
+            &key,
+            Some(json!({"namespace": "f", "ids": ["v1", "v2", "v3", "nope"]})),
+        )
+        .await;
+    assert_eq!((status, &body["deleted_count"]), (200, &json!(2)), "v3 was red: {body}");
+    assert_eq!(
+        body["seq"].as_i64(),
+        before["namespaces"][0]["seq"].as_i64().map(|s| s + 1)
+    );
+    let too_many: Vec<String> = (0..1001).map(|i| format!("v{i}")).collect();
+    for ids in [json!([]), json!(too_many)] {
+        let (status, body) = app
+            .data_call(
+                0,
+                Method::DELETE,
+                "/v1/vectors/delete",
+                &key,
+                Some(json!({"namespace": "f", "ids": ids})),
+            )
+            .await;
+        assert_error(status, &body, 400, "VALIDATION_ERROR");
+    }
+    assert_eq!(upsert_count(&app, &key).await, 38);
 }
 
 async fn scopes_and_tenancy_hold_on_every_route(app: TestApp) {
@@ -753,12 +868,29 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
     }
     assert_eq!(seen.len(), 25);
     assert_eq!(seen[0], "doc#00");
+    // What no page returned: not base64, base64 of nothing, of bytes that are not
+    // text, of text no id can be; a prefix no id can start with.
+    for query in [
+        "cursor=%%%",
+        "cursor=",
+        "cursor=__8",
+        "cursor=YQBi",
+        "prefix=a%00",
+        "limit=0",
+    ] {
+        let path = format!("/v1/vectors/list?namespace=l&{query}");
+        let (status, body) = app.data_call(0, Method::GET, &path, &key, None).await;
+        assert_error(status, &body, 400, "VALIDATION_ERROR");
+    }
+    let long = "p".repeat(513);
     let (status, body) = app
-        .data_call(0, Method::GET, "/v1/vectors/list?namespace=l&cursor=%%%", &key, None)
-        .await;
-    assert_eq!(status, 400, "{body}");
-    let (status, body) = app
-        .data_call(0, Method::GET, "/v1/vectors/list?namespace=l&limit=0", &key, None)
+        .data_call(
+            0,
+            Method::GET,
+            &format!("/v1/vectors/list?namespace=l&prefix={long}"),
+            &key,
+            None,
+        )
         .await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
 
@@ -957,6 +1089,60 @@ async fn writes_on_one_pod_are_seen_by_another() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A pod that heard of writes it has not applied, and cannot reach the records store
+/// to catch up, still answers searches from memory; strong reads and writes refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_behind_serves_from_memory_when_the_store_is_gone() {
+    let app = TestApp::cluster(2).await;
+    let key = app.tenant(4, "cosine").await.readwrite;
+    let upsert = |id: &str, values: [f32; 4]| json!({"namespace": "ns", "vectors": [{"id": id, "values": values}]});
+    let search = json!({"namespace": "ns", "vector": [1, 0, 0, 0], "top_k": 5});
+    let (status, _) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(upsert("a", [1.0, 0.0, 0.0, 0.0])),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
+        .await;
+    assert_eq!(
+        (status, body["matches"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{body}"
+    );
+
+    // Pod 1 hears of a write on pod 0, and loses the store before its next search.
+    let (status, _) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(upsert("b", [0.9, 0.1, 0.0, 0.0])),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // the notice, through Redis
+    app.store.close().await;
+    for _ in 0..3 {
+        let (status, body) = app
+            .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
+            .await;
+        assert_eq!(status, 200, "served from memory: {body}");
+        assert_eq!(body["matches"][0]["id"], "a", "{body}");
+    }
+    let strong = json!({"namespace": "ns", "vector": [1, 0, 0, 0], "consistency": "strong"});
+    let (status, body) = app
+        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(strong))
+        .await;
+    assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
 }
 
 /// 20,000 random 128-d vectors, 200 queries: recall@10 against brute force, with and
