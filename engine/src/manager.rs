@@ -15,6 +15,7 @@
 //! rounds rebuild, aside, the graph of an index whose records have mostly been replaced
 //! or deleted since it was built ([`IndexManager::rebuild_due`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -55,12 +56,17 @@ pub enum EngineError {
     Index(#[from] IndexError),
     #[error("an index task failed: {0}")]
     Task(String),
+    /// The namespace was deleted (and perhaps made again, a new epoch) while its index
+    /// was being read from the store: that index is of a life that has ended.
+    #[error("the namespace was deleted or made again while its index was read; retry")]
+    Stale,
 }
 
 impl From<EngineError> for quiver_common::ApiError {
     fn from(err: EngineError) -> Self {
         match err {
             EngineError::Store(store) => store.into(),
+            EngineError::Stale => quiver_common::ApiError::Unavailable(EngineError::Stale.to_string()),
             other => quiver_common::ApiError::Internal(other.into()),
         }
     }
@@ -281,10 +287,24 @@ impl LoadedFrom {
     }
 }
 
+/// What a pod hears of a namespace while its index loads, when the load is not in the
+/// cache to be told: the newest write (epoch and seq), and whether the namespace was
+/// forgotten (deleted).
+#[derive(Debug, Default)]
+struct News {
+    latest: Option<(uuid::Uuid, i64)>,
+    forgotten: bool,
+    /// Callers of `open` loading it now (they share one load).
+    openers: usize,
+}
+
 /// All the indexes of one pod.
 pub struct IndexManager {
     store: Arc<dyn Store>,
     cache: moka::future::Cache<Key, Arc<Loaded>>,
+    /// The namespaces whose index is loading, with what was heard of them meanwhile:
+    /// the load applies it once it is in the cache.
+    loading: std::sync::Mutex<HashMap<Key, News>>,
     permits: Arc<Semaphore>,
     /// The memory budget, in bytes.
     budget: u64,
@@ -326,6 +346,7 @@ impl IndexManager {
         Self {
             store,
             cache,
+            loading: std::sync::Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(THREADS)),
             budget: memory_budget,
             rebuilding: Arc::new(tokio::sync::Mutex::new(())),
@@ -336,39 +357,139 @@ impl IndexManager {
     /// not exist. Catches up first when this pod heard of newer writes.
     pub async fn open(&self, project: &Project, namespace: &str) -> Result<Option<Arc<Loaded>>, EngineError> {
         let key = (project.id, namespace.to_owned());
-        if let Some(loaded) = self.cache.get(&key).await {
-            // Catch up with the writes heard of, unless a write or a catch-up is being
-            // applied right now: a search then serves what is in memory (an eventual
-            // search; a strong one catches up to the store's seq itself) instead of
-            // waiting seconds for a large write to go in.
-            let failed = *loaded.catch_up_failed.lock().expect("never poisoned");
-            if loaded.wanted.load(Ordering::SeqCst) > loaded.index.seq()
-                && failed.is_none_or(|at| at.elapsed() >= CATCH_UP_RETRY)
-                && let Ok(_applying) = loaded.applying.try_lock()
-            {
-                match self.catch_up_holding(&loaded, project.id, namespace, None).await {
-                    Ok(()) => {}
-                    // Reads keep serving from memory while the store is unreachable;
-                    // the writes heard of arrive once it answers again.
-                    Err(EngineError::Store(StoreError::Unavailable(err))) => {
-                        *loaded.catch_up_failed.lock().expect("never poisoned") = Some(Instant::now());
-                        tracing::warn!(project_id = %project.id, namespace, error = %err,
-                            "catching up with writes heard of failed: serving what is in memory");
-                    }
-                    Err(other) => return Err(other),
-                }
+        // A namespace deleted or made again while its index was read is read again,
+        // a few times at most.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let loaded = match self.cache.get(&key).await {
+                Some(loaded) => loaded,
+                None => match self.load_into_cache(project, namespace, &key).await {
+                    Ok(Some(loaded)) => loaded,
+                    Ok(None) => return Ok(None),
+                    Err(EngineError::Stale) if tries < 3 => continue,
+                    Err(err) => return Err(err),
+                },
+            };
+            match self.freshen(project, namespace, &loaded).await {
+                Ok(()) => return Ok(Some(loaded)),
+                Err(EngineError::Stale) if tries < 3 => self.drop_if_cached(&key, &loaded).await,
+                Err(err) => return Err(err),
             }
-            return Ok(Some(loaded));
         }
+    }
+
+    /// Loads an index and puts it in the cache (one load however many ask at once),
+    /// then applies what was heard of the namespace meanwhile.
+    async fn load_into_cache(
+        &self,
+        project: &Project,
+        namespace: &str,
+        key: &Key,
+    ) -> Result<Option<Arc<Loaded>>, EngineError> {
+        // Before reading the namespace's state: a write committed after that read
+        // finds this entry (`hear`) if it does not find the index in the cache.
+        self.loading
+            .lock()
+            .expect("never poisoned")
+            .entry(key.clone())
+            .or_default()
+            .openers += 1;
+        let loaded = self.load_shared(project, namespace, key).await;
+        // Read after the load went into the cache: from here on, writes find the index.
+        let news = {
+            let mut loading = self.loading.lock().expect("never poisoned");
+            let news = loading.get_mut(key).map(|news| {
+                news.openers -= 1;
+                (news.latest, news.forgotten, news.openers)
+            });
+            if news.is_some_and(|(_, _, openers)| openers == 0) {
+                loading.remove(key);
+            }
+            news
+        };
+        let Some(loaded) = loaded? else {
+            return Ok(None);
+        };
+        let (latest, forgotten, _) = news.unwrap_or_default();
+        let recreated = latest.is_some_and(|(epoch, _)| epoch != loaded.index.epoch());
+        if forgotten || recreated {
+            self.drop_if_cached(key, &loaded).await;
+            return Err(EngineError::Stale);
+        }
+        if let Some((_, seq)) = latest {
+            loaded.wanted.fetch_max(seq, Ordering::SeqCst);
+        }
+        Ok(Some(loaded))
+    }
+
+    /// The namespace's index from the cache, loaded into it if need be; `None` when
+    /// the namespace does not exist.
+    async fn load_shared(
+        &self,
+        project: &Project,
+        namespace: &str,
+        key: &Key,
+    ) -> Result<Option<Arc<Loaded>>, EngineError> {
         let Some(state) = self.store.namespace(project.id, namespace).await? else {
             return Ok(None);
         };
-        let loaded = self
-            .cache
-            .try_get_with(key, self.load(project, namespace, state))
+        self.cache
+            .try_get_with(key.clone(), self.load(project, namespace, state))
             .await
-            .map_err(|err| EngineError::Task(err.to_string()))?;
-        Ok(Some(loaded))
+            .map(Some)
+            .map_err(|err| match err.as_ref() {
+                EngineError::Stale => EngineError::Stale,
+                other => EngineError::Task(other.to_string()),
+            })
+    }
+
+    /// Catches a loaded index up with the writes heard of, unless a write or a
+    /// catch-up is being applied right now: a search then serves what is in memory (an
+    /// eventual search; a strong one catches up to the store's seq itself) instead of
+    /// waiting seconds for a large write to go in.
+    async fn freshen(&self, project: &Project, namespace: &str, loaded: &Arc<Loaded>) -> Result<(), EngineError> {
+        let failed = *loaded.catch_up_failed.lock().expect("never poisoned");
+        if loaded.wanted.load(Ordering::SeqCst) > loaded.index.seq()
+            && failed.is_none_or(|at| at.elapsed() >= CATCH_UP_RETRY)
+            && let Ok(_applying) = loaded.applying.try_lock()
+        {
+            match self.catch_up_holding(loaded, project.id, namespace, None).await {
+                Ok(()) => {}
+                // Reads keep serving from memory while the store is unreachable; the
+                // writes heard of arrive once it answers again.
+                Err(EngineError::Store(StoreError::Unavailable(err))) => {
+                    *loaded.catch_up_failed.lock().expect("never poisoned") = Some(Instant::now());
+                    tracing::warn!(project_id = %project.id, namespace, error = %err,
+                        "catching up with writes heard of failed: serving what is in memory");
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `loaded` from the cache if it is still the namespace's index there.
+    async fn drop_if_cached(&self, key: &Key, loaded: &Arc<Loaded>) {
+        self.cache
+            .entry(key.clone())
+            .and_compute_with(|entry| {
+                std::future::ready(match entry {
+                    Some(entry) if Arc::ptr_eq(entry.value(), loaded) => moka::ops::compute::Op::Remove,
+                    _ => moka::ops::compute::Op::Nop,
+                })
+            })
+            .await;
+    }
+
+    /// Notes a write heard of for a namespace whose index is loading.
+    fn hear(&self, key: &Key, state: NamespaceState) {
+        if let Some(news) = self.loading.lock().expect("never poisoned").get_mut(key) {
+            news.latest = match news.latest {
+                Some((epoch, seq)) if epoch == state.epoch => Some((epoch, seq.max(state.seq))),
+                _ => Some((state.epoch, state.seq)),
+            };
+        }
     }
 
     async fn load(
@@ -480,6 +601,12 @@ impl IndexManager {
             };
             if changes.is_empty() {
                 return Ok(());
+            }
+            // Read after the changes: a namespace deleted since this index's epoch began,
+            // and perhaps made again, would mix another life's records into it.
+            match self.store.namespace(project, namespace).await? {
+                Some(state) if state.epoch == loaded.index.epoch() => {}
+                _ => return Err(EngineError::Stale),
             }
             let full_page = changes.len() == limit as usize;
             if full_page {
@@ -620,11 +747,13 @@ impl IndexManager {
         changes: Vec<Change>,
     ) -> Result<(), EngineError> {
         let key = (project, namespace.to_owned());
+        // Before looking in the cache: an index loading now is not there yet.
+        self.hear(&key, state);
         let Some(loaded) = self.cache.get(&key).await else {
             return Ok(()); // Not in memory: it loads with this write when next used.
         };
         if loaded.index.epoch() != state.epoch {
-            self.cache.invalidate(&key).await;
+            self.drop_if_cached(&key, &loaded).await;
             return Ok(());
         }
         loaded.wanted.fetch_max(state.seq, Ordering::SeqCst);
@@ -664,9 +793,10 @@ impl IndexManager {
     /// Another pod wrote `seq` to the namespace: catch up before the next search.
     pub async fn heard_of(&self, project: ProjectId, namespace: &str, state: NamespaceState) {
         let key = (project, namespace.to_owned());
+        self.hear(&key, state);
         if let Some(loaded) = self.cache.get(&key).await {
             if loaded.index.epoch() != state.epoch {
-                self.cache.invalidate(&key).await;
+                self.drop_if_cached(&key, &loaded).await;
             } else {
                 loaded.wanted.fetch_max(state.seq, Ordering::SeqCst);
             }
@@ -694,7 +824,13 @@ impl IndexManager {
                     self.forget_namespace(project.id, namespace).await;
                     return Box::pin(self.search(project, namespace, query)).await;
                 }
-                Some(state) => self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?,
+                Some(state) => match self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await {
+                    Err(EngineError::Stale) => {
+                        self.forget_namespace(project.id, namespace).await;
+                        return Box::pin(self.search(project, namespace, query)).await;
+                    }
+                    caught_up => caught_up?,
+                },
             }
         }
         let _permit = self
@@ -731,10 +867,18 @@ impl IndexManager {
         namespace: &str,
         filter: Filter,
     ) -> Result<Option<Vec<String>>, EngineError> {
-        let Some(loaded) = self.open(project, namespace).await? else {
+        let Some(mut loaded) = self.open(project, namespace).await? else {
             return Ok(None);
         };
-        self.catch_up(&loaded, project.id, namespace, None).await?;
+        if let Err(EngineError::Stale) = self.catch_up(&loaded, project.id, namespace, None).await {
+            // The namespace was deleted, or made again, since this index was loaded.
+            self.forget_namespace(project.id, namespace).await;
+            let Some(fresh) = self.open(project, namespace).await? else {
+                return Ok(None);
+            };
+            self.catch_up(&fresh, project.id, namespace, None).await?;
+            loaded = fresh;
+        }
         let _permit = self
             .permits
             .acquire()
@@ -748,11 +892,19 @@ impl IndexManager {
 
     /// Drops a namespace's index (it was deleted).
     pub async fn forget_namespace(&self, project: ProjectId, namespace: &str) {
-        self.cache.invalidate(&(project, namespace.to_owned())).await;
+        let key = (project, namespace.to_owned());
+        // A load running now would put the deleted namespace's index in the cache.
+        if let Some(news) = self.loading.lock().expect("never poisoned").get_mut(&key) {
+            news.forgotten = true;
+        }
+        self.cache.invalidate(&key).await;
     }
 
     /// Drops every index of a project (it was deleted).
     pub fn forget_project(&self, project: ProjectId) {
+        for (key, news) in self.loading.lock().expect("never poisoned").iter_mut() {
+            news.forgotten |= key.0 == project;
+        }
         if self
             .cache
             .invalidate_entries_if(move |key, _| key.0 == project)

@@ -516,7 +516,103 @@ async fn a_rebuild_waits_for_room_in_the_memory_budget(store: Arc<dyn Store>) {
     assert_eq!(status.rebuilds, 0);
 }
 
+/// Starts loading namespace "ns" in the background, and returns
+/// once the load is under way (the namespace's state read, the index not in memory).
+async fn loading(
+    manager: &Arc<IndexManager>,
+    project: &Project,
+) -> tokio::task::JoinHandle<Option<Arc<quiver_engine::manager::Loaded>>> {
+    let task = {
+        let (manager, project) = (Arc::clone(manager), project.clone());
+        tokio::spawn(async move { manager.open(&project, "ns").await.expect("open") })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(
+        !manager.is_loaded(project.id, "ns").await && !task.is_finished(),
+        "the load ended before the test could write beside it: give it more records"
+    );
+    task
+}
+
+/// A write this pod commits while the namespace's index is loading is in the index
+/// the load leaves, though the load read the namespace's state before the write.
+async fn a_write_committed_while_the_index_loads_is_in_it(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..6_000)).await.expect("upsert");
+    let manager = Arc::new(IndexManager::new(Arc::clone(&store), 1 << 30));
+    let load = loading(&manager, &project).await;
+    let outcome = store
+        .upsert(project.id, "ns", &writes(6_000..6_001))
+        .await
+        .expect("write");
+    manager
+        .committed(project.id, "ns", outcome.state, Vec::new())
+        .await
+        .expect("committed");
+    load.await.expect("the load").expect("namespace");
+    assert_eq!(
+        found(&manager, &project, 6_000, false).await.as_deref(),
+        Some("r6000"),
+        "an eventual search on this pod serves its acknowledged write"
+    );
+}
+
+/// A namespace deleted while its index loads is not served from the index the load
+/// leaves: the pod reads it as gone.
+async fn a_namespace_deleted_while_its_index_loads_is_gone(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..6_000)).await.expect("upsert");
+    let manager = Arc::new(IndexManager::new(Arc::clone(&store), 1 << 30));
+    let load = loading(&manager, &project).await;
+    assert!(store.delete_namespace(project.id, "ns").await.expect("delete"));
+    manager.forget_namespace(project.id, "ns").await;
+    assert!(load.await.expect("the load").is_none(), "the load found it gone");
+    assert!(!manager.is_loaded(project.id, "ns").await);
+    let search = manager
+        .search(&project, "ns", nearest(vector(1), false))
+        .await
+        .expect("search");
+    assert!(search.is_none(), "no such namespace");
+}
+
+/// A namespace deleted and made again while a pod replays it, without the pod hearing
+/// of either, never mixes the two lives in one index.
+async fn a_namespace_made_again_mid_replay_is_read_again(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    // Twelve writes: the replay reads them a few pages at a time.
+    for part in 0..12 {
+        store
+            .upsert(project.id, "ns", &writes(part * 1_000..(part + 1) * 1_000))
+            .await
+            .expect("upsert");
+    }
+    let manager = Arc::new(IndexManager::new(Arc::clone(&store), 1 << 30));
+    let load = loading(&manager, &project).await;
+    assert!(store.delete_namespace(project.id, "ns").await.expect("delete"));
+    // The new life's seqs pass the old one's soon: ten writes of one record.
+    for i in 10_000..10_010 {
+        store.upsert(project.id, "ns", &writes(i..i + 1)).await.expect("again");
+    }
+    let loaded = load.await.expect("the load").expect("namespace");
+    let epoch = store
+        .namespace(project.id, "ns")
+        .await
+        .expect("state")
+        .expect("exists")
+        .epoch;
+    assert_eq!(loaded.index.epoch(), epoch, "the index is of the namespace's new life");
+    // Some of the new life's writes, as many as were made when the load read it again
+    // (this pod heard of none), and nothing of the old life.
+    assert!((1..=10).contains(&loaded.index.len()), "{} records", loaded.index.len());
+    let nearest_old = found(&manager, &project, 1, false).await.expect("a match");
+    assert!(nearest_old.starts_with("r100"), "{nearest_old} is of the old life");
+    assert_eq!(found(&manager, &project, 10_009, true).await.as_deref(), Some("r10009"));
+}
+
 on_both_stores!(
+    a_write_committed_while_the_index_loads_is_in_it,
+    a_namespace_deleted_while_its_index_loads_is_gone,
+    a_namespace_made_again_mid_replay_is_read_again,
     a_worn_graph_is_rebuilt_aside_and_keeps_the_writes_made_meanwhile,
     a_rebuild_waits_for_room_in_the_memory_budget,
     replacing_a_fifth_of_the_records_tunes_the_search_width_again,
