@@ -10,6 +10,8 @@ pub mod domain;
 pub mod error;
 /// HTTP plumbing shared by both planes: request ids, tracing, health probes, fallbacks.
 pub mod http;
+/// JSON values compared.
+pub mod json;
 /// Passwords and API keys: generation, argon2id hashing, parsing.
 pub mod secrets;
 /// Logging setup: pretty on a terminal, JSON for machines.

@@ -10,6 +10,7 @@
 use std::cmp::Ordering;
 
 use quiver_common::error::json_kind as kind;
+use quiver_common::json::compare_numbers;
 use serde_json::{Map, Value};
 
 /// A parsed filter.
@@ -186,14 +187,14 @@ fn list(key: &str, op: &str, value: &Value) -> Result<Vec<Value>, FilterError> {
 /// Equality across JSON numbers compares values, so 1 equals 1.0.
 fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Some(Ordering::Equal),
         _ => a == b,
     }
 }
 
 fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
         (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
         _ => None,
     }
@@ -299,6 +300,22 @@ mod tests {
         assert!(!narrowed.is_all());
         assert!(narrowed.matches(&meta(json!({"a": 1, "b": 2}))));
         assert!(!narrowed.matches(&meta(json!({"a": 1}))));
+    }
+
+    #[test]
+    fn integers_compare_exactly_beyond_what_a_float_holds() {
+        let big = json!({"x": 9007199254740993u64, "y": i64::MAX, "z": -9007199254740993i64});
+        assert!(check(json!({"x": 9007199254740993u64}), big.clone()));
+        assert!(!check(json!({"x": 9007199254740992u64}), big.clone()));
+        assert!(!check(json!({"x": {"$in": [9007199254740992u64, 1]}}), big.clone()));
+        assert!(check(json!({"x": {"$gt": 9007199254740992u64}}), big.clone()));
+        assert!(check(json!({"y": {"$gt": i64::MAX - 1}}), big.clone()));
+        assert!(check(json!({"y": {"$lt": u64::MAX}}), big.clone()));
+        assert!(check(json!({"z": {"$lt": -9007199254740992i64}}), big.clone()));
+        // Integers against floats still compare by value.
+        assert!(check(json!({"x": {"$gt": 9.0e15}}), big.clone()));
+        assert!(check(json!({"n": 1.0}), json!({"n": 1})));
+        assert!(check(json!({"n": {"$lt": 1.5}}), json!({"n": 1})));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::cmp::Ordering;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use quiver_common::ApiError;
+use quiver_common::json::compare_numbers;
 use serde_json::{Map, Number, Value};
 
 use crate::Row;
@@ -491,14 +492,14 @@ fn concat(l: Datum, r: Datum) -> Result<Datum, ApiError> {
 
 fn json_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Some(Ordering::Equal),
         _ => a == b,
     }
 }
 
 fn json_compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
         (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
         _ if json_equal(a, b) => Some(Ordering::Equal),
