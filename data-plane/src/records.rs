@@ -1,6 +1,11 @@
 //! Writes to a project's records that the vector, document and query APIs share:
 //! each is one transaction in the records store, then reaches this pod's index and,
 //! by a change notice, every other pod's.
+//!
+//! Each runs in a task of its own. hyper drops a handler's future when its client
+//! goes away (a timeout, a closed connection), and a write cut between its commit and
+//! the index update would be durable, yet missing from this pod's index and unknown
+//! to the other pods until the namespace's next write.
 
 use chrono::Utc;
 use quiver_common::ApiError;
@@ -13,6 +18,17 @@ use crate::auth::Principal;
 
 /// Inserts or replaces records, all or none, after checking the plan's caps.
 pub(crate) async fn upsert(
+    state: &DataPlane,
+    principal: &Principal,
+    plan: &Plan,
+    namespace: &str,
+    records: Vec<RecordWrite>,
+) -> Result<WriteOutcome, ApiError> {
+    let (state, principal, plan, namespace) = (state.clone(), principal.clone(), plan.clone(), namespace.to_owned());
+    detached(async move { upsert_now(&state, &principal, &plan, &namespace, records).await }).await
+}
+
+async fn upsert_now(
     state: &DataPlane,
     principal: &Principal,
     plan: &Plan,
@@ -48,6 +64,18 @@ pub(crate) async fn patch(
     id: &str,
     patch: &RecordPatch,
 ) -> Result<Option<(WriteOutcome, Record)>, ApiError> {
+    let (state, principal, namespace) = (state.clone(), principal.clone(), namespace.to_owned());
+    let (id, patch) = (id.to_owned(), patch.clone());
+    detached(async move { patch_now(&state, &principal, &namespace, &id, &patch).await }).await
+}
+
+async fn patch_now(
+    state: &DataPlane,
+    principal: &Principal,
+    namespace: &str,
+    id: &str,
+    patch: &RecordPatch,
+) -> Result<Option<(WriteOutcome, Record)>, ApiError> {
     let Some((outcome, record)) = state.store.update(principal.project_id, namespace, id, patch).await? else {
         return Ok(None);
     };
@@ -70,6 +98,16 @@ pub(crate) async fn delete(
     namespace: &str,
     ids: &[String],
 ) -> Result<Option<(u64, i64)>, ApiError> {
+    let (state, principal, namespace, ids) = (state.clone(), principal.clone(), namespace.to_owned(), ids.to_vec());
+    detached(async move { delete_now(&state, &principal, &namespace, &ids).await }).await
+}
+
+async fn delete_now(
+    state: &DataPlane,
+    principal: &Principal,
+    namespace: &str,
+    ids: &[String],
+) -> Result<Option<(u64, i64)>, ApiError> {
     let Some(outcome) = state.store.delete(principal.project_id, namespace, ids).await? else {
         return Ok(None);
     };
@@ -84,6 +122,15 @@ pub(crate) async fn delete(
         committed(state, principal, namespace, outcome, changes).await;
     }
     Ok(Some((outcome.affected, outcome.state.seq)))
+}
+
+/// Runs a write to its end in a task of its own, whatever becomes of the caller.
+async fn detached<T: Send + 'static>(
+    write: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(write)
+        .await
+        .map_err(|err| ApiError::Internal(anyhow::anyhow!("a write task failed: {err}")))?
 }
 
 /// After a write commits: bring this pod's index along and tell the other pods.
