@@ -1,7 +1,7 @@
 //! `x-idempotency-key` on mutating requests: the first request with a key runs and
 //! its successful response is kept for 24 hours per project; a retry with the same
-//! body gets that response again (`Idempotent-Replayed: true`) without running twice.
-//! The same key with another body is a 422; a retry while the first is still running
+//! route and body gets that response again (`Idempotent-Replayed: true`) without
+//! running twice. The same key with another body, or on another route, is a 422; a retry while the first is still running
 //! is a 409. Failed requests (which wrote nothing) release the key.
 
 use std::future::Future;
@@ -61,10 +61,11 @@ where
     hasher.update([0]);
     hasher.update(body);
     let request_hash = hex::encode(hasher.finalize());
-    let scoped_key = format!("{route}:{key}");
+    // A key is one request of the project, whichever route it was sent to: the same
+    // key on another route, or for another document, is another request (a 422).
     match state
         .store
-        .begin(principal.project_id, &scoped_key, &request_hash, LEASE, TTL)
+        .begin(principal.project_id, key, &request_hash, LEASE, TTL)
         .await?
     {
         IdempotencyBegin::Replay(stored) => {
@@ -75,7 +76,7 @@ where
             "a request with {HEADER} \"{key}\" is still being processed; retry shortly"
         ))),
         IdempotencyBegin::Mismatch => Err(ApiError::Unprocessable(format!(
-            "{HEADER} \"{key}\" was already used with a different request body"
+            "{HEADER} \"{key}\" was already used with a different request (another body or route)"
         ))),
         IdempotencyBegin::Started => match operation.await {
             Ok(value) => {
@@ -84,14 +85,14 @@ where
                     status: 200,
                     body: body.clone(),
                 };
-                if let Err(err) = state.store.complete(principal.project_id, &scoped_key, &stored).await {
+                if let Err(err) = state.store.complete(principal.project_id, key, &stored).await {
                     // The write is done; only the replay record is missing.
                     tracing::warn!(error = %err, "storing an idempotent response failed");
                 }
                 Ok(json_response(StatusCode::OK, body, false))
             }
             Err(err) => {
-                if let Err(release) = state.store.abort(principal.project_id, &scoped_key).await {
+                if let Err(release) = state.store.abort(principal.project_id, key).await {
                     tracing::warn!(error = %release, "releasing an idempotency key failed");
                 }
                 Err(err)

@@ -502,7 +502,7 @@ async fn idempotency_keys_replay_refuse_reuse_and_report_in_flight(app: TestApp)
         .store
         .begin(
             project.parse().expect("id"),
-            "upsert:k2",
+            "k2",
             &hash,
             chrono::Duration::seconds(60),
             chrono::Duration::hours(24),
@@ -554,14 +554,39 @@ async fn idempotency_keys_replay_refuse_reuse_and_report_in_flight(app: TestApp)
     )
     .await;
     assert_eq!(status, 200);
-    // Keys belong to a route: the same key on update is a separate request.
+    // A key is one request of the project: the same key on update is refused, and
+    // the update runs with a key of its own.
     let update = r#"{"namespace":"ns","id":"a","metadata":{"x":1}}"#;
-    let (status, _, _) = curl(
+    let (status, body, _) = curl(
         &app,
         Method::POST,
         "/v1/vectors/update",
         &key,
         &[("x-idempotency-key", "k1")],
+        update,
+    )
+    .await;
+    let message = assert_error(status, &body, 422, "UNPROCESSABLE");
+    assert!(message.contains("another body or route"), "{message}");
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "ns", "id": "a"})),
+        )
+        .await;
+    assert!(
+        body["metadata"].get("x").is_none(),
+        "the refused update did not run: {body}"
+    );
+    let (status, _, _) = curl(
+        &app,
+        Method::POST,
+        "/v1/vectors/update",
+        &key,
+        &[("x-idempotency-key", "k4")],
         update,
     )
     .await;
