@@ -1,5 +1,6 @@
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -230,6 +231,43 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
         }
         // Through axum again, so a bad field is named by its path (`limits.max: invalid type`).
         Ok(AppJson(axum::Json::<T>::from_bytes(raw.get().as_bytes())?.0))
+    }
+}
+
+/// `axum::extract::Path` whose refusals (a segment that is not UTF-8 once
+/// percent-decoded, one that does not parse) are 400s in the envelope, not plain text.
+pub struct AppPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for AppPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| AppPath(value))
+            .map_err(|rejection| ApiError::validation(rejection.body_text()))
+    }
+}
+
+/// `axum::extract::Query` that refuses a query string that is not UTF-8 once
+/// percent-decoded (the plain extractor replaces such bytes, so `?namespace=%FF`
+/// would name the namespace "\u{FFFD}"), and whose refusals are 400s in the envelope.
+pub struct AppQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let raw = parts.uri.query().unwrap_or_default();
+        if percent_encoding::percent_decode_str(raw).decode_utf8().is_err() {
+            return Err(ApiError::validation(
+                "the query string is not UTF-8 once percent-decoded",
+            ));
+        }
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| AppQuery(value))
+            .map_err(|rejection| ApiError::validation(rejection.body_text()))
     }
 }
 

@@ -19,4 +19,4 @@ pub mod telemetry;
 /// Signed JWTs: console sessions and browser tokens for the data plane.
 pub mod token;
 
-pub use error::{ApiError, AppJson};
+pub use error::{ApiError, AppJson, AppPath, AppQuery};

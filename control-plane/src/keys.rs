@@ -1,8 +1,9 @@
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use quiver_common::AppPath;
 use quiver_common::bus::Notice;
 use quiver_common::domain::{ProjectId, Role};
 use quiver_common::secrets::{generate_api_key, hash_secret, key_prefix};
@@ -149,7 +150,7 @@ pub async fn revoke_key(
 pub async fn create(
     State(state): State<ControlPlane>,
     session: Session,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     AppJson(body): AppJson<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let project = session.owned_project(&state, &id).await?;
@@ -170,7 +171,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<ControlPlane>,
     session: Session,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<Json<KeyList>, ApiError> {
     let project = session.owned_project(&state, &id).await?;
     let keys = state.store.api_keys_of(project.id).await?;
@@ -192,7 +193,7 @@ pub async fn list(
 pub async fn revoke(
     State(state): State<ControlPlane>,
     session: Session,
-    Path((id, key_id)): Path<(String, String)>,
+    AppPath((id, key_id)): AppPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let project = session.owned_project(&state, &id).await?;
     revoke_key(state.store.as_ref(), state.bus.as_ref(), project.id, &key_id).await?;

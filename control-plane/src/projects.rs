@@ -1,8 +1,9 @@
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use quiver_common::AppPath;
 use quiver_common::bus::Notice;
 use quiver_common::domain::{Metric, Plan, ProjectId};
 use quiver_common::{ApiError, AppJson};
@@ -197,7 +198,7 @@ pub async fn list(State(state): State<ControlPlane>, session: Session) -> Result
 pub async fn read(
     State(state): State<ControlPlane>,
     session: Session,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<Json<ProjectView>, ApiError> {
     let project = session.owned_project(&state, &id).await?;
     Ok(Json(view(&state, project, true).await?))
@@ -222,7 +223,7 @@ pub async fn read(
 pub async fn update(
     State(state): State<ControlPlane>,
     session: Session,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     AppJson(body): AppJson<UpdateProject>,
 ) -> Result<Json<ProjectView>, ApiError> {
     let mut project = session.owned_project(&state, &id).await?;
@@ -256,7 +257,7 @@ pub async fn update(
 pub async fn remove(
     State(state): State<ControlPlane>,
     session: Session,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let project = session.owned_project(&state, &id).await?;
     state.store.delete_project(project.id).await?;

@@ -1,10 +1,11 @@
 use std::collections::BTreeSet;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Duration, Utc};
+use quiver_common::AppPath;
 use quiver_common::domain::{ProjectId, Scope};
 use quiver_common::token::MAX_PROJECT_TOKEN_TTL;
 use quiver_common::{ApiError, AppJson};
@@ -63,7 +64,7 @@ pub struct TokenView {
 pub async fn mint(
     State(state): State<ControlPlane>,
     session: Session,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     AppJson(body): AppJson<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenView>), ApiError> {
     let project = session.owned_project(&state, &id).await?;

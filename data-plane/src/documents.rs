@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use quiver_common::ApiError;
+use quiver_common::AppPath;
 use quiver_common::domain::Scope;
 use quiver_common::error::json_kind as kind;
 use quiver_store::{Metadata, MetadataPatch, RecordPatch, RecordWrite};
@@ -213,7 +214,7 @@ fn parse_documents(documents: &[Value], principal: &Principal) -> Result<Vec<Par
 pub async fn insert(
     state: State<DataPlane>,
     principal: Principal,
-    path: Path<String>,
+    path: AppPath<String>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -247,7 +248,7 @@ pub async fn insert(
 pub async fn insert_batch(
     state: State<DataPlane>,
     principal: Principal,
-    path: Path<String>,
+    path: AppPath<String>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -257,14 +258,15 @@ pub async fn insert_batch(
 async fn insert_documents(
     State(state): State<DataPlane>,
     principal: Principal,
-    Path(collection): Path<String>,
+    AppPath(collection): AppPath<String>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
     route: &str,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Write)?;
     let body = body.map_err(crate::json::body_rejection)?;
-    idempotent(&state, &principal, &headers, route, &body, async {
+    let route = format!("{route} {collection}");
+    idempotent(&state, &principal, &headers, &route, &body, async {
         let request: InsertRequest = parse_body(&headers, &body)?;
         let collection = self::collection(&principal, &collection)?;
         let plan = state.plan_of(&principal).await?;
@@ -343,7 +345,7 @@ pub struct DocumentView {
 pub async fn fetch(
     State(state): State<DataPlane>,
     principal: Principal,
-    Path((collection, id)): Path<(String, String)>,
+    AppPath((collection, id)): AppPath<(String, String)>,
 ) -> Result<Json<DocumentView>, ApiError> {
     principal.require(Scope::Read)?;
     let collection = self::collection(&principal, &collection)?;
@@ -422,7 +424,7 @@ pub struct ReplaceResponse {
 pub async fn replace(
     State(state): State<DataPlane>,
     principal: Principal,
-    Path((collection, id)): Path<(String, String)>,
+    AppPath((collection, id)): AppPath<(String, String)>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -525,7 +527,7 @@ pub struct RemoveResponse {
 pub async fn remove(
     State(state): State<DataPlane>,
     principal: Principal,
-    Path((collection, id)): Path<(String, String)>,
+    AppPath((collection, id)): AppPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Write)?;
@@ -623,7 +625,7 @@ pub struct SearchResponse {
 pub async fn search(
     State(state): State<DataPlane>,
     principal: Principal,
-    Path(collection): Path<String>,
+    AppPath(collection): AppPath<String>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {

@@ -1,9 +1,10 @@
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use quiver_common::ApiError;
+use quiver_common::AppPath;
 use quiver_common::domain::Scope;
 use serde::Serialize;
 
@@ -95,7 +96,7 @@ pub async fn remove(
     State(state): State<DataPlane>,
     principal: Principal,
     headers: HeaderMap,
-    Path(namespace): Path<String>,
+    AppPath(namespace): AppPath<String>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Admin)?;
     principal.require_namespace(&namespace)?;

@@ -5,13 +5,14 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use quiver_common::ApiError;
 use quiver_common::domain::{Metric, Plan, Scope};
+use quiver_common::{AppPath, AppQuery};
 use quiver_engine::Filter;
 use quiver_nql::{Backend, DistanceOp, NewRow, QueryRequest as NqlRequest, Row, RowUpdate};
 use quiver_store::{Record, RecordWrite};
@@ -227,11 +228,11 @@ pub struct DocumentPage {
 pub async fn list(
     State(state): State<DataPlane>,
     principal: Principal,
-    Path(name): Path<String>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    AppPath(name): AppPath<String>,
+    query: Result<AppQuery<ListQuery>, ApiError>,
 ) -> Result<Json<DocumentPage>, ApiError> {
     principal.require(Scope::Read)?;
-    let Query(query) = query.map_err(|err| ApiError::validation(err.body_text()))?;
+    let AppQuery(query) = query?;
     let collection = collection(&principal, &name)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {

@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use quiver_common::ApiError;
 use quiver_common::domain::{Metric, Scope};
+use quiver_common::{ApiError, AppQuery};
 use quiver_engine::Filter;
 use quiver_store::{Metadata, MetadataPatch, RecordPatch, RecordWrite};
 use serde::de::DeserializeOwned;
@@ -1199,10 +1199,10 @@ pub struct ListResponse {
 pub async fn list(
     State(state): State<DataPlane>,
     principal: Principal,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<AppQuery<ListQuery>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::Read)?;
-    let Query(query) = query.map_err(|err| ApiError::validation(err.body_text()))?;
+    let AppQuery(query) = query?;
     let namespace = namespace(query.namespace)?;
     principal.require_namespace(&namespace)?;
     let limit = query.limit.unwrap_or(100);

@@ -171,6 +171,9 @@ async fn each_role_has_exactly_its_scopes(app: TestApp) {
     assert_error(status, &body, 404, "NOT_FOUND");
     let (status, body) = delete_namespace(&app, &admin, "a").await;
     assert_error(status, &body, 404, "NOT_FOUND");
+    let (status, body) = delete_namespace(&app, &admin, "%FF").await;
+    let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+    assert!(message.contains("UTF-8"), "{message}");
     let (_, listed) = list(&app, 0, &readonly).await;
     assert_eq!(listed["namespaces"].as_array().map(Vec::len), Some(1));
 

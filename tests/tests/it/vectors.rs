@@ -907,6 +907,15 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
         let (status, body) = app.data_call(0, Method::GET, &path, &key, None).await;
         assert_error(status, &body, 400, "VALIDATION_ERROR");
     }
+    // Bytes that are not UTF-8 are refused, not read as U+FFFD (another namespace).
+    for path in [
+        "/v1/vectors/list?namespace=%FF",
+        "/v1/vectors/list?namespace=l&prefix=%F0%9F",
+    ] {
+        let (status, body) = app.data_call(0, Method::GET, path, &key, None).await;
+        let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+        assert!(message.contains("UTF-8"), "{path}: {message}");
+    }
     let long = "p".repeat(513);
     let (status, body) = app
         .data_call(
