@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
@@ -942,7 +942,7 @@ pub async fn query(
     principal: Principal,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(Scope::Read)?;
     let body = body.map_err(crate::json::body_rejection)?;
     let request: QueryRequest = parse_body(&headers, &body)?;
@@ -963,13 +963,32 @@ pub async fn query(
             metadata: with_metadata.then_some(r.metadata),
         })
         .collect();
+    // Written straight from the structs: through a serde_json::Value each f32 would
+    // widen to an f64 and print as 0.550000011920929 rather than 0.55.
     if single {
         let view = views.pop().ok_or_else(|| no_vector(&ids[0], &namespace))?;
-        let mut body = serde_json::to_value(view).map_err(anyhow::Error::from)?;
-        body["namespace"] = json!(namespace);
-        return Ok(Json(body));
+        return Ok(Json(Fetched { view, namespace }).into_response());
     }
-    Ok(Json(json!({ "vectors": views, "namespace": namespace })))
+    Ok(Json(FetchedMany {
+        vectors: views,
+        namespace,
+    })
+    .into_response())
+}
+
+/// What a query by `id` answers: the vector and its namespace.
+#[derive(Serialize)]
+struct Fetched {
+    #[serde(flatten)]
+    view: VectorView,
+    namespace: String,
+}
+
+/// What a query by `ids` answers.
+#[derive(Serialize)]
+struct FetchedMany {
+    vectors: Vec<VectorView>,
+    namespace: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -127,9 +127,8 @@ async fn every_request_of_the_page_works_as_written(app: TestApp) {
         .iter()
         .map(|v| v.as_f64().expect("number"))
         .collect();
-    for (got, want) in values.iter().zip([0.11, 0.22, 0.33, 0.44]) {
-        assert!((got - want).abs() < 1e-6, "{values:?}");
-    }
+    // As they were written: each 32-bit float as its shortest decimal, not widened.
+    assert_eq!(values, [0.11, 0.22, 0.33, 0.44], "{body}");
     assert_eq!(body["metadata"]["name"], "Widget A");
 
     let update = r#"{
