@@ -29,6 +29,7 @@ use crate::limits::Kind;
 use crate::records;
 use crate::vectors::{
     MAX_METADATA_BYTES, VectorValues, parse_filter, parse_id, parse_metadata, parse_top_k, parse_values, strong,
+    without_nulls,
 };
 
 pub fn router() -> Router<DataPlane> {
@@ -180,7 +181,7 @@ fn parse_documents(documents: &[Value], principal: &Principal) -> Result<Vec<Par
             Ok(ParsedDocument {
                 id: parse_document_id(object.get("id"), &what)?.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
                 content,
-                metadata: parse_metadata(object.get("metadata"), &what)?,
+                metadata: without_nulls(parse_metadata(object.get("metadata"), &what)?),
                 embedding,
             })
         })
@@ -440,7 +441,7 @@ pub async fn replace(
         let metadata = request
             .metadata
             .as_ref()
-            .map(|m| parse_metadata(Some(m), &what).map(MetadataPatch::Replace))
+            .map(|m| parse_metadata(Some(m), &what).map(|m| MetadataPatch::Replace(without_nulls(m))))
             .transpose()?;
         let mut vector = request
             .embedding

@@ -26,7 +26,7 @@ use crate::embeddings::{self, Source};
 use crate::json::parse_body;
 use crate::limits::Kind;
 use crate::records;
-use crate::vectors::{check_id, check_metadata};
+use crate::vectors::{check_id, check_metadata, without_nulls};
 
 pub fn router() -> Router<DataPlane> {
     Router::new()
@@ -439,6 +439,7 @@ impl Backend for ProjectBackend<'_> {
                 check_content(content, &what)?;
             }
             check_metadata(&row.metadata, &what)?;
+            row.metadata.retain(|_, value| !value.is_null());
             sources.push(match (row.embedding.take(), &row.content) {
                 (Some(vector), _) => {
                     self.check_vector(&vector, &format!("the embedding of row {i}"))?;
@@ -520,7 +521,7 @@ impl Backend for ProjectBackend<'_> {
                 .map(|((update, record), vector)| RecordWrite {
                     id: update.id.clone(),
                     vector,
-                    metadata: update.metadata.clone().unwrap_or_else(|| record.metadata.clone()),
+                    metadata: without_nulls(update.metadata.clone().unwrap_or_else(|| record.metadata.clone())),
                     content: update.content.clone().or_else(|| record.content.clone()),
                 })
                 .collect();

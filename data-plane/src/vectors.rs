@@ -355,6 +355,13 @@ fn holds_nul(value: &Value) -> bool {
     }
 }
 
+/// Metadata as stored: a key whose value is `null` has no value, as an update's `null`
+/// removes a key and a filter's `$exists` reads it, so it is left out.
+pub(crate) fn without_nulls(mut metadata: Metadata) -> Metadata {
+    metadata.retain(|_, value| !value.is_null());
+    metadata
+}
+
 /// Refuses metadata over [`MAX_METADATA_BYTES`] as JSON, or holding NUL.
 pub(crate) fn check_metadata(map: &Metadata, what: &str) -> Result<(), ApiError> {
     let bytes = serde_json::to_vec(map).map(|v| v.len()).unwrap_or(usize::MAX);
@@ -420,7 +427,7 @@ fn parse_vectors(vectors: Vec<VectorItem>, principal: &Principal) -> Result<Vec<
             Ok(RecordWrite {
                 id,
                 vector: values.check(project.dimension, project.metric, &what)?,
-                metadata: parse_metadata(metadata.as_ref(), &what)?,
+                metadata: without_nulls(parse_metadata(metadata.as_ref(), &what)?),
                 content: None,
             })
         })

@@ -957,6 +957,29 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
         "{body}"
     );
     assert!(body["matches"][0]["values"].is_array() && body["matches"][0].get("metadata").is_none());
+
+    // A null in metadata is no value: not stored, as an update's null removes a key.
+    let nulls = json!({"namespace": "l", "vectors": [{"id": "nulls", "values": [0.5, 0.5], "metadata": {"gone": null, "kept": 1}}]});
+    let (status, _) = app
+        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(nulls))
+        .await;
+    assert_eq!(status, 200);
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "l", "id": "nulls"})),
+        )
+        .await;
+    assert_eq!(body["metadata"], json!({"kept": 1}), "{body}");
+    let filtered =
+        json!({"namespace": "l", "vector": [0.5, 0.5], "top_k": 5, "filter": {"gone": {"$exists": false}, "kept": 1}});
+    let (_, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(filtered))
+        .await;
+    assert_eq!(body["matches"][0]["id"], "nulls", "{body}");
 }
 
 /// The base64 of `values`' little-endian bytes, as OpenAI's embeddings API returns an
