@@ -99,6 +99,8 @@ pub async fn remove(
     AppPath(namespace): AppPath<String>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Admin)?;
+    // The same names as everywhere else: a name no namespace can have is a 400.
+    let namespace = crate::vectors::namespace(Some(namespace))?;
     principal.require_namespace(&namespace)?;
     // The namespace is the whole request: a retry of this delete replays its answer
     // rather than finding the namespace gone.

@@ -57,7 +57,7 @@ pub const MAX_VALUE: f32 = 65504.0;
 const F16_ZERO: f32 = 2.980_232_2e-8;
 
 /// A namespace name: 1 to 256 bytes, no control characters.
-fn namespace(name: Option<String>) -> Result<String, ApiError> {
+pub(crate) fn namespace(name: Option<String>) -> Result<String, ApiError> {
     let name = name.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
     if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
         return Err(ApiError::Validation {
@@ -688,8 +688,8 @@ pub struct SearchRequest {
     /// A metadata filter, e.g. `{"category": "hardware"}` or `{"price": {"$lt": 20}}`.
     #[schema(value_type = Option<Object>)]
     filter: Option<Value>,
-    #[serde(default)]
-    include_values: bool,
+    /// Default false.
+    include_values: Option<bool>,
     /// Default true.
     include_metadata: Option<bool>,
     /// `eventual` (default) or `strong`: catch up with the records store first.
@@ -844,7 +844,7 @@ pub async fn search(
         vector: query,
         k,
         filter,
-        include_values: request.include_values,
+        include_values: request.include_values.unwrap_or(false),
         strong,
     };
     let outcome = state

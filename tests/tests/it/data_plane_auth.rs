@@ -174,6 +174,11 @@ async fn each_role_has_exactly_its_scopes(app: TestApp) {
     let (status, body) = delete_namespace(&app, &admin, "%FF").await;
     let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
     assert!(message.contains("UTF-8"), "{message}");
+    for bad in ["n".repeat(257), "a%0Ab".to_owned()] {
+        let (status, body) = delete_namespace(&app, &admin, &bad).await;
+        let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+        assert!(message.contains("1 to 256 bytes"), "{message}");
+    }
     let (_, listed) = list(&app, 0, &readonly).await;
     assert_eq!(listed["namespaces"].as_array().map(Vec::len), Some(1));
 

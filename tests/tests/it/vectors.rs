@@ -958,6 +958,15 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
     );
     assert!(body["matches"][0]["values"].is_array() && body["matches"][0].get("metadata").is_none());
 
+    // null is the default for every optional member of a search.
+    let nulls_everywhere = json!({"namespace": "l", "vector": [0.0, 1.0], "top_k": null, "filter": null,
+        "include_values": null, "include_metadata": null, "consistency": null});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(nulls_everywhere))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["matches"][0].get("values").is_none(), "{body}");
+
     // A null in metadata is no value: not stored, as an update's null removes a key.
     let nulls = json!({"namespace": "l", "vectors": [{"id": "nulls", "values": [0.5, 0.5], "metadata": {"gone": null, "kept": 1}}]});
     let (status, _) = app
