@@ -170,6 +170,15 @@ impl Loaded {
         }
     }
 
+    /// Whether a search may try to catch up: not within [`CATCH_UP_RETRY`] of finding
+    /// the records store unreachable.
+    fn may_catch_up(&self) -> bool {
+        self.catch_up_failed
+            .lock()
+            .expect("never poisoned")
+            .is_none_or(|at| at.elapsed() >= CATCH_UP_RETRY)
+    }
+
     /// An index being built to replace a loaded one's contents, private to its builder:
     /// it replays from the store as a new one would, but is tuned only once swapped in
     /// (`tune_if_changed` leaves it be).
@@ -449,9 +458,9 @@ impl IndexManager {
     /// eventual search; a strong one catches up to the store's seq itself) instead of
     /// waiting seconds for a large write to go in.
     async fn freshen(&self, project: &Project, namespace: &str, loaded: &Arc<Loaded>) -> Result<(), EngineError> {
-        let failed = *loaded.catch_up_failed.lock().expect("never poisoned");
+        // Two atomics decide it for nearly every search; the lock only when behind.
         if loaded.wanted.load(Ordering::SeqCst) > loaded.index.seq()
-            && failed.is_none_or(|at| at.elapsed() >= CATCH_UP_RETRY)
+            && loaded.may_catch_up()
             && let Ok(_applying) = loaded.applying.try_lock()
         {
             match self.catch_up_holding(loaded, project.id, namespace, None).await {
