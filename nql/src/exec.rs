@@ -302,44 +302,6 @@ struct Executor<'a> {
     dimension: usize,
 }
 
-/// Metadata keys used as columns, and whether a row has shown each one exists.
-struct KeyCheck {
-    keys: Vec<(String, crate::error::Pos)>,
-    seen: Vec<bool>,
-}
-
-impl KeyCheck {
-    fn new(statement: &Statement) -> Self {
-        let mut keys: Vec<(String, crate::error::Pos)> = Vec::new();
-        for (key, pos) in &statement.keys {
-            if !keys.iter().any(|(k, _)| k == key) {
-                keys.push((key.clone(), *pos));
-            }
-        }
-        let seen = vec![false; keys.len()];
-        KeyCheck { keys, seen }
-    }
-
-    fn observe(&mut self, row: &Row) {
-        for ((key, _), seen) in self.keys.iter().zip(self.seen.iter_mut()) {
-            *seen = *seen || row.metadata.contains_key(key);
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.seen.iter().all(|s| *s)
-    }
-
-    /// The error for the first key no row has, once every row has been looked at.
-    fn error(&self) -> Option<ApiError> {
-        self.keys
-            .iter()
-            .zip(&self.seen)
-            .find(|(_, seen)| !**seen)
-            .map(|((key, pos), _)| query_error_at(format!("column \"{key}\" does not exist"), *pos))
-    }
-}
-
 /// An ordered list of matching rows, each with its sort keys.
 type Sorted = Vec<(Vec<Datum>, Row)>;
 
@@ -363,28 +325,6 @@ impl Executor<'_> {
         }
     }
 
-    /// Fails with `column "k" does not exist` when the collection has rows but none has
-    /// a metadata key the statement names. An empty collection knows no keys, so it
-    /// does not fail: a query must not break because the collection is still empty.
-    async fn check_keys(&self, mut check: KeyCheck, scanned_all: bool, saw_rows: bool) -> Result<(), ApiError> {
-        if check.done() {
-            return Ok(());
-        }
-        let mut any = saw_rows;
-        if !scanned_all {
-            self.scan_all(|row| {
-                any = true;
-                check.observe(&row);
-                Ok(!check.done())
-            })
-            .await?;
-        }
-        match check.error() {
-            Some(err) if any => Err(err),
-            _ => Ok(()),
-        }
-    }
-
     fn sort_keys(&self, order: &[SortKey], row: &Row) -> Result<Vec<Datum>, ApiError> {
         order.iter().map(|key| eval::eval(&key.expr, Some(row))).collect()
     }
@@ -392,14 +332,10 @@ impl Executor<'_> {
     /// Exact scan: every matching row, sorted, with the statement's OFFSET/LIMIT applied.
     /// `stop_at`: without ORDER BY, the scan may stop once this many rows matched.
     async fn scan_select(&self, select: &Select, stop_at: Option<u64>) -> Result<(Sorted, u64), ApiError> {
-        let mut check = KeyCheck::new(self.statement);
         let mut matched: Sorted = Vec::new();
         let mut count = 0u64;
         let mut stopped = false;
-        let mut saw_rows = false;
         self.scan_all(|row| {
-            saw_rows = true;
-            check.observe(&row);
             if !eval::matches(select.filter.as_ref(), &row)? {
                 return Ok(true);
             }
@@ -415,7 +351,6 @@ impl Executor<'_> {
             Ok(true)
         })
         .await?;
-        self.check_keys(check, !stopped, saw_rows).await?;
         sort(&mut matched, &select.order);
         Ok((matched, count))
     }
@@ -539,10 +474,8 @@ impl Executor<'_> {
             return Ok(None);
         };
         let returned = found.len();
-        let mut check = KeyCheck::new(self.statement);
         let mut kept: Sorted = Vec::with_capacity(returned);
         for row in found {
-            check.observe(&row);
             if row.embedding.len() != self.dimension {
                 return Err(ApiError::Internal(anyhow_error(format!(
                     "row {:?} has {} dimensions, the project has {}",
@@ -559,7 +492,6 @@ impl Executor<'_> {
         if kept.len() < returned && returned >= k {
             return Ok(None);
         }
-        self.check_keys(check, false, returned > 0).await?;
         // The index is approximate; the order returned is by exact distance.
         sort(&mut kept, &select.order);
         Ok(Some(kept))
@@ -589,13 +521,9 @@ impl Executor<'_> {
     }
 
     async fn update(&self, update: &Update) -> Result<QueryResult, ApiError> {
-        let mut check = KeyCheck::new(self.statement);
         let mut changes = Vec::new();
-        let mut saw_rows = false;
         let dimension = self.dimension;
         self.scan_all(|row| {
-            saw_rows = true;
-            check.observe(&row);
             if !eval::matches(update.filter.as_ref(), &row)? {
                 return Ok(true);
             }
@@ -640,7 +568,6 @@ impl Executor<'_> {
             Ok(true)
         })
         .await?;
-        self.check_keys(check, true, saw_rows).await?;
         let count = if changes.is_empty() {
             0
         } else {
@@ -653,19 +580,14 @@ impl Executor<'_> {
     }
 
     async fn delete(&self, delete: &Delete) -> Result<QueryResult, ApiError> {
-        let mut check = KeyCheck::new(self.statement);
         let mut ids = Vec::new();
-        let mut saw_rows = false;
         self.scan_all(|row| {
-            saw_rows = true;
-            check.observe(&row);
             if eval::matches(delete.filter.as_ref(), &row)? {
                 ids.push(row.id);
             }
             Ok(true)
         })
         .await?;
-        self.check_keys(check, true, saw_rows).await?;
         let count = if ids.is_empty() {
             0
         } else {

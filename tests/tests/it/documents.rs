@@ -436,6 +436,16 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
     let insert = "INSERT INTO documents (id, content, embedding) VALUES ($1, 'fine', $3), ($2, $4, $3)";
     for (params, code, needle) in [
         (
+            json!(["n2", "n3", [0.0, 0.0, 0.0], "text"]),
+            "QUERY_ERROR",
+            "no direction for cosine",
+        ),
+        (
+            json!(["n2", "n3", [0.5, 1e10, 0.5], "text"]),
+            "QUERY_ERROR",
+            "beyond ±65504",
+        ),
+        (
             json!(["n2", "", [0.5, 0.5, 0.5], "text"]),
             "QUERY_ERROR",
             "id must not be empty",
@@ -500,7 +510,7 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
 
     let (status, body) = q(&t.readonly, "SELECT id FROM documents; DROP TABLE documents", json!([])).await;
     assert_error(status, &body, 400, "QUERY_ERROR");
-    let (status, body) = q(&t.readonly, "SELECT nope FROM documents", json!([])).await;
+    let (status, body) = q(&t.readwrite, "UPDATE documents SET nope = 1", json!([])).await;
     let message = assert_error(status, &body, 400, "QUERY_ERROR");
     assert!(message.contains("nope"), "{message}");
     let (status, body) = q(
