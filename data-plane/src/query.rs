@@ -337,6 +337,24 @@ impl ProjectBackend<'_> {
                 detail: None,
             });
         }
+        // The vector API's rules, as the index is the same: 16-bit floats.
+        if let Some(x) = vector.iter().find(|x| x.abs() > crate::vectors::MAX_VALUE) {
+            return Err(ApiError::Query {
+                message: format!(
+                    "{what} has the value {x}, beyond ±{}, the largest magnitude the index holds (it stores 16-bit floats)",
+                    crate::vectors::MAX_VALUE
+                ),
+                detail: None,
+            });
+        }
+        if project.metric == Metric::Cosine && vector.iter().all(|x| x.abs() <= crate::vectors::F16_ZERO) {
+            return Err(ApiError::Query {
+                message: format!(
+                    "{what} is all zeros as the index stores it, which has no direction for cosine similarity"
+                ),
+                detail: None,
+            });
+        }
         Ok(())
     }
 }

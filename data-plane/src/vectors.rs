@@ -54,7 +54,7 @@ pub const MAX_IDS: usize = 1000;
 pub const MAX_VALUE: f32 = 65504.0;
 /// The largest magnitude a 16-bit float rounds to zero (2^-25, halfway to the smallest
 /// subnormal, rounds to even: zero).
-const F16_ZERO: f32 = 2.980_232_2e-8;
+pub(crate) const F16_ZERO: f32 = 2.980_232_2e-8;
 
 /// A namespace name: 1 to 256 bytes, no control characters.
 pub(crate) fn namespace(name: Option<String>) -> Result<String, ApiError> {
