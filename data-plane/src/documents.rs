@@ -305,7 +305,8 @@ async fn insert_documents(
             .collect();
         let outcome = records::upsert(&state, &principal, &plan, &collection, writes).await?;
         Ok(serde_json::to_value(InsertResponse {
-            inserted: ids.len() as u64,
+            // Distinct documents: a batch naming an id twice writes the last of them.
+            inserted: outcome.affected,
             ids,
             seq: outcome.state.seq,
         })

@@ -449,7 +449,8 @@ impl Backend for ProjectBackend<'_> {
         let mut sources = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter_mut().enumerate() {
             // The same rules as the document and vector APIs: one store for all three.
-            let what = format!("row {i}");
+            // Counted from 1, as NQL counts rows in its own messages.
+            let what = format!("row {}", i + 1);
             if let Some(id) = &row.id {
                 check_id(id, &what)?;
             }
@@ -460,7 +461,7 @@ impl Backend for ProjectBackend<'_> {
             row.metadata.retain(|_, value| !value.is_null());
             sources.push(match (row.embedding.take(), &row.content) {
                 (Some(vector), _) => {
-                    self.check_vector(&vector, &format!("the embedding of row {i}"))?;
+                    self.check_vector(&vector, &format!("the embedding of {what}"))?;
                     Source::Given(vector)
                 }
                 (None, Some(content)) => Source::Text(content.clone()),

@@ -498,6 +498,18 @@ impl Executor<'_> {
     }
 
     async fn insert(&self, insert: &Insert) -> Result<QueryResult, ApiError> {
+        // As Postgres refuses a statement that would write one row twice.
+        let mut given = std::collections::HashSet::new();
+        if let Some(id) = insert
+            .rows
+            .iter()
+            .filter_map(|row| row.id.as_ref())
+            .find(|id| !given.insert(*id))
+        {
+            return Err(query_error(format!(
+                "the statement inserts id \"{id}\" twice: a row can be written once per statement"
+            )));
+        }
         let ids = self.backend.insert(self.collection, insert.rows.clone()).await?;
         let (rows, fields) = if insert.returning_id {
             let rows = ids

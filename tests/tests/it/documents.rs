@@ -473,6 +473,14 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
     .await;
     let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
     assert!(message.contains("bytes of metadata"), "{message}");
+    let (status, body) = q(
+        &t.readwrite,
+        "INSERT INTO documents (id, content, embedding) VALUES ('twice', 'a', $1), ('twice', 'b', $1)",
+        json!([[0.5, 0.5, 0.5]]),
+    )
+    .await;
+    let message = assert_error(status, &body, 400, "QUERY_ERROR");
+    assert!(message.contains("\"twice\" twice"), "{message}");
     let (_, body) = q(&t.readonly, "SELECT COUNT(*) FROM documents", json!([])).await;
     assert_eq!(
         body["rows"],
@@ -567,6 +575,29 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
         )
         .await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
+
+    // A batch naming an id twice writes the last of them, and counts it once.
+    let twice = json!({"documents": [
+        {"id": "dup", "content": "first", "embedding": [0.1, 0.2, 0.3]},
+        {"id": "dup", "content": "second", "embedding": [0.1, 0.2, 0.3]},
+    ]});
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/documents/documents/batch",
+            &t.readwrite,
+            Some(twice),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["inserted"], &body["ids"]),
+        (&json!(1), &json!(["dup", "dup"])),
+        "{body}"
+    );
+    let (_, body) = q(&t.readonly, "SELECT content FROM documents WHERE id = 'dup'", json!([])).await;
+    assert_eq!(body["rows"], json!([{"content": "second"}]));
 }
 
 async fn a_statement_past_its_timeout_is_cancelled(backend: Backend) {
