@@ -10,6 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use quiver_common::ApiError;
 use quiver_common::domain::{Metric, Plan, Scope};
 use quiver_common::{AppPath, AppQuery};
@@ -250,26 +251,96 @@ pub async fn list(
     {
         return Err(no_collection(&collection));
     }
-    let request = NqlRequest {
-        query: format!(
-            "SELECT id, content, metadata, created_at, updated_at FROM \"{}\" ORDER BY id",
-            collection.replace('"', "\"\"")
+    let select = format!(
+        "SELECT id, content, metadata, created_at, updated_at FROM \"{}\"",
+        collection.replace('"', "\"\"")
+    );
+    // Without an offset, pages follow ids: the next page starts after the last id
+    // served, so writes between pages neither repeat a document nor skip one (an
+    // offset would shift under them). An offset, and the cursors of a listing that
+    // began with one, page by position through NQL's own cursors.
+    let after = match (query.offset, query.cursor.as_deref()) {
+        (None, None) => Some(None),
+        (None, Some(cursor)) if cursor.starts_with(AFTER_ID) => Some(Some(after_id(cursor)?)),
+        _ => None,
+    };
+    let Some(after) = after else {
+        let request = NqlRequest {
+            query: format!("{select} ORDER BY id"),
+            params: Vec::new(),
+            limit: Some(limit),
+            offset: query.offset,
+            cursor: query.cursor,
+            explain: false,
+        };
+        let statement = quiver_nql::parse(&request.query, &request.params)?;
+        let result = run(&state, &principal, &statement, &request, DEFAULT_TIMEOUT).await?;
+        return Ok(Json(DocumentPage {
+            documents: result.rows,
+            row_count: result.row_count,
+            total_count: result.total_count,
+            has_more: result.has_more,
+            next_cursor: result.next_cursor,
+        }));
+    };
+    let (query_text, params) = match &after {
+        Some(id) => (
+            format!("{select} WHERE id > $1 ORDER BY id"),
+            vec![Value::String(id.clone())],
         ),
-        params: Vec::new(),
+        None => (format!("{select} ORDER BY id"), Vec::new()),
+    };
+    let request = NqlRequest {
+        query: query_text,
+        params,
         limit: Some(limit),
-        offset: query.offset,
-        cursor: query.cursor,
+        offset: None,
+        cursor: None,
         explain: false,
     };
     let statement = quiver_nql::parse(&request.query, &request.params)?;
     let result = run(&state, &principal, &statement, &request, DEFAULT_TIMEOUT).await?;
+    let total = state
+        .store
+        .namespaces(principal.project_id)
+        .await?
+        .into_iter()
+        .find(|ns| ns.name == collection)
+        .map(|ns| ns.count);
+    let has_more = result.has_more.unwrap_or(false);
+    let next_cursor = has_more
+        .then(|| result.rows.last().and_then(|row| row.get("id")).and_then(Value::as_str))
+        .flatten()
+        .map(|id| {
+            format!(
+                "{AFTER_ID}{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
+            )
+        });
     Ok(Json(DocumentPage {
         documents: result.rows,
         row_count: result.row_count,
-        total_count: result.total_count,
-        has_more: result.has_more,
-        next_cursor: result.next_cursor,
+        total_count: total,
+        has_more: Some(has_more),
+        next_cursor,
     }))
+}
+
+/// How a document list's cursor that follows ids begins (then the last id served, in
+/// URL-safe base64); NQL's positional cursors never begin so.
+const AFTER_ID: &str = "id.";
+
+/// The last id a keyset cursor names.
+fn after_id(cursor: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&cursor[AFTER_ID.len()..])
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|id| check_id(id, "the cursor").is_ok())
+        .ok_or_else(|| ApiError::Validation {
+            message: "the cursor is not one this API returned".into(),
+            detail: Some("field cursor".into()),
+        })
 }
 
 /// NQL's view of one project: its namespaces are the collections.

@@ -377,6 +377,29 @@ async fn nql_pages_with_offsets_and_cursors(backend: Backend) {
     let mut sorted = seen.clone();
     sorted.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
     assert_eq!(seen, sorted, "id order");
+
+    // Pages follow ids: a document deleted from an earlier page shifts nothing.
+    let first = "/api/v1/collections/documents/documents?limit=30";
+    let (_, page) = app.data_call(0, Method::GET, first, &t.readonly, None).await;
+    let cursor = page["nextCursor"].as_str().expect("a next page").to_owned();
+    let gone = sorted[0].as_str().expect("id");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::DELETE,
+            &format!("/api/v1/collections/documents/documents/{gone}"),
+            &t.readwrite,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let next = format!("/api/v1/collections/documents/documents?limit=30&cursor={cursor}");
+    let (_, page) = app.data_call(0, Method::GET, &next, &t.readonly, None).await;
+    assert_eq!(page["documents"][0]["id"], sorted[30], "{page}");
+    assert_eq!(page["totalCount"], 74);
+    let tampered = "/api/v1/collections/documents/documents?cursor=id.%25%25";
+    let (status, body) = app.data_call(0, Method::GET, tampered, &t.readonly, None).await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
 }
 
 async fn nql_statements_read_and_write_through_http(backend: Backend) {
