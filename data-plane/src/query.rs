@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
@@ -24,6 +25,7 @@ use crate::DataPlane;
 use crate::auth::Principal;
 use crate::documents::{check_content, collection, no_collection};
 use crate::embeddings::{self, Source};
+use crate::idempotency::idempotent;
 use crate::json::parse_body;
 use crate::limits::Kind;
 use crate::records;
@@ -88,6 +90,7 @@ pub struct QueryResponse {
     path = "/api/v1/query",
     tag = "query",
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
+    params(("x-idempotency-key" = Option<String>, Header, description = "replay-safe retries of a write statement for 24 h")),
     request_body = QueryRequest,
     responses(
         (status = 200, body = QueryResponse),
@@ -95,6 +98,8 @@ pub struct QueryResponse {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, description = "a write statement without the write scope", body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such database", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, description = "a write with the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
+        (status = 422, description = "the idempotency key was used with another request", body = quiver_common::error::ErrorEnvelope),
         (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 503, description = "the records store is unreachable", body = quiver_common::error::ErrorEnvelope),
     )
@@ -104,7 +109,7 @@ pub async fn query(
     principal: Principal,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
-) -> Result<Json<QueryResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     principal.require(Scope::Read)?;
     let body = body.map_err(crate::json::body_rejection)?;
@@ -129,12 +134,7 @@ pub async fn query(
         }
     };
     let statement = quiver_nql::parse(&request.query, &request.params)?;
-    if statement.is_write() && !request.explain {
-        principal.require(Scope::Write)?;
-        state.admit(&principal, Kind::Documents, 1).await?;
-    } else {
-        state.admit(&principal, Kind::Queries, 1).await?;
-    }
+    let writes = statement.is_write() && !request.explain;
     let nql = NqlRequest {
         query: request.query,
         params: request.params,
@@ -143,11 +143,27 @@ pub async fn query(
         cursor: request.cursor,
         explain: request.explain,
     };
-    let result = run(&state, &principal, &statement, &nql, timeout).await?;
-    Ok(Json(QueryResponse {
-        result,
-        execution_time_ms: elapsed_ms(started),
-    }))
+    if !writes {
+        state.admit(&principal, Kind::Queries, 1).await?;
+        let result = run(&state, &principal, &statement, &nql, timeout).await?;
+        return Ok(Json(QueryResponse {
+            result,
+            execution_time_ms: elapsed_ms(started),
+        })
+        .into_response());
+    }
+    principal.require(Scope::Write)?;
+    // A write statement takes x-idempotency-key as the other writes do.
+    idempotent(&state, &principal, &headers, "query", &body, async {
+        state.admit(&principal, Kind::Documents, 1).await?;
+        let result = run(&state, &principal, &statement, &nql, timeout).await?;
+        Ok(serde_json::to_value(QueryResponse {
+            result,
+            execution_time_ms: elapsed_ms(started),
+        })
+        .map_err(anyhow::Error::from)?)
+    })
+    .await
 }
 
 async fn run(

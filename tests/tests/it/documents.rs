@@ -599,6 +599,34 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
         .await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
 
+    // A write statement takes x-idempotency-key: a retry replays, and inserts nothing.
+    let insert = json!({"query": "INSERT INTO documents (content, embedding) VALUES ('once', $1) RETURNING id",
+        "params": [[0.3, 0.2, 0.1]]});
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let response = app
+            .data_request(0, Method::POST, "/api/v1/query")
+            .header("x-api-key", &t.readwrite)
+            .header("x-idempotency-key", "nql-once")
+            .json(&insert)
+            .send()
+            .await
+            .expect("answer");
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let (status, body) = read(response).await;
+        assert_eq!(status, 200, "{body}");
+        answers.push((body["rows"].clone(), replayed));
+    }
+    assert_eq!(answers[0].0, answers[1].0, "the same generated id");
+    assert_eq!((answers[0].1, answers[1].1), (false, true));
+    let (_, body) = q(
+        &t.readonly,
+        "SELECT COUNT(*) FROM documents WHERE content = 'once'",
+        json!([]),
+    )
+    .await;
+    assert_eq!(body["rows"], json!([{"count": 1}]), "{body}");
+
     // A batch naming an id twice writes the last of them, and counts it once.
     let twice = json!({"documents": [
         {"id": "dup", "content": "first", "embedding": [0.1, 0.2, 0.3]},
