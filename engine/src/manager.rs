@@ -608,7 +608,10 @@ impl IndexManager {
                 }
                 Err(err) => return Err(err.into()),
             };
-            if changes.is_empty() {
+            // Nothing more short of the seq wanted: the namespace may have been deleted
+            // meanwhile, its records with it (and this index would stop part way).
+            let short = target.is_some_and(|t| after < t);
+            if changes.is_empty() && !short {
                 return Ok(());
             }
             // Read after the changes: a namespace deleted since this index's epoch began,
@@ -616,6 +619,9 @@ impl IndexManager {
             match self.store.namespace(project, namespace).await? {
                 Some(state) if state.epoch == loaded.index.epoch() => {}
                 _ => return Err(EngineError::Stale),
+            }
+            if changes.is_empty() {
+                return Ok(());
             }
             let full_page = changes.len() == limit as usize;
             if full_page {
