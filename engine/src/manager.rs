@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use moka::ops::compute::Op;
 use quiver_common::domain::Metric;
 use quiver_common::domain::ProjectId;
 use quiver_store::{Change, NamespaceState, Project, Snapshot, Store, StoreError};
@@ -480,12 +481,18 @@ impl IndexManager {
 
     /// Removes `loaded` from the cache if it is still the namespace's index there.
     async fn drop_if_cached(&self, key: &Key, loaded: &Arc<Loaded>) {
+        self.if_still_cached(key.clone(), loaded, Op::Remove).await;
+    }
+
+    /// Applies `op` to the namespace's cache entry if that entry is still `loaded`
+    /// (under moka's key lock, which removal takes too); otherwise leaves it be.
+    async fn if_still_cached(&self, key: Key, loaded: &Arc<Loaded>, op: Op<Arc<Loaded>>) {
         self.cache
-            .entry(key.clone())
+            .entry(key)
             .and_compute_with(|entry| {
                 std::future::ready(match entry {
-                    Some(entry) if Arc::ptr_eq(entry.value(), loaded) => moka::ops::compute::Op::Remove,
-                    _ => moka::ops::compute::Op::Nop,
+                    Some(entry) if Arc::ptr_eq(entry.value(), loaded) => op,
+                    _ => Op::Nop,
                 })
             })
             .await;
@@ -792,17 +799,9 @@ impl IndexManager {
 
     /// Puts an index back in the cache so the memory budget sees its new size, unless
     /// it left the cache meanwhile (evicted, or its namespace deleted: a deleted
-    /// namespace's index must not come back). Removal takes the same key lock.
+    /// namespace's index must not come back).
     async fn reweigh(&self, key: Key, loaded: Arc<Loaded>) {
-        self.cache
-            .entry(key)
-            .and_compute_with(|entry| {
-                std::future::ready(match entry {
-                    Some(entry) if Arc::ptr_eq(entry.value(), &loaded) => moka::ops::compute::Op::Put(loaded),
-                    _ => moka::ops::compute::Op::Nop,
-                })
-            })
-            .await;
+        self.if_still_cached(key, &loaded, Op::Put(Arc::clone(&loaded))).await;
     }
 
     /// Another pod wrote `seq` to the namespace: catch up before the next search.
@@ -885,14 +884,17 @@ impl IndexManager {
         let Some(mut loaded) = self.open(project, namespace).await? else {
             return Ok(None);
         };
-        if let Err(EngineError::Stale) = self.catch_up(&loaded, project.id, namespace, None).await {
-            // The namespace was deleted, or made again, since this index was loaded.
-            self.forget_namespace(project.id, namespace).await;
-            let Some(fresh) = self.open(project, namespace).await? else {
-                return Ok(None);
-            };
-            self.catch_up(&fresh, project.id, namespace, None).await?;
-            loaded = fresh;
+        match self.catch_up(&loaded, project.id, namespace, None).await {
+            Err(EngineError::Stale) => {
+                // The namespace was deleted, or made again, since this index was loaded.
+                self.forget_namespace(project.id, namespace).await;
+                let Some(fresh) = self.open(project, namespace).await? else {
+                    return Ok(None);
+                };
+                self.catch_up(&fresh, project.id, namespace, None).await?;
+                loaded = fresh;
+            }
+            caught_up => caught_up?,
         }
         let _permit = self
             .permits
