@@ -316,13 +316,18 @@ pub async fn list(
     };
     let statement = quiver_nql::parse(&request.query, &request.params)?;
     let result = run(&state, &principal, &statement, &request, DEFAULT_TIMEOUT).await?;
-    let total = state
-        .store
-        .namespaces(principal.project_id)
-        .await?
-        .into_iter()
-        .find(|ns| ns.name == collection)
-        .map(|ns| ns.count);
+    // The first page's statement counts the whole collection; a later one's, only
+    // what follows its cursor.
+    let total = match after {
+        None => result.total_count,
+        Some(_) => state
+            .store
+            .namespaces(principal.project_id)
+            .await?
+            .into_iter()
+            .find(|ns| ns.name == collection)
+            .map(|ns| ns.count),
+    };
     let has_more = result.has_more.unwrap_or(false);
     let next_cursor = has_more
         .then(|| result.rows.last().and_then(|row| row.get("id")).and_then(Value::as_str))
@@ -381,29 +386,12 @@ fn row(record: Record) -> Row {
 const MAX_SCAN_PAGE: usize = 1000;
 
 impl ProjectBackend<'_> {
-    /// Writes records in one transaction, detached like every write.
+    /// Writes records in one transaction (records::upsert runs it in a task of its
+    /// own, so a statement timeout never cuts it between its commit and the index).
     async fn upsert(&self, collection: &str, writes: Vec<RecordWrite>) -> Result<(), ApiError> {
-        let (state, principal, plan, collection) = (
-            self.state.clone(),
-            self.principal.clone(),
-            self.plan.clone(),
-            collection.to_owned(),
-        );
-        self.detached(async move { records::upsert(&state, &principal, &plan, &collection, writes).await })
+        records::upsert(self.state, self.principal, &self.plan, collection, writes)
             .await
             .map(drop)
-    }
-
-    /// Writes run in their own task: once a write has begun, a statement timeout
-    /// does not cut it between its commit and the index update.
-    async fn detached<T, F>(&self, write: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, ApiError>> + Send + 'static,
-    {
-        tokio::spawn(write)
-            .await
-            .map_err(|err| ApiError::Internal(anyhow::anyhow!("a write task failed: {err}")))?
     }
 
     fn check_vector(&self, vector: &[f32], what: &str) -> Result<(), ApiError> {
@@ -642,12 +630,8 @@ impl Backend for ProjectBackend<'_> {
 
     async fn delete(&self, collection: &str, ids: Vec<String>) -> Result<u64, ApiError> {
         self.principal.require_namespace(collection)?;
-        let (state, principal, collection) = (self.state.clone(), self.principal.clone(), collection.to_owned());
-        self.detached(async move {
-            Ok(records::delete(&state, &principal, &collection, &ids)
-                .await?
-                .map_or(0, |(deleted, _)| deleted))
-        })
-        .await
+        Ok(records::delete(self.state, self.principal, collection, &ids)
+            .await?
+            .map_or(0, |(deleted, _)| deleted))
     }
 }
