@@ -1,8 +1,9 @@
 //! `x-idempotency-key` on mutating requests: the first request with a key runs and
 //! its successful response is kept for 24 hours per project; a retry with the same
 //! route and body gets that response again (`Idempotent-Replayed: true`) without
-//! running twice. The same key with another body, or on another route, is a 422; a retry while the first is still running
-//! is a 409. Failed requests (which wrote nothing) release the key.
+//! running twice. The same key with another body, or on another route, is a 422; a
+//! retry while the first is still running is a 409. Failed requests (which wrote
+//! nothing) release the key.
 
 use std::future::Future;
 
