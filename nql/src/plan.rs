@@ -224,9 +224,6 @@ pub(crate) enum Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
     pub(crate) kind: Kind,
-    /// Metadata keys used as columns, with where they were written, for the
-    /// `column "x" does not exist` check.
-    pub(crate) keys: Vec<(String, Pos)>,
     /// Every vector in the statement (label, length), for the dimension check.
     pub(crate) vectors: Vec<(String, usize)>,
 }
@@ -314,14 +311,12 @@ fn parse_here(query: &str, params: &[Value]) -> Result<Statement, ApiError> {
         query,
         params,
         tables: Vec::new(),
-        keys: Vec::new(),
         vectors: Vec::new(),
         allow_columns: true,
     };
     let kind = planner.statement(statement)?;
     Ok(Statement {
         kind,
-        keys: planner.keys,
         vectors: planner.vectors,
     })
 }
@@ -331,7 +326,6 @@ struct Planner<'a> {
     params: &'a [Value],
     /// Names a qualified column may start with: the collection and its alias.
     tables: Vec<String>,
-    keys: Vec<(String, Pos)>,
     vectors: Vec<(String, usize)>,
     /// False in INSERT values, where there is no row to refer to.
     allow_columns: bool,
@@ -703,7 +697,6 @@ impl<'a> Planner<'a> {
             return Ok(Expr::Column(column));
         }
         // Anything else is a metadata key, case and all.
-        self.keys.push((ident.value.clone(), self.pos(ident.span)));
         Ok(Expr::MetaKey(ident.value.clone()))
     }
 
