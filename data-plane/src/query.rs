@@ -11,7 +11,6 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use quiver_common::ApiError;
 use quiver_common::domain::{Metric, Plan, Scope};
 use quiver_common::{AppPath, AppQuery};
@@ -29,7 +28,7 @@ use crate::idempotency::idempotent;
 use crate::json::parse_body;
 use crate::limits::Kind;
 use crate::records;
-use crate::vectors::{check_id, check_metadata, without_nulls};
+use crate::vectors::{check_id, check_metadata, cursor_of_id, id_of_cursor, without_nulls};
 
 pub fn router() -> Router<DataPlane> {
     Router::new()
@@ -277,7 +276,7 @@ pub async fn list(
     // began with one, page by position through NQL's own cursors.
     let after = match (query.offset, query.cursor.as_deref()) {
         (None, None) => Some(None),
-        (None, Some(cursor)) if cursor.starts_with(AFTER_ID) => Some(Some(after_id(cursor)?)),
+        (None, Some(cursor)) => cursor.strip_prefix(AFTER_ID).map(id_of_cursor).transpose()?.map(Some),
         _ => None,
     };
     let Some(after) = after else {
@@ -332,12 +331,7 @@ pub async fn list(
     let next_cursor = has_more
         .then(|| result.rows.last().and_then(|row| row.get("id")).and_then(Value::as_str))
         .flatten()
-        .map(|id| {
-            format!(
-                "{AFTER_ID}{}",
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
-            )
-        });
+        .map(|id| format!("{AFTER_ID}{}", cursor_of_id(id)));
     Ok(Json(DocumentPage {
         documents: result.rows,
         row_count: result.row_count,
@@ -350,19 +344,6 @@ pub async fn list(
 /// How a document list's cursor that follows ids begins (then the last id served, in
 /// URL-safe base64); NQL's positional cursors never begin so.
 const AFTER_ID: &str = "id.";
-
-/// The last id a keyset cursor names.
-fn after_id(cursor: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(&cursor[AFTER_ID.len()..])
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .filter(|id| check_id(id, "the cursor").is_ok())
-        .ok_or_else(|| ApiError::Validation {
-            message: "the cursor is not one this API returned".into(),
-            detail: Some("field cursor".into()),
-        })
-}
 
 /// NQL's view of one project: its namespaces are the collections.
 struct ProjectBackend<'a> {
@@ -413,22 +394,8 @@ impl ProjectBackend<'_> {
             });
         }
         // The vector API's rules, as the index is the same: 16-bit floats.
-        if let Some(x) = vector.iter().find(|x| x.abs() > crate::vectors::MAX_VALUE) {
-            return Err(ApiError::Query {
-                message: format!(
-                    "{what} has the value {x}, beyond ±{}, the largest magnitude the index holds (it stores 16-bit floats)",
-                    crate::vectors::MAX_VALUE
-                ),
-                detail: None,
-            });
-        }
-        if project.metric == Metric::Cosine && vector.iter().all(|x| x.abs() <= crate::vectors::F16_ZERO) {
-            return Err(ApiError::Query {
-                message: format!(
-                    "{what} is all zeros as the index stores it, which has no direction for cosine similarity"
-                ),
-                detail: None,
-            });
+        if let Some(message) = crate::vectors::unstorable(vector, project.metric, what) {
+            return Err(ApiError::Query { message, detail: None });
         }
         Ok(())
     }
@@ -533,7 +500,7 @@ impl Backend for ProjectBackend<'_> {
                 check_content(content, &what)?;
             }
             check_metadata(&row.metadata, &what)?;
-            row.metadata.retain(|_, value| !value.is_null());
+            row.metadata = without_nulls(std::mem::take(&mut row.metadata));
             sources.push(match (row.embedding.take(), &row.content) {
                 (Some(vector), _) => {
                     self.check_vector(&vector, &format!("the embedding of {what}"))?;

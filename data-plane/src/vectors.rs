@@ -54,7 +54,7 @@ pub const MAX_IDS: usize = 1000;
 pub const MAX_VALUE: f32 = 65504.0;
 /// The largest magnitude a 16-bit float rounds to zero (2^-25, halfway to the smallest
 /// subnormal, rounds to even: zero).
-pub(crate) const F16_ZERO: f32 = 2.980_232_2e-8;
+const F16_ZERO: f32 = 2.980_232_2e-8;
 
 /// A namespace name: 1 to 256 bytes, no control characters.
 pub(crate) fn namespace(name: Option<String>) -> Result<String, ApiError> {
@@ -181,24 +181,33 @@ impl VectorValues {
                 _ => format!("{what} value {i} is not a finite 32-bit float"),
             }));
         }
-        if let Some(i) = values.iter().position(|x| x.abs() > MAX_VALUE) {
-            return Err(ApiError::validation(format!(
-                "{what} value {i} is {}, beyond ±{MAX_VALUE}, the largest magnitude the index holds (it stores 16-bit floats)",
-                values[i]
-            )));
+        match unstorable(&values, metric, what) {
+            Some(message) => Err(ApiError::validation(message)),
+            None => Ok(values),
         }
-        if metric == Metric::Cosine && values.iter().all(|x| *x == 0.0) {
-            return Err(ApiError::validation(format!(
-                "{what} is all zeros, which has no direction for cosine similarity"
-            )));
-        }
-        if metric == Metric::Cosine {
-            return Err(ApiError::validation(format!(
-                "{what} is all zeros as the index stores it (16-bit floats, in which every value within ±2^-25 is 0), which has no direction for cosine similarity"
-            )));
-        }
-        Ok(values)
     }
+}
+
+/// Why the index (16-bit floats) cannot hold finite `values`, if it cannot: a value
+/// beyond ±[`MAX_VALUE`], or, for cosine, a vector that is all zeros once stored. The
+/// vector and document APIs and NQL's writes all check it.
+pub(crate) fn unstorable(values: &[f32], metric: Metric, what: &str) -> Option<String> {
+    if let Some(i) = values.iter().position(|x| x.abs() > MAX_VALUE) {
+        return Some(format!(
+            "{what} value {i} is {}, beyond ±{MAX_VALUE}, the largest magnitude the index holds (it stores 16-bit floats)",
+            values[i]
+        ));
+    }
+    if metric != Metric::Cosine || values.iter().any(|x| x.abs() > F16_ZERO) {
+        return None;
+    }
+    Some(if values.iter().all(|x| *x == 0.0) {
+        format!("{what} is all zeros, which has no direction for cosine similarity")
+    } else {
+        format!(
+            "{what} is all zeros as the index stores it (16-bit floats, in which every value within ±2^-25 is 0), which has no direction for cosine similarity"
+        )
+    })
 }
 
 impl<'de> Deserialize<'de> for VectorValues {
@@ -344,15 +353,39 @@ pub(crate) fn check_id(id: &str, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A cursor that names the last id of a page (URL-safe base64), for lists in id
+/// order: the vector list's, and the document list's after its prefix.
+pub(crate) fn cursor_of_id(id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
+}
+
+/// The id a [`cursor_of_id`] cursor names; what is not an id is not a cursor.
+pub(crate) fn id_of_cursor(cursor: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|id| check_id(id, "the cursor").is_ok())
+        .ok_or_else(|| ApiError::Validation {
+            message: "the cursor is not one this API returned".into(),
+            detail: Some("field cursor".into()),
+        })
+}
+
 /// Whether a JSON value holds the NUL character in a string or key. Postgres stores
 /// it in neither text nor JSON, so every store refuses it alike.
 fn holds_nul(value: &Value) -> bool {
     match value {
         Value::String(text) => text.contains('\0'),
         Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        Value::Object(map) => map_holds_nul(map),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
+}
+
+/// [`holds_nul`] for an object: in a key, or in a value.
+fn map_holds_nul(map: &Metadata) -> bool {
+    map.iter().any(|(key, value)| key.contains('\0') || holds_nul(value))
 }
 
 /// Metadata as stored: a key whose value is `null` has no value, as an update's `null`
@@ -370,7 +403,7 @@ pub(crate) fn check_metadata(map: &Metadata, what: &str) -> Result<(), ApiError>
             "{what} has {bytes} bytes of metadata; the limit is {MAX_METADATA_BYTES}"
         )));
     }
-    if map.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)) {
+    if map_holds_nul(map) {
         return Err(ApiError::validation(format!(
             "{what} has metadata with the NUL character (U+0000), which no key or string can hold"
         )));
@@ -1246,21 +1279,7 @@ pub async fn list(
             detail: Some("field prefix".into()),
         });
     }
-    let after = query
-        .cursor
-        .map(|cursor| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                // The last id of a page: what is not an id is not a cursor.
-                .filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.contains('\0'))
-                .ok_or_else(|| ApiError::Validation {
-                    message: "the cursor is not one this API returned".into(),
-                    detail: Some("field cursor".into()),
-                })
-        })
-        .transpose()?;
+    let after = query.cursor.as_deref().map(id_of_cursor).transpose()?;
     state.admit(&principal, Kind::Queries, 1).await?;
     if state.store.namespace(principal.project_id, &namespace).await?.is_none() {
         return Err(no_namespace(&namespace));
@@ -1276,10 +1295,7 @@ pub async fn list(
         )
         .await?;
     let next_cursor = (ids.len() == limit as usize)
-        .then(|| {
-            ids.last()
-                .map(|id| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id))
-        })
+        .then(|| ids.last().map(|id| cursor_of_id(id)))
         .flatten();
     Ok(Json(
         serde_json::to_value(ListResponse {
