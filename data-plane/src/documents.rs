@@ -38,9 +38,15 @@ pub fn router() -> Router<DataPlane> {
         .route("/api/v1/collections/{collection}/documents/batch", post(insert_batch))
         .route(
             "/api/v1/collections/{collection}/documents/{id}",
-            get(fetch).put(replace).delete(remove),
+            get(fetch)
+                .put(replace)
+                .delete(remove)
+                .layer(crate::request_body_limit()),
         )
-        .route("/api/v1/collections/{collection}/search", post(search))
+        .route(
+            "/api/v1/collections/{collection}/search",
+            post(search).layer(crate::request_body_limit()),
+        )
 }
 
 /// Longest document content, in bytes.
@@ -265,7 +271,7 @@ async fn insert_documents(
     route: &str,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Write)?;
-    let body = body.map_err(crate::json::body_rejection)?;
+    let body = body.map_err(crate::json::body_rejection(crate::MAX_BODY_BYTES))?;
     let route = format!("{route} {collection}");
     idempotent(&state, &principal, &headers, &route, &body, async {
         let request: InsertRequest = parse_body(&headers, &body)?;
@@ -431,7 +437,7 @@ pub async fn replace(
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Write)?;
-    let body = body.map_err(crate::json::body_rejection)?;
+    let body = body.map_err(crate::json::body_rejection(crate::MAX_REQUEST_BODY_BYTES))?;
     let route = format!("documents.replace {collection}/{id}");
     idempotent(&state, &principal, &headers, &route, &body, async {
         let request: ReplaceRequest = parse_body(&headers, &body)?;
@@ -633,7 +639,7 @@ pub async fn search(
 ) -> Result<Json<SearchResponse>, ApiError> {
     let started = Instant::now();
     principal.require(Scope::Read)?;
-    let body = body.map_err(crate::json::body_rejection)?;
+    let body = body.map_err(crate::json::body_rejection(crate::MAX_REQUEST_BODY_BYTES))?;
     let request = SearchRequest::read(&headers, &body)?;
     let collection = self::collection(&principal, &collection)?;
     let project = &principal.project;

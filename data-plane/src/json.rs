@@ -75,14 +75,17 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// A body that could not be read: too large, or cut off.
-pub fn body_rejection(rejection: BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge(format!(
-            "the request body is larger than {} MiB",
-            crate::MAX_BODY_BYTES / (1024 * 1024)
-        ))
-    } else {
-        ApiError::validation(format!("cannot read the request body: {}", rejection.body_text()))
+/// A body that could not be read: too large for its route (which takes at most
+/// `limit` bytes), or cut off.
+pub fn body_rejection(limit: usize) -> impl Fn(BytesRejection) -> ApiError {
+    move |rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!(
+                "the request body is larger than {} MiB, the most this request takes",
+                limit / (1024 * 1024)
+            ))
+        } else {
+            ApiError::validation(format!("cannot read the request body: {}", rejection.body_text()))
+        }
     }
 }

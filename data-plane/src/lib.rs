@@ -38,9 +38,21 @@ pub mod vector_json;
 /// The vector API.
 pub mod vectors;
 
-/// The largest request body the data plane reads: 1,000 vectors of 4,096 dimensions
-/// as JSON fit with room to spare.
+/// The largest request body the data plane reads, that of a batch (an upsert, a
+/// document insert, an NQL statement): 1,000 vectors of 4,096 dimensions as JSON fit
+/// with room to spare.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// The largest body of a request that carries no batch (a search, fetch, update or
+/// delete): a 4,096-d query, a filter of 10,000 values, or 1,000 ids of 512 bytes
+/// each written as JSON escapes fit. Parsed JSON takes several times its text in
+/// memory, so no request reads more than it may need.
+pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// The body limit of a route whose requests carry no batch (see
+/// [`MAX_REQUEST_BODY_BYTES`]); the router's own is [`MAX_BODY_BYTES`].
+fn request_body_limit() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES)
+}
 
 /// Settings of a data-plane pod.
 #[derive(Debug, Clone)]

@@ -31,10 +31,13 @@ use quiver_common::error::json_kind as kind;
 pub fn router() -> Router<DataPlane> {
     Router::new()
         .route("/v1/vectors/upsert", post(upsert))
-        .route("/v1/vectors/search", post(search))
-        .route("/v1/vectors/query", post(query))
-        .route("/v1/vectors/update", post(update))
-        .route("/v1/vectors/delete", delete(remove).post(remove))
+        .route("/v1/vectors/search", post(search).layer(crate::request_body_limit()))
+        .route("/v1/vectors/query", post(query).layer(crate::request_body_limit()))
+        .route("/v1/vectors/update", post(update).layer(crate::request_body_limit()))
+        .route(
+            "/v1/vectors/delete",
+            delete(remove).post(remove).layer(crate::request_body_limit()),
+        )
         .route("/v1/vectors/list", get(list))
 }
 
@@ -669,7 +672,7 @@ pub async fn upsert(
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Write)?;
-    let body = body.map_err(crate::json::body_rejection)?;
+    let body = body.map_err(crate::json::body_rejection(crate::MAX_BODY_BYTES))?;
     idempotent(&state, &principal, &headers, "upsert", &body, async {
         let request = UpsertRequest::read(&headers, &body)?;
         let namespace = namespace(request.namespace)?;
@@ -836,7 +839,7 @@ pub async fn search(
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     principal.require(Scope::Read)?;
-    let body = body.map_err(crate::json::body_rejection)?;
+    let body = body.map_err(crate::json::body_rejection(crate::MAX_REQUEST_BODY_BYTES))?;
     let request = SearchRequest::read(&headers, &body)?;
     let namespace = namespace(request.namespace)?;
     principal.require_namespace(&namespace)?;
@@ -984,7 +987,7 @@ pub async fn query(
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Read)?;
-    let body = body.map_err(crate::json::body_rejection)?;
+    let body = body.map_err(crate::json::body_rejection(crate::MAX_REQUEST_BODY_BYTES))?;
     let request: QueryRequest = parse_body(&headers, &body)?;
     let namespace = namespace(request.namespace)?;
     principal.require_namespace(&namespace)?;
@@ -1081,7 +1084,7 @@ pub async fn update(
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Write)?;
-    let body = body.map_err(crate::json::body_rejection)?;
+    let body = body.map_err(crate::json::body_rejection(crate::MAX_REQUEST_BODY_BYTES))?;
     idempotent(&state, &principal, &headers, "update", &body, async {
         let request: UpdateRequest = parse_body(&headers, &body)?;
         let namespace = namespace(request.namespace)?;
@@ -1171,7 +1174,7 @@ pub async fn remove(
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Write)?;
-    let body = body.map_err(crate::json::body_rejection)?;
+    let body = body.map_err(crate::json::body_rejection(crate::MAX_REQUEST_BODY_BYTES))?;
     idempotent(&state, &principal, &headers, "delete", &body, async {
         let request: DeleteRequest = parse_body(&headers, &body)?;
         let namespace = namespace(request.namespace)?;
@@ -1185,6 +1188,8 @@ pub async fn remove(
                         detail: Some("field filter".into()),
                     });
                 }
+                // The match is a search of the namespace: a query, spent before it runs.
+                state.admit(&principal, Kind::Queries, 1).await?;
                 let ids = state
                     .indexes
                     .matching_ids(&principal.project, &namespace, filter)

@@ -8,6 +8,7 @@
 //! numbers, and to strings (byte order); values of other types never compare.
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 
 use quiver_common::error::json_kind as kind;
 use quiver_common::json::compare_numbers;
@@ -35,9 +36,77 @@ pub enum Op {
     Gte(Value),
     Lt(Value),
     Lte(Value),
-    In(Vec<Value>),
-    Nin(Vec<Value>),
+    In(ValueSet),
+    Nin(ValueSet),
     Exists(bool),
+}
+
+/// The values of an `$in` or `$nin`, each looked up in constant time however many
+/// there are (a search may test every record of a namespace against thousands of ids).
+/// Equal as [`equal`] has it: integers exactly, an integer and a float by value.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ValueSet {
+    strings: HashSet<String>,
+    booleans: [bool; 2],
+    integers: HashSet<i128>,
+    /// The bits of each float, zero's sign dropped (0.0 equals -0.0).
+    floats: HashSet<u64>,
+}
+
+/// 2^53: below it every integer is exactly a float, and a float with no fraction
+/// exactly one integer.
+const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
+fn float_bits(x: f64) -> u64 {
+    if x == 0.0 { 0 } else { x.to_bits() }
+}
+
+fn integer_of(n: &serde_json::Number) -> Option<i128> {
+    n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
+}
+
+impl ValueSet {
+    fn insert(&mut self, value: &Value) {
+        match value {
+            Value::String(s) => {
+                self.strings.insert(s.clone());
+            }
+            Value::Bool(b) => self.booleans[usize::from(*b)] = true,
+            Value::Number(n) => match (integer_of(n), n.as_f64()) {
+                (Some(i), _) => {
+                    self.integers.insert(i);
+                }
+                (None, Some(x)) => {
+                    self.floats.insert(float_bits(x));
+                }
+                (None, None) => {}
+            },
+            Value::Null | Value::Array(_) | Value::Object(_) => {}
+        }
+    }
+
+    fn contains(&self, value: &Value) -> bool {
+        match value {
+            Value::String(s) => self.strings.contains(s),
+            Value::Bool(b) => self.booleans[usize::from(*b)],
+            Value::Number(n) => match (integer_of(n), n.as_f64()) {
+                // An integer equals a float when the float is its value as a float.
+                (Some(i), _) => self.integers.contains(&i) || self.floats.contains(&float_bits(i as f64)),
+                (None, Some(x)) => {
+                    self.floats.contains(&float_bits(x))
+                        || (x.fract() == 0.0
+                            && if x.abs() < EXACT_INTEGERS {
+                                self.integers.contains(&(x as i128))
+                            } else {
+                                // Beyond 2^53 many integers round to this float.
+                                self.integers.iter().any(|&i| i as f64 == x)
+                            })
+                }
+                (None, None) => false,
+            },
+            Value::Null | Value::Array(_) | Value::Object(_) => false,
+        }
+    }
 }
 
 /// Why a filter was refused; the message names the offending part.
@@ -47,11 +116,17 @@ pub struct FilterError(pub String);
 
 /// How deep `$and`/`$or` may nest: bounded, so a hostile filter cannot exhaust the stack.
 const MAX_DEPTH: usize = 16;
+/// Conditions (one per operator on a key) a filter may hold: each is tested on every
+/// record a search looks at.
+pub const MAX_CONDITIONS: usize = 1_000;
+/// Values a filter may list in all (`$in`/`$nin` items, and every other operand).
+pub const MAX_VALUES: usize = 10_000;
 
 impl Filter {
     /// Parses the JSON form.
     pub fn parse(value: &Value) -> Result<Filter, FilterError> {
-        parse(value, 0)
+        let mut size = Size::default();
+        parse(value, 0, &mut size)
     }
 
     /// Whether `metadata` satisfies the filter.
@@ -70,7 +145,30 @@ impl Filter {
     }
 }
 
-fn parse(value: &Value, depth: usize) -> Result<Filter, FilterError> {
+/// What a filter holds so far, against [`MAX_CONDITIONS`] and [`MAX_VALUES`].
+#[derive(Default)]
+struct Size {
+    conditions: usize,
+    values: usize,
+}
+
+impl Size {
+    fn add(&mut self, values: usize) -> Result<(), FilterError> {
+        self.conditions += 1;
+        self.values += values;
+        if self.conditions > MAX_CONDITIONS {
+            return Err(FilterError(format!("more than {MAX_CONDITIONS} conditions")));
+        }
+        if self.values > MAX_VALUES {
+            return Err(FilterError(format!(
+                "more than {MAX_VALUES} values in all (in $in and $nin lists and other operands)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn parse(value: &Value, depth: usize, size: &mut Size) -> Result<Filter, FilterError> {
     if depth > MAX_DEPTH {
         return Err(FilterError(format!("nested deeper than {MAX_DEPTH} levels")));
     }
@@ -87,7 +185,7 @@ fn parse(value: &Value, depth: usize) -> Result<Filter, FilterError> {
                     .ok_or_else(|| FilterError(format!("{key} takes a non-empty array of filters")))?;
                 let parsed = items
                     .iter()
-                    .map(|item| parse(item, depth + 1))
+                    .map(|item| parse(item, depth + 1, size))
                     .collect::<Result<Vec<_>, _>>()?;
                 // An empty object in the list lets every record through: `$and` drops
                 // it and `$or` becomes it, so `is_all` sees what `{}` would be.
@@ -104,7 +202,7 @@ fn parse(value: &Value, depth: usize) -> Result<Filter, FilterError> {
                     "unknown operator {other} at the top level: use $and, $or, or a metadata key"
                 )));
             }
-            field => parts.extend(parse_field(field, condition)?),
+            field => parts.extend(parse_field(field, condition, size)?),
         }
     }
     parts.retain(|part| !part.is_all());
@@ -115,13 +213,14 @@ fn parse(value: &Value, depth: usize) -> Result<Filter, FilterError> {
     })
 }
 
-fn parse_field(key: &str, condition: &Value) -> Result<Vec<Filter>, FilterError> {
+fn parse_field(key: &str, condition: &Value, size: &mut Size) -> Result<Vec<Filter>, FilterError> {
     let field = |op| Filter::Field {
         key: key.to_owned(),
         op,
     };
     let Some(operators) = condition.as_object() else {
         // A bare value is equality.
+        size.add(1)?;
         return Ok(vec![field(Op::Eq(scalar(key, "$eq", condition)?))]);
     };
     if operators.is_empty() {
@@ -130,6 +229,7 @@ fn parse_field(key: &str, condition: &Value) -> Result<Vec<Filter>, FilterError>
     operators
         .iter()
         .map(|(op, operand)| {
+            size.add(operand.as_array().map_or(1, Vec::len))?;
             Ok(field(match op.as_str() {
                 "$eq" => Op::Eq(scalar(key, op, operand)?),
                 "$ne" => Op::Ne(scalar(key, op, operand)?),
@@ -174,14 +274,18 @@ fn comparable(key: &str, op: &str, value: &Value) -> Result<Value, FilterError> 
     }
 }
 
-fn list(key: &str, op: &str, value: &Value) -> Result<Vec<Value>, FilterError> {
+fn list(key: &str, op: &str, value: &Value) -> Result<ValueSet, FilterError> {
     let items = value
         .as_array()
         .ok_or_else(|| FilterError(format!("{op} on \"{key}\" takes an array, got {}", kind(value))))?;
     if items.is_empty() {
         return Err(FilterError(format!("{op} on \"{key}\" takes a non-empty array")));
     }
-    items.iter().map(|item| scalar(key, op, item)).collect()
+    let mut set = ValueSet::default();
+    for item in items {
+        set.insert(&scalar(key, op, item)?);
+    }
+    Ok(set)
 }
 
 /// Equality across JSON numbers compares values, so 1 equals 1.0.
@@ -211,8 +315,8 @@ impl Op {
         match self {
             Op::Eq(target) => any(&|v| equal(v, target)),
             Op::Ne(target) => !any(&|v| equal(v, target)),
-            Op::In(targets) => any(&|v| targets.iter().any(|t| equal(v, t))),
-            Op::Nin(targets) => !any(&|v| targets.iter().any(|t| equal(v, t))),
+            Op::In(targets) => any(&|v| targets.contains(v)),
+            Op::Nin(targets) => !any(&|v| targets.contains(v)),
             Op::Gt(target) => any(&|v| compare(v, target) == Some(Ordering::Greater)),
             Op::Gte(target) => any(&|v| matches!(compare(v, target), Some(Ordering::Greater | Ordering::Equal))),
             Op::Lt(target) => any(&|v| compare(v, target) == Some(Ordering::Less)),
@@ -316,6 +420,71 @@ mod tests {
         assert!(check(json!({"x": {"$gt": 9.0e15}}), big.clone()));
         assert!(check(json!({"n": 1.0}), json!({"n": 1})));
         assert!(check(json!({"n": {"$lt": 1.5}}), json!({"n": 1})));
+    }
+
+    /// `$in` and `$nin` look their values up in sets: what they find is what `$eq` on
+    /// each value finds, integers beyond 2^53 and floats among them.
+    #[test]
+    fn in_and_nin_find_what_eq_on_each_value_finds() {
+        let values = [
+            json!(0),
+            json!(-0.0),
+            json!(1),
+            json!(1.0),
+            json!(1.5),
+            json!(-3),
+            json!(9007199254740992u64),
+            json!(9007199254740993u64),
+            json!(9007199254740992.0),
+            json!(u64::MAX),
+            json!(18446744073709551615.0),
+            json!(-9007199254740993i64),
+            json!(1e300),
+            json!("1"),
+            json!(""),
+            json!(true),
+            json!(false),
+        ];
+        for (i, a) in values.iter().enumerate() {
+            for b in &values[i..] {
+                for probe in &values {
+                    let record = json!({"k": probe});
+                    let eq = check(json!({"k": {"$eq": a}}), record.clone())
+                        || check(json!({"k": {"$eq": b}}), record.clone());
+                    assert_eq!(
+                        check(json!({"k": {"$in": [a, b]}}), record.clone()),
+                        eq,
+                        "{probe} in [{a}, {b}]"
+                    );
+                    assert_eq!(
+                        check(json!({"k": {"$nin": [a, b]}}), record),
+                        !eq,
+                        "{probe} nin [{a}, {b}]"
+                    );
+                }
+            }
+        }
+        let ids: Vec<String> = (0..10_000).map(|i| format!("doc-{i}")).collect();
+        let among = Filter::parse(&json!({"id": {"$in": ids}})).expect("10,000 values");
+        assert!(among.matches(&meta(json!({"id": "doc-9999"}))));
+        assert!(among.matches(&meta(json!({"id": ["x", "doc-5"]}))));
+        assert!(!among.matches(&meta(json!({"id": "doc-10000"}))));
+    }
+
+    /// A filter is tested on every record a search looks at: its size is bounded.
+    #[test]
+    fn filters_beyond_the_size_caps_are_refused() {
+        let values: Vec<u32> = (0..=MAX_VALUES as u32).collect();
+        let err = Filter::parse(&json!({"id": {"$in": values}})).expect_err("too many values");
+        assert!(err.0.contains("more than 10000 values"), "{err}");
+        let half: Vec<u32> = (0..MAX_VALUES as u32 / 2 + 1).collect();
+        let err = Filter::parse(&json!({"$or": [{"a": {"$in": half}}, {"b": {"$nin": half}}]})).expect_err("in all");
+        assert!(err.0.contains("values in all"), "{err}");
+        let keys: Map<String, Value> = (0..=MAX_CONDITIONS).map(|i| (format!("k{i}"), json!(i))).collect();
+        let err = Filter::parse(&Value::Object(keys)).expect_err("too many conditions");
+        assert!(err.0.contains("more than 1000 conditions"), "{err}");
+        let keys: Map<String, Value> = (0..MAX_CONDITIONS).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert!(Filter::parse(&Value::Object(keys)).is_ok());
     }
 
     #[test]

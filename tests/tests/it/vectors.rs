@@ -407,6 +407,10 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
             "consistency",
         ),
         (json!({"namespace": "ns", "vector": [1, 2, 3, 4], "topK": 3}), "topK"),
+        (
+            json!({"namespace": "ns", "vector": [1, 2, 3, 4], "filter": {"id": {"$in": (0..=10_000).collect::<Vec<u32>>()}}}),
+            "more than 10000 values",
+        ),
     ] {
         let (status, response) = app
             .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(body.clone()))
@@ -446,6 +450,37 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
     }
     let (status, response) = app.data_call(0, Method::GET, "/v1/vectors/nowhere", &key, None).await;
     assert_error(status, &response, 404, "NOT_FOUND");
+    // A search reads at most 8 MiB; an upsert, a batch, up to 64 MiB. JSON's own
+    // whitespace pads the bodies past 8 MiB.
+    let padding = " ".repeat(8 * 1024 * 1024);
+    for (path, body, expected) in [
+        (
+            "/v1/vectors/search",
+            format!("{{\"namespace\": \"ns\", \"vector\": [1, 2, 3, 4]{padding}}}"),
+            413,
+        ),
+        (
+            "/v1/vectors/upsert",
+            format!("{{\"namespace\": \"ns\", \"vectors\": [{{\"id\": \"b\", \"values\": [1, 2, 3, 5]}}]{padding}}}"),
+            200,
+        ),
+    ] {
+        let response = app
+            .data_request(0, Method::POST, path)
+            .header("x-api-key", &key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("answer");
+        let (status, response) = read(response).await;
+        if expected == 413 {
+            let message = assert_error(status, &response, 413, "PAYLOAD_TOO_LARGE");
+            assert!(message.contains("8 MiB"), "{message}");
+        } else {
+            assert_eq!(status, expected, "{path}: {response}");
+        }
+    }
     let (status, response) = app
         .data_call(
             0,
