@@ -111,7 +111,7 @@ pub async fn query(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     principal.require(Scope::Read)?;
-    let body = body.map_err(crate::json::body_rejection)?;
+    let body = body.map_err(crate::json::body_rejection(crate::MAX_BODY_BYTES))?;
     let request: QueryRequest = parse_body(&headers, &body)?;
     if let Some(database) = &request.database
         && *database != principal.project.name
@@ -154,7 +154,8 @@ pub async fn query(
     principal.require(Scope::Write)?;
     // A write statement takes x-idempotency-key as the other writes do.
     idempotent(&state, &principal, &headers, "query", &body, async {
-        state.admit(&principal, Kind::Documents, 1).await?;
+        // A statement is a query; the backend counts each row it writes as a document.
+        state.admit(&principal, Kind::Queries, 1).await?;
         let result = run(&state, &principal, &statement, &nql, timeout).await?;
         Ok(serde_json::to_value(QueryResponse {
             result,
@@ -447,10 +448,15 @@ impl Backend for ProjectBackend<'_> {
         if !served || k == 0 {
             return Ok(None);
         }
-        let filter = match filter {
+        let filter = match filter.map(Filter::parse) {
             None => Filter::All,
-            // The executor only pushes down filters it built, so a refusal is a bug.
-            Some(value) => Filter::parse(value).map_err(|err| anyhow::anyhow!("pushed-down filter: {err}"))?,
+            Some(Ok(filter)) => filter,
+            // The executor pushes down only filters it built, which the index refuses
+            // only beyond its size caps (a long IN list): the executor scans instead.
+            Some(Err(err)) => {
+                tracing::debug!(error = %err, "a pushed-down filter the index does not take; scanning");
+                return Ok(None);
+            }
         };
         let query = quiver_engine::Query {
             vector: vector.to_vec(),
@@ -515,6 +521,10 @@ impl Backend for ProjectBackend<'_> {
                 }
             });
         }
+        // Before embedding: a batch beyond the budget is refused whole, as an upsert is.
+        self.state
+            .admit(self.principal, Kind::Documents, rows.len() as u64)
+            .await?;
         let vectors =
             embeddings::complete(self.state, &self.principal.project, &self.state.default_model, sources).await?;
         let writes: Vec<RecordWrite> = rows
@@ -543,6 +553,13 @@ impl Backend for ProjectBackend<'_> {
             if let Some(metadata) = &update.metadata {
                 check_metadata(metadata, &what)?;
             }
+        }
+        // Each row matched is a document written. The statement cannot be split by its
+        // caller, so it takes at most a minute's budget, as a delete by filter does.
+        if !rows.is_empty() {
+            self.state
+                .admit_capped(self.principal, Kind::Documents, rows.len() as u64)
+                .await?;
         }
         let mut changed = 0;
         for chunk in rows.chunks(self.plan.max_batch_size.max(1) as usize) {
@@ -597,6 +614,12 @@ impl Backend for ProjectBackend<'_> {
 
     async fn delete(&self, collection: &str, ids: Vec<String>) -> Result<u64, ApiError> {
         self.principal.require_namespace(collection)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.state
+            .admit_capped(self.principal, Kind::Documents, ids.len() as u64)
+            .await?;
         Ok(records::delete(self.state, self.principal, collection, &ids)
             .await?
             .map_or(0, |(deleted, _)| deleted))

@@ -454,6 +454,21 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
     .await;
     assert_eq!(body["rows"], json!([{"count": 3}]), "{body}");
 
+    // A WHERE the index's filter cannot take (20 ORs nest deeper than a filter may)
+    // is evaluated by the executor instead: the search still answers.
+    let ors: Vec<String> = (0..19).map(|i| format!("source = 'x{i}'")).collect();
+    let (status, body) = q(
+        &t.readonly,
+        &format!(
+            "SELECT id FROM documents WHERE {} OR source = 'manual' ORDER BY embedding <=> $1 LIMIT 2",
+            ors.join(" OR ")
+        ),
+        json!([[0.5, 0.5, 0.5]]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rowCount"], 2, "{body}");
+
     // NQL writes the same records as the document API, under the same rules, and a
     // statement with one bad row writes none.
     let insert = "INSERT INTO documents (id, content, embedding) VALUES ($1, 'fine', $3), ($2, $4, $3)";

@@ -256,8 +256,73 @@ async fn a_delete_by_filter_takes_at_most_a_minutes_budget(app: TestApp) {
     assert_error(next.status, &next.body, 429, "RATE_LIMITED");
 }
 
+/// An NQL statement is a query, and each row it writes a document, as the vector and
+/// document APIs count them: a statement is no way around the documents budget.
+async fn nql_writes_count_a_document_per_row(app: TestApp) {
+    let (_, _, key) = starter(&app).await;
+    let nql = async |query: &str, params: Value| {
+        send(
+            &app,
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &key,
+            json!({"query": query, "params": params}),
+        )
+        .await
+    };
+    let insert = |from: usize, n: usize| {
+        let rows: Vec<String> = (from..from + n).map(|i| format!("('d{i}', 'text {i}', $1)")).collect();
+        format!("INSERT INTO docs (id, content, embedding) VALUES {}", rows.join(", "))
+    };
+    let embedding = json!([[0.1, 0.2, 0.3, 0.4]]);
+    let count = async || nql("SELECT COUNT(*) FROM docs", json!([])).await.body["rows"].clone();
+
+    // The collection, made by a first document: d0.
+    let made = send(
+        &app,
+        0,
+        Method::POST,
+        "/v1/vectors/upsert",
+        &key,
+        json!({"namespace": "docs", "vectors": [{"id": "d0", "values": [0.1, 0.2, 0.3, 0.4]}]}),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let first = nql(&insert(1, 59), embedding.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(
+        (first.limit, first.remaining),
+        (Some(100), Some(40)),
+        "1 + 59 documents"
+    );
+    let refused = nql(&insert(60, 41), embedding.clone()).await;
+    assert_error(refused.status, &refused.body, 429, "RATE_LIMITED");
+    assert_eq!(
+        count().await,
+        json!([{"count": 60}]),
+        "the refused statement wrote nothing"
+    );
+
+    let ids: Vec<String> = (0..50).map(|i| format!("'d{i}'")).collect();
+    let delete = nql(&format!("DELETE FROM docs WHERE id IN ({})", ids.join(", ")), json!([])).await;
+    assert_error(delete.status, &delete.body, 429, "RATE_LIMITED");
+    let update = nql("UPDATE docs SET metadata = '{\"seen\": true}'", json!([])).await;
+    assert_error(update.status, &update.body, 429, "RATE_LIMITED");
+    assert_eq!(count().await, json!([{"count": 60}]));
+    let one = nql("DELETE FROM docs WHERE id = 'd0'", json!([])).await;
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert_eq!((one.limit, one.remaining), (Some(100), Some(39)), "one document");
+    assert_eq!(count().await, json!([{"count": 59}]));
+}
+
 mod standalone {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nql_writes_count_a_document_per_row() {
+        super::nql_writes_count_a_document_per_row(TestApp::start(Backend::Sqlite).await).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next() {
