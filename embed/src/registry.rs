@@ -159,7 +159,10 @@ impl Embedders {
                 "unknown local embedding model \"{name}\"; the local models are: {}",
                 local_model_names().join(", ")
             ))),
-            Some(("openai", name)) if !name.trim().is_empty() => Ok(self.openai_embedder(name)),
+            Some(("openai", name)) if !name.trim().is_empty() => {
+                check_openai_name(name)?;
+                Ok(self.openai_embedder(name))
+            }
             _ => Err(unknown_model(model)),
         }
     }
@@ -198,17 +201,41 @@ impl Embedders {
         // A poisoned lock only means another thread panicked while inserting; the map
         // itself is still consistent.
         let mut models = self.openai.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        models
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                let known = KNOWN_OPENAI_MODELS
-                    .iter()
-                    .find(|(known, ..)| *known == name)
-                    .map(|(_, dim, _)| *dim);
-                Arc::new(OpenAiEmbedder::new(self.http.clone(), &self.config, name, known))
-            })
-            .clone()
+        if let Some(embedder) = models.get(name) {
+            return Arc::clone(embedder);
+        }
+        let known = KNOWN_OPENAI_MODELS
+            .iter()
+            .find(|(known, ..)| *known == name)
+            .map(|(_, dim, _)| *dim);
+        let embedder = Arc::new(OpenAiEmbedder::new(self.http.clone(), &self.config, name, known));
+        // Names come from requests: past a few dozen, a new one is not kept (it learns
+        // its dimension again on each use), so no stream of names can grow the map.
+        if models.len() < MAX_KEPT_OPENAI_MODELS {
+            models.insert(name.to_owned(), Arc::clone(&embedder));
+        }
+        embedder
     }
+}
+
+/// OpenAI-compatible models whose embedder (and the dimension it learned) is kept.
+const MAX_KEPT_OPENAI_MODELS: usize = 64;
+/// The longest model name taken.
+const MAX_MODEL_NAME: usize = 128;
+
+/// A model name as OpenAI-compatible servers spell them (`text-embedding-3-small`,
+/// `nomic-ai/nomic-embed-text-v1.5`, `mxbai-embed-large:latest`): at most 128 bytes of
+/// letters, digits and `. _ - : / @ +`.
+fn check_openai_name(name: &str) -> Result<(), EmbedError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-:/@+".contains(c);
+    if name.len() > MAX_MODEL_NAME || !name.chars().all(allowed) {
+        let shown: String = name.chars().take(40).collect();
+        return Err(EmbedError::UnknownModel(format!(
+            "invalid model name \"openai/{shown}{}\": at most {MAX_MODEL_NAME} bytes of letters, digits and . _ - : / @ +",
+            if shown.len() < name.len() { "…" } else { "" }
+        )));
+    }
+    Ok(())
 }
 
 fn local_model_names() -> Vec<String> {
@@ -296,6 +323,49 @@ mod tests {
         );
         assert_eq!(registry.dimension("openai/nomic-embed-text").expect("any name"), None);
         assert_eq!(registry.dimension(DEFAULT_MODEL).expect("local"), Some(384));
+    }
+
+    /// Model names come from requests: a name no server spells is refused, and no
+    /// stream of new names grows what the registry keeps.
+    #[test]
+    fn openai_model_names_are_checked_and_only_so_many_kept() {
+        let registry = registry();
+        for name in ["nomic-ai/nomic-embed-text-v1.5", "mxbai-embed-large:latest", "a@b+c_d"] {
+            assert_eq!(registry.dimension(&format!("openai/{name}")).expect(name), None);
+        }
+        for name in [
+            "x".repeat(129),
+            "has space".into(),
+            "tab\t".into(),
+            "é".into(),
+            "a\"b".into(),
+        ] {
+            let err = registry.dimension(&format!("openai/{name}")).expect_err("refused");
+            let EmbedError::UnknownModel(message) = err else {
+                panic!("expected UnknownModel, got {err:?}")
+            };
+            assert!(message.contains("invalid model name"), "{message}");
+            assert!(message.len() < 200, "the name is cut short in the message: {message}");
+        }
+        assert_eq!(
+            registry
+                .dimension(&format!("openai/{}", "x".repeat(128)))
+                .expect("128 bytes"),
+            None
+        );
+        for i in 0..1_000 {
+            registry.embedder(&format!("openai/model-{i}")).expect("a name");
+        }
+        let kept = registry.openai.lock().expect("lock").len();
+        assert_eq!(kept, MAX_KEPT_OPENAI_MODELS);
+        // A kept embedder is the same one each time.
+        let first = registry
+            .embedder("openai/nomic-ai/nomic-embed-text-v1.5")
+            .expect("kept");
+        let again = registry
+            .embedder("openai/nomic-ai/nomic-embed-text-v1.5")
+            .expect("kept");
+        assert!(Arc::ptr_eq(&first, &again));
     }
 
     #[test]
