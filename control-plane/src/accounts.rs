@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use quiver_common::domain::UserId;
-use quiver_common::secrets::{MIN_PASSWORD_LEN, hash_secret, verify_secret};
+use quiver_common::secrets::{MIN_PASSWORD_LEN, hash_secret_bounded, verify_secret_bounded};
 use quiver_common::{ApiError, AppJson};
 use serde::{Deserialize, Serialize};
 
@@ -22,10 +22,35 @@ pub fn router() -> Router<ControlPlane> {
 /// Login attempts admitted per email: a burst of 5, then one every 12 s.
 pub struct LoginThrottle(DefaultKeyedRateLimiter<String>);
 
+/// Emails the throttle tracks before it forgets those back to a full burst.
+const TRACKED_EMAILS: usize = 10_000;
+
 impl Default for LoginThrottle {
     fn default() -> Self {
-        let quota = Quota::per_minute(NonZeroU32::new(5).expect("5 is not zero"));
+        Self::with_quota(Quota::per_minute(NonZeroU32::new(5).expect("5 is not zero")))
+    }
+}
+
+impl LoginThrottle {
+    /// Admits one attempt for `email`, or says when the next may come. Emails whose
+    /// budget has refilled are forgotten once many are tracked, so a stream of
+    /// attempts on ever new emails cannot grow the throttle without end.
+    fn check(&self, email: &str) -> Result<(), governor::NotUntil<governor::clock::QuantaInstant>> {
+        if self.0.len() >= TRACKED_EMAILS {
+            self.0.retain_recent();
+            self.0.shrink_to_fit();
+        }
+        self.0.check_key(&email.to_owned())
+    }
+
+    fn with_quota(quota: Quota) -> Self {
         Self(RateLimiter::keyed(quota))
+    }
+
+    /// Emails tracked now.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -74,6 +99,9 @@ fn parse_email(raw: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The longest password an account may have, in bytes.
+const MAX_PASSWORD_BYTES: usize = 1024;
+
 fn check_password(password: &str) -> Result<(), ApiError> {
     let chars = password.chars().count();
     if chars < MIN_PASSWORD_LEN {
@@ -82,7 +110,7 @@ fn check_password(password: &str) -> Result<(), ApiError> {
             detail: Some("field password".into()),
         });
     }
-    if password.len() > 1024 {
+    if password.len() > MAX_PASSWORD_BYTES {
         return Err(ApiError::Validation {
             message: "the password is longer than 1024 bytes".into(),
             detail: Some("field password".into()),
@@ -110,10 +138,7 @@ pub async fn signup(
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
     let email = parse_email(&body.email)?;
     check_password(&body.password)?;
-    let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || hash_secret(&password))
-        .await
-        .map_err(anyhow::Error::from)?;
+    let hash = hash_secret_bounded(body.password).await?;
     let user = state.store.create_user(&email, &hash).await.map_err(|err| match err {
         quiver_store::StoreError::Conflict(_) => {
             ApiError::Conflict(format!("an account with email {email} already exists"))
@@ -142,28 +167,26 @@ pub async fn login(
     State(state): State<ControlPlane>,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let email = body.email.trim().to_lowercase();
-    if let Err(not_until) = state.login_attempts.0.check_key(&email) {
+    let refused = || ApiError::Unauthorized("wrong email or password".into());
+    // No account has a malformed email or an over-long password (signup refuses
+    // them): such attempts are refused before they are hashed or tracked.
+    let Ok(email) = parse_email(&body.email) else {
+        return Err(refused());
+    };
+    if body.password.len() > MAX_PASSWORD_BYTES {
+        return Err(refused());
+    }
+    if let Err(not_until) = state.login_attempts.check(&email) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::RateLimited {
             message: "too many sign-in attempts for this email; wait and try again".into(),
             retry_after_secs: wait.as_secs().max(1),
         });
     }
-    let refused = || ApiError::Unauthorized("wrong email or password".into());
     let user = state.store.user_by_email(&email).await?;
-    let password = body.password;
-    // Hash even for unknown emails, so timing does not tell which part was wrong.
+    // Hashes even for unknown emails, so timing does not tell which part was wrong.
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    let matches = tokio::task::spawn_blocking(move || match stored {
-        Some(hash) => verify_secret(&password, &hash),
-        None => {
-            let _ = hash_secret(&password);
-            false
-        }
-    })
-    .await
-    .map_err(anyhow::Error::from)?;
+    let matches = verify_secret_bounded(body.password, stored).await?;
     let user = user.filter(|_| matches).ok_or_else(refused)?;
     Ok(Json(start_session(&state, user)))
 }
@@ -185,6 +208,26 @@ fn start_session(state: &ControlPlane, user: quiver_store::User) -> SessionView 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_throttle_forgets_emails_whose_budget_has_refilled() {
+        // One attempt back every millisecond, so budgets refill while the test waits.
+        let quota = Quota::per_second(NonZeroU32::new(1000).expect("not zero"))
+            .allow_burst(NonZeroU32::new(5).expect("not zero"));
+        let throttle = LoginThrottle::with_quota(quota);
+        for i in 0..TRACKED_EMAILS {
+            assert!(throttle.check(&format!("user{i}@example.com")).is_ok());
+        }
+        assert_eq!(throttle.tracked(), TRACKED_EMAILS);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(throttle.check("one-more@example.com").is_ok());
+        assert_eq!(throttle.tracked(), 1, "only the email just tried is left");
+        // An email still being throttled is kept, and stays throttled.
+        for _ in 0..5 {
+            assert!(throttle.check("busy@example.com").is_ok());
+        }
+        assert!(throttle.check("busy@example.com").is_err());
+    }
 
     #[test]
     fn emails_are_lowercased_and_checked() {
