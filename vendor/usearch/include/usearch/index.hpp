@@ -100,6 +100,7 @@
 #include <stdexcept> // `std::runtime_exception`
 #include <thread>    // `std::thread`
 #include <utility>   // `std::pair`
+#include <vector>    // Quiver: the links an add keeps until its reverse links
 
 // Helper macros for concatenation and stringification
 #define usearch_concat_helper_m(a, b) a##b
@@ -3252,6 +3253,18 @@ class index_gt {
         // Each caller exclusively owns its context; sampling needs no shared graph lock.
         level_t new_target_level = choose_random_level_(context.level_generator);
 
+        // Quiver: room for the new node's links on every level, kept until its reverse
+        // links are formed (see below). Taken before the node exists, so that running
+        // out of memory leaves nothing half-added.
+        std::vector<candidate_t> linked;
+        std::vector<std::size_t> linked_per_level;
+        try {
+            linked.reserve((static_cast<std::size_t>(new_target_level) + 1) * connectivity_max);
+            linked_per_level.resize(static_cast<std::size_t>(new_target_level) + 1);
+        } catch (...) {
+            return result.failed("Out of memory!");
+        }
+
         // Determining how much memory to allocate for the node depends on the target level
         std::unique_lock<std::mutex> new_level_lock(global_mutex_);
         level_t max_level_copy = max_level_;                                             // Copy under lock
@@ -3297,17 +3310,31 @@ class index_gt {
             value, metric, prefetch,                      //
             entry_slot_copy, max_level_copy, new_target_level, context);
 
-        // From `new_target_level` down - perform proper extensive search
-        for (level_t level = (std::min)(new_target_level, max_level_copy); level >= 0; --level) {
+        // Quiver: the new node's own links on every level first, its reverse links (which
+        // make it findable) only then. Upstream formed both level by level, top down:
+        // between levels a concurrent add could descend onto the new node through its
+        // upper links, find its base level still empty, link its own node to it alone,
+        // and later lose that one link to pruning, leaving a node no search reaches
+        // (upstream issue #735; about 1 in 1,000 nodes from two threads adding 16-d
+        // vectors). Until its reverse links exist nobody links to the new node, so its
+        // lists hold only its own links when they are formed here.
+        level_t const linked_top = (std::min)(new_target_level, max_level_copy);
+        for (level_t level = linked_top; level >= 0; --level) {
             // TODO: Handle out of memory conditions
             search_to_insert_(value, metric, prefetch, closest_slot, level, config.expansion, context);
-            candidates_view_t closest_view;
-            {
-                node_lock_t new_lock = node_lock_(new_slot);
-                neighbors_(new_node, level).clear();
-                closest_view = form_links_to_closest_(metric, new_slot, level, context);
-                closest_slot = closest_view[0].slot;
-            }
+            node_lock_t new_lock = node_lock_(new_slot);
+            neighbors_(new_node, level).clear();
+            candidates_view_t closest_view = form_links_to_closest_(metric, new_slot, level, context);
+            closest_slot = closest_view[0].slot;
+            linked_per_level[static_cast<std::size_t>(level)] = closest_view.size();
+            for (candidate_t const& candidate : closest_view)
+                linked.push_back(candidate); // Within the reserve: never reallocates.
+        }
+        std::size_t linked_offset = 0;
+        for (level_t level = linked_top; level >= 0; --level) {
+            std::size_t const count = linked_per_level[static_cast<std::size_t>(level)];
+            candidates_view_t closest_view{linked.data() + linked_offset, count};
+            linked_offset += count;
             form_reverse_links_(metric, new_slot, closest_view, value, level, context);
         }
 
