@@ -329,12 +329,20 @@ impl Executor<'_> {
         order.iter().map(|key| eval::eval(&key.expr, Some(row))).collect()
     }
 
-    /// Exact scan: every matching row, sorted, with the statement's OFFSET/LIMIT applied.
+    /// Exact scan: the matching rows, sorted, and how many matched.
     /// `stop_at`: without ORDER BY, the scan may stop once this many rows matched.
-    async fn scan_select(&self, select: &Select, stop_at: Option<u64>) -> Result<(Sorted, u64), ApiError> {
+    /// `keep`: only the first this many rows in sort order are wanted. Every match is
+    /// counted, but no more than twice as many rows are held at any time, so a page of
+    /// a large collection takes memory for the page, not the collection.
+    async fn scan_select(
+        &self,
+        select: &Select,
+        stop_at: Option<u64>,
+        keep: Option<u64>,
+    ) -> Result<(Sorted, u64), ApiError> {
+        let keep = keep.map(|keep| usize::try_from(keep).unwrap_or(usize::MAX));
         let mut matched: Sorted = Vec::new();
         let mut count = 0u64;
-        let mut stopped = false;
         self.scan_all(|row| {
             if !eval::matches(select.filter.as_ref(), &row)? {
                 return Ok(true);
@@ -343,15 +351,22 @@ impl Executor<'_> {
             if !select.aggregate {
                 let keys = self.sort_keys(&select.order, &row)?;
                 matched.push((keys, row));
+                if let Some(keep) = keep
+                    && matched.len() >= keep.saturating_mul(2).max(SCAN_PAGE)
+                {
+                    // The order is total (ties go by id), so the rows cut here are
+                    // never among the first `keep`.
+                    sort(&mut matched, &select.order);
+                    matched.truncate(keep);
+                }
             }
-            if stop_at.is_some_and(|n| count >= n) {
-                stopped = true;
-                return Ok(false);
-            }
-            Ok(true)
+            Ok(stop_at.is_none_or(|n| count < n))
         })
         .await?;
         sort(&mut matched, &select.order);
+        if let Some(keep) = keep {
+            matched.truncate(keep);
+        }
         Ok((matched, count))
     }
 
@@ -369,7 +384,7 @@ impl Executor<'_> {
         };
 
         if select.aggregate {
-            let (_, count) = self.scan_select(select, None).await?;
+            let (_, count) = self.scan_select(select, None, None).await?;
             let (start, end) = window(1);
             let mut rows = Vec::new();
             if start < end {
@@ -390,8 +405,11 @@ impl Executor<'_> {
         if let Strategy::Index { op, vector, k, filter } = strategy(select) {
             result = self.index_select(select, op, &vector, k, filter.as_ref()).await?;
         }
-        let rows = match result {
-            Some(rows) => rows,
+        let (rows, matched) = match result {
+            Some(rows) => {
+                let matched = rows.len() as u64;
+                (rows, matched)
+            }
             None => {
                 // Without ORDER BY and without a page (whose totalCount needs every
                 // match), the scan can stop once OFFSET + LIMIT rows matched.
@@ -399,16 +417,26 @@ impl Executor<'_> {
                     (true, None, Some(limit)) => Some(select.offset.saturating_add(limit)),
                     _ => None,
                 };
-                self.scan_select(select, stop_at).await?.0
+                // Rows past OFFSET + LIMIT, or past the end of the page asked for, are
+                // never returned: only those before are kept.
+                let page_end = page.and_then(|page| page.limit.map(|limit| page.offset.saturating_add(limit)));
+                let keep = match (select.limit, page_end) {
+                    (None, None) => None,
+                    (Some(n), None) | (None, Some(n)) => Some(n),
+                    (Some(limit), Some(page_end)) => Some(limit.min(page_end)),
+                }
+                .map(|n| select.offset.saturating_add(n));
+                self.scan_select(select, stop_at, keep).await?
             }
         };
-        let (start, end) = window(rows.len() as u64);
+        // The window over every match, of which `rows` holds at least what is returned.
+        let (start, end) = window(matched);
         let mut rows: Vec<Row> = rows.into_iter().map(|(_, row)| row).collect();
         rows.truncate(end);
-        rows.drain(..start);
+        rows.drain(..start.min(rows.len()));
 
         // Page first, then project only the rows returned.
-        let total = rows.len() as u64;
+        let total = (end - start) as u64;
         let (rows, meta) = match page {
             None => (rows, None),
             Some(page) => {

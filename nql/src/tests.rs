@@ -921,6 +921,73 @@ async fn a_request_page_applies_within_the_statements_limit() {
     assert_eq!(result.has_more, Some(false));
 }
 
+/// A page of a sorted scan keeps only the rows up to the page's end as it goes (a
+/// collection's worth would not fit in memory): what it returns, and the count, are
+/// those of a sort of every row, ties included (they go by id).
+#[tokio::test]
+async fn pages_of_a_large_sorted_scan_are_slices_of_the_whole_sort() {
+    let b = MemoryBackend::new(3, DistanceOp::Cosine);
+    for i in 0..3_000 {
+        // Scores repeat (many ties); ids are not in score order.
+        let id = format!("r{:04}", (i * 7_919) % 3_000);
+        b.put(
+            "big",
+            row(
+                &id,
+                Some("t"),
+                json!({"score": i % 37, "odd": i % 2 == 1}),
+                [1.0, 0.0, 0.0],
+                0,
+            ),
+        );
+    }
+    for (order, filter) in [
+        ("ORDER BY score DESC", ""),
+        ("ORDER BY score, id DESC", "WHERE odd = true"),
+        ("", "WHERE score > 30"),
+        ("ORDER BY id", ""),
+    ] {
+        let whole = run(&b, &format!("SELECT id FROM big {filter} {order}"), json!([])).await;
+        let whole = ids(&whole);
+        for (limit, offset, page_offset, page_limit) in [
+            (None, 0, 0, 10),
+            (None, 0, 1_400, 100),
+            (Some(2_000), 5, 1_990, 20),
+            (Some(1_100), 1_000, 50, 1_000),
+            (Some(10), 0, 0, 1_000),
+        ] {
+            let mut statement = format!("SELECT id FROM big {filter} {order}");
+            if let Some(limit) = limit {
+                statement.push_str(&format!(" LIMIT {limit}"));
+            }
+            statement.push_str(&format!(" OFFSET {offset}"));
+            let mut req = request(&statement, json!([]));
+            req.offset = Some(page_offset);
+            req.limit = Some(page_limit);
+            let result = execute(&b, &req, KEY).await.expect("runs");
+            let window: Vec<String> = whole
+                .iter()
+                .skip(offset as usize)
+                .take(limit.unwrap_or(u64::MAX) as usize)
+                .cloned()
+                .collect();
+            let page: Vec<String> = window
+                .iter()
+                .skip(page_offset as usize)
+                .take(page_limit as usize)
+                .cloned()
+                .collect();
+            assert_eq!(ids(&result), page, "{statement}, page {page_offset}+{page_limit}");
+            assert_eq!(result.total_count, Some(window.len() as u64), "{statement}");
+            assert_eq!(
+                result.has_more,
+                Some(page_offset + page_limit < window.len() as u64),
+                "{statement}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn explain_describes_the_plan_without_running_writes() {
     let b = backend();
