@@ -660,7 +660,7 @@ pub struct UpsertResponse {
         (status = 403, description = "no write scope, or a plan cap", body = quiver_common::error::ErrorEnvelope),
         (status = 409, description = "the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
         (status = 413, body = quiver_common::error::ErrorEnvelope),
-        (status = 422, description = "the idempotency key was used with another body", body = quiver_common::error::ErrorEnvelope),
+        (status = 422, description = "the idempotency key was used with another request", body = quiver_common::error::ErrorEnvelope),
         (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 503, description = "the records store is unreachable", body = quiver_common::error::ErrorEnvelope),
     )
