@@ -40,41 +40,69 @@ pub fn verify_secret(secret: &str, hash: &str) -> bool {
     argon2().verify_password(secret.as_bytes(), hash).is_ok()
 }
 
-/// How many argon2 hashes run at once in this process: one per core. Each takes
-/// 19 MiB and a core for tens of milliseconds, so a flood of logins or of keys not yet
-/// verified queues here instead of filling the blocking pool (hundreds of threads)
-/// with hashes that together would take gigabytes.
-fn hashing() -> &'static tokio::sync::Semaphore {
-    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    PERMITS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        tokio::sync::Semaphore::new(cores)
-    })
+/// Who waits for an argon2 hash: each queue runs at most one hash per core at a time.
+/// Each hash takes 19 MiB and a core for tens of milliseconds, so a flood queues here
+/// instead of filling the blocking pool (hundreds of threads) with hashes that would
+/// together take gigabytes. Two queues, so that a flood of sign-ins (anyone may send
+/// them) never delays a data-plane request whose key is not yet verified, where both
+/// run in one process (standalone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashQueue {
+    /// Sign-ups, sign-ins and new keys, on the control plane.
+    Accounts,
+    /// API keys presented to the data plane, the first time a pod sees each.
+    Keys,
 }
 
-/// Runs `work` (an argon2 hash) on a blocking thread once a hashing permit is free.
-async fn hash_off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, anyhow::Error> {
-    let _permit = hashing().acquire().await?;
-    Ok(tokio::task::spawn_blocking(work).await?)
+impl HashQueue {
+    fn permits(self) -> &'static std::sync::Arc<tokio::sync::Semaphore> {
+        static ACCOUNTS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+        static KEYS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+        let cell = match self {
+            HashQueue::Accounts => &ACCOUNTS,
+            HashQueue::Keys => &KEYS,
+        };
+        cell.get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            std::sync::Arc::new(tokio::sync::Semaphore::new(cores))
+        })
+    }
+
+    /// Runs `work` (an argon2 hash) on a blocking thread once a permit is free. The
+    /// permit goes with the work, so a caller that gives up waiting (a client gone)
+    /// does not free it while the hash still runs.
+    async fn run<T: Send + 'static>(self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, anyhow::Error> {
+        let permit = std::sync::Arc::clone(self.permits()).acquire_owned().await?;
+        Ok(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await?)
+    }
 }
 
-/// [`hash_secret`] off the async executor, at most one hash per core at a time.
-pub async fn hash_secret_bounded(secret: String) -> Result<String, anyhow::Error> {
-    hash_off_thread(move || hash_secret(&secret)).await
+/// [`hash_secret`] off the async executor, in its turn in `queue`.
+pub async fn hash_secret_bounded(queue: HashQueue, secret: String) -> Result<String, anyhow::Error> {
+    queue.run(move || hash_secret(&secret)).await
 }
 
-/// [`verify_secret`] off the async executor, at most one hash per core at a time.
-/// `None` as the hash (no such account) hashes the secret anyway, so the time taken
-/// does not tell whether the account exists; it never matches.
-pub async fn verify_secret_bounded(secret: String, hash: Option<String>) -> Result<bool, anyhow::Error> {
-    hash_off_thread(move || match hash {
-        Some(hash) => verify_secret(&secret, &hash),
-        None => {
-            let _ = hash_secret(&secret);
-            false
-        }
-    })
-    .await
+/// [`verify_secret`] off the async executor, in its turn in `queue`. `None` as the
+/// hash (no such account) hashes the secret anyway, so the time taken does not tell
+/// whether the account exists; it never matches.
+pub async fn verify_secret_bounded(
+    queue: HashQueue,
+    secret: String,
+    hash: Option<String>,
+) -> Result<bool, anyhow::Error> {
+    queue
+        .run(move || match hash {
+            Some(hash) => verify_secret(&secret, &hash),
+            None => {
+                let _ = hash_secret(&secret);
+                false
+            }
+        })
+        .await
 }
 
 /// A newly minted key; `full` is shown to its owner once and never stored.

@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use quiver_common::domain::UserId;
-use quiver_common::secrets::{MIN_PASSWORD_LEN, hash_secret_bounded, verify_secret_bounded};
+use quiver_common::secrets::{HashQueue, MIN_PASSWORD_LEN, hash_secret_bounded, verify_secret_bounded};
 use quiver_common::{ApiError, AppJson};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,12 @@ pub fn router() -> Router<ControlPlane> {
 }
 
 /// Login attempts admitted per email: a burst of 5, then one every 12 s.
-pub struct LoginThrottle(DefaultKeyedRateLimiter<String>);
+pub struct LoginThrottle {
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// How many emails tracked starts the next pruning: twice what was left after the
+    /// last, so that a map of emails all still throttled is not scanned on every try.
+    prune_at: std::sync::atomic::AtomicUsize,
+}
 
 /// Emails the throttle tracks before it forgets those back to a full burst.
 const TRACKED_EMAILS: usize = 10_000;
@@ -36,21 +41,36 @@ impl LoginThrottle {
     /// budget has refilled are forgotten once many are tracked, so a stream of
     /// attempts on ever new emails cannot grow the throttle without end.
     fn check(&self, email: &str) -> Result<(), governor::NotUntil<governor::clock::QuantaInstant>> {
-        if self.0.len() >= TRACKED_EMAILS {
-            self.0.retain_recent();
-            self.0.shrink_to_fit();
+        use std::sync::atomic::Ordering;
+        let tracked = self.limiter.len();
+        let prune_at = self.prune_at.load(Ordering::Relaxed);
+        if tracked >= prune_at
+            && self
+                .prune_at
+                .compare_exchange(prune_at, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            // One caller prunes; the others go on meanwhile.
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+            let left = self.limiter.len();
+            self.prune_at
+                .store(left.saturating_mul(2).max(TRACKED_EMAILS), Ordering::Release);
         }
-        self.0.check_key(&email.to_owned())
+        self.limiter.check_key(&email.to_owned())
     }
 
     fn with_quota(quota: Quota) -> Self {
-        Self(RateLimiter::keyed(quota))
+        Self {
+            limiter: RateLimiter::keyed(quota),
+            prune_at: std::sync::atomic::AtomicUsize::new(TRACKED_EMAILS),
+        }
     }
 
     /// Emails tracked now.
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.0.len()
+        self.limiter.len()
     }
 }
 
@@ -138,7 +158,7 @@ pub async fn signup(
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
     let email = parse_email(&body.email)?;
     check_password(&body.password)?;
-    let hash = hash_secret_bounded(body.password).await?;
+    let hash = hash_secret_bounded(HashQueue::Accounts, body.password).await?;
     let user = state.store.create_user(&email, &hash).await.map_err(|err| match err {
         quiver_store::StoreError::Conflict(_) => {
             ApiError::Conflict(format!("an account with email {email} already exists"))
@@ -186,7 +206,7 @@ pub async fn login(
     let user = state.store.user_by_email(&email).await?;
     // Hashes even for unknown emails, so timing does not tell which part was wrong.
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    let matches = verify_secret_bounded(body.password, stored).await?;
+    let matches = verify_secret_bounded(HashQueue::Accounts, body.password, stored).await?;
     let user = user.filter(|_| matches).ok_or_else(refused)?;
     Ok(Json(start_session(&state, user)))
 }
@@ -227,6 +247,19 @@ mod tests {
             assert!(throttle.check("busy@example.com").is_ok());
         }
         assert!(throttle.check("busy@example.com").is_err());
+
+        // Emails all still throttled are kept, and the next pruning waits until twice
+        // as many are tracked: a flood of new emails does not scan the map every time.
+        let slow = LoginThrottle::default();
+        for i in 0..TRACKED_EMAILS {
+            assert!(slow.check(&format!("user{i}@example.com")).is_ok());
+        }
+        assert!(slow.check("one-more@example.com").is_ok());
+        assert_eq!(slow.tracked(), TRACKED_EMAILS + 1);
+        assert_eq!(
+            slow.prune_at.load(std::sync::atomic::Ordering::Relaxed),
+            2 * TRACKED_EMAILS
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use quiver_common::AppPath;
 use quiver_common::bus::Notice;
 use quiver_common::domain::{ProjectId, Role};
-use quiver_common::secrets::{generate_api_key, hash_secret_bounded, key_prefix};
+use quiver_common::secrets::{HashQueue, generate_api_key, hash_secret_bounded, key_prefix};
 use quiver_common::{ApiError, AppJson};
 use quiver_store::{ApiKey, NewApiKey, Store};
 use serde::{Deserialize, Serialize};
@@ -92,7 +92,7 @@ pub async fn mint(store: &dyn Store, project: ProjectId, request: CreateKey) -> 
     }
     let generated = generate_api_key();
     let secret = generated.secret.clone();
-    let secret_hash = hash_secret_bounded(secret).await?;
+    let secret_hash = hash_secret_bounded(HashQueue::Accounts, secret).await?;
     let stored = store
         .create_api_key(NewApiKey {
             id: generated.id,

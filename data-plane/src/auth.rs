@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use quiver_common::ApiError;
 use quiver_common::bus::{Bus, BusEvent, Notice};
 use quiver_common::domain::{ProjectId, Scope};
-use quiver_common::secrets::{fingerprint, parse_api_key, verify_secret_bounded};
+use quiver_common::secrets::{HashQueue, fingerprint, parse_api_key, verify_secret_bounded};
 use quiver_common::token::{JwtKeys, looks_like_jwt};
 use quiver_store::{Project, Store};
 
@@ -320,7 +320,9 @@ impl Authenticator {
             return Err(Refusal::Revoked);
         }
         let (secret, hash) = (secret.to_owned(), stored.secret_hash.clone());
-        let matches = verify_secret_bounded(secret, Some(hash)).await.unwrap_or(false);
+        let matches = verify_secret_bounded(HashQueue::Keys, secret, Some(hash))
+            .await
+            .unwrap_or(false);
         if !matches {
             return Err(Refusal::Unknown);
         }
