@@ -574,10 +574,30 @@ pub(crate) fn sort_order(a: &Datum, b: &Datum, nulls_first: bool) -> Ordering {
                 Ordering::Less
             }
         }
-        _ => match compare(a, b) {
-            Ok(Some(o)) => o,
-            _ => rank(a).cmp(&rank(b)),
+        _ => match (number_key(a), number_key(b)) {
+            (Some(x), Some(y)) => x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)),
+            _ => match compare(a, b) {
+                Ok(Some(o)) => o,
+                _ => rank(a).cmp(&rank(b)),
+            },
         },
+    }
+}
+
+/// A number's place in ORDER BY: by its value as a 64-bit float, then floats before
+/// integers, then integers exactly. A sort needs a total order, and comparison is
+/// not one: it takes integers exactly and an integer against a float by value, so
+/// beyond 2^53 an integer can be less than another while both equal one float.
+fn number_key(d: &Datum) -> Option<(f64, u8, i128)> {
+    let integer = |i: i128| (i as f64, 1, i);
+    match d {
+        Datum::Int(i) => Some(integer(i128::from(*i))),
+        Datum::Num(x) => Some((*x, 0, 0)),
+        Datum::Json(Value::Number(n)) => match n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)) {
+            Some(i) => Some(integer(i)),
+            None => n.as_f64().map(|x| (x, 0, 0)),
+        },
+        _ => None,
     }
 }
 
