@@ -182,31 +182,6 @@ impl DataPlane {
         Ok(plan)
     }
 
-    /// Refuses a write that would take the project past its plan's namespaces or vectors.
-    pub async fn check_capacity(
-        &self,
-        principal: &Principal,
-        plan: &Plan,
-        namespace: &str,
-        incoming: usize,
-    ) -> Result<(), ApiError> {
-        let usage = self.store.project_usage(principal.project_id).await?;
-        let is_new = self.store.namespace(principal.project_id, namespace).await?.is_none();
-        if is_new && usage.namespaces >= u64::from(plan.max_namespaces) {
-            return Err(ApiError::Forbidden(format!(
-                "the {} plan allows {} namespaces and the project has {}: delete one or change plan",
-                plan.name, plan.max_namespaces, usage.namespaces
-            )));
-        }
-        if usage.vectors + incoming as u64 > plan.max_vectors {
-            return Err(ApiError::Forbidden(format!(
-                "the {} plan allows {} vectors; the project has {} and this write adds up to {incoming}",
-                plan.name, plan.max_vectors, usage.vectors
-            )));
-        }
-        Ok(())
-    }
-
     /// The data plane's router: the public APIs and the health probes.
     pub fn router(self) -> Router {
         let checks: Vec<Arc<dyn ReadinessCheck>> = vec![self.store.clone(), self.bus.clone(), self.budget.clone()];

@@ -35,8 +35,17 @@ async fn upsert_now(
     namespace: &str,
     records: Vec<RecordWrite>,
 ) -> Result<WriteOutcome, ApiError> {
-    state.check_capacity(principal, plan, namespace, records.len()).await?;
-    let outcome = state.store.upsert(principal.project_id, namespace, &records).await?;
+    // The plan's caps are held inside the write's transaction, so concurrent writes
+    // cannot pass them together.
+    let caps = quiver_store::Caps {
+        plan: plan.name.clone(),
+        namespaces: u64::from(plan.max_namespaces),
+        vectors: plan.max_vectors,
+    };
+    let outcome = state
+        .store
+        .upsert_within(principal.project_id, namespace, &records, &caps)
+        .await?;
     let now = Utc::now();
     let changes = records
         .into_iter()

@@ -33,6 +33,7 @@ macro_rules! store_conformance_suite {
             deleting_a_project_deletes_everything_it_owns,
             api_keys_are_stored_listed_revoked_and_touched,
             upserts_take_increasing_seqs_and_replace_records,
+            capped_writes_hold_the_plans_caps_even_when_concurrent,
             a_batch_that_repeats_an_id_keeps_the_last_write,
             a_write_to_an_unknown_project_writes_nothing,
             updates_merge_metadata_and_may_replace_vector_and_content,
@@ -979,6 +980,68 @@ pub async fn concurrent_writers_get_distinct_seqs_in_commit_order_and_lose_nothi
         by_seq.values().all(|ids| ids.len() == 10),
         "a write is never split across seqs"
     );
+}
+
+/// A capped write checks the plan's caps inside its transaction: concurrent writes
+/// into new namespaces cannot pass the namespace cap together, a write past the
+/// vector cap writes nothing, and records a write replaces do not count.
+pub async fn capped_writes_hold_the_plans_caps_even_when_concurrent(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let caps = crate::Caps {
+        plan: "tiny".into(),
+        namespaces: 3,
+        vectors: 10,
+    };
+    let mut tasks = Vec::new();
+    for n in 0..12 {
+        let (store, caps) = (Arc::clone(&store), caps.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .upsert_within(p, &format!("ns{n}"), &[write("a", 1.0, json!({}))], &caps)
+                .await
+        }));
+    }
+    let mut written = 0;
+    for task in tasks {
+        match task.await.expect("writer task") {
+            Ok(_) => written += 1,
+            Err(StoreError::OverCap(message)) => {
+                assert!(message.contains("the tiny plan allows 3 namespaces"), "{message}")
+            }
+            Err(other) => panic!("expected OverCap, got {other:?}"),
+        }
+    }
+    assert_eq!(written, 3, "exactly the cap's namespaces were made");
+    let namespaces = store.namespaces(p).await.expect("list");
+    assert_eq!(namespaces.len(), 3);
+    let ns = namespaces[0].name.clone();
+
+    // 3 records now; 7 more fit, 8 do not, and a refused write leaves no trace.
+    let eight: Vec<RecordWrite> = (0..8).map(|i| write(&format!("v{i}"), i as f32, json!({}))).collect();
+    let before = store.namespace(p, &ns).await.expect("state").expect("namespace");
+    let refused = store.upsert_within(p, &ns, &eight, &caps).await;
+    assert!(
+        matches!(&refused, Err(StoreError::OverCap(message)) if message.contains("allows 10 vectors")),
+        "{refused:?}"
+    );
+    assert_eq!(store.namespace(p, &ns).await.expect("state"), Some(before));
+    assert_eq!(store.project_usage(p).await.expect("usage").vectors, 3);
+    store.upsert_within(p, &ns, &eight[..7], &caps).await.expect("7 fit");
+    // Replacing records adds none: at the cap, a write of the same ids still passes.
+    store
+        .upsert_within(p, &ns, &eight[..7], &caps)
+        .await
+        .expect("replacements");
+    assert_eq!(store.project_usage(p).await.expect("usage").vectors, 10);
+    let more = store
+        .upsert_within(p, &ns, &[write("one-more", 1.0, json!({}))], &caps)
+        .await;
+    assert!(matches!(more, Err(StoreError::OverCap(_))), "{more:?}");
+    // Unlimited writes (no caps) are not held to them.
+    store
+        .upsert(p, "ns-free", &[write("x", 1.0, json!({}))])
+        .await
+        .expect("uncapped");
 }
 
 pub async fn a_large_batch_is_written_whole(store: Arc<dyn Store>) {

@@ -9,6 +9,9 @@ pub enum StoreError {
     /// A reference or check constraint was violated (unknown plan, bad dimension).
     #[error("{0}")]
     Invalid(String),
+    /// A write would take a project past its plan's caps (see `Records::upsert_within`).
+    #[error("{0}")]
+    OverCap(String),
     /// The database cannot be reached: connection refused, pool timed out or closed.
     #[error("the database is unreachable: {0}")]
     Unavailable(String),
@@ -60,6 +63,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Conflict(msg) => ApiError::Conflict(msg),
             StoreError::Invalid(msg) => ApiError::validation(msg),
+            StoreError::OverCap(msg) => ApiError::Forbidden(msg),
             StoreError::Unavailable(msg) => {
                 ApiError::DatabaseUnavailable(format!("the records store is unreachable: {msg}"))
             }

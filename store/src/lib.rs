@@ -101,6 +101,16 @@ pub struct ProjectUsage {
     pub namespaces: u64,
 }
 
+/// A plan's caps on what a project stores, held by a write inside its transaction
+/// (see [`Records::upsert_within`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caps {
+    /// The plan's name, for the refusal's message.
+    pub plan: String,
+    pub namespaces: u64,
+    pub vectors: u64,
+}
+
 /// Users, plans, projects and API keys.
 #[async_trait]
 pub trait Catalog: Send + Sync {
@@ -237,6 +247,18 @@ pub trait Records: Send + Sync {
     /// Inserts or replaces records, creating the namespace if needed. All or nothing.
     /// When a batch repeats an id, the last occurrence wins.
     async fn upsert(&self, project: ProjectId, namespace: &str, records: &[RecordWrite]) -> StoreResult<WriteOutcome>;
+    /// [`Records::upsert`], refused ([`StoreError::OverCap`], nothing written) when it
+    /// would take the project past `caps`: a namespace beyond `caps.namespaces`, or
+    /// more live records than `caps.vectors` (records it replaces do not count). The
+    /// check runs inside the write's transaction with the project's other capped
+    /// writes held off, so concurrent writes cannot pass a cap together.
+    async fn upsert_within(
+        &self,
+        project: ProjectId,
+        namespace: &str,
+        records: &[RecordWrite],
+        caps: &Caps,
+    ) -> StoreResult<WriteOutcome>;
     /// Live records with these ids, in the order asked; missing ids are skipped.
     async fn fetch(&self, project: ProjectId, namespace: &str, ids: &[String]) -> StoreResult<Vec<Record>>;
     /// Applies a patch to a live record; `None` when there is no such record.

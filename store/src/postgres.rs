@@ -56,6 +56,16 @@ impl PostgresStore {
         format!("id IN (SELECT jsonb_array_elements_text(CAST({param} AS jsonb)))")
     }
 
+    /// Holds the project's row until the transaction ends: the project's capped
+    /// writes take turns (see `Records::upsert_within`).
+    async fn lock_project(tx: &mut Tx<'_>, project: ProjectId) -> StoreResult<()> {
+        sqlx::query("SELECT id FROM projects WHERE id = $1 FOR UPDATE")
+            .bind(project.0)
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     async fn insert_records(
         tx: &mut Tx<'_>,
         project: ProjectId,

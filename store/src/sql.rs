@@ -374,30 +374,19 @@ macro_rules! sql_store {
                 namespace: &str,
                 records: &[RecordWrite],
             ) -> StoreResult<WriteOutcome> {
-                let batch = $crate::last_write_wins(records);
-                let now = Utc::now();
-                let mut tx = self.writer().begin().await?;
-                let state = next_seq(&mut tx, project, namespace, true)
-                    .await?
-                    .ok_or_else(|| StoreError::Other(anyhow::anyhow!("namespace upsert returned no row")))?;
-                let already_live: i64 = sqlx::query_scalar(&format!(
-                    "SELECT COUNT(*) FROM records
-                     WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
-                    Self::ids_in("$3")
-                ))
-                .bind(project.0)
-                .bind(namespace)
-                .bind(ids_json(batch.iter().map(|r| &r.id)))
-                .fetch_one(&mut *tx)
-                .await?;
-                Self::insert_records(&mut tx, project, namespace, state.seq, now, &batch).await?;
-                add_live(&mut tx, project, namespace, batch.len() as i64 - already_live).await?;
-                tx.commit().await?;
-                Ok(WriteOutcome {
-                    state,
-                    affected: batch.len() as u64,
-                })
+                self.upsert_capped(project, namespace, records, None).await
             }
+
+            async fn upsert_within(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                records: &[RecordWrite],
+                caps: &$crate::Caps,
+            ) -> StoreResult<WriteOutcome> {
+                self.upsert_capped(project, namespace, records, Some(caps)).await
+            }
+
 
             async fn fetch(&self, project: ProjectId, namespace: &str, ids: &[String]) -> StoreResult<Vec<Record>> {
                 let rows = sqlx::query(&format!(
@@ -801,6 +790,76 @@ macro_rules! sql_store {
         }
 
         impl $store {
+            /// [`Records::upsert`], within `caps` when given (see
+            /// [`Records::upsert_within`]).
+            async fn upsert_capped(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                records: &[RecordWrite],
+                caps: Option<&$crate::Caps>,
+            ) -> StoreResult<WriteOutcome> {
+                let batch = $crate::last_write_wins(records);
+                let now = Utc::now();
+                let mut tx = self.writer().begin().await?;
+                let usage = match caps {
+                    None => None,
+                    Some(caps) => {
+                        // Capped writes of one project take turns from here to commit
+                        // (on SQLite every write already does: one writer).
+                        Self::lock_project(&mut tx, project).await?;
+                        let row = sqlx::query(
+                            "SELECT CAST(COALESCE(SUM(live_count), 0) AS BIGINT) AS vectors, COUNT(*) AS namespaces,
+                                    CAST(COALESCE(SUM(CASE WHEN name = $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS this
+                             FROM namespaces WHERE project_id = $1",
+                        )
+                        .bind(project.0)
+                        .bind(namespace)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        let (vectors, namespaces, this): (i64, i64, i64) =
+                            (row.try_get("vectors")?, row.try_get("namespaces")?, row.try_get("this")?);
+                        if this == 0 && namespaces as u64 >= caps.namespaces {
+                            return Err(StoreError::OverCap(format!(
+                                "the {} plan allows {} namespaces and the project has {namespaces}: delete one or change plan",
+                                caps.plan, caps.namespaces
+                            )));
+                        }
+                        Some((caps, vectors))
+                    }
+                };
+                let state = next_seq(&mut tx, project, namespace, true)
+                    .await?
+                    .ok_or_else(|| StoreError::Other(anyhow::anyhow!("namespace upsert returned no row")))?;
+                let already_live: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM records
+                     WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
+                    Self::ids_in("$3")
+                ))
+                .bind(project.0)
+                .bind(namespace)
+                .bind(ids_json(batch.iter().map(|r| &r.id)))
+                .fetch_one(&mut *tx)
+                .await?;
+                let added = batch.len() as i64 - already_live;
+                if let Some((caps, vectors)) = usage
+                    && (vectors + added) as u64 > caps.vectors
+                {
+                    // Dropping the transaction rolls it back, the namespace's new seq too.
+                    return Err(StoreError::OverCap(format!(
+                        "the {} plan allows {} vectors; the project has {vectors} and this write adds {added}",
+                        caps.plan, caps.vectors
+                    )));
+                }
+                Self::insert_records(&mut tx, project, namespace, state.seq, now, &batch).await?;
+                add_live(&mut tx, project, namespace, added).await?;
+                tx.commit().await?;
+                Ok(WriteOutcome {
+                    state,
+                    affected: batch.len() as u64,
+                })
+            }
+
             /// Points the namespace at uploaded chunks, in one short transaction that
             /// locks the namespace's row first (as writers do, so the two never
             /// deadlock), then purges the tombstones the snapshot covers. The horizon

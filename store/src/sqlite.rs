@@ -76,6 +76,12 @@ impl SqliteStore {
         format!("id IN (SELECT value FROM json_each({param}))")
     }
 
+    /// Nothing to do: every write goes through the one writer connection, so writes
+    /// already take turns (see `Records::upsert_within`).
+    async fn lock_project(_tx: &mut Tx<'_>, _project: ProjectId) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn insert_records(
         tx: &mut Tx<'_>,
         project: ProjectId,

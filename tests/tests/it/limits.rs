@@ -256,6 +256,34 @@ async fn a_delete_by_filter_takes_at_most_a_minutes_budget(app: TestApp) {
     assert_error(next.status, &next.body, 429, "RATE_LIMITED");
 }
 
+/// The plan's namespace cap holds against writes sent all at once: a Starter project
+/// (10 namespaces) sent 20 upserts into new namespaces together makes exactly 10.
+async fn concurrent_writes_cannot_pass_the_namespace_cap_together(app: TestApp) {
+    let (_, _, key) = starter(&app).await;
+    let answers = futures::future::join_all((0..20).map(|n| {
+        let body = json!({"namespace": format!("ns{n}"), "vectors": [{"id": "a", "values": [0.1, 0.2, 0.3, 0.4]}]});
+        send(&app, 0, Method::POST, "/v1/vectors/upsert", &key, body)
+    }))
+    .await;
+    let mut made = 0;
+    for answer in answers {
+        if answer.status == 200 {
+            made += 1;
+        } else {
+            let message = assert_error(answer.status, &answer.body, 403, "FORBIDDEN");
+            assert!(message.contains("allows 10 namespaces"), "{message}");
+        }
+    }
+    assert_eq!(made, 10);
+    let listed = send(&app, 0, Method::GET, "/v1/namespaces", &key, Value::Null).await;
+    assert_eq!(
+        listed.body["namespaces"].as_array().map(Vec::len),
+        Some(10),
+        "{}",
+        listed.body
+    );
+}
+
 /// An NQL statement is a query, and each row it writes a document, as the vector and
 /// document APIs count them: a statement is no way around the documents budget.
 async fn nql_writes_count_a_document_per_row(app: TestApp) {
@@ -320,6 +348,11 @@ mod standalone {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_cannot_pass_the_namespace_cap_together() {
+        super::concurrent_writes_cannot_pass_the_namespace_cap_together(TestApp::start(Backend::Sqlite).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nql_writes_count_a_document_per_row() {
         super::nql_writes_count_a_document_per_row(TestApp::start(Backend::Sqlite).await).await;
     }
@@ -353,6 +386,11 @@ mod standalone {
 
 mod cluster {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_cannot_pass_the_namespace_cap_together() {
+        super::concurrent_writes_cannot_pass_the_namespace_cap_together(TestApp::cluster(1).await).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next() {
