@@ -110,15 +110,19 @@ pub struct Authenticator {
     /// revocation cannot resurrect the key. Pruned after the cache TTL.
     revoked: Mutex<HashMap<String, Instant>>,
     touched: moka::future::Cache<String, ()>,
-    /// Key checks that miss the cache (a database read and an argon2id verification,
-    /// ~13 ms of CPU) per client address: a flood of made-up keys from one address
-    /// is refused before it reaches argon2.
-    misses_per_peer: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// Refused key checks (a database read and often an argon2id verification, ~13 ms
+    /// of CPU) per client address: a flood of made-up or wrong keys from one address
+    /// is refused before it reaches argon2. Keys that verify are not counted, so
+    /// clients behind one proxy address, all presenting keys a pod has not seen yet
+    /// (after a restart), are never held back.
+    failures_per_peer: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses whose refused checks spent their budget, and until when.
+    blocked_peers: Mutex<HashMap<IpAddr, Instant>>,
 }
 
-/// Cache misses one address may cause: a burst of 30, then 10 a second.
-const MISSES_PER_SECOND: u32 = 10;
-const MISS_BURST: u32 = 30;
+/// Refused key checks one address may cause: a burst of 30, then 10 a second.
+const FAILURES_PER_SECOND: u32 = 10;
+const FAILURE_BURST: u32 = 30;
 
 /// Why a credential was refused; all but `Throttled` become 401s with the same message shape.
 #[derive(Debug)]
@@ -144,10 +148,11 @@ impl Authenticator {
                 .max_capacity(CACHE_CAPACITY)
                 .time_to_live(TOUCH_EVERY)
                 .build(),
-            misses_per_peer: governor::RateLimiter::keyed(
-                governor::Quota::per_second(NonZeroU32::new(MISSES_PER_SECOND).expect("non-zero"))
-                    .allow_burst(NonZeroU32::new(MISS_BURST).expect("non-zero")),
+            failures_per_peer: governor::RateLimiter::keyed(
+                governor::Quota::per_second(NonZeroU32::new(FAILURES_PER_SECOND).expect("non-zero"))
+                    .allow_burst(NonZeroU32::new(FAILURE_BURST).expect("non-zero")),
             ),
+            blocked_peers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -168,7 +173,12 @@ impl Authenticator {
             loop {
                 tick.tick().await;
                 // Addresses whose budget is whole again need no memory.
-                this.misses_per_peer.retain_recent();
+                this.failures_per_peer.retain_recent();
+                let now = Instant::now();
+                this.blocked_peers
+                    .lock()
+                    .expect("never poisoned")
+                    .retain(|_, until| *until > now);
                 // Overlap the windows a little: clocks of pods and database differ.
                 let now = Utc::now();
                 match this
@@ -285,13 +295,18 @@ impl Authenticator {
         let key = match self.verified.get(&fingerprint).await {
             Some(hit) => hit,
             None => {
-                if let Some(peer) = peer
-                    && let Err(not_until) = self.misses_per_peer.check_key(&peer)
-                {
-                    let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
-                    return Err(Refusal::Throttled(not_until.wait_time_from(now)));
+                if let Some(wait) = peer.and_then(|peer| self.blocked_for(peer)) {
+                    return Err(Refusal::Throttled(wait));
                 }
-                let loaded = self.load_key(key_id, secret).await?;
+                let loaded = match self.load_key(key_id, secret).await {
+                    Ok(loaded) => loaded,
+                    Err(refusal) => {
+                        if let Some(peer) = peer {
+                            self.count_failure(peer);
+                        }
+                        return Err(refusal);
+                    }
+                };
                 self.verified.insert(fingerprint, Arc::clone(&loaded)).await;
                 loaded
             }
@@ -304,6 +319,23 @@ impl Authenticator {
             return Err(Refusal::Expired);
         }
         Ok(key)
+    }
+
+    /// How long `peer` is still refused, if its refused checks spent their budget.
+    fn blocked_for(&self, peer: IpAddr) -> Option<Duration> {
+        let blocked = self.blocked_peers.lock().expect("never poisoned");
+        let until = *blocked.get(&peer)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Counts a refused check against `peer`; once its budget is spent, the address
+    /// is refused until a check comes back to it.
+    fn count_failure(&self, peer: IpAddr) {
+        if let Err(not_until) = self.failures_per_peer.check_key(&peer) {
+            let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
+            let until = Instant::now() + not_until.wait_time_from(now);
+            self.blocked_peers.lock().expect("never poisoned").insert(peer, until);
+        }
     }
 
     async fn load_key(&self, key_id: &str, secret: &str) -> Result<Arc<VerifiedKey>, Refusal> {
