@@ -4,13 +4,18 @@ use std::cmp::Ordering;
 
 use serde_json::Number;
 
+/// A JSON number's exact value when it is an integer (JSON integers span i64 and u64,
+/// so both fit an i128); `None` for a number with a fraction or an exponent.
+pub fn integer_of(n: &Number) -> Option<i128> {
+    n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
+}
+
 /// Orders two JSON numbers by value. Integers compare exactly: as 64-bit floats,
 /// 2^53 + 1 would equal 2^53, and a filter on 64-bit ids would match (and a delete by
 /// it remove) its neighbours. Anything with a fraction or an exponent compares as a
 /// float, so 1 equals 1.0.
 pub fn compare_numbers(x: &Number, y: &Number) -> Option<Ordering> {
-    let integer = |n: &Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
-    match (integer(x), integer(y)) {
+    match (integer_of(x), integer_of(y)) {
         (Some(x), Some(y)) => Some(x.cmp(&y)),
         _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
     }

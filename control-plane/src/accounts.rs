@@ -132,7 +132,7 @@ fn check_password(password: &str) -> Result<(), ApiError> {
     }
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(ApiError::Validation {
-            message: "the password is longer than 1024 bytes".into(),
+            message: format!("the password is longer than {MAX_PASSWORD_BYTES} bytes"),
             detail: Some("field password".into()),
         });
     }

@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::collections::HashSet;
 
 use quiver_common::error::json_kind as kind;
-use quiver_common::json::compare_numbers;
+use quiver_common::json::{compare_numbers, integer_of};
 use serde_json::{Map, Value};
 
 /// A parsed filter.
@@ -59,10 +59,6 @@ const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
 
 fn float_bits(x: f64) -> u64 {
     if x == 0.0 { 0 } else { x.to_bits() }
-}
-
-fn integer_of(n: &serde_json::Number) -> Option<i128> {
-    n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
 }
 
 impl ValueSet {

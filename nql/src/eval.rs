@@ -593,7 +593,7 @@ fn number_key(d: &Datum) -> Option<(f64, u8, i128)> {
     match d {
         Datum::Int(i) => Some(integer(i128::from(*i))),
         Datum::Num(x) => Some((*x, 0, 0)),
-        Datum::Json(Value::Number(n)) => match n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)) {
+        Datum::Json(Value::Number(n)) => match quiver_common::json::integer_of(n) {
             Some(i) => Some(integer(i)),
             None => n.as_f64().map(|x| (x, 0, 0)),
         },
