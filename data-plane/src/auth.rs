@@ -404,10 +404,12 @@ impl FromRequestParts<DataPlane> for Principal {
     async fn from_request_parts(parts: &mut Parts, state: &DataPlane) -> Result<Self, Self::Rejection> {
         let credential = credential(parts)
             .ok_or_else(|| ApiError::Unauthorized("missing API key: send x-api-key or Authorization: Bearer".into()))?;
+        // The client behind the connection: a load balancer's address would make its
+        // clients share one budget of refused key checks.
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip());
+            .map(|info| state.trusted_proxies.client(info.0.ip(), &parts.headers));
         let credential = state.auth.authenticate_from(&credential, peer).await?;
         // A token outlives nothing: one for a deleted project is refused like a bad one.
         let project = state

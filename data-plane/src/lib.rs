@@ -17,6 +17,8 @@ use crate::auth::Principal;
 
 /// Credentials to principals: API keys (cached) and project tokens.
 pub mod auth;
+/// The address of the client behind a request, through trusted proxies.
+pub mod client;
 /// The document API: collections of documents, embedded on the way in.
 pub mod documents;
 /// Text to vectors with the model a request names; the model catalog.
@@ -65,6 +67,8 @@ pub struct Settings {
     pub embed: quiver_embed::EmbedConfig,
     /// The embedding model for requests that name none.
     pub default_embedding_model: String,
+    /// Proxies (load balancers, ingresses) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: client::TrustedProxies,
 }
 /// The OpenAPI document of this plane.
 pub mod openapi;
@@ -86,6 +90,8 @@ pub struct DataPlane {
     pub default_model: Arc<str>,
     /// Signs pagination cursors.
     pub cursor_key: Arc<[u8; 32]>,
+    /// Whose `X-Forwarded-For` to believe.
+    pub trusted_proxies: Arc<client::TrustedProxies>,
     /// The plan catalog, which only migrations change: read once a minute at most.
     plans: moka::future::Cache<String, Plan>,
 }
@@ -147,6 +153,7 @@ impl DataPlane {
             budget,
             default_model: settings.default_embedding_model.into(),
             cursor_key,
+            trusted_proxies: Arc::new(settings.trusted_proxies),
             plans: moka::future::Cache::builder()
                 .max_capacity(64)
                 .time_to_live(std::time::Duration::from_secs(60))

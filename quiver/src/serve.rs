@@ -127,6 +127,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
                     snapshots: args.snapshots.policy(),
                     embed: embed.clone(),
                     default_embedding_model: args.embed.default_embedding_model.clone(),
+                    trusted_proxies: args.trusted_proxies.clone(),
                 },
             )
             .router(),
@@ -207,6 +208,7 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
                 snapshots: args.snapshots.policy(),
                 embed: args.embed.config(PathBuf::from("models")),
                 default_embedding_model: args.embed.default_embedding_model.clone(),
+                trusted_proxies: args.trusted_proxies.clone(),
             };
             let budget = Arc::new(RedisBudget::connect(&args.redis_url, &args.bus_prefix).await?);
             DataPlane::new(Arc::clone(&store), bus, budget, jwt, settings).router()

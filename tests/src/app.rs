@@ -8,6 +8,7 @@ use quiver_common::bus::{Bus, InProcessBus, RedisBus};
 use quiver_common::token::JwtKeys;
 use quiver_control_plane::{ControlPlane, Settings};
 use quiver_data_plane::DataPlane;
+use quiver_data_plane::client::TrustedProxies;
 use quiver_data_plane::limits::{Budget, LocalBudget, RedisBudget};
 use quiver_embed::EmbedConfig;
 use quiver_store::Store;
@@ -76,6 +77,21 @@ pub fn embed_config(openai_base_url: Option<String>) -> EmbedConfig {
     }
 }
 
+/// A test pod's settings: a 256 MiB index budget, and no background snapshots (tests
+/// snapshot when they mean to, with `IndexManager::snapshot_now`).
+fn pod_settings(embed: EmbedConfig, default_model: &str) -> quiver_data_plane::Settings {
+    quiver_data_plane::Settings {
+        index_memory: 256 * 1024 * 1024,
+        snapshots: quiver_engine::SnapshotPolicy {
+            interval: std::time::Duration::ZERO,
+            ..quiver_engine::SnapshotPolicy::default()
+        },
+        embed,
+        default_embedding_model: default_model.to_owned(),
+        trusted_proxies: TrustedProxies::default(),
+    }
+}
+
 impl TestApp {
     /// Standalone-style: one pod, the in-process bus.
     pub async fn start(backend: Backend) -> Self {
@@ -84,18 +100,23 @@ impl TestApp {
 
     /// [`TestApp::start`] with these embedding providers and default model.
     pub async fn start_with(backend: Backend, embed: EmbedConfig, default_model: &str) -> Self {
+        Self::standalone(backend, pod_settings(embed, default_model)).await
+    }
+
+    /// [`TestApp::start`] as if behind a load balancer: requests come from 127.0.0.1,
+    /// a trusted proxy, and name their client in `X-Forwarded-For`.
+    pub async fn behind_a_proxy(backend: Backend) -> Self {
+        let settings = quiver_data_plane::Settings {
+            trusted_proxies: "127.0.0.1".parse().expect("an address"),
+            ..pod_settings(embed_config(None), quiver_embed::DEFAULT_MODEL)
+        };
+        Self::standalone(backend, settings).await
+    }
+
+    async fn standalone(backend: Backend, pod: quiver_data_plane::Settings) -> Self {
         let (store, fixture) = fixture(backend).await;
         let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
-        Self::assemble(
-            store,
-            fixture,
-            bus.clone(),
-            vec![bus],
-            embed,
-            default_model.to_owned(),
-            None,
-        )
-        .await
+        Self::assemble(store, fixture, bus.clone(), vec![bus], pod, None).await
     }
 
     /// Cluster-style on Postgres: `pods` data-plane pods, each with its own Redis
@@ -114,45 +135,28 @@ impl TestApp {
         for _ in 0..pods {
             pod_buses.push(connect().await);
         }
-        Self::assemble(
-            store,
-            fixture,
-            control_bus,
-            pod_buses,
-            embed_config(None),
-            quiver_embed::DEFAULT_MODEL.to_owned(),
-            Some((url, prefix)),
-        )
-        .await
+        let pod = pod_settings(embed_config(None), quiver_embed::DEFAULT_MODEL);
+        Self::assemble(store, fixture, control_bus, pod_buses, pod, Some((url, prefix))).await
     }
 
+    /// Serves a data-plane pod with `pod`'s settings on each of `pod_buses`, and a
+    /// control plane on `control_bus`.
     async fn assemble(
         store: Arc<dyn Store>,
         fixture: Box<dyn Any + Send + Sync>,
         control_bus: Arc<dyn Bus>,
         pod_buses: Vec<Arc<dyn Bus>>,
-        embed: EmbedConfig,
-        default_model: String,
+        pod: quiver_data_plane::Settings,
         redis: Option<(String, String)>,
     ) -> Self {
         let jwt = JwtKeys::new(JWT_SECRET).expect("test secret is long enough");
         let mut data = Vec::new();
         for bus in pod_buses {
-            let settings = quiver_data_plane::Settings {
-                index_memory: 256 * 1024 * 1024,
-                // Tests snapshot when they mean to (`IndexManager::snapshot_now`).
-                snapshots: quiver_engine::SnapshotPolicy {
-                    interval: std::time::Duration::ZERO,
-                    ..quiver_engine::SnapshotPolicy::default()
-                },
-                embed: embed.clone(),
-                default_embedding_model: default_model.clone(),
-            };
             let budget: Arc<dyn Budget> = match &redis {
                 Some((url, prefix)) => Arc::new(RedisBudget::connect(url, prefix).await.expect("Redis budget")),
                 None => Arc::new(LocalBudget::default()),
             };
-            data.push(serve(DataPlane::new(Arc::clone(&store), bus, budget, jwt.clone(), settings).router()).await);
+            data.push(serve(DataPlane::new(Arc::clone(&store), bus, budget, jwt.clone(), pod.clone()).router()).await);
         }
         let settings = Settings {
             api_base_url: data[0].clone(),

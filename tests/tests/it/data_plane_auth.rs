@@ -506,6 +506,16 @@ async fn a_flood_of_made_up_keys_from_one_address_is_refused_before_argon2() {
     assert_eq!(unauthorized + throttled, 45, "{statuses:?}");
     let (status, body) = list(&app, 0, &quiver_common::secrets::generate_api_key().full).await;
     assert_error(status, &body, 429, "RATE_LIMITED");
+    // With no trusted proxies configured, a client cannot name itself another.
+    let forged = app
+        .data_request(0, Method::GET, "/v1/namespaces")
+        .header("x-api-key", quiver_common::secrets::generate_api_key().full)
+        .header("x-forwarded-for", "203.0.113.8")
+        .send()
+        .await
+        .expect("answer");
+    let (status, body) = read(forged).await;
+    assert_error(status, &body, 429, "RATE_LIMITED");
 
     assert_eq!(list(&app, 0, &key).await.0, 200, "a cached key is never held back");
 }
@@ -529,4 +539,32 @@ async fn many_first_uses_of_real_keys_from_one_address_are_not_throttled() {
         let (status, body) = list(&app, 0, key).await;
         assert_eq!(status, 200, "key {i}'s first use: {body}");
     }
+}
+
+/// Behind a trusted load balancer each client has a budget of refused key checks of
+/// its own, told apart by `X-Forwarded-For`: one client's flood of made-up keys holds
+/// back that client, not the others who come through the same balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budget_of_refused_keys() {
+    let app = TestApp::behind_a_proxy(quiver_tests::app::Backend::Sqlite).await;
+    let made_up = |client: &str| {
+        app.data_request(0, Method::GET, "/v1/namespaces")
+            .header("x-api-key", quiver_common::secrets::generate_api_key().full)
+            // A client may write its own entries; the proxy appends the address it saw.
+            .header("x-forwarded-for", format!("10.9.9.9, {client}"))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(made_up("203.0.113.7").await.expect("answer").status().as_u16());
+    }
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 8,
+        "the flooding client waits: {statuses:?}"
+    );
+    let (status, body) = read(made_up("203.0.113.8").await.expect("answer")).await;
+    assert_error(status, &body, 401, "UNAUTHORIZED");
+    // Without the header the request is the proxy's own, with a budget of its own too.
+    let (status, body) = list(&app, 0, &quiver_common::secrets::generate_api_key().full).await;
+    assert_error(status, &body, 401, "UNAUTHORIZED");
 }
