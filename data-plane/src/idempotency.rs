@@ -7,7 +7,9 @@
 
 use std::future::Future;
 
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use quiver_common::ApiError;
 use quiver_store::{IdempotencyBegin, StoredResponse};
@@ -30,6 +32,21 @@ fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response 
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
+}
+
+/// Runs a request with an idempotency key to its end in a task of its own, even when
+/// its client goes away. hyper drops a handler's future with its connection, and one
+/// dropped between its write's commit and [`idempotent`] storing the answer would
+/// leave the key claimed until its lease ran out, and a retry after that would run the
+/// request again: a document inserted without an id would be inserted twice.
+pub async fn run_to_the_end(request: Request, next: Next) -> Response {
+    if !request.headers().contains_key(HEADER) {
+        return next.run(request).await;
+    }
+    match tokio::spawn(tracing::Instrument::in_current_span(next.run(request))).await {
+        Ok(response) => response,
+        Err(err) => ApiError::Internal(anyhow::anyhow!("an idempotent request's task failed: {err}")).into_response(),
+    }
 }
 
 /// Runs `operation` at most once per idempotency key (when the request has one).

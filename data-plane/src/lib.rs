@@ -205,6 +205,7 @@ impl DataPlane {
                     .url("/openapi.json", <openapi::DataPlaneApi as utoipa::OpenApi>::openapi()),
             )
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn(idempotency::run_to_the_end))
             .layer(axum::middleware::from_fn_with_state(limits, limits::headers))
             .with_state(self);
         finish_router(api.merge(health_router(checks)))

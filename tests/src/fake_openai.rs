@@ -4,7 +4,8 @@
 //! seed page's search to find its document, and deterministic.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -25,6 +26,8 @@ struct FakeState {
     calls: AtomicUsize,
     /// Answer this many coming calls with a 503 before serving again.
     fail_next: AtomicUsize,
+    /// Milliseconds the next call waits before it answers.
+    hold_next_ms: AtomicU64,
 }
 
 /// Words that all point the same way, standing in for a model's notion of "about databases".
@@ -78,6 +81,10 @@ fn dimension_of(model: &str) -> usize {
 
 async fn embeddings(State(state): State<Arc<FakeState>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
+    let hold = state.hold_next_ms.swap(0, Ordering::SeqCst);
+    if hold > 0 {
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+    }
     if state
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -127,6 +134,12 @@ impl FakeOpenAi {
     /// How many embeddings calls it has had.
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next call wait this long before it answers.
+    pub fn hold_next(&self, wait: Duration) {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.state.hold_next_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Makes the next `n` calls fail with a 503.

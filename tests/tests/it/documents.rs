@@ -3,6 +3,8 @@
 //! it lists, embedding providers (a fake OpenAI-compatible server and the real local
 //! model), and NQL through HTTP.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -942,6 +944,51 @@ async fn the_local_model_finds_the_neuraldb_document_first() {
     assert_eq!(body["query_embedding_model"], "local/all-minilm-l6-v2");
 }
 
+/// A request with an idempotency key whose client goes away still runs to its end and
+/// stores its answer: the client's retry gets that answer, and nothing is written twice.
+async fn an_abandoned_idempotent_write_is_finished_and_replayed(backend: Backend) {
+    let (app, fake) = app_with_openai(backend).await;
+    let t = app.tenant_named("mydb", 1536, "cosine").await;
+    let docs = "/api/v1/collections/c/documents";
+    let body = json!({"documents": [{"content": "written once"}]});
+    let send = |timeout: Duration| {
+        app.data_request(0, Method::POST, docs)
+            .bearer_auth(&t.readwrite)
+            .header("x-idempotency-key", "gone-away")
+            .json(&body)
+            .timeout(timeout)
+            .send()
+    };
+
+    // The embedding takes a second; the client gives up (and closes its connection)
+    // long before, while the request waits on the provider.
+    fake.hold_next(Duration::from_millis(1000));
+    let abandoned = send(Duration::from_millis(200)).await;
+    assert!(abandoned.is_err_and(|e| e.is_timeout()), "the client gave up");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (replayed, answer) = loop {
+        let response = send(Duration::from_secs(30)).await.expect("answer");
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let (status, answer) = read(response).await;
+        if status != 409 {
+            assert_eq!(status, 200, "{answer}");
+            break (replayed, answer);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned request never finished: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(replayed, "the retry replays the abandoned request's answer: {answer}");
+    assert_eq!(answer["inserted"], 1, "{answer}");
+    let (status, listed) = app.data_call(0, Method::GET, docs, &t.readonly, None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["totalCount"], 1, "one document, written once: {listed}");
+    assert_eq!(listed["documents"][0]["id"], answer["ids"][0], "{listed}");
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         $(
@@ -969,4 +1016,5 @@ both!(
     nql_statements_read_and_write_through_http,
     bad_documents_are_refused_and_nothing_is_written,
     a_statement_past_its_timeout_is_cancelled,
+    an_abandoned_idempotent_write_is_finished_and_replayed,
 );
