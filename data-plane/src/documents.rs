@@ -547,7 +547,7 @@ pub async fn remove(
     idempotent(&state, &principal, &headers, &route, &[], async {
         let collection = self::collection(&principal, &collection)?;
         state.admit(&principal, Kind::Documents, 1).await?;
-        let (deleted, seq) = records::delete(&state, &principal, &collection, std::slice::from_ref(&id))
+        let (deleted, seq) = records::delete(&state, &principal, &collection, std::slice::from_ref(&id), None)
             .await?
             .ok_or_else(|| no_collection(&collection))?;
         if deleted == 0 {

@@ -553,6 +553,9 @@ impl Backend for ProjectBackend<'_> {
             if let Some(metadata) = &update.metadata {
                 check_metadata(metadata, &what)?;
             }
+            if let Some(vector) = &update.embedding {
+                self.check_vector(vector, &format!("the new embedding of \"{}\"", update.id))?;
+            }
         }
         // Each row matched is a document written. The statement cannot be split by its
         // caller, so it takes at most a minute's budget, as a delete by filter does.
@@ -582,10 +585,7 @@ impl Backend for ProjectBackend<'_> {
                 };
 
                 sources.push(match (&update.embedding, &update.content) {
-                    (Some(vector), _) => {
-                        self.check_vector(vector, &format!("the new embedding of \"{}\"", update.id))?;
-                        Source::Given(vector.clone())
-                    }
+                    (Some(vector), _) => Source::Given(vector.clone()),
                     (None, Some(content)) => Source::Text(content.clone()),
                     (None, None) => Source::Given(record.vector.clone()),
                 });
@@ -620,7 +620,7 @@ impl Backend for ProjectBackend<'_> {
         self.state
             .admit_capped(self.principal, Kind::Documents, ids.len() as u64)
             .await?;
-        Ok(records::delete(self.state, self.principal, collection, &ids)
+        Ok(records::delete(self.state, self.principal, collection, &ids, None)
             .await?
             .map_or(0, |(deleted, _)| deleted))
     }

@@ -7,10 +7,13 @@
 //! the index update would be durable, yet missing from this pod's index and unknown
 //! to the other pods until the namespace's next write.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use quiver_common::ApiError;
 use quiver_common::bus::Notice;
 use quiver_common::domain::Plan;
+use quiver_engine::Filter;
 use quiver_store::{Change, Record, RecordPatch, RecordWrite, WriteOutcome};
 
 use crate::DataPlane;
@@ -99,32 +102,49 @@ async fn patch_now(
     Ok(Some((outcome, record)))
 }
 
-/// Tombstones records by id, all in one transaction. Returns how many existed and
-/// the namespace's seq after the write; `None` when the namespace does not exist.
+/// Tombstones records by id, all in one transaction; with `still_matching`, only
+/// those whose metadata passes it when the write commits. Returns how many it
+/// tombstoned and the namespace's seq after the write; `None` when the namespace does
+/// not exist.
 pub(crate) async fn delete(
     state: &DataPlane,
     principal: &Principal,
     namespace: &str,
     ids: &[String],
+    still_matching: Option<Arc<Filter>>,
 ) -> Result<Option<(u64, i64)>, ApiError> {
     let (state, principal, namespace, ids) = (state.clone(), principal.clone(), namespace.to_owned(), ids.to_vec());
-    detached(async move { delete_now(&state, &principal, &namespace, &ids).await }).await
+    detached(async move { delete_now(&state, &principal, &namespace, ids, still_matching).await }).await
 }
 
 async fn delete_now(
     state: &DataPlane,
     principal: &Principal,
     namespace: &str,
-    ids: &[String],
+    ids: Vec<String>,
+    still_matching: Option<Arc<Filter>>,
 ) -> Result<Option<(u64, i64)>, ApiError> {
-    let Some(outcome) = state.store.delete(principal.project_id, namespace, ids).await? else {
-        return Ok(None);
+    let project = principal.project_id;
+    let (outcome, deleted) = match still_matching {
+        None => {
+            let Some(outcome) = state.store.delete(project, namespace, &ids).await? else {
+                return Ok(None);
+            };
+            (outcome, ids)
+        }
+        Some(filter) => {
+            let matches = move |metadata: &quiver_store::Metadata| filter.matches(metadata);
+            let Some(done) = state.store.delete_matching(project, namespace, &ids, &matches).await? else {
+                return Ok(None);
+            };
+            done
+        }
     };
     if outcome.affected > 0 {
-        let changes = ids
-            .iter()
+        let changes = deleted
+            .into_iter()
             .map(|id| Change::Delete {
-                id: id.clone(),
+                id,
                 seq: outcome.state.seq,
             })
             .collect();

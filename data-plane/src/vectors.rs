@@ -1190,17 +1190,18 @@ pub async fn remove(
                 }
                 // The match is a search of the namespace: a query, spent before it runs.
                 state.admit(&principal, Kind::Queries, 1).await?;
+                let filter = std::sync::Arc::new(filter);
                 let ids = state
                     .indexes
-                    .matching_ids(&principal.project, &namespace, filter)
+                    .matching_ids(&principal.project, &namespace, std::sync::Arc::clone(&filter))
                     .await?
                     .ok_or_else(|| no_namespace(&namespace))?;
-                (ids, true)
+                (ids, Some(filter))
             }
             (Some(_), _, _) => return Err(ApiError::validation("send id, ids or filter, only one of them")),
-            (None, id, ids) => (parse_ids(id, ids)?.0, false),
+            (None, id, ids) => (parse_ids(id, ids)?.0, None),
         };
-        if by_filter {
+        if by_filter.is_some() {
             // However many records match: the caller has no way to split the request.
             state
                 .admit_capped(&principal, Kind::Documents, ids.len() as u64)
@@ -1208,7 +1209,9 @@ pub async fn remove(
         } else {
             state.admit(&principal, Kind::Documents, ids.len() as u64).await?;
         }
-        let (deleted, seq) = records::delete(&state, &principal, &namespace, &ids)
+        // The index may be a moment behind the store: a record changed meanwhile to
+        // fail the filter is kept.
+        let (deleted, seq) = records::delete(&state, &principal, &namespace, &ids, by_filter)
             .await?
             .ok_or_else(|| no_namespace(&namespace))?;
         Ok(serde_json::to_value(DeleteResponse {

@@ -879,7 +879,7 @@ impl IndexManager {
         &self,
         project: &Project,
         namespace: &str,
-        filter: Filter,
+        filter: Arc<Filter>,
     ) -> Result<Option<Vec<String>>, EngineError> {
         let Some(mut loaded) = self.open(project, namespace).await? else {
             return Ok(None);

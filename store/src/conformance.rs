@@ -11,8 +11,8 @@ use quiver_common::domain::{Metric, ProjectId, Role, UserId};
 use serde_json::json;
 
 use crate::{
-    Change, IdempotencyBegin, MetadataPatch, NewApiKey, NewProject, Project, RecordPatch, RecordWrite, SNAPSHOT_CHUNK,
-    Snapshot, Store, StoreError, StoredResponse,
+    Change, IdempotencyBegin, Metadata, MetadataPatch, NewApiKey, NewProject, Project, RecordPatch, RecordWrite,
+    SNAPSHOT_CHUNK, Snapshot, Store, StoreError, StoredResponse,
 };
 
 /// A fresh, migrated store, with whatever keeps it alive (a temp dir, a database).
@@ -39,6 +39,7 @@ macro_rules! store_conformance_suite {
             updates_merge_metadata_and_may_replace_vector_and_content,
             updates_of_missing_records_change_nothing,
             deletes_leave_tombstones_that_changes_since_replays,
+            deletes_by_filter_keep_records_changed_to_fail_it,
             changes_since_pages_in_seq_order,
             snapshots_replace_older_ones_and_purge_the_tombstones_they_cover,
             snapshots_of_a_gone_or_recreated_namespace_are_refused_and_deleted_with_it,
@@ -570,6 +571,66 @@ pub async fn deletes_leave_tombstones_that_changes_since_replays(store: Arc<dyn 
     let revived = store.fetch(p, "ns", &ids(&["a"])).await.expect("fetch");
     assert_eq!(revived.len(), 1);
     assert_eq!(revived[0].metadata["back"], true);
+    assert_eq!(store.namespaces(p).await.expect("list")[0].count, 2);
+}
+
+/// A delete by filter picks its ids from an index, which may be a moment behind: the
+/// store deletes only those whose metadata still passes the filter when it commits.
+pub async fn deletes_by_filter_keep_records_changed_to_fail_it(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let free = |metadata: &Metadata| metadata.get("tier") == Some(&json!("free"));
+    assert!(
+        store
+            .delete_matching(p, "ns", &ids(&["a"]), &free)
+            .await
+            .expect("delete")
+            .is_none(),
+        "unknown namespace"
+    );
+    store
+        .upsert(
+            p,
+            "ns",
+            &[
+                write("a", 1.0, json!({"tier": "free"})),
+                write("b", 2.0, json!({"tier": "free"})),
+                write("c", 3.0, json!({"tier": "paid"})),
+            ],
+        )
+        .await
+        .expect("upsert");
+    // a and b were picked; then b moved to another tier.
+    let patch = RecordPatch {
+        metadata: Some(MetadataPatch::Merge(
+            json!({"tier": "paid"}).as_object().expect("object").clone(),
+        )),
+        ..RecordPatch::default()
+    };
+    store.update(p, "ns", "b", &patch).await.expect("update").expect("b");
+
+    let (outcome, deleted) = store
+        .delete_matching(p, "ns", &ids(&["a", "b", "zzz"]), &free)
+        .await
+        .expect("delete")
+        .expect("namespace");
+    assert_eq!(deleted, ids(&["a"]));
+    assert_eq!((outcome.affected, outcome.state.seq), (1, 3));
+    let live: Vec<String> = store
+        .fetch(p, "ns", &ids(&["a", "b", "c"]))
+        .await
+        .expect("fetch")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(live, ids(&["b", "c"]));
+
+    let (outcome, deleted) = store
+        .delete_matching(p, "ns", &ids(&["b", "c"]), &free)
+        .await
+        .expect("delete")
+        .expect("namespace");
+    assert!(deleted.is_empty());
+    assert_eq!((outcome.affected, outcome.state.seq), (0, 3), "a no-op spends no seq");
     assert_eq!(store.namespaces(p).await.expect("list")[0].count, 2);
 }
 

@@ -272,6 +272,17 @@ pub trait Records: Send + Sync {
     /// Tombstones the live records with these ids; `affected` counts those that existed.
     /// `None` when the namespace does not exist.
     async fn delete(&self, project: ProjectId, namespace: &str, ids: &[String]) -> StoreResult<Option<WriteOutcome>>;
+    /// [`Records::delete`] of those of these records whose metadata still passes
+    /// `still_matches` inside the write's transaction, with the namespace's other
+    /// writes held off: a record chosen by a filter, then changed to fail it before
+    /// the delete commits, is kept. Returns the ids it tombstoned.
+    async fn delete_matching(
+        &self,
+        project: ProjectId,
+        namespace: &str,
+        ids: &[String],
+        still_matches: &(dyn for<'m> Fn(&'m Metadata) -> bool + Send + Sync),
+    ) -> StoreResult<Option<(WriteOutcome, Vec<String>)>>;
     /// Every change with `seq > after`, in seq order, at most `limit` of them.
     /// [`StoreError::Compacted`] when `0 < after` and a snapshot purged tombstones
     /// after it: replaying from there would miss deletes.

@@ -163,6 +163,41 @@ macro_rules! sql_store {
             Ok(())
         }
 
+        /// Tombstones the live records with these ids in `tx`, which has taken the
+        /// namespace's next seq (`state`), and commits; rolls back when none is live.
+        async fn tombstone(
+            mut tx: Tx<'_>,
+            project: ProjectId,
+            namespace: &str,
+            state: NamespaceState,
+            ids: &[String],
+        ) -> StoreResult<WriteOutcome> {
+            let done = sqlx::query(&format!(
+                "UPDATE records SET deleted = TRUE, vector = $3, metadata = $4, content = NULL, seq = $5, updated_at = $6
+                 WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
+                <$store>::ids_in("$7")
+            ))
+            .bind(project.0)
+            .bind(namespace)
+            .bind(Vec::<u8>::new())
+            .bind(Json(Metadata::new()))
+            .bind(state.seq)
+            .bind(Utc::now())
+            .bind(ids_json(ids))
+            .execute(&mut *tx)
+            .await?;
+            let affected = done.rows_affected();
+            if affected == 0 {
+                // Nothing to delete: roll back so no seq is spent on a no-op.
+                tx.rollback().await?;
+                let before = NamespaceState { seq: state.seq - 1, ..state };
+                return Ok(WriteOutcome { state: before, affected: 0 });
+            }
+            add_live(&mut tx, project, namespace, -(affected as i64)).await?;
+            tx.commit().await?;
+            Ok(WriteOutcome { state, affected })
+        }
+
         fn millis(at: DateTime<Utc>) -> i64 {
             at.timestamp_millis()
         }
@@ -480,31 +515,42 @@ macro_rules! sql_store {
                 let Some(state) = next_seq(&mut tx, project, namespace, false).await? else {
                     return Ok(None);
                 };
-                let done = sqlx::query(&format!(
-                    "UPDATE records SET deleted = TRUE, vector = $3, metadata = $4, content = NULL, seq = $5, updated_at = $6
+                tombstone(tx, project, namespace, state, ids).await.map(Some)
+            }
+
+            async fn delete_matching(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                ids: &[String],
+                still_matches: &(dyn for<'m> Fn(&'m Metadata) -> bool + Send + Sync),
+            ) -> StoreResult<Option<(WriteOutcome, Vec<String>)>> {
+                let mut tx = self.writer().begin().await?;
+                // Taking the seq holds off the namespace's other writers until commit.
+                let Some(state) = next_seq(&mut tx, project, namespace, false).await? else {
+                    return Ok(None);
+                };
+                let rows = sqlx::query(&format!(
+                    "SELECT id, metadata FROM records
                      WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
-                    Self::ids_in("$7")
+                    Self::ids_in("$3")
                 ))
                 .bind(project.0)
                 .bind(namespace)
-                .bind(Vec::<u8>::new())
-                .bind(Json(Metadata::new()))
-                .bind(state.seq)
-                .bind(Utc::now())
                 .bind(ids_json(ids))
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
-                let affected = done.rows_affected();
-                if affected == 0 {
-                    // Nothing to delete: roll back so no seq is spent on a no-op.
-                    tx.rollback().await?;
-                    let before = NamespaceState { seq: state.seq - 1, ..state };
-                    return Ok(Some(WriteOutcome { state: before, affected: 0 }));
+                let mut matching = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let Json(metadata): Json<Metadata> = row.try_get("metadata")?;
+                    if still_matches(&metadata) {
+                        matching.push(row.try_get::<String, _>("id")?);
+                    }
                 }
-                add_live(&mut tx, project, namespace, -(affected as i64)).await?;
-                tx.commit().await?;
-                Ok(Some(WriteOutcome { state, affected }))
+                let outcome = tombstone(tx, project, namespace, state, &matching).await?;
+                Ok(Some((outcome, matching)))
             }
+
 
             async fn changes_since(
                 &self,
