@@ -564,10 +564,12 @@ impl Backend for ProjectBackend<'_> {
                 .admit_capped(self.principal, Kind::Documents, rows.len() as u64)
                 .await?;
         }
-        let mut changed = 0;
-        for chunk in rows.chunks(self.plan.max_batch_size.max(1) as usize) {
+        // The statement is one write: every row is read and embedded first, then all
+        // are written in one transaction (the executor caps a statement's rows).
+        let mut found = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(MAX_SCAN_PAGE) {
             let ids: Vec<String> = chunk.iter().map(|r| r.id.clone()).collect();
-            let current: std::collections::HashMap<String, Record> = self
+            let mut current: std::collections::HashMap<String, Record> = self
                 .state
                 .store
                 .fetch(self.principal.project_id, collection, &ids)
@@ -575,40 +577,40 @@ impl Backend for ProjectBackend<'_> {
                 .into_iter()
                 .map(|r| (r.id.clone(), r))
                 .collect();
-            // New content without a new embedding is embedded again, so the vector
-            // keeps describing the text.
-            let mut found = Vec::with_capacity(chunk.len());
-            let mut sources = Vec::with_capacity(chunk.len());
-            for update in chunk {
-                let Some(record) = current.get(&update.id) else {
-                    continue;
-                };
-
-                sources.push(match (&update.embedding, &update.content) {
-                    (Some(vector), _) => Source::Given(vector.clone()),
-                    (None, Some(content)) => Source::Text(content.clone()),
-                    (None, None) => Source::Given(record.vector.clone()),
-                });
-                found.push((update, record));
-            }
-            let vectors =
-                embeddings::complete(self.state, &self.principal.project, &self.state.default_model, sources).await?;
-            let writes: Vec<RecordWrite> = found
-                .into_iter()
-                .zip(vectors)
-                .map(|((update, record), vector)| RecordWrite {
-                    id: update.id.clone(),
-                    vector,
-                    metadata: without_nulls(update.metadata.clone().unwrap_or_else(|| record.metadata.clone())),
-                    content: update.content.clone().or_else(|| record.content.clone()),
-                })
-                .collect();
-            if writes.is_empty() {
-                continue;
-            }
-            changed += writes.len() as u64;
-            self.upsert(collection, writes).await?;
+            // A row deleted since the statement read it is not written again.
+            found.extend(
+                chunk
+                    .iter()
+                    .filter_map(|update| Some((update, current.remove(&update.id)?))),
+            );
         }
+        if found.is_empty() {
+            return Ok(0);
+        }
+        // New content without a new embedding is embedded again, so the vector keeps
+        // describing the text.
+        let sources = found
+            .iter()
+            .map(|(update, record)| match (&update.embedding, &update.content) {
+                (Some(vector), _) => Source::Given(vector.clone()),
+                (None, Some(content)) => Source::Text(content.clone()),
+                (None, None) => Source::Given(record.vector.clone()),
+            })
+            .collect();
+        let vectors =
+            embeddings::complete(self.state, &self.principal.project, &self.state.default_model, sources).await?;
+        let writes: Vec<RecordWrite> = found
+            .into_iter()
+            .zip(vectors)
+            .map(|((update, record), vector)| RecordWrite {
+                id: update.id.clone(),
+                vector,
+                metadata: without_nulls(update.metadata.clone().unwrap_or(record.metadata)),
+                content: update.content.clone().or(record.content),
+            })
+            .collect();
+        let changed = writes.len() as u64;
+        self.upsert(collection, writes).await?;
         Ok(changed)
     }
 

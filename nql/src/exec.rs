@@ -84,6 +84,10 @@ struct Page {
 /// The largest page a request may ask for (`limit`).
 pub const MAX_PAGE_LIMIT: u64 = 10_000;
 
+/// The most rows one UPDATE changes. A statement is one write, all of its rows or
+/// none, which its backend holds in memory (new vectors included) until it commits.
+pub const MAX_UPDATE_ROWS: usize = 10_000;
+
 /// The largest `offset` a request may ask for: a signed 64-bit integer, as the OpenAPI
 /// document says (`int64`) and SQL's `OFFSET` takes.
 pub const MAX_OFFSET: u64 = i64::MAX as u64;
@@ -599,6 +603,12 @@ impl Executor<'_> {
                     None => return Err(query_error("embedding cannot be set to NULL")),
                 },
             };
+            if changes.len() == MAX_UPDATE_ROWS {
+                return Err(query_error(format!(
+                    "the UPDATE matches more than {MAX_UPDATE_ROWS} rows, the most one statement changes \
+                     (all of them or none): narrow its WHERE and run it in parts"
+                )));
+            }
             changes.push(RowUpdate {
                 id: row.id,
                 content,

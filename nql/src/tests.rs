@@ -1156,3 +1156,25 @@ proptest! {
         let _ = runtime().block_on(execute(&b, &request, KEY));
     }
 }
+
+#[tokio::test]
+async fn an_update_of_more_rows_than_a_statement_changes_is_refused_whole() {
+    let b = MemoryBackend::new(3, DistanceOp::Cosine);
+    b.create("many");
+    let rows = crate::exec::MAX_UPDATE_ROWS + 1;
+    for i in 0..rows {
+        b.put(
+            "many",
+            row(&format!("r{i:05}"), Some("text"), json!({"i": i}), [1.0, 0.0, 0.0], 1),
+        );
+    }
+    let (message, _) = fail(&b, "UPDATE many SET content = 'changed'", json!([])).await;
+    assert!(message.contains("more than 10000 rows"), "{message}");
+    assert!(
+        b.rows("many").iter().all(|r| r.content.as_deref() == Some("text")),
+        "no row was changed"
+    );
+    // At the limit, the statement runs.
+    let result = run(&b, "UPDATE many SET content = 'changed' WHERE i > 0", json!([])).await;
+    assert_eq!(result.row_count, crate::exec::MAX_UPDATE_ROWS as u64);
+}

@@ -21,13 +21,14 @@ pub struct FakeOpenAi {
     state: Arc<FakeState>,
 }
 
-#[derive(Default)]
 struct FakeState {
     calls: AtomicUsize,
     /// Answer this many coming calls with a 503 before serving again.
     fail_next: AtomicUsize,
     /// Milliseconds the next call waits before it answers.
     hold_next_ms: AtomicU64,
+    /// Calls to serve before every call fails (with a 503) until healed; `u64::MAX`: off.
+    serve_before_failing: AtomicU64,
 }
 
 /// Words that all point the same way, standing in for a model's notion of "about databases".
@@ -85,10 +86,18 @@ async fn embeddings(State(state): State<Arc<FakeState>>, headers: HeaderMap, Jso
     if hold > 0 {
         tokio::time::sleep(Duration::from_millis(hold)).await;
     }
-    if state
-        .fail_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
+    let failing = state
+        .serve_before_failing
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+            u64::MAX | 0 => None,
+            n => Some(n - 1),
+        })
+        .is_err_and(|n| n == 0);
+    if failing
+        || state
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -116,7 +125,12 @@ async fn embeddings(State(state): State<Arc<FakeState>>, headers: HeaderMap, Jso
 
 impl FakeOpenAi {
     pub async fn start() -> Self {
-        let state = Arc::new(FakeState::default());
+        let state = Arc::new(FakeState {
+            calls: AtomicUsize::new(0),
+            fail_next: AtomicUsize::new(0),
+            hold_next_ms: AtomicU64::new(0),
+            serve_before_failing: AtomicU64::new(u64::MAX),
+        });
         let router = axum::Router::new()
             .route("/v1/embeddings", post(embeddings))
             .with_state(Arc::clone(&state));
@@ -140,6 +154,16 @@ impl FakeOpenAi {
     pub fn hold_next(&self, wait: Duration) {
         let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         self.state.hold_next_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Serves the next `n` calls, then fails every call with a 503 until [`FakeOpenAi::heal`].
+    pub fn fail_after(&self, n: u64) {
+        self.state.serve_before_failing.store(n, Ordering::SeqCst);
+    }
+
+    /// Serves every call again (undoes [`FakeOpenAi::fail_after`]).
+    pub fn heal(&self) {
+        self.state.serve_before_failing.store(u64::MAX, Ordering::SeqCst);
     }
 
     /// Makes the next `n` calls fail with a 503.

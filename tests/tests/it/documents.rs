@@ -989,6 +989,49 @@ async fn an_abandoned_idempotent_write_is_finished_and_replayed(backend: Backend
     assert_eq!(listed["documents"][0]["id"], answer["ids"][0], "{listed}");
 }
 
+/// An UPDATE is one write: when embedding its rows' new content fails partway, no row
+/// has changed, and run again it changes them all.
+async fn an_update_that_fails_partway_changes_nothing(backend: Backend) {
+    let (app, fake) = app_with_openai(backend).await;
+    let t = app.tenant_named("mydb", 1536, "cosine").await;
+    for batch in 0..2 {
+        let documents: Vec<Value> = (0..750)
+            .map(|i| json!({"content": format!("document {batch}-{i}")}))
+            .collect();
+        let (status, body) = app
+            .data_call(
+                0,
+                Method::POST,
+                "/api/v1/collections/documents/documents/batch",
+                &t.readwrite,
+                Some(json!({"documents": documents})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let query = async |key: &str, statement: &str| {
+        app.data_call(0, Method::POST, "/api/v1/query", key, Some(json!({"query": statement})))
+            .await
+    };
+    let edited = "SELECT COUNT(*) FROM documents WHERE content LIKE '%(edited)'";
+    let update = "UPDATE documents SET content = content || ' (edited)'";
+
+    // 1,500 new contents to embed take six calls of 256; the fifth and all after fail.
+    fake.fail_after(4);
+    let (status, body) = query(&t.readwrite, update).await;
+    assert_error(status, &body, 502, "UPSTREAM_ERROR");
+    fake.heal();
+    let (status, body) = query(&t.readonly, edited).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], json!([{"count": 0}]), "no row changed");
+
+    let (status, body) = query(&t.readwrite, update).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rowCount"], 1500, "{body}");
+    let (_, body) = query(&t.readonly, edited).await;
+    assert_eq!(body["rows"], json!([{"count": 1500}]));
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         $(
@@ -1017,4 +1060,5 @@ both!(
     bad_documents_are_refused_and_nothing_is_written,
     a_statement_past_its_timeout_is_cancelled,
     an_abandoned_idempotent_write_is_finished_and_replayed,
+    an_update_that_fails_partway_changes_nothing,
 );
