@@ -254,7 +254,7 @@ impl Authenticator {
     }
 
     /// [`Authenticator::authenticate`] for a request from `peer`, whose key checks that
-    /// miss the cache are rate-limited per address.
+    /// miss the cache are rate-limited per address (per /64 for IPv6).
     pub async fn authenticate_from(&self, credential: &str, peer: Option<IpAddr>) -> Result<Credential, ApiError> {
         if looks_like_jwt(credential) {
             let claims = self
@@ -268,6 +268,8 @@ impl Authenticator {
                 credential: claims.sub,
             });
         }
+        // An IPv6 client spends the budget of its /64.
+        let peer = peer.map(crate::client::budget_holder);
         let key = self
             .verify_key(credential, peer)
             .await

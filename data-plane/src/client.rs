@@ -5,11 +5,11 @@
 //! that is not one of them is the client. A client can write anything into the
 //! header it sends, but not what the proxies append after it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
 use axum::http::HeaderMap;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 const FORWARDED_FOR: &str = "x-forwarded-for";
 
@@ -34,16 +34,19 @@ impl TrustedProxies {
             return client;
         }
         // Each proxy appends, so the nearest hop is last: walk back from it while the
-        // hop is a trusted proxy. Headers sent several times read as one list.
-        let hops: Vec<&str> = headers
+        // hop is a trusted proxy. Headers sent several times read as one list, and
+        // each entry is read on its own, so one entry that is not text spoils only itself.
+        let hops = headers
             .get_all(FORWARDED_FOR)
             .iter()
-            .flat_map(|value| value.to_str().unwrap_or("").split(','))
-            .collect();
-        for hop in hops.into_iter().rev() {
+            .rev()
+            .flat_map(|value| value.as_bytes().rsplit(|&b| b == b','));
+        for hop in hops {
             // An entry that is not an address stops the walk: what lies before it
             // cannot be told apart from what the client wrote.
-            let Some(address) = parse_hop(hop) else { break };
+            let Some(address) = std::str::from_utf8(hop).ok().and_then(parse_hop) else {
+                break;
+            };
             client = address;
             if !self.trusts(address) {
                 break;
@@ -69,6 +72,28 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     std::net::Ipv4Addr::from_str(address).ok().map(IpAddr::V4)
 }
 
+/// Whose budget of refused key checks an address spends: its own for IPv4, its /64
+/// for IPv6, since one IPv6 host commonly holds a whole /64 and could otherwise take
+/// a fresh budget for every request.
+pub fn budget_holder(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
+/// A network as addresses are compared: one written as IPv4-mapped IPv6
+/// (`::ffff:10.0.0.0/104`) is the IPv4 network it maps.
+fn canonical(network: IpNet) -> IpNet {
+    match network {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(network, IpNet::V4),
+            None => network,
+        },
+        other => other,
+    }
+}
+
 impl FromStr for TrustedProxies {
     type Err = String;
 
@@ -79,7 +104,7 @@ impl FromStr for TrustedProxies {
             let network = IpNet::from_str(item)
                 .or_else(|_| IpAddr::from_str(item).map(IpNet::from))
                 .map_err(|_| format!("\"{item}\" is neither an address nor a network like 10.0.0.0/8"))?;
-            networks.push(network);
+            networks.push(canonical(network));
         }
         Ok(Self(networks))
     }
@@ -157,10 +182,36 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_that_is_not_text_spoils_only_itself() {
+        let proxies: TrustedProxies = "10.0.0.0/8".parse().expect("networks");
+        let mut forwarded = HeaderMap::new();
+        forwarded.append(
+            FORWARDED_FOR,
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.7").expect("a header value"),
+        );
+        assert_eq!(proxies.client(ip("10.0.0.5"), &forwarded), ip("203.0.113.7"));
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_64() {
+        assert_eq!(budget_holder(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(budget_holder(ip("2001:db8:1:2:ffff::9")), ip("2001:db8:1:2::"));
+        assert_ne!(budget_holder(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(budget_holder(ip("203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(budget_holder(ip("::ffff:203.0.113.7")), ip("203.0.113.7"));
+    }
+
+    #[test]
     fn settings_name_networks_or_addresses() {
         let parsed: TrustedProxies = "10.0.0.0/8,192.168.1.1, ::1".parse().expect("networks");
         assert_eq!(parsed.0.len(), 3);
         assert_eq!("".parse::<TrustedProxies>(), Ok(TrustedProxies::default()));
+        let mapped: TrustedProxies = "::ffff:10.0.0.0/104".parse().expect("networks");
+        assert_eq!(mapped, "10.0.0.0/8".parse().expect("networks"));
+        assert_eq!(
+            mapped.client(ip("10.1.2.3"), &headers(&["203.0.113.7"])),
+            ip("203.0.113.7")
+        );
         let message = "10.0.0.0/33".parse::<TrustedProxies>().unwrap_err();
         assert!(message.contains("10.0.0.0/33"), "{message}");
     }

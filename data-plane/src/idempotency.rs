@@ -7,8 +7,8 @@
 
 use std::future::Future;
 
-use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use quiver_common::ApiError;
@@ -39,11 +39,12 @@ fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response 
 /// dropped between its write's commit and [`idempotent`] storing the answer would
 /// leave the key claimed until its lease ran out, and a retry after that would run the
 /// request again: a document inserted without an id would be inserted twice.
-pub async fn run_to_the_end(request: Request, next: Next) -> Response {
-    if !request.headers().contains_key(HEADER) {
+/// A GET stores nothing under a key, and stays cancellable.
+pub async fn run_to_the_end(State(state): State<DataPlane>, request: Request, next: Next) -> Response {
+    if request.method() == Method::GET || !request.headers().contains_key(HEADER) {
         return next.run(request).await;
     }
-    match tokio::spawn(tracing::Instrument::in_current_span(next.run(request))).await {
+    match state.run_to_the_end(next.run(request)).await {
         Ok(response) => response,
         Err(err) => ApiError::Internal(anyhow::anyhow!("an idempotent request's task failed: {err}")).into_response(),
     }

@@ -92,6 +92,9 @@ pub struct DataPlane {
     pub cursor_key: Arc<[u8; 32]>,
     /// Whose `X-Forwarded-For` to believe.
     pub trusted_proxies: Arc<client::TrustedProxies>,
+    /// Writes and idempotent requests that run on after their clients go away: a
+    /// shutdown waits for them ([`DataPlane::writes`]).
+    writes: tokio_util::task::TaskTracker,
     /// The plan catalog, which only migrations change: read once a minute at most.
     plans: moka::future::Cache<String, Plan>,
 }
@@ -154,11 +157,26 @@ impl DataPlane {
             default_model: settings.default_embedding_model.into(),
             cursor_key,
             trusted_proxies: Arc::new(settings.trusted_proxies),
+            writes: tokio_util::task::TaskTracker::new(),
             plans: moka::future::Cache::builder()
                 .max_capacity(64)
                 .time_to_live(std::time::Duration::from_secs(60))
                 .build(),
         }
+    }
+
+    /// The writes (and idempotent requests) still running, which outlive their clients:
+    /// a pod shutting down closes this and waits for it before it closes the store.
+    pub fn writes(&self) -> tokio_util::task::TaskTracker {
+        self.writes.clone()
+    }
+
+    /// Runs `task` to its end whatever becomes of its caller, where a shutdown waits for it.
+    pub(crate) async fn run_to_the_end<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        self.writes.spawn(tracing::Instrument::in_current_span(task)).await
     }
 
     /// Spends `n` units of the caller's project's `kind` budget, or refuses with a 429.
@@ -205,7 +223,10 @@ impl DataPlane {
                     .url("/openapi.json", <openapi::DataPlaneApi as utoipa::OpenApi>::openapi()),
             )
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .layer(axum::middleware::from_fn(idempotency::run_to_the_end))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                idempotency::run_to_the_end,
+            ))
             .layer(axum::middleware::from_fn_with_state(limits, limits::headers))
             .with_state(self);
         finish_router(api.merge(health_router(checks)))

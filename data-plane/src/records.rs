@@ -27,8 +27,11 @@ pub(crate) async fn upsert(
     namespace: &str,
     records: Vec<RecordWrite>,
 ) -> Result<WriteOutcome, ApiError> {
-    let (state, principal, plan, namespace) = (state.clone(), principal.clone(), plan.clone(), namespace.to_owned());
-    detached(async move { upsert_now(&state, &principal, &plan, &namespace, records).await }).await
+    let (owned, principal, plan, namespace) = (state.clone(), principal.clone(), plan.clone(), namespace.to_owned());
+    detached(state, async move {
+        upsert_now(&owned, &principal, &plan, &namespace, records).await
+    })
+    .await
 }
 
 async fn upsert_now(
@@ -76,9 +79,12 @@ pub(crate) async fn patch(
     id: &str,
     patch: &RecordPatch,
 ) -> Result<Option<(WriteOutcome, Record)>, ApiError> {
-    let (state, principal, namespace) = (state.clone(), principal.clone(), namespace.to_owned());
+    let (owned, principal, namespace) = (state.clone(), principal.clone(), namespace.to_owned());
     let (id, patch) = (id.to_owned(), patch.clone());
-    detached(async move { patch_now(&state, &principal, &namespace, &id, &patch).await }).await
+    detached(state, async move {
+        patch_now(&owned, &principal, &namespace, &id, &patch).await
+    })
+    .await
 }
 
 async fn patch_now(
@@ -113,8 +119,11 @@ pub(crate) async fn delete(
     ids: &[String],
     still_matching: Option<Arc<Filter>>,
 ) -> Result<Option<(u64, i64)>, ApiError> {
-    let (state, principal, namespace, ids) = (state.clone(), principal.clone(), namespace.to_owned(), ids.to_vec());
-    detached(async move { delete_now(&state, &principal, &namespace, ids, still_matching).await }).await
+    let (owned, principal, namespace, ids) = (state.clone(), principal.clone(), namespace.to_owned(), ids.to_vec());
+    detached(state, async move {
+        delete_now(&owned, &principal, &namespace, ids, still_matching).await
+    })
+    .await
 }
 
 async fn delete_now(
@@ -155,9 +164,11 @@ async fn delete_now(
 
 /// Runs a write to its end in a task of its own, whatever becomes of the caller.
 async fn detached<T: Send + 'static>(
+    state: &DataPlane,
     write: impl Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::spawn(write)
+    state
+        .run_to_the_end(write)
         .await
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("a write task failed: {err}")))?
 }

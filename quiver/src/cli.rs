@@ -65,10 +65,12 @@ pub struct StandaloneArgs {
     pub index_memory: u64,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
-    /// Load balancers or ingresses in front of the data plane, as addresses or networks
-    /// (`10.0.0.0/8,192.168.1.1`): a request from one of them is taken to come from
-    /// the client its `X-Forwarded-For` names, so that each client behind them has a
-    /// budget of refused API keys of its own. Empty: the connection's address.
+    /// Proxies in front of the data plane that append `X-Forwarded-For`, as their own
+    /// addresses or networks only they are in (`10.42.7.0/28,192.168.1.1`): a request
+    /// from one is taken to come from the client the header names, so that each client
+    /// behind them has a budget of refused API keys of its own. Never a range holding
+    /// other hosts, which could write the header themselves. Empty: the connection's
+    /// address.
     #[arg(long, env = "QUIVER_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: quiver_data_plane::client::TrustedProxies,
     /// Fetch the default local embedding model in the background at start when it is
@@ -198,10 +200,12 @@ pub struct ClusterArgs {
     pub index_memory: u64,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
-    /// Load balancers or ingresses in front of the data plane, as addresses or networks
-    /// (`10.0.0.0/8,192.168.1.1`): a request from one of them is taken to come from
-    /// the client its `X-Forwarded-For` names, so that each client behind them has a
-    /// budget of refused API keys of its own. Empty: the connection's address.
+    /// Proxies in front of the data plane that append `X-Forwarded-For`, as their own
+    /// addresses or networks only they are in (`10.42.7.0/28,192.168.1.1`): a request
+    /// from one is taken to come from the client the header names, so that each client
+    /// behind them has a budget of refused API keys of its own. Never a range holding
+    /// other hosts, which could write the header themselves. Empty: the connection's
+    /// address.
     #[arg(long, env = "QUIVER_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: quiver_data_plane::client::TrustedProxies,
     /// The data plane's public URL, shown on projects as `api_base_url` (control plane).

@@ -114,24 +114,22 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         session_ttl: SESSION_TTL,
         console_dir: quiver_control_plane::console::locate(args.console_dir.clone()).map(Arc::new),
     };
+    let data_plane = DataPlane::new(
+        Arc::clone(&store),
+        Arc::clone(&bus),
+        Arc::new(LocalBudget::default()),
+        jwt.clone(),
+        DataSettings {
+            index_memory: args.index_memory,
+            snapshots: args.snapshots.policy(),
+            embed: embed.clone(),
+            default_embedding_model: args.embed.default_embedding_model.clone(),
+            trusted_proxies: args.trusted_proxies.clone(),
+        },
+    );
+    let writes = Some(data_plane.writes());
     let servers = vec![
-        (
-            data,
-            DataPlane::new(
-                Arc::clone(&store),
-                Arc::clone(&bus),
-                Arc::new(LocalBudget::default()),
-                jwt.clone(),
-                DataSettings {
-                    index_memory: args.index_memory,
-                    snapshots: args.snapshots.policy(),
-                    embed: embed.clone(),
-                    default_embedding_model: args.embed.default_embedding_model.clone(),
-                    trusted_proxies: args.trusted_proxies.clone(),
-                },
-            )
-            .router(),
-        ),
+        (data, data_plane.router()),
         (
             control,
             ControlPlane::new(Arc::clone(&store), bus, jwt, settings).router(),
@@ -156,7 +154,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             "first start: sign up on the control plane, create a project, then make a key from the shell"
         );
     }
-    serve_until_signal(servers, store).await
+    serve_until_signal(servers, writes, store).await
 }
 
 /// Standalone should embed out of the box: fetch the default model once, in the
@@ -185,6 +183,7 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
     let listener = bind(args.addr, "--addr").await?;
     let store = open_store(&args.database_url).await?;
     let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&args.redis_url, &args.bus_prefix).await?);
+    let mut writes = None;
     let router = match plane {
         Plane::Control => {
             let settings = Settings {
@@ -211,16 +210,26 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
                 trusted_proxies: args.trusted_proxies.clone(),
             };
             let budget = Arc::new(RedisBudget::connect(&args.redis_url, &args.bus_prefix).await?);
-            DataPlane::new(Arc::clone(&store), bus, budget, jwt, settings).router()
+            let data_plane = DataPlane::new(Arc::clone(&store), bus, budget, jwt, settings);
+            writes = Some(data_plane.writes());
+            data_plane.router()
         }
     };
     tracing::info!(plane = ?plane, addr = %listener.local_addr()?, "quiver is up");
-    serve_until_signal(vec![(listener, router)], store).await
+    serve_until_signal(vec![(listener, router)], writes, store).await
 }
 
-/// Serves every router until SIGTERM or Ctrl-C, lets in-flight requests finish, then
-/// closes the store. If one server fails, the others are shut down too.
-async fn serve_until_signal(servers: Vec<(TcpListener, Router)>, store: Arc<dyn Store>) -> anyhow::Result<()> {
+/// How long a shutdown waits for writes whose clients went away.
+const WRITES_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves every router until SIGTERM or Ctrl-C, lets in-flight requests finish (and
+/// the data plane's `writes`, which outlive clients that went away), then closes the
+/// store. If one server fails, the others are shut down too.
+async fn serve_until_signal(
+    servers: Vec<(TcpListener, Router)>,
+    writes: Option<tokio_util::task::TaskTracker>,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let stop = Arc::new(stop);
     tokio::spawn({
@@ -255,6 +264,12 @@ async fn serve_until_signal(servers: Vec<(TcpListener, Router)>, store: Arc<dyn 
             Ok(Ok(())) => {}
             Ok(Err(err)) => outcome = Err(anyhow!("a listener failed: {err}")),
             Err(err) => outcome = Err(anyhow!("a server task failed: {err}")),
+        }
+    }
+    if let Some(writes) = writes {
+        writes.close();
+        if tokio::time::timeout(WRITES_GRACE, writes.wait()).await.is_err() {
+            tracing::warn!(still_running = writes.len(), "shutting down with writes still running");
         }
     }
     store.close().await;
