@@ -15,6 +15,7 @@ use quiver_common::ApiError;
 use quiver_store::{IdempotencyBegin, StoredResponse};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+use tokio_util::task::TaskTracker;
 
 use crate::DataPlane;
 use crate::auth::Principal;
@@ -40,11 +41,15 @@ fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response 
 /// leave the key claimed until its lease ran out, and a retry after that would run the
 /// request again: a document inserted without an id would be inserted twice.
 /// A GET stores nothing under a key, and stays cancellable.
-pub async fn run_to_the_end(State(state): State<DataPlane>, request: Request, next: Next) -> Response {
+/// `writes` is the pod's [`DataPlane::writes`], which a shutdown waits for.
+pub async fn run_to_the_end(State(writes): State<TaskTracker>, request: Request, next: Next) -> Response {
     if request.method() == Method::GET || !request.headers().contains_key(HEADER) {
         return next.run(request).await;
     }
-    match state.run_to_the_end(next.run(request)).await {
+    match writes
+        .spawn(tracing::Instrument::in_current_span(next.run(request)))
+        .await
+    {
         Ok(response) => response,
         Err(err) => ApiError::Internal(anyhow::anyhow!("an idempotent request's task failed: {err}")).into_response(),
     }

@@ -224,7 +224,7 @@ impl DataPlane {
             )
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn_with_state(
-                self.clone(),
+                self.writes(),
                 idempotency::run_to_the_end,
             ))
             .layer(axum::middleware::from_fn_with_state(limits, limits::headers))
