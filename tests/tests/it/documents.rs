@@ -36,6 +36,20 @@ async fn call(app: &TestApp, method: Method, path: &str, key: &str, body: Option
     read(request.send().await.expect("answer")).await
 }
 
+/// Inserts `documents` into the collection `documents` with one batch request.
+async fn insert_batch(app: &TestApp, key: &str, documents: Vec<Value>) {
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/documents/documents/batch",
+            key,
+            Some(json!({"documents": documents})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 const INSERT: &str = r#"{
 "documents": [
 {
@@ -265,16 +279,7 @@ async fn nql_pages_with_offsets_and_cursors(backend: Backend) {
         .map(|i| json!({"id": format!("doc-{i:02}"), "content": format!("page {i}"), "embedding": [1.0, i as f64, 0.5], "metadata": {"source": "web-scraper", "i": i}}))
         .chain((0..5).map(|i| json!({"content": format!("other {i}"), "embedding": [1.0, 0.0, 0.0], "metadata": {"source": "manual"}})))
         .collect();
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/api/v1/collections/documents/documents/batch",
-            &t.readwrite,
-            Some(json!({"documents": documents})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    insert_batch(&app, &t.readwrite, documents).await;
 
     let (status, page) = call(&app, Method::POST, "/api/v1/query", &t.readonly, Some(PAGINATED)).await;
     assert_eq!(status, 200, "{page}");
@@ -675,16 +680,7 @@ async fn a_statement_past_its_timeout_is_cancelled(backend: Backend) {
         let documents: Vec<Value> = (0..1000)
             .map(|i| json!({"content": format!("row {batch}-{i}"), "embedding": [1.0, f64::from(i), 0.5], "metadata": {"i": i}}))
             .collect();
-        let (status, body) = app
-            .data_call(
-                0,
-                Method::POST,
-                "/api/v1/collections/documents/documents/batch",
-                &t.readwrite,
-                Some(json!({"documents": documents})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        insert_batch(&app, &t.readwrite, documents).await;
     }
     // A full scan and sort of 3,000 rows takes longer than a millisecond.
     let slow =
@@ -998,16 +994,7 @@ async fn an_update_that_fails_partway_changes_nothing(backend: Backend) {
         let documents: Vec<Value> = (0..750)
             .map(|i| json!({"content": format!("document {batch}-{i}")}))
             .collect();
-        let (status, body) = app
-            .data_call(
-                0,
-                Method::POST,
-                "/api/v1/collections/documents/documents/batch",
-                &t.readwrite,
-                Some(json!({"documents": documents})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        insert_batch(&app, &t.readwrite, documents).await;
     }
     let query = async |key: &str, statement: &str| {
         app.data_call(0, Method::POST, "/api/v1/query", key, Some(json!({"query": statement})))
