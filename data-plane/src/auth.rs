@@ -250,12 +250,17 @@ impl Authenticator {
 
     /// Resolves a presented credential: an API key or a project token.
     pub async fn authenticate(&self, credential: &str) -> Result<Credential, ApiError> {
-        self.authenticate_from(credential, None).await
+        self.authenticate_from(credential, || None).await
     }
 
-    /// [`Authenticator::authenticate`] for a request from `peer`, whose key checks that
-    /// miss the cache are rate-limited per address (per /64 for IPv6).
-    pub async fn authenticate_from(&self, credential: &str, peer: Option<IpAddr>) -> Result<Credential, ApiError> {
+    /// [`Authenticator::authenticate`] for a request from the address `peer` gives,
+    /// whose key checks that miss the cache are rate-limited per address (per /64 for
+    /// IPv6). `peer` is asked only on a miss.
+    pub async fn authenticate_from(
+        &self,
+        credential: &str,
+        peer: impl FnOnce() -> Option<IpAddr> + Send,
+    ) -> Result<Credential, ApiError> {
         if looks_like_jwt(credential) {
             let claims = self
                 .jwt
@@ -268,8 +273,6 @@ impl Authenticator {
                 credential: claims.sub,
             });
         }
-        // An IPv6 client spends the budget of its /64.
-        let peer = peer.map(crate::client::budget_holder);
         let key = self
             .verify_key(credential, peer)
             .await
@@ -291,12 +294,18 @@ impl Authenticator {
         })
     }
 
-    async fn verify_key(&self, presented: &str, peer: Option<IpAddr>) -> Result<Arc<VerifiedKey>, Refusal> {
+    async fn verify_key(
+        &self,
+        presented: &str,
+        peer: impl FnOnce() -> Option<IpAddr> + Send,
+    ) -> Result<Arc<VerifiedKey>, Refusal> {
         let (key_id, secret) = parse_api_key(presented).ok_or(Refusal::Unknown)?;
         let fingerprint = fingerprint(presented);
         let key = match self.verified.get(&fingerprint).await {
             Some(hit) => hit,
             None => {
+                // An IPv6 client spends the budget of its /64.
+                let peer = peer().map(crate::client::budget_holder);
                 if let Some(wait) = peer.and_then(|peer| self.blocked_for(peer)) {
                     return Err(Refusal::Throttled(wait));
                 }
@@ -406,12 +415,15 @@ impl FromRequestParts<DataPlane> for Principal {
     async fn from_request_parts(parts: &mut Parts, state: &DataPlane) -> Result<Self, Self::Rejection> {
         let credential = credential(parts)
             .ok_or_else(|| ApiError::Unauthorized("missing API key: send x-api-key or Authorization: Bearer".into()))?;
-        // The client behind the connection: a load balancer's address would make its
-        // clients share one budget of refused key checks.
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| state.trusted_proxies.client(info.0.ip(), &parts.headers));
+        // The client behind the connection (a load balancer's address would make its
+        // clients share one budget of refused key checks), read only if the key misses
+        // the cache.
+        let peer = || {
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| state.trusted_proxies.client(info.0.ip(), &parts.headers))
+        };
         let credential = state.auth.authenticate_from(&credential, peer).await?;
         // A token outlives nothing: one for a deleted project is refused like a bad one.
         let project = state

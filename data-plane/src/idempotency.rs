@@ -46,10 +46,7 @@ pub async fn run_to_the_end(State(writes): State<TaskTracker>, request: Request,
     if request.method() == Method::GET || !request.headers().contains_key(HEADER) {
         return next.run(request).await;
     }
-    match writes
-        .spawn(tracing::Instrument::in_current_span(next.run(request)))
-        .await
-    {
+    match crate::run_tracked(&writes, next.run(request)).await {
         Ok(response) => response,
         Err(err) => ApiError::Internal(anyhow::anyhow!("an idempotent request's task failed: {err}")).into_response(),
     }

@@ -56,6 +56,15 @@ fn request_body_limit() -> axum::extract::DefaultBodyLimit {
     axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES)
 }
 
+/// Runs `task` to its end in a task of its own on `writes` (a pod's
+/// [`DataPlane::writes`], which a shutdown waits for), whatever becomes of its caller.
+pub(crate) async fn run_tracked<T: Send + 'static>(
+    writes: &tokio_util::task::TaskTracker,
+    task: impl Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    writes.spawn(tracing::Instrument::in_current_span(task)).await
+}
+
 /// Settings of a data-plane pod.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -169,14 +178,6 @@ impl DataPlane {
     /// a pod shutting down closes this and waits for it before it closes the store.
     pub fn writes(&self) -> tokio_util::task::TaskTracker {
         self.writes.clone()
-    }
-
-    /// Runs `task` to its end whatever becomes of its caller, where a shutdown waits for it.
-    pub(crate) async fn run_to_the_end<T: Send + 'static>(
-        &self,
-        task: impl Future<Output = T> + Send + 'static,
-    ) -> Result<T, tokio::task::JoinError> {
-        self.writes.spawn(tracing::Instrument::in_current_span(task)).await
     }
 
     /// Spends `n` units of the caller's project's `kind` budget, or refuses with a 429.

@@ -167,8 +167,7 @@ async fn detached<T: Send + 'static>(
     state: &DataPlane,
     write: impl Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    state
-        .run_to_the_end(write)
+    crate::run_tracked(&state.writes, write)
         .await
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("a write task failed: {err}")))?
 }

@@ -65,14 +65,8 @@ pub struct StandaloneArgs {
     pub index_memory: u64,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
-    /// Proxies in front of the data plane that append `X-Forwarded-For`, as their own
-    /// addresses or networks only they are in (`10.42.7.0/28,192.168.1.1`): a request
-    /// from one is taken to come from the client the header names, so that each client
-    /// behind them has a budget of refused API keys of its own. Never a range holding
-    /// other hosts, which could write the header themselves. Empty: the connection's
-    /// address.
-    #[arg(long, env = "QUIVER_TRUSTED_PROXIES", default_value = "")]
-    pub trusted_proxies: quiver_data_plane::client::TrustedProxies,
+    #[command(flatten)]
+    pub proxies: ProxyArgs,
     /// Fetch the default local embedding model in the background at start when it is
     /// missing (requests that need it get a 503 until it is there).
     #[arg(long, env = "QUIVER_PULL_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -156,6 +150,19 @@ impl SnapshotArgs {
     }
 }
 
+/// Who is in front of the data plane.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// Proxies in front of the data plane that append `X-Forwarded-For`, as their own
+    /// addresses or networks only they are in (`10.42.7.0/28,192.168.1.1`): a request
+    /// from one is taken to come from the client the header names, so that each client
+    /// behind them has a budget of refused API keys of its own. Never a range holding
+    /// other hosts, which could write the header themselves. Empty: the connection's
+    /// address.
+    #[arg(long, env = "QUIVER_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: quiver_data_plane::client::TrustedProxies,
+}
+
 /// Parses a size: plain bytes, or a number with KiB, MiB or GiB.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -200,14 +207,8 @@ pub struct ClusterArgs {
     pub index_memory: u64,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
-    /// Proxies in front of the data plane that append `X-Forwarded-For`, as their own
-    /// addresses or networks only they are in (`10.42.7.0/28,192.168.1.1`): a request
-    /// from one is taken to come from the client the header names, so that each client
-    /// behind them has a budget of refused API keys of its own. Never a range holding
-    /// other hosts, which could write the header themselves. Empty: the connection's
-    /// address.
-    #[arg(long, env = "QUIVER_TRUSTED_PROXIES", default_value = "")]
-    pub trusted_proxies: quiver_data_plane::client::TrustedProxies,
+    #[command(flatten)]
+    pub proxies: ProxyArgs,
     /// The data plane's public URL, shown on projects as `api_base_url` (control plane).
     #[arg(long, env = "QUIVER_PUBLIC_DATA_URL", default_value = "http://localhost:8080")]
     pub public_data_url: String,

@@ -124,7 +124,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             snapshots: args.snapshots.policy(),
             embed: embed.clone(),
             default_embedding_model: args.embed.default_embedding_model.clone(),
-            trusted_proxies: args.trusted_proxies.clone(),
+            trusted_proxies: args.proxies.trusted_proxies.clone(),
         },
     );
     let writes = Some(data_plane.writes());
@@ -207,7 +207,7 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
                 snapshots: args.snapshots.policy(),
                 embed: args.embed.config(PathBuf::from("models")),
                 default_embedding_model: args.embed.default_embedding_model.clone(),
-                trusted_proxies: args.trusted_proxies.clone(),
+                trusted_proxies: args.proxies.trusted_proxies.clone(),
             };
             let budget = Arc::new(RedisBudget::connect(&args.redis_url, &args.bus_prefix).await?);
             let data_plane = DataPlane::new(Arc::clone(&store), bus, budget, jwt, settings);
