@@ -4521,6 +4521,17 @@ class index_gt {
         candidates_iterator_t end() const noexcept { return {index, neighbors, visits, neighbors.size()}; }
     };
 
+    /**
+     *  @brief  Quiver: prefetches the node headers (key, level, first neighbors) of the
+     *          candidates about to be measured, beside a prefetch of their vectors: the
+     *          walk reads a candidate's key when it enters the top list, and its
+     *          neighbors when it is expanded, each at a random address.
+     */
+    void prefetch_nodes_(candidates_range_t const& candidates) const noexcept {
+        for (auto it = candidates.begin(); it != candidates.end(); ++it)
+            usearch_prefetch_m(node_at_(*it).tape());
+    }
+
     template <typename value_at, typename metric_at, typename prefetch_at = dummy_prefetch_t>
     compressed_slot_t search_for_one_(                                //
         value_at&& query, metric_at&& metric, prefetch_at&& prefetch, //
@@ -4618,6 +4629,7 @@ class index_gt {
             if (!is_dummy<prefetch_at>()) {
                 candidates_range_t missing_candidates{*this, candidate_neighbors, visits};
                 prefetch(missing_candidates.begin(), missing_candidates.end());
+                prefetch_nodes_(missing_candidates);
             }
 
             // Assume the worst-case when reserving memory
@@ -4710,6 +4722,7 @@ class index_gt {
             if (!is_dummy<prefetch_at>()) {
                 candidates_range_t missing_candidates{*this, candidate_neighbors, visits};
                 prefetch(missing_candidates.begin(), missing_candidates.end());
+                prefetch_nodes_(missing_candidates);
             }
 
             // Assume the worst-case when reserving memory
@@ -4790,6 +4803,7 @@ class index_gt {
             if (!is_dummy<prefetch_at>()) {
                 candidates_range_t missing_candidates{*this, candidate_neighbors, visits};
                 prefetch(missing_candidates.begin(), missing_candidates.end());
+                prefetch_nodes_(missing_candidates);
             }
 
             // Assume the worst-case when reserving memory
