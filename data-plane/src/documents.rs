@@ -185,7 +185,7 @@ fn parse_documents(documents: &[Value], principal: &Principal) -> Result<Vec<Par
                 Some(values) => Some(parse_values(values, project.dimension, project.metric, &what)?),
             };
             Ok(ParsedDocument {
-                id: parse_document_id(object.get("id"), &what)?.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                id: parse_document_id(object.get("id"), &what)?.unwrap_or_else(crate::records::new_id),
                 content,
                 metadata: without_nulls(parse_metadata(object.get("metadata"), &what)?),
                 embedding,
@@ -547,9 +547,15 @@ pub async fn remove(
     idempotent(&state, &principal, &headers, &route, &[], async {
         let collection = self::collection(&principal, &collection)?;
         state.admit(&principal, Kind::Documents, 1).await?;
-        let (deleted, seq) = records::delete(&state, &principal, &collection, std::slice::from_ref(&id), None)
-            .await?
-            .ok_or_else(|| no_collection(&collection))?;
+        let (deleted, seq) = records::delete(
+            &state,
+            &principal,
+            &collection,
+            std::slice::from_ref(&id),
+            records::DeleteIf::Live,
+        )
+        .await?
+        .ok_or_else(|| no_collection(&collection))?;
         if deleted == 0 {
             return Err(no_document(&collection, &id));
         }

@@ -99,25 +99,38 @@ where
         IdempotencyBegin::Mismatch => Err(ApiError::Unprocessable(format!(
             "{HEADER} \"{key}\" was already used with a different request (another body or route)"
         ))),
-        IdempotencyBegin::Started => match operation.await {
-            Ok(value) => {
-                let body = serde_json::to_vec(&value).map_err(anyhow::Error::from)?;
-                let stored = StoredResponse {
-                    status: 200,
-                    body: body.clone(),
-                };
-                if let Err(err) = state.store.complete(principal.project_id, key, &stored).await {
-                    // The write is done; only the replay record is missing.
-                    tracing::warn!(error = %err, "storing an idempotent response failed");
-                }
-                Ok(json_response(StatusCode::OK, body, false))
+        IdempotencyBegin::Started { first_started } => {
+            let ids = crate::records::KeyedIds::new(principal.project_id, key, first_started);
+            finish(state, principal, key, ids.scope(operation).await).await
+        }
+    }
+}
+
+/// Stores a started request's answer under its key, or releases the key when it failed.
+async fn finish(
+    state: &DataPlane,
+    principal: &Principal,
+    key: &str,
+    outcome: Result<Value, ApiError>,
+) -> Result<Response, ApiError> {
+    match outcome {
+        Ok(value) => {
+            let body = serde_json::to_vec(&value).map_err(anyhow::Error::from)?;
+            let stored = StoredResponse {
+                status: 200,
+                body: body.clone(),
+            };
+            if let Err(err) = state.store.complete(principal.project_id, key, &stored).await {
+                // The write is done; only the replay record is missing.
+                tracing::warn!(error = %err, "storing an idempotent response failed");
             }
-            Err(err) => {
-                if let Err(release) = state.store.abort(principal.project_id, key).await {
-                    tracing::warn!(error = %release, "releasing an idempotency key failed");
-                }
-                Err(err)
+            Ok(json_response(StatusCode::OK, body, false))
+        }
+        Err(err) => {
+            if let Err(release) = state.store.abort(principal.project_id, key).await {
+                tracing::warn!(error = %release, "releasing an idempotency key failed");
             }
-        },
+            Err(err)
+        }
     }
 }

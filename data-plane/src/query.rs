@@ -15,8 +15,8 @@ use quiver_common::ApiError;
 use quiver_common::domain::{Metric, Plan, Scope};
 use quiver_common::{AppPath, AppQuery};
 use quiver_engine::Filter;
-use quiver_nql::{Backend, DistanceOp, NewRow, QueryRequest as NqlRequest, Row, RowUpdate};
-use quiver_store::{Record, RecordWrite};
+use quiver_nql::{Backend, DistanceOp, NewRow, QueryRequest as NqlRequest, Row, RowUpdate, RowVersion};
+use quiver_store::{Record, RecordWrite, Seen};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -27,7 +27,7 @@ use crate::embeddings::{self, Source};
 use crate::idempotency::idempotent;
 use crate::json::parse_body;
 use crate::limits::Kind;
-use crate::records;
+use crate::records::{self, DeleteIf};
 use crate::vectors::{check_id, check_metadata, cursor_of_id, id_of_cursor, without_nulls};
 
 pub fn router() -> Router<DataPlane> {
@@ -97,7 +97,7 @@ pub struct QueryResponse {
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, description = "a write statement without the write scope", body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such database", body = quiver_common::error::ErrorEnvelope),
-        (status = 409, description = "a write with the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, description = "a write with the same idempotency key is in flight, or an UPDATE or DELETE whose rows other writes kept changing while it ran (nothing written)", body = quiver_common::error::ErrorEnvelope),
         (status = 422, description = "the idempotency key was used with another request", body = quiver_common::error::ErrorEnvelope),
         (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 503, description = "the records store is unreachable", body = quiver_common::error::ErrorEnvelope),
@@ -361,6 +361,7 @@ fn row(record: Record) -> Row {
         embedding: record.vector,
         created_at: record.created_at,
         updated_at: record.updated_at,
+        version: record.seq,
     }
 }
 
@@ -531,7 +532,7 @@ impl Backend for ProjectBackend<'_> {
             .into_iter()
             .zip(vectors)
             .map(|(new, vector)| RecordWrite {
-                id: new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                id: new.id.unwrap_or_else(records::new_id),
                 vector,
                 metadata: new.metadata,
                 content: new.content,
@@ -542,7 +543,7 @@ impl Backend for ProjectBackend<'_> {
         Ok(ids)
     }
 
-    async fn update(&self, collection: &str, rows: Vec<RowUpdate>) -> Result<u64, ApiError> {
+    async fn update(&self, collection: &str, rows: Vec<RowUpdate>) -> Result<Option<u64>, ApiError> {
         self.principal.require_namespace(collection)?;
         // Every row is checked before the first is written.
         for update in &rows {
@@ -565,7 +566,8 @@ impl Backend for ProjectBackend<'_> {
                 .await?;
         }
         // The statement is one write: every row is read and embedded first, then all
-        // are written in one transaction (the executor caps a statement's rows).
+        // are written in one transaction (the executor caps a statement's rows), only
+        // if none changed since the statement read it.
         let mut found = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(MAX_SCAN_PAGE) {
             let ids: Vec<String> = chunk.iter().map(|r| r.id.clone()).collect();
@@ -577,16 +579,21 @@ impl Backend for ProjectBackend<'_> {
                 .into_iter()
                 .map(|r| (r.id.clone(), r))
                 .collect();
-            // A row deleted since the statement read it is not written again.
-            found.extend(
-                chunk
-                    .iter()
-                    .filter_map(|update| Some((update, current.remove(&update.id)?))),
-            );
+            for update in chunk {
+                match current.remove(&update.id) {
+                    Some(record) if record.seq == update.version => found.push((update, record)),
+                    // Changed or deleted since the statement read it: it reads again.
+                    _ => return Ok(None),
+                }
+            }
         }
-        if found.is_empty() {
-            return Ok(0);
-        }
+        let seen: Vec<Seen> = found
+            .iter()
+            .map(|(update, _)| Seen {
+                id: update.id.clone(),
+                seq: update.version,
+            })
+            .collect();
         // New content without a new embedding is embedded again, so the vector keeps
         // describing the text.
         let sources = found
@@ -610,20 +617,28 @@ impl Backend for ProjectBackend<'_> {
             })
             .collect();
         let changed = writes.len() as u64;
-        self.upsert(collection, writes).await?;
-        Ok(changed)
+        let written =
+            records::upsert_unchanged(self.state, self.principal, &self.plan, collection, writes, seen).await?;
+        Ok(written.map(|_| changed))
     }
 
-    async fn delete(&self, collection: &str, ids: Vec<String>) -> Result<u64, ApiError> {
+    async fn delete(&self, collection: &str, rows: Vec<RowVersion>) -> Result<Option<u64>, ApiError> {
         self.principal.require_namespace(collection)?;
-        if ids.is_empty() {
-            return Ok(0);
+        if rows.is_empty() {
+            return Ok(Some(0));
         }
         self.state
-            .admit_capped(self.principal, Kind::Documents, ids.len() as u64)
+            .admit_capped(self.principal, Kind::Documents, rows.len() as u64)
             .await?;
-        Ok(records::delete(self.state, self.principal, collection, &ids, None)
-            .await?
-            .map_or(0, |(deleted, _)| deleted))
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let seen = rows
+            .into_iter()
+            .map(|r| Seen {
+                id: r.id,
+                seq: r.version,
+            })
+            .collect();
+        let deleted = records::delete(self.state, self.principal, collection, &ids, DeleteIf::Unchanged(seen)).await?;
+        Ok(deleted.map(|(deleted, _)| deleted))
     }
 }

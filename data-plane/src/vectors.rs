@@ -1211,9 +1211,15 @@ pub async fn remove(
         }
         // The index may be a moment behind the store: a record changed meanwhile to
         // fail the filter is kept.
-        let (deleted, seq) = records::delete(&state, &principal, &namespace, &ids, by_filter)
-            .await?
-            .ok_or_else(|| no_namespace(&namespace))?;
+        let (deleted, seq) = records::delete(
+            &state,
+            &principal,
+            &namespace,
+            &ids,
+            by_filter.map_or(records::DeleteIf::Live, records::DeleteIf::StillMatching),
+        )
+        .await?
+        .ok_or_else(|| no_namespace(&namespace))?;
         Ok(serde_json::to_value(DeleteResponse {
             deleted_count: deleted,
             namespace,

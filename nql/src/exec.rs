@@ -10,7 +10,7 @@ use crate::cursor::{self, Position};
 use crate::error::{query_error, query_error_at};
 use crate::eval::{self, Datum, type_oid};
 use crate::plan::{BinOp, Column, Delete, Expr, Insert, JsonKey, Kind, Select, SortKey, Update};
-use crate::{Backend, DistanceOp, Field, QueryRequest, QueryResult, Row, RowUpdate, Statement, parse};
+use crate::{Backend, DistanceOp, Field, QueryRequest, QueryResult, Row, RowUpdate, RowVersion, Statement, parse};
 
 /// Rows per `Backend::scan` call; the executor yields to the runtime between pages.
 const SCAN_PAGE: usize = 512;
@@ -87,6 +87,17 @@ pub const MAX_PAGE_LIMIT: u64 = 10_000;
 /// The most rows one UPDATE changes. A statement is one write, all of its rows or
 /// none, which its backend holds in memory (new vectors included) until it commits.
 pub const MAX_UPDATE_ROWS: usize = 10_000;
+
+/// How many times an UPDATE or DELETE runs before it gives up on rows that other
+/// writes keep changing between its read and its write.
+pub const WRITE_ATTEMPTS: usize = 3;
+
+fn kept_changing(statement: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "other writes changed rows this {statement} matched while it ran, {WRITE_ATTEMPTS} times in a row; \
+         nothing was written: run it again"
+    ))
+}
 
 /// The largest `offset` a request may ask for: a signed 64-bit integer, as the OpenAPI
 /// document says (`int64`) and SQL's `OFFSET` takes.
@@ -564,7 +575,38 @@ impl Executor<'_> {
         })
     }
 
+    /// Runs a write statement's `attempt` (read, then write the rows as read) until
+    /// its write goes ahead, at most [`WRITE_ATTEMPTS`] times: `Ok(None)` from it means
+    /// another write changed the rows in between and nothing was written.
+    async fn until_written<F, Fut>(&self, statement: &str, mut attempt: F) -> Result<QueryResult, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<u64>, ApiError>>,
+    {
+        for _ in 0..WRITE_ATTEMPTS {
+            if let Some(count) = attempt().await? {
+                return Ok(QueryResult {
+                    row_count: count,
+                    ..QueryResult::default()
+                });
+            }
+        }
+        Err(kept_changing(statement))
+    }
+
     async fn update(&self, update: &Update) -> Result<QueryResult, ApiError> {
+        self.until_written("UPDATE", || async {
+            let changes = self.updates(update).await?;
+            if changes.is_empty() {
+                return Ok(Some(0));
+            }
+            self.backend.update(self.collection, changes).await
+        })
+        .await
+    }
+
+    /// The UPDATE's new values for each row it matches, as the rows are now.
+    async fn updates(&self, update: &Update) -> Result<Vec<RowUpdate>, ApiError> {
         let mut changes = Vec::new();
         let dimension = self.dimension;
         self.scan_all(|row| {
@@ -611,6 +653,7 @@ impl Executor<'_> {
             }
             changes.push(RowUpdate {
                 id: row.id,
+                version: row.version,
                 content,
                 metadata,
                 embedding,
@@ -618,35 +661,28 @@ impl Executor<'_> {
             Ok(true)
         })
         .await?;
-        let count = if changes.is_empty() {
-            0
-        } else {
-            self.backend.update(self.collection, changes).await?
-        };
-        Ok(QueryResult {
-            row_count: count,
-            ..QueryResult::default()
-        })
+        Ok(changes)
     }
 
     async fn delete(&self, delete: &Delete) -> Result<QueryResult, ApiError> {
-        let mut ids = Vec::new();
-        self.scan_all(|row| {
-            if eval::matches(delete.filter.as_ref(), &row)? {
-                ids.push(row.id);
+        self.until_written("DELETE", || async {
+            let mut rows = Vec::new();
+            self.scan_all(|row| {
+                if eval::matches(delete.filter.as_ref(), &row)? {
+                    rows.push(RowVersion {
+                        id: row.id,
+                        version: row.version,
+                    });
+                }
+                Ok(true)
+            })
+            .await?;
+            if rows.is_empty() {
+                return Ok(Some(0));
             }
-            Ok(true)
+            self.backend.delete(self.collection, rows).await
         })
-        .await?;
-        let count = if ids.is_empty() {
-            0
-        } else {
-            self.backend.delete(self.collection, ids).await?
-        };
-        Ok(QueryResult {
-            row_count: count,
-            ..QueryResult::default()
-        })
+        .await
     }
 
     fn explain(&mut self) -> Value {

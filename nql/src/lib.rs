@@ -37,6 +37,16 @@ pub struct Row {
     pub embedding: Vec<f32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Changes with every write to the row: an UPDATE or DELETE computed from the row
+    /// is written only if the row still has the version it was read at.
+    pub version: i64,
+}
+
+/// A row as the statement read it: which one, and at what version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowVersion {
+    pub id: String,
+    pub version: i64,
 }
 
 /// The pgvector distance operators.
@@ -95,6 +105,8 @@ pub struct NewRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowUpdate {
     pub id: String,
+    /// The row's version when the statement read it.
+    pub version: i64,
     pub content: Option<String>,
     /// The whole new metadata object (merges are resolved by the executor).
     pub metadata: Option<Map<String, Value>>,
@@ -123,10 +135,15 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<Vec<Row>>, ApiError>;
     /// Inserts all rows or none; returns their ids in order.
     async fn insert(&self, collection: &str, rows: Vec<NewRow>) -> Result<Vec<String>, ApiError>;
-    /// Applies all updates or none; returns how many rows changed.
-    async fn update(&self, collection: &str, rows: Vec<RowUpdate>) -> Result<u64, ApiError>;
-    /// Deletes the rows with these ids; returns how many existed.
-    async fn delete(&self, collection: &str, ids: Vec<String>) -> Result<u64, ApiError>;
+    /// Applies all updates or none, and only if every row still has the version the
+    /// statement read it at; returns how many rows changed. `Ok(None)`, with nothing
+    /// written, when another write changed or deleted one of them in between: the
+    /// executor then runs the statement again.
+    async fn update(&self, collection: &str, rows: Vec<RowUpdate>) -> Result<Option<u64>, ApiError>;
+    /// Deletes these rows, all or none, and only if every one still has the version
+    /// the statement read it at; returns how many it deleted. `Ok(None)` as for
+    /// [`Backend::update`].
+    async fn delete(&self, collection: &str, rows: Vec<RowVersion>) -> Result<Option<u64>, ApiError>;
 }
 
 /// The body of `POST /query`, minus what the handler handles itself (the timeout).

@@ -10,7 +10,10 @@ use chrono::{DateTime, Duration, Utc};
 use quiver_common::ApiError;
 use serde_json::{Map, Value};
 
-use crate::{Backend, DistanceOp, NewRow, Row, RowUpdate};
+use crate::{Backend, DistanceOp, NewRow, Row, RowUpdate, RowVersion};
+
+/// Another client's write to a collection's rows.
+type Meanwhile = Box<dyn FnOnce(&mut BTreeMap<String, Row>) + Send>;
 
 /// One `nearest` call, as the backend received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +31,10 @@ pub struct MemoryBackend {
     collections: Mutex<BTreeMap<String, BTreeMap<String, Row>>>,
     calls: Mutex<Vec<NearestCall>>,
     next_id: Mutex<u64>,
+    /// The last version given to a row.
+    version: Mutex<i64>,
+    /// Writes of other clients, each landing just before one of the statements' writes.
+    meanwhile: Mutex<Vec<Meanwhile>>,
 }
 
 /// A fixed clock: row `n` was created `n` minutes after 2024-01-01T00:00:00Z.
@@ -46,7 +53,44 @@ impl MemoryBackend {
             collections: Mutex::new(BTreeMap::new()),
             calls: Mutex::new(Vec::new()),
             next_id: Mutex::new(0),
+            version: Mutex::new(0),
+            meanwhile: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Has another client's write change the written collection's rows just before the
+    /// next UPDATE or DELETE writes (after its statement read them). Rows it changes get
+    /// a new version.
+    pub fn meanwhile(&self, write: impl FnOnce(&mut BTreeMap<String, Row>) + Send + 'static) {
+        self.meanwhile.lock().expect("lock").push(Box::new(write));
+    }
+
+    fn next_version(&self) -> i64 {
+        let mut version = self.version.lock().expect("lock");
+        *version += 1;
+        *version
+    }
+
+    /// Runs the next write of another client, if any, on `table`.
+    fn interleave(&self, table: &mut BTreeMap<String, Row>) {
+        let mut pending = self.meanwhile.lock().expect("lock");
+        if pending.is_empty() {
+            return;
+        }
+        let write = pending.remove(0);
+        drop(pending);
+        let before = table.clone();
+        write(table);
+        for row in table.values_mut() {
+            if before.get(&row.id) != Some(row) {
+                row.version = self.next_version();
+            }
+        }
+    }
+
+    /// Whether every row read is still there at the version read.
+    fn unchanged<'r>(table: &BTreeMap<String, Row>, mut read: impl Iterator<Item = (&'r str, i64)>) -> bool {
+        read.all(|(id, version)| table.get(id).is_some_and(|row| row.version == version))
     }
 
     /// Adds an empty collection.
@@ -58,8 +102,9 @@ impl MemoryBackend {
             .or_default();
     }
 
-    /// Adds a row as is.
-    pub fn put(&self, collection: &str, row: Row) {
+    /// Adds a row as is, at a new version.
+    pub fn put(&self, collection: &str, mut row: Row) {
+        row.version = self.next_version();
         self.collections
             .lock()
             .expect("lock")
@@ -174,6 +219,7 @@ impl Backend for MemoryBackend {
                 embedding,
                 created_at: timestamp(n),
                 updated_at: timestamp(n),
+                version: self.next_version(),
             });
             ids.push(id);
         }
@@ -183,36 +229,45 @@ impl Backend for MemoryBackend {
         Ok(ids)
     }
 
-    async fn update(&self, collection: &str, rows: Vec<RowUpdate>) -> Result<u64, ApiError> {
+    async fn update(&self, collection: &str, rows: Vec<RowUpdate>) -> Result<Option<u64>, ApiError> {
         let mut collections = self.collections.lock().expect("lock");
         let table = collections
             .get_mut(collection)
             .ok_or_else(|| Self::missing(collection))?;
-        let mut count = 0;
-        for update in rows {
-            if let Some(row) = table.get_mut(&update.id) {
-                if let Some(content) = update.content {
-                    row.content = Some(content);
-                }
-                if let Some(metadata) = update.metadata {
-                    row.metadata = metadata;
-                }
-                if let Some(embedding) = update.embedding {
-                    row.embedding = embedding;
-                }
-                row.updated_at = timestamp(5000);
-                count += 1;
-            }
+        self.interleave(table);
+        if !Self::unchanged(table, rows.iter().map(|u| (u.id.as_str(), u.version))) {
+            return Ok(None);
         }
-        Ok(count)
+        for update in &rows {
+            let version = self.next_version();
+            let row = table.get_mut(&update.id).expect("checked above");
+            if let Some(content) = &update.content {
+                row.content = Some(content.clone());
+            }
+            if let Some(metadata) = &update.metadata {
+                row.metadata = metadata.clone();
+            }
+            if let Some(embedding) = &update.embedding {
+                row.embedding = embedding.clone();
+            }
+            row.updated_at = timestamp(5000);
+            row.version = version;
+        }
+        Ok(Some(rows.len() as u64))
     }
 
-    async fn delete(&self, collection: &str, ids: Vec<String>) -> Result<u64, ApiError> {
+    async fn delete(&self, collection: &str, rows: Vec<RowVersion>) -> Result<Option<u64>, ApiError> {
         let mut collections = self.collections.lock().expect("lock");
         let table = collections
             .get_mut(collection)
             .ok_or_else(|| Self::missing(collection))?;
-        Ok(ids.iter().filter(|id| table.remove(*id).is_some()).count() as u64)
+        self.interleave(table);
+        if !Self::unchanged(table, rows.iter().map(|r| (r.id.as_str(), r.version))) {
+            return Ok(None);
+        }
+        Ok(Some(
+            rows.iter().filter(|r| table.remove(&r.id).is_some()).count() as u64
+        ))
     }
 }
 

@@ -19,6 +19,7 @@ fn row(id: &str, content: Option<&str>, metadata: Value, embedding: [f32; 3], mi
         embedding: embedding.to_vec(),
         created_at: timestamp(minute),
         updated_at: timestamp(minute),
+        version: 0,
     }
 }
 
@@ -1177,4 +1178,90 @@ async fn an_update_of_more_rows_than_a_statement_changes_is_refused_whole() {
     // At the limit, the statement runs.
     let result = run(&b, "UPDATE many SET content = 'changed' WHERE i > 0", json!([])).await;
     assert_eq!(result.row_count, crate::exec::MAX_UPDATE_ROWS as u64);
+}
+
+#[tokio::test]
+async fn an_update_is_computed_again_from_rows_changed_after_it_read_them() {
+    let b = backend();
+    // After the UPDATE read the tech rows (a and b): another client deletes b and moves
+    // c to tech with a new price.
+    b.meanwhile(|rows| {
+        rows.remove("b");
+        let c = rows.get_mut("c").expect("c");
+        c.metadata.insert("category".into(), json!("tech"));
+        c.metadata.insert("price".into(), json!(6));
+    });
+    let result = run(
+        &b,
+        "UPDATE documents SET metadata = metadata || '{\"touched\": true}', content = content || ' (edited)' \
+         WHERE category = 'tech'",
+        json!([]),
+    )
+    .await;
+    assert_eq!(result.row_count, 2, "a and c");
+    let rows = b.rows("documents");
+    let get = |id: &str| rows.iter().find(|r| r.id == id);
+    assert!(get("b").is_none(), "b stays deleted, not written back");
+    let c = get("c").expect("c");
+    assert_eq!(c.metadata["price"], json!(6), "the other client's change is kept");
+    assert_eq!(c.metadata["touched"], json!(true));
+    assert_eq!(c.content.as_deref(), Some("Third note (edited)"));
+    assert_eq!(get("a").expect("a").content.as_deref(), Some("First document (edited)"));
+    assert!(get("d").expect("d").metadata.get("touched").is_none());
+}
+
+#[tokio::test]
+async fn a_delete_keeps_rows_changed_to_fail_its_where_after_it_read_them() {
+    let b = backend();
+    b.meanwhile(|rows| {
+        rows.get_mut("a")
+            .expect("a")
+            .metadata
+            .insert("category".into(), json!("kept"));
+    });
+    let result = run(&b, "DELETE FROM documents WHERE category = 'tech'", json!([])).await;
+    let left: Vec<String> = b.rows("documents").into_iter().map(|r| r.id).collect();
+    assert!(
+        left.contains(&"a".to_owned()),
+        "a no longer matched when the delete wrote: {left:?}"
+    );
+    assert!(
+        b.rows("documents")
+            .iter()
+            .all(|r| r.metadata.get("category") != Some(&json!("tech"))),
+        "every row still tech was deleted"
+    );
+    assert_eq!(result.row_count as usize, 5 - left.len());
+}
+
+#[tokio::test]
+async fn rows_that_keep_changing_under_a_statement_fail_it_with_a_conflict_and_no_write() {
+    let b = backend();
+    for _ in 0..crate::exec::WRITE_ATTEMPTS {
+        b.meanwhile(|rows| {
+            let a = rows.get_mut("a").expect("a");
+            let price = a.metadata["price"].as_i64().expect("price");
+            a.metadata.insert("price".into(), json!(price + 1));
+        });
+    }
+    let before = b.rows("documents");
+    match execute(&b, &request("UPDATE documents SET content = 'x'", json!([])), KEY).await {
+        Err(ApiError::Conflict(message)) => assert!(message.contains("run it again"), "{message}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let after = b.rows("documents");
+    assert!(
+        after.iter().all(|r| r.content.as_deref() != Some("x")),
+        "nothing written"
+    );
+    assert_eq!(after.len(), before.len());
+    // The other client's writes landed; with them done, the statement runs.
+    assert_eq!(
+        after.iter().find(|r| r.id == "a").map(|r| r.metadata["price"].clone()),
+        Some(json!(13))
+    );
+    assert_eq!(
+        run(&b, "UPDATE documents SET content = 'x'", json!([])).await.row_count,
+        5
+    );
 }

@@ -11,8 +11,8 @@ use quiver_common::domain::{Metric, ProjectId, Role, UserId};
 use serde_json::json;
 
 use crate::{
-    Change, IdempotencyBegin, Metadata, MetadataPatch, NewApiKey, NewProject, Project, RecordPatch, RecordWrite,
-    SNAPSHOT_CHUNK, Snapshot, Store, StoreError, StoredResponse,
+    Change, IdempotencyBegin, Metadata, MetadataPatch, NewApiKey, NewProject, Project, Record, RecordPatch,
+    RecordWrite, SNAPSHOT_CHUNK, Seen, Snapshot, Store, StoreError, StoredResponse,
 };
 
 /// A fresh, migrated store, with whatever keeps it alive (a temp dir, a database).
@@ -40,6 +40,7 @@ macro_rules! store_conformance_suite {
             updates_of_missing_records_change_nothing,
             deletes_leave_tombstones_that_changes_since_replays,
             deletes_by_filter_keep_records_changed_to_fail_it,
+            writes_from_what_was_seen_go_ahead_only_if_it_is_unchanged,
             changes_since_pages_in_seq_order,
             snapshots_replace_older_ones_and_purge_the_tombstones_they_cover,
             snapshots_of_a_gone_or_recreated_namespace_are_refused_and_deleted_with_it,
@@ -100,6 +101,10 @@ fn write(id: &str, x: f32, meta: serde_json::Value) -> RecordWrite {
         },
         content: None,
     }
+}
+
+fn started(begun: IdempotencyBegin) -> bool {
+    matches!(begun, IdempotencyBegin::Started { .. })
 }
 
 fn ids(list: &[&str]) -> Vec<String> {
@@ -238,7 +243,7 @@ pub async fn deleting_a_project_deletes_everything_it_owns(store: Arc<dyn Store>
             .begin(p.id, "idem", "hash", Duration::seconds(30), Duration::hours(24))
             .await
             .expect("begin");
-        assert_eq!(begun, IdempotencyBegin::Started);
+        assert!(started(begun));
     }
 
     assert!(store.delete_project(project.id).await.expect("delete"));
@@ -632,6 +637,106 @@ pub async fn deletes_by_filter_keep_records_changed_to_fail_it(store: Arc<dyn St
     assert!(deleted.is_empty());
     assert_eq!((outcome.affected, outcome.state.seq), (0, 3), "a no-op spends no seq");
     assert_eq!(store.namespaces(p).await.expect("list")[0].count, 2);
+}
+
+/// A write computed from records read earlier (an NQL UPDATE or DELETE) goes ahead
+/// only if none of them was changed or deleted since; otherwise it changes nothing and
+/// spends no seq.
+pub async fn writes_from_what_was_seen_go_ahead_only_if_it_is_unchanged(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let caps = crate::Caps {
+        plan: "test".into(),
+        namespaces: 10,
+        vectors: 100,
+    };
+    let seen = |records: &[Record]| -> Vec<Seen> {
+        records
+            .iter()
+            .map(|r| Seen {
+                id: r.id.clone(),
+                seq: r.seq,
+            })
+            .collect()
+    };
+    let gone = [Seen { id: "a".into(), seq: 1 }];
+    assert!(
+        store.delete_unchanged(p, "ns", &gone).await.expect("delete").is_none(),
+        "no namespace"
+    );
+    store
+        .upsert(
+            p,
+            "ns",
+            &[
+                write("a", 1.0, json!({"v": 1})),
+                write("b", 2.0, json!({"v": 1})),
+                write("c", 3.0, json!({"v": 1})),
+            ],
+        )
+        .await
+        .expect("upsert");
+    let read = store.fetch(p, "ns", &ids(&["a", "b", "c"])).await.expect("fetch");
+    // Meanwhile another writer changes b and deletes c.
+    store
+        .upsert(p, "ns", &[write("b", 2.0, json!({"v": 2}))])
+        .await
+        .expect("upsert b");
+    store.delete(p, "ns", &ids(&["c"])).await.expect("delete c");
+
+    let stale_b = [write("a", 1.0, json!({"v": 10})), write("b", 2.0, json!({"v": 10}))];
+    assert!(
+        store
+            .upsert_unchanged(p, "ns", &stale_b, &seen(&read[..2]), &caps)
+            .await
+            .expect("upsert")
+            .is_none(),
+        "b changed since it was read"
+    );
+    let resurrect = [write("c", 3.0, json!({"v": 10}))];
+    assert!(
+        store
+            .upsert_unchanged(p, "ns", &resurrect, &seen(&read[2..]), &caps)
+            .await
+            .expect("upsert")
+            .is_none(),
+        "c was deleted since it was read"
+    );
+    assert!(
+        store
+            .delete_unchanged(p, "ns", &seen(&read[..2]))
+            .await
+            .expect("delete")
+            .is_none(),
+        "b changed since it was read"
+    );
+    let now = store.fetch(p, "ns", &ids(&["a", "b", "c"])).await.expect("fetch");
+    assert_eq!(now.len(), 2, "nothing written, c still deleted");
+    assert_eq!(
+        (now[0].metadata["v"].clone(), now[1].metadata["v"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(
+        store.namespace(p, "ns").await.expect("ns").expect("ns").seq,
+        3,
+        "refusals spend no seq"
+    );
+
+    // Read again, they go ahead.
+    let outcome = store
+        .upsert_unchanged(p, "ns", &stale_b, &seen(&now), &caps)
+        .await
+        .expect("upsert")
+        .expect("unchanged");
+    assert_eq!((outcome.affected, outcome.state.seq), (2, 4));
+    let now = store.fetch(p, "ns", &ids(&["a", "b"])).await.expect("fetch");
+    assert_eq!(now[1].metadata["v"], json!(10));
+    let outcome = store
+        .delete_unchanged(p, "ns", &seen(&now))
+        .await
+        .expect("delete")
+        .expect("unchanged");
+    assert_eq!((outcome.affected, outcome.state.seq), (2, 5));
+    assert!(store.fetch(p, "ns", &ids(&["a", "b"])).await.expect("fetch").is_empty());
 }
 
 pub async fn changes_since_pages_in_seq_order(store: Arc<dyn Store>) {
@@ -1146,10 +1251,7 @@ pub async fn a_large_batch_is_written_whole(store: Arc<dyn Store>) {
 pub async fn idempotency_claims_replays_and_refuses(store: Arc<dyn Store>) {
     let p = project(store.as_ref()).await.id;
     let (lease, ttl) = (Duration::seconds(30), Duration::hours(24));
-    assert_eq!(
-        store.begin(p, "k", "h1", lease, ttl).await.expect("begin"),
-        IdempotencyBegin::Started
-    );
+    assert!(started(store.begin(p, "k", "h1", lease, ttl).await.expect("begin")));
     assert_eq!(
         store.begin(p, "k", "h1", lease, ttl).await.expect("dup"),
         IdempotencyBegin::InFlight
@@ -1175,34 +1277,29 @@ pub async fn idempotency_claims_replays_and_refuses(store: Arc<dyn Store>) {
 
     // Keys are per project.
     let q = project(store.as_ref()).await.id;
-    assert_eq!(
-        store.begin(q, "k", "h2", lease, ttl).await.expect("begin"),
-        IdempotencyBegin::Started
-    );
+    assert!(started(store.begin(q, "k", "h2", lease, ttl).await.expect("begin")));
 
     // A failed request releases its claim.
-    assert_eq!(
-        store.begin(p, "k2", "h", lease, ttl).await.expect("begin"),
-        IdempotencyBegin::Started
-    );
+    assert!(started(store.begin(p, "k2", "h", lease, ttl).await.expect("begin")));
     store.abort(p, "k2").await.expect("abort");
-    assert_eq!(
-        store.begin(p, "k2", "h", lease, ttl).await.expect("retry"),
-        IdempotencyBegin::Started
-    );
+    assert!(started(store.begin(p, "k2", "h", lease, ttl).await.expect("retry")));
 }
 
 pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Arc<dyn Store>) {
     let p = project(store.as_ref()).await.id;
     let ttl = Duration::hours(24);
+    let first_started = |begun: IdempotencyBegin| match begun {
+        IdempotencyBegin::Started { first_started } => first_started,
+        other => panic!("expected a start, got {other:?}"),
+    };
     // A claim whose lease already ran out (its pod died) can be taken by the same request…
-    assert_eq!(
+    let first = first_started(
         store
             .begin(p, "k", "h", Duration::milliseconds(-1), ttl)
             .await
             .expect("begin"),
-        IdempotencyBegin::Started
     );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     assert_eq!(
         store
             .begin(p, "k", "other", Duration::seconds(30), ttl)
@@ -1211,12 +1308,16 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
         IdempotencyBegin::Mismatch,
         "…but not by another request"
     );
-    assert_eq!(
+    let taken = first_started(
         store
             .begin(p, "k", "h", Duration::seconds(30), ttl)
             .await
             .expect("takeover"),
-        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        taken.timestamp_millis(),
+        first.timestamp_millis(),
+        "the same request, taken over, keeps its first start"
     );
     assert_eq!(
         store
@@ -1231,22 +1332,38 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
         status: 200,
         body: b"{}".to_vec(),
     };
-    assert_eq!(
+    let old = first_started(
         store
             .begin(p, "old", "h", Duration::seconds(30), Duration::milliseconds(-1))
             .await
             .expect("begin"),
-        IdempotencyBegin::Started
     );
-    store.complete(p, "old", &done).await.expect("complete");
-    assert_eq!(store.purge_expired().await.expect("purge"), 1);
-    assert_eq!(
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let again = first_started(
         store
-            .begin(p, "old", "new-body", Duration::seconds(30), ttl)
+            .begin(p, "old", "h", Duration::seconds(30), ttl)
             .await
             .expect("reuse"),
-        IdempotencyBegin::Started
     );
+    assert!(
+        again > old,
+        "an expired entry taken over is a new request, starting now"
+    );
+    store.complete(p, "old", &done).await.expect("complete");
+    assert!(started(
+        store
+            .begin(p, "expiring", "h", Duration::seconds(30), Duration::milliseconds(-1))
+            .await
+            .expect("begin")
+    ));
+    store.complete(p, "expiring", &done).await.expect("complete");
+    assert_eq!(store.purge_expired().await.expect("purge"), 1);
+    assert!(started(
+        store
+            .begin(p, "expiring", "new-body", Duration::seconds(30), ttl)
+            .await
+            .expect("reuse")
+    ));
 }
 
 pub async fn the_store_reports_ready(store: Arc<dyn Store>) {

@@ -159,6 +159,14 @@ pub struct RecordWrite {
     pub content: Option<String>,
 }
 
+/// A record as a reader saw it: its id and the seq of the write that last touched it
+/// ([`Record::seq`]), which every later write to it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub id: String,
+    pub seq: i64,
+}
+
 /// A stored record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -259,6 +267,18 @@ pub trait Records: Send + Sync {
         records: &[RecordWrite],
         caps: &Caps,
     ) -> StoreResult<WriteOutcome>;
+    /// [`Records::upsert_within`] of a write computed from records read earlier: only if
+    /// every record in `seen` is still live and unchanged (its seq the one it was read
+    /// at) when the write takes the namespace's lock. `Ok(None)`, and nothing written,
+    /// when one was changed or deleted in between.
+    async fn upsert_unchanged(
+        &self,
+        project: ProjectId,
+        namespace: &str,
+        records: &[RecordWrite],
+        seen: &[Seen],
+        caps: &Caps,
+    ) -> StoreResult<Option<WriteOutcome>>;
     /// Live records with these ids, in the order asked; missing ids are skipped.
     async fn fetch(&self, project: ProjectId, namespace: &str, ids: &[String]) -> StoreResult<Vec<Record>>;
     /// Applies a patch to a live record; `None` when there is no such record.
@@ -283,6 +303,16 @@ pub trait Records: Send + Sync {
         ids: &[String],
         still_matches: &(dyn for<'m> Fn(&'m Metadata) -> bool + Send + Sync),
     ) -> StoreResult<Option<(WriteOutcome, Vec<String>)>>;
+    /// [`Records::delete`] of records chosen from what a reader saw: only if every
+    /// record in `seen` is still live and unchanged when the delete takes the
+    /// namespace's lock. `Ok(None)`, and nothing deleted, when one was changed or
+    /// deleted in between, or the namespace is gone.
+    async fn delete_unchanged(
+        &self,
+        project: ProjectId,
+        namespace: &str,
+        seen: &[Seen],
+    ) -> StoreResult<Option<WriteOutcome>>;
     /// Every change with `seq > after`, in seq order, at most `limit` of them.
     /// [`StoreError::Compacted`] when `0 < after` and a snapshot purged tombstones
     /// after it: replaying from there would miss deletes.
@@ -360,8 +390,11 @@ pub struct StoredResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyBegin {
     /// The key is new (or its earlier attempt expired or was abandoned): go ahead,
-    /// then [`Idempotency::complete`] or [`Idempotency::abort`].
-    Started,
+    /// then [`Idempotency::complete`] or [`Idempotency::abort`]. `first_started` is
+    /// when the request first started under the key: a retry that takes over an
+    /// abandoned attempt of the same request gets the attempt's time, so whatever the
+    /// request derives from it (the ids it makes) comes out the same.
+    Started { first_started: DateTime<Utc> },
     /// The same request already completed: send this.
     Replay(StoredResponse),
     /// The same key is being processed right now.

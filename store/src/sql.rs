@@ -198,6 +198,24 @@ macro_rules! sql_store {
             Ok(WriteOutcome { state, affected })
         }
 
+        /// Whether every record in `seen` is live with the seq it was seen at, read in
+        /// `tx` after it has taken the namespace's seq (so no writer can change them
+        /// before it commits).
+        async fn unchanged(tx: &mut Tx<'_>, project: ProjectId, namespace: &str, seen: &[$crate::Seen]) -> StoreResult<bool> {
+            let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+                "SELECT id, seq FROM records
+                 WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
+                <$store>::ids_in("$3")
+            ))
+            .bind(project.0)
+            .bind(namespace)
+            .bind(ids_json(seen.iter().map(|s| &s.id)))
+            .fetch_all(&mut **tx)
+            .await?;
+            let now: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+            Ok(seen.iter().all(|s| now.get(&s.id) == Some(&s.seq)))
+        }
+
         fn millis(at: DateTime<Utc>) -> i64 {
             at.timestamp_millis()
         }
@@ -409,7 +427,8 @@ macro_rules! sql_store {
                 namespace: &str,
                 records: &[RecordWrite],
             ) -> StoreResult<WriteOutcome> {
-                self.upsert_capped(project, namespace, records, None).await
+                let outcome = self.upsert_capped(project, namespace, records, None, None).await?;
+                Ok(outcome.expect("a write with nothing seen always goes ahead"))
             }
 
             async fn upsert_within(
@@ -419,7 +438,19 @@ macro_rules! sql_store {
                 records: &[RecordWrite],
                 caps: &$crate::Caps,
             ) -> StoreResult<WriteOutcome> {
-                self.upsert_capped(project, namespace, records, Some(caps)).await
+                let outcome = self.upsert_capped(project, namespace, records, Some(caps), None).await?;
+                Ok(outcome.expect("a write with nothing seen always goes ahead"))
+            }
+
+            async fn upsert_unchanged(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                records: &[RecordWrite],
+                seen: &[$crate::Seen],
+                caps: &$crate::Caps,
+            ) -> StoreResult<Option<WriteOutcome>> {
+                self.upsert_capped(project, namespace, records, Some(caps), Some(seen)).await
             }
 
 
@@ -549,6 +580,24 @@ macro_rules! sql_store {
                 }
                 let outcome = tombstone(tx, project, namespace, state, &matching).await?;
                 Ok(Some((outcome, matching)))
+            }
+
+            async fn delete_unchanged(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                seen: &[$crate::Seen],
+            ) -> StoreResult<Option<WriteOutcome>> {
+                let mut tx = self.writer().begin().await?;
+                let Some(state) = next_seq(&mut tx, project, namespace, false).await? else {
+                    return Ok(None);
+                };
+                if !unchanged(&mut tx, project, namespace, seen).await? {
+                    // Dropping the transaction rolls the seq back.
+                    return Ok(None);
+                }
+                let ids: Vec<String> = seen.iter().map(|s| s.id.clone()).collect();
+                tombstone(tx, project, namespace, state, &ids).await.map(Some)
             }
 
 
@@ -837,14 +886,16 @@ macro_rules! sql_store {
 
         impl $store {
             /// [`Records::upsert`], within `caps` when given (see
-            /// [`Records::upsert_within`]).
+            /// [`Records::upsert_within`]), and only if the records `seen` are unchanged
+            /// when given (`None` if not; see [`Records::upsert_unchanged`]).
             async fn upsert_capped(
                 &self,
                 project: ProjectId,
                 namespace: &str,
                 records: &[RecordWrite],
                 caps: Option<&$crate::Caps>,
-            ) -> StoreResult<WriteOutcome> {
+                seen: Option<&[$crate::Seen]>,
+            ) -> StoreResult<Option<WriteOutcome>> {
                 let batch = $crate::last_write_wins(records);
                 let now = Utc::now();
                 let mut tx = self.writer().begin().await?;
@@ -877,6 +928,12 @@ macro_rules! sql_store {
                 let state = next_seq(&mut tx, project, namespace, true)
                     .await?
                     .ok_or_else(|| StoreError::Other(anyhow::anyhow!("namespace upsert returned no row")))?;
+                if let Some(seen) = seen
+                    && !unchanged(&mut tx, project, namespace, seen).await?
+                {
+                    // Dropping the transaction rolls it back, the namespace's new seq too.
+                    return Ok(None);
+                }
                 let already_live: i64 = sqlx::query_scalar(&format!(
                     "SELECT COUNT(*) FROM records
                      WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
@@ -900,10 +957,10 @@ macro_rules! sql_store {
                 Self::insert_records(&mut tx, project, namespace, state.seq, now, &batch).await?;
                 add_live(&mut tx, project, namespace, added).await?;
                 tx.commit().await?;
-                Ok(WriteOutcome {
+                Ok(Some(WriteOutcome {
                     state,
                     affected: batch.len() as u64,
-                })
+                }))
             }
 
             /// Points the namespace at uploaded chunks, in one short transaction that
@@ -984,28 +1041,9 @@ macro_rules! sql_store {
                 let now = Utc::now();
                 let (now_ms, locked_until, expires_at) = (millis(now), millis(now + lease), millis(now + ttl));
                 let claimed = sqlx::query(
-                    "INSERT INTO idempotency_keys (project_id, key, request_hash, locked_until_ms, expires_at_ms)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (project_id, key) DO NOTHING",
-                )
-                .bind(project.0)
-                .bind(key)
-                .bind(request_hash)
-                .bind(locked_until)
-                .bind(expires_at)
-                .execute(self.writer())
-                .await?;
-                if claimed.rows_affected() == 1 {
-                    return Ok(IdempotencyBegin::Started);
-                }
-                // Take over an expired entry, or an abandoned claim of the same request.
-                // One statement, so two takers cannot both win.
-                let taken = sqlx::query(
-                    "UPDATE idempotency_keys
-                     SET request_hash = $3, response_status = NULL, response_body = NULL,
-                         locked_until_ms = $4, expires_at_ms = $5
-                     WHERE project_id = $1 AND key = $2
-                       AND (expires_at_ms <= $6
-                            OR (response_status IS NULL AND locked_until_ms <= $6 AND request_hash = $3))",
+                    "INSERT INTO idempotency_keys
+                         (project_id, key, request_hash, locked_until_ms, expires_at_ms, started_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project_id, key) DO NOTHING",
                 )
                 .bind(project.0)
                 .bind(key)
@@ -1015,8 +1053,36 @@ macro_rules! sql_store {
                 .bind(now_ms)
                 .execute(self.writer())
                 .await?;
-                if taken.rows_affected() == 1 {
-                    return Ok(IdempotencyBegin::Started);
+                if claimed.rows_affected() == 1 {
+                    return Ok(IdempotencyBegin::Started { first_started: now });
+                }
+                // Take over an expired entry (a new request: it starts now), or an
+                // abandoned claim of the same request (which keeps its start). One
+                // statement, so two takers cannot both win. Every expression in SET
+                // reads the row as it was.
+                let taken: Option<i64> = sqlx::query_scalar(
+                    "UPDATE idempotency_keys
+                     SET request_hash = $3, response_status = NULL, response_body = NULL,
+                         locked_until_ms = $4, expires_at_ms = $5,
+                         started_at_ms = CASE WHEN expires_at_ms <= $6 OR started_at_ms = 0 THEN $6
+                                              ELSE started_at_ms END
+                     WHERE project_id = $1 AND key = $2
+                       AND (expires_at_ms <= $6
+                            OR (response_status IS NULL AND locked_until_ms <= $6 AND request_hash = $3))
+                     RETURNING started_at_ms",
+                )
+                .bind(project.0)
+                .bind(key)
+                .bind(request_hash)
+                .bind(locked_until)
+                .bind(expires_at)
+                .bind(now_ms)
+                .fetch_optional(self.writer())
+                .await?;
+                if let Some(started) = taken {
+                    let first_started = DateTime::<Utc>::from_timestamp_millis(started)
+                        .ok_or_else(|| corrupt("started_at_ms", format!("{started} is out of range")))?;
+                    return Ok(IdempotencyBegin::Started { first_started });
                 }
                 let row = sqlx::query(
                     "SELECT request_hash, response_status, response_body FROM idempotency_keys

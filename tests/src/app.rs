@@ -33,7 +33,7 @@ pub struct TestApp {
     pub data: Vec<String>,
     pub http: reqwest::Client,
     pub store: Arc<dyn Store>,
-    _fixture: Box<dyn Any + Send + Sync>,
+    fixture: Box<dyn Any + Send + Sync>,
 }
 
 async fn serve(router: axum::Router) -> String {
@@ -169,7 +169,7 @@ impl TestApp {
             data,
             http: reqwest::Client::new(),
             store,
-            _fixture: fixture,
+            fixture,
         }
     }
 
@@ -265,6 +265,27 @@ pub struct Tenant {
 }
 
 impl TestApp {
+    /// Leaves every idempotency key as a pod leaves it when it dies between a write's
+    /// commit and storing the write's answer: claimed, unanswered, its lease run out.
+    /// A retry with the key then takes it over and runs the request again.
+    pub async fn forget_idempotent_answers(&self) {
+        let sql = "UPDATE idempotency_keys SET response_status = NULL, response_body = NULL, locked_until_ms = 0";
+        if let Some(fixture) = self.fixture.downcast_ref::<SqliteFixture>() {
+            let url = quiver_store::sqlite::SqliteStore::url_for_data_dir(fixture.dir.path());
+            let pool = sqlx::SqlitePool::connect(&url).await.expect("SQLite opens");
+            sqlx::query(sql).execute(&pool).await.expect("update");
+            pool.close().await;
+        } else if let Some(fixture) = self.fixture.downcast_ref::<PostgresFixture>() {
+            let pool = sqlx::PgPool::connect(fixture.database.url())
+                .await
+                .expect("Postgres connects");
+            sqlx::query(sql).execute(&pool).await.expect("update");
+            pool.close().await;
+        } else {
+            panic!("a store fixture of an unknown kind");
+        }
+    }
+
     /// Signs up, creates a project with this dimension and metric, and a key per role.
     pub async fn tenant(&self, dimension: u32, metric: &str) -> Tenant {
         self.tenant_named("t", dimension, metric).await

@@ -985,6 +985,67 @@ async fn an_abandoned_idempotent_write_is_finished_and_replayed(backend: Backend
     assert_eq!(listed["documents"][0]["id"], answer["ids"][0], "{listed}");
 }
 
+/// A pod that dies after a keyed insert commits, before it stores the answer, leaves
+/// the key claimed; the client's retry takes it over and runs the insert again. The
+/// documents it makes get the same ids, so they are written again, not twice.
+async fn an_insert_run_again_after_its_pod_died_makes_the_same_documents(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant_named("mydb", 3, "cosine").await;
+    let docs = "/api/v1/collections/c/documents";
+    let body = json!({"documents": [
+        {"content": "one", "embedding": [1.0, 0.0, 0.0]},
+        {"content": "two", "embedding": [0.0, 1.0, 0.0]},
+        {"id": "mine", "content": "three", "embedding": [0.0, 0.0, 1.0]},
+    ]});
+    let send = async || {
+        let response = app
+            .data_request(0, Method::POST, &format!("{docs}/batch"))
+            .bearer_auth(&t.readwrite)
+            .header("x-idempotency-key", "insert-1")
+            .json(&body)
+            .send()
+            .await
+            .expect("answer");
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let (status, answer) = read(response).await;
+        assert_eq!(status, 200, "{answer}");
+        (replayed, answer)
+    };
+    let (replayed, first) = send().await;
+    assert!(!replayed);
+
+    app.forget_idempotent_answers().await;
+    let (replayed, again) = send().await;
+    assert!(!replayed, "run again, not replayed: {again}");
+    assert_eq!(again["ids"], first["ids"], "the same ids on the second run");
+    let (replayed, stored) = send().await;
+    assert!(replayed);
+    assert_eq!(stored, again);
+
+    let (status, listed) = app.data_call(0, Method::GET, docs, &t.readonly, None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["totalCount"], 3, "three documents, written twice each: {listed}");
+    let ids = first["ids"].as_array().expect("ids");
+    assert!(ids[0].as_str() < ids[1].as_str(), "made in order: {ids:?}");
+
+    // Another key makes other ids for the same documents.
+    let (status, other) = app
+        .data_call(
+            0,
+            Method::POST,
+            &format!("{docs}/batch"),
+            &t.readwrite,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{other}");
+    assert_ne!(other["ids"][0], first["ids"][0]);
+    assert!(
+        other["ids"][0].as_str() > ids[1].as_str(),
+        "later ids sort after: {other}"
+    );
+}
+
 /// An UPDATE is one write: when embedding its rows' new content fails partway, no row
 /// has changed, and run again it changes them all.
 async fn an_update_that_fails_partway_changes_nothing(backend: Backend) {
@@ -1019,6 +1080,82 @@ async fn an_update_that_fails_partway_changes_nothing(backend: Backend) {
     assert_eq!(body["rows"], json!([{"count": 1500}]));
 }
 
+/// An UPDATE whose rows another client changes or deletes between its read and its
+/// write runs again from the rows as they now are: a deleted row is not written back,
+/// and the other client's change is not lost.
+async fn an_update_reads_again_rows_changed_while_it_ran(backend: Backend) {
+    let (app, fake) = app_with_openai(backend).await;
+    let t = app.tenant_named("mydb", 1536, "cosine").await;
+    insert_batch(
+        &app,
+        &t.readwrite,
+        vec![
+            json!({"id": "a", "content": "first", "metadata": {"n": 1}}),
+            json!({"id": "b", "content": "second"}),
+            json!({"id": "c", "content": "third"}),
+        ],
+    )
+    .await;
+    let before = fake.calls();
+    // The UPDATE reads the three rows, then waits on the provider for their new
+    // embeddings while the other client writes.
+    fake.hold_next(Duration::from_millis(1500));
+    let update = app
+        .data_request(0, Method::POST, "/api/v1/query")
+        .bearer_auth(&t.readwrite)
+        .json(&json!({"query": "UPDATE documents SET content = content || ' (edited)'"}))
+        .send();
+    let meanwhile = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while fake.calls() == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the UPDATE never asked for embeddings"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let docs = "/api/v1/collections/documents/documents";
+        let (status, body) = app
+            .data_call(0, Method::DELETE, &format!("{docs}/b"), &t.readwrite, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = app
+            .data_call(
+                0,
+                Method::PUT,
+                &format!("{docs}/a"),
+                &t.readwrite,
+                Some(json!({"metadata": {"n": 2}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let (response, ()) = tokio::join!(update, meanwhile);
+    let (status, body) = read(response.expect("answer")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rowCount"], 2, "a and c: {body}");
+    assert_eq!(fake.calls(), before + 2, "the new contents were embedded again, once");
+
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &t.readonly,
+            Some(json!({"query": "SELECT id, content, metadata FROM documents ORDER BY id"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["rows"],
+        json!([
+            {"id": "a", "content": "first (edited)", "metadata": {"n": 2}},
+            {"id": "c", "content": "third (edited)", "metadata": {}},
+        ]),
+        "b stays deleted and a keeps the other client's metadata"
+    );
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         $(
@@ -1048,4 +1185,6 @@ both!(
     a_statement_past_its_timeout_is_cancelled,
     an_abandoned_idempotent_write_is_finished_and_replayed,
     an_update_that_fails_partway_changes_nothing,
+    an_update_reads_again_rows_changed_while_it_ran,
+    an_insert_run_again_after_its_pod_died_makes_the_same_documents,
 );
