@@ -2,6 +2,7 @@
 //! `quiver-nql` over the caller's project, whose collections are its namespaces.
 //! Also the document list, which is an NQL scan with the same pagination.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -177,6 +178,7 @@ async fn run(
         state,
         principal,
         plan: state.plan_of(principal).await?,
+        charged: AtomicU64::new(0),
     };
     let execution = quiver_nql::execute_parsed(&backend, statement, request, state.cursor_key.as_slice());
     tokio::time::timeout(timeout, execution)
@@ -351,6 +353,9 @@ struct ProjectBackend<'a> {
     state: &'a DataPlane,
     principal: &'a Principal,
     plan: Plan,
+    /// Documents the statement's writes have taken from the rate limit so far: a
+    /// statement run again (its rows changed under it) pays only for rows beyond them.
+    charged: AtomicU64,
 }
 
 fn row(record: Record) -> Row {
@@ -369,6 +374,18 @@ fn row(record: Record) -> Row {
 const MAX_SCAN_PAGE: usize = 1000;
 
 impl ProjectBackend<'_> {
+    /// Takes `rows` documents from the project's rate limit, less what earlier runs of
+    /// the same statement took (at most a minute's budget in all, see `admit_capped`).
+    async fn charge(&self, rows: usize) -> Result<(), ApiError> {
+        let rows = rows as u64;
+        let more = rows.saturating_sub(self.charged.load(Ordering::Relaxed));
+        if more > 0 {
+            self.state.admit_capped(self.principal, Kind::Documents, more).await?;
+            self.charged.fetch_max(rows, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Writes records in one transaction (records::upsert runs it in a task of its
     /// own, so a statement timeout never cuts it between its commit and the index).
     async fn upsert(&self, collection: &str, writes: Vec<RecordWrite>) -> Result<(), ApiError> {
@@ -560,11 +577,7 @@ impl Backend for ProjectBackend<'_> {
         }
         // Each row matched is a document written. The statement cannot be split by its
         // caller, so it takes at most a minute's budget, as a delete by filter does.
-        if !rows.is_empty() {
-            self.state
-                .admit_capped(self.principal, Kind::Documents, rows.len() as u64)
-                .await?;
-        }
+        self.charge(rows.len()).await?;
         // The statement is one write: every row is read and embedded first, then all
         // are written in one transaction (the executor caps a statement's rows), only
         // if none changed since the statement read it.
@@ -627,9 +640,7 @@ impl Backend for ProjectBackend<'_> {
         if rows.is_empty() {
             return Ok(Some(0));
         }
-        self.state
-            .admit_capped(self.principal, Kind::Documents, rows.len() as u64)
-            .await?;
+        self.charge(rows.len()).await?;
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         let seen = rows
             .into_iter()

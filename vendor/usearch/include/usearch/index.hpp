@@ -4465,11 +4465,15 @@ class index_gt {
         neighbors_ref_t neighbors_;
         visits_hash_set_t& visits_;
         std::size_t current_;
+        // Quiver: the list's size as the range read it, once. A search walks without
+        // locks beside adds that clear and refill lists: reading the size again at
+        // every step could step past it and never stop.
+        std::size_t size_;
 
         candidates_iterator_t& skip_missing() noexcept {
             if (!visits_.size())
                 return *this;
-            while (current_ != neighbors_.size()) {
+            while (current_ < size_) {
                 compressed_slot_t neighbor_slot = neighbors_[current_];
                 if (visits_.test(neighbor_slot))
                     current_++;
@@ -4489,10 +4493,10 @@ class index_gt {
 
         value_type operator*() const noexcept { return neighbors_[current_]; }
         candidates_iterator_t(index_gt const& index, neighbors_ref_t neighbors, visits_hash_set_t& visits,
-                              std::size_t progress) noexcept
-            : index_(index), neighbors_(neighbors), visits_(visits), current_(progress) {}
+                              std::size_t progress, std::size_t size) noexcept
+            : index_(index), neighbors_(neighbors), visits_(visits), current_(progress), size_(size) {}
         candidates_iterator_t operator++(int) noexcept {
-            candidates_iterator_t old(index_, neighbors_, visits_, current_);
+            candidates_iterator_t old(index_, neighbors_, visits_, current_, size_);
             ++(*this);
             return old;
         }
@@ -4514,11 +4518,16 @@ class index_gt {
         index_gt const& index;
         neighbors_ref_t neighbors;
         visits_hash_set_t& visits;
+        // Quiver: read once (see `candidates_iterator_t::size_`).
+        std::size_t size;
+
+        candidates_range_t(index_gt const& index, neighbors_ref_t neighbors, visits_hash_set_t& visits) noexcept
+            : index(index), neighbors(neighbors), visits(visits), size(neighbors.size()) {}
 
         candidates_iterator_t begin() const noexcept {
-            return candidates_iterator_t{index, neighbors, visits, 0}.skip_missing();
+            return candidates_iterator_t{index, neighbors, visits, 0, size}.skip_missing();
         }
-        candidates_iterator_t end() const noexcept { return {index, neighbors, visits, neighbors.size()}; }
+        candidates_iterator_t end() const noexcept { return {index, neighbors, visits, size, size}; }
     };
 
     /**

@@ -2254,6 +2254,7 @@ class index_dense_gt {
         update_config.expansion = config_.expansion_add;
 
         metric_proxy_t metric{*this};
+        // Quiver: walks with `vectors_prefetch_t`, here and in `search_`.
         add_result_t result =
             reuse_node //
                 ? typed_->update(typed_->iterator_at(free_slot), key, vector_data, metric, update_config, on_success,
@@ -2290,6 +2291,7 @@ class index_dense_gt {
             auto allow = [free_key_copy](member_cref_t const& member) noexcept {
                 return (vector_key_t)member.key != free_key_copy;
             };
+            // Quiver: walks with `vectors_prefetch_t`, here and below.
             auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow,
                                                vectors_prefetch_t{*this});
             return search_result_t{std::move(typed_result), std::move(lock)};
