@@ -2,8 +2,9 @@
 //! its successful response is kept for 24 hours per project; a retry with the same
 //! route and body gets that response again (`Idempotent-Replayed: true`) without
 //! running twice. The same key with another body, or on another route, is a 422; a
-//! retry while the first is still running is a 409. Failed requests (which wrote
-//! nothing) release the key.
+//! retry while the first is still running is a 409. A failed request releases the
+//! key; a retry of the same request keeps its first start, and so the ids it makes
+//! ([`crate::records::KeyedIds`]), in case its write committed before it failed.
 
 use std::future::Future;
 

@@ -1327,6 +1327,32 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
         IdempotencyBegin::InFlight
     );
 
+    // A released claim (its request failed) may be taken by any request; the same
+    // request keeps its first start, as its write may have committed before it failed.
+    let failed = first_started(
+        store
+            .begin(p, "released", "h", Duration::seconds(30), ttl)
+            .await
+            .expect("begin"),
+    );
+    store.abort(p, "released").await.expect("abort");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let retried = first_started(
+        store
+            .begin(p, "released", "h", Duration::seconds(30), ttl)
+            .await
+            .expect("retry"),
+    );
+    assert_eq!(retried.timestamp_millis(), failed.timestamp_millis());
+    store.abort(p, "released").await.expect("abort");
+    let corrected = first_started(
+        store
+            .begin(p, "released", "h2", Duration::seconds(30), ttl)
+            .await
+            .expect("another body"),
+    );
+    assert!(corrected > failed, "another request starts now");
+
     // An expired entry is forgotten: any request may use the key again, and purge removes it.
     let done = StoredResponse {
         status: 200,

@@ -418,7 +418,8 @@ pub trait Idempotency: Send + Sync {
     ) -> StoreResult<IdempotencyBegin>;
     /// Stores the response of a claimed key.
     async fn complete(&self, project: ProjectId, key: &str, response: &StoredResponse) -> StoreResult<()>;
-    /// Releases a claim whose request failed, so a retry can run.
+    /// Releases a claim whose request failed, so a retry can run, with this request's
+    /// body or another; a retry of the same request keeps its first start.
     async fn abort(&self, project: ProjectId, key: &str) -> StoreResult<()>;
     /// Deletes expired entries; returns how many.
     async fn purge_expired(&self) -> StoreResult<u64>;

@@ -1056,19 +1056,21 @@ macro_rules! sql_store {
                 if claimed.rows_affected() == 1 {
                     return Ok(IdempotencyBegin::Started { first_started: now });
                 }
-                // Take over an expired entry (a new request: it starts now), or an
-                // abandoned claim of the same request (which keeps its start). One
+                // Take over an expired entry (a new request: it starts now), an
+                // abandoned claim of the same request (which keeps its start), or a
+                // released one (keeping its start if it is the same request). One
                 // statement, so two takers cannot both win. Every expression in SET
                 // reads the row as it was.
                 let taken: Option<i64> = sqlx::query_scalar(
                     "UPDATE idempotency_keys
                      SET request_hash = $3, response_status = NULL, response_body = NULL,
                          locked_until_ms = $4, expires_at_ms = $5,
-                         started_at_ms = CASE WHEN expires_at_ms <= $6 OR started_at_ms = 0 THEN $6
-                                              ELSE started_at_ms END
+                         started_at_ms = CASE WHEN expires_at_ms <= $6 OR started_at_ms = 0 OR request_hash <> $3
+                                              THEN $6 ELSE started_at_ms END
                      WHERE project_id = $1 AND key = $2
                        AND (expires_at_ms <= $6
-                            OR (response_status IS NULL AND locked_until_ms <= $6 AND request_hash = $3))
+                            OR (response_status IS NULL AND locked_until_ms <= $6
+                                AND (request_hash = $3 OR locked_until_ms < 0)))
                      RETURNING started_at_ms",
                 )
                 .bind(project.0)
@@ -1125,8 +1127,12 @@ macro_rules! sql_store {
             }
 
             async fn abort(&self, project: ProjectId, key: &str) -> StoreResult<()> {
+                // Kept, released (a lease of -1), so a retry of the same request keeps
+                // its first start: a request that failed past its write's commit (a
+                // statement timeout) is run again with the same ids.
                 sqlx::query(
-                    "DELETE FROM idempotency_keys WHERE project_id = $1 AND key = $2 AND response_status IS NULL",
+                    "UPDATE idempotency_keys SET locked_until_ms = -1
+                     WHERE project_id = $1 AND key = $2 AND response_status IS NULL",
                 )
                 .bind(project.0)
                 .bind(key)
