@@ -143,6 +143,7 @@ pub struct Match {
     /// Similarity, higher is better (see [`score`]).
     pub score: f32,
     pub metadata: Arc<Metadata>,
+    /// The vector as the index holds it (16-bit floats widened), when asked for.
     pub values: Option<Vec<f32>>,
 }
 
@@ -1085,7 +1086,8 @@ impl NamespaceIndex {
 
     /// [`NamespaceIndex::search`] if the index is not being written nor its width
     /// changed right now, with the seq searched; `None` (at once, without waiting) if
-    /// it is. For callers that must not block, such as an async runtime's thread.
+    /// it is, or if vectors are being added to it. For callers that must not block,
+    /// such as an async runtime's thread.
     pub fn try_search(
         &self,
         query: &[f32],
@@ -1094,6 +1096,11 @@ impl NamespaceIndex {
         include_values: bool,
     ) -> Option<Result<SearchOutcome, IndexError>> {
         let state = self.state.try_read()?;
+        // Beside a part of a write being added, a search may wait for an add and then
+        // scan every record (see `search_in`): not on a caller that must not block.
+        if !state.adding.is_empty() {
+            return None;
+        }
         let _width = self.width.try_read()?;
         Some(self.outcome_in(&state, query, k, filter, include_values))
     }
@@ -2367,6 +2374,11 @@ mod tests {
         let writing = index.state.write();
         assert!(index.try_search(&[1.0, 0.0], 1, &Filter::All, false).is_none());
         drop(writing);
+        assert!(index.try_search(&[1.0, 0.0], 1, &Filter::All, false).is_some());
+        // Nor while a part of a write is being added (a search may wait on it then).
+        index.state.write().adding.insert(7, 0);
+        assert!(index.try_search(&[1.0, 0.0], 1, &Filter::All, false).is_none());
+        index.state.write().adding.clear();
         assert!(index.try_search(&[1.0, 0.0], 1, &Filter::All, false).is_some());
     }
 

@@ -75,6 +75,19 @@ impl From<EngineError> for quiver_common::ApiError {
 
 type Key = (ProjectId, String);
 
+/// The error of a load shared by every caller waiting on it, for each of them: what
+/// the caller can act on stays what it is (a namespace to read again, a store to wait
+/// for: a 503, as for any other read of it), the rest is the load's failure.
+fn shared_load_error(err: &EngineError) -> EngineError {
+    match err {
+        EngineError::Stale => EngineError::Stale,
+        EngineError::Store(StoreError::Unavailable(reason)) => {
+            EngineError::Store(StoreError::Unavailable(reason.clone()))
+        }
+        other => EngineError::Task(other.to_string()),
+    }
+}
+
 /// A loaded index and what keeps it in order.
 pub struct Loaded {
     pub index: NamespaceIndex,
@@ -329,6 +342,8 @@ pub struct Query {
     /// How many results, at most.
     pub k: usize,
     pub filter: Arc<Filter>,
+    /// Give each match's values as the index holds them: in 16 bits, close to but not
+    /// the values written.
     pub include_values: bool,
     /// Catch up with the store before answering (read-your-writes across pods).
     pub strong: bool,
@@ -448,10 +463,7 @@ impl IndexManager {
             .try_get_with(key.clone(), self.load(project, namespace, state))
             .await
             .map(Some)
-            .map_err(|err| match err.as_ref() {
-                EngineError::Stale => EngineError::Stale,
-                other => EngineError::Task(other.to_string()),
-            })
+            .map_err(|err| shared_load_error(&err))
     }
 
     /// Catches a loaded index up with the writes heard of, unless a write or a
@@ -589,8 +601,39 @@ impl IndexManager {
         self.catch_up_holding(loaded, project, namespace, target).await
     }
 
-    /// [`IndexManager::catch_up`] for a caller that holds `loaded.applying`.
+    /// [`IndexManager::catch_up`] for a caller that holds `loaded.applying`. An index
+    /// that grew is weighed again, so the memory budget sees it whoever caught it up.
     async fn catch_up_holding(
+        &self,
+        loaded: &Arc<Loaded>,
+        project: ProjectId,
+        namespace: &str,
+        target: Option<i64>,
+    ) -> Result<(), EngineError> {
+        let before = loaded.index.seq();
+        let caught_up = self.replay(loaded, project, namespace, target).await;
+        let key = (project, namespace.to_owned());
+        if let Err(EngineError::Index(_) | EngineError::Task(_)) = &caught_up {
+            // A change that failed part way may leave the index out of step with the
+            // records: it loads again from the store on its next use (as after a
+            // failed apply of a write this pod made).
+            self.drop_if_cached(&key, loaded).await;
+            return caught_up;
+        }
+        // Only an index served from the cache: one loading now (whose load is this
+        // catch-up) is weighed as it goes in, and one built aside is not cached.
+        if loaded.index.seq() != before
+            && let Some(cached) = self.cache.get(&key).await
+            && Arc::ptr_eq(&cached, loaded)
+        {
+            self.reweigh(key, cached).await;
+        }
+        caught_up
+    }
+
+    /// Applies the store's changes after the index's seq, page by page, until it has
+    /// applied at least `target` (or everything, when `None`).
+    async fn replay(
         &self,
         loaded: &Arc<Loaded>,
         project: ProjectId,
@@ -599,12 +642,23 @@ impl IndexManager {
     ) -> Result<(), EngineError> {
         let mut limit = PAGE;
         let mut reloads = 0;
+        // A replay from the first change (an index loaded without a usable snapshot)
+        // never saw live the records whose tombstones a snapshot purged before it
+        // began: only a horizon raised since then means it would miss deletes. (Read
+        // before the first page: a purge after this raises the horizon past it.)
+        let horizon_known = match loaded.index.seq() {
+            0 => self.store.horizon(project, namespace).await?,
+            _ => 0,
+        };
         loop {
             let after = loaded.index.seq();
             if target.is_some_and(|t| after >= t) {
                 return Ok(());
             }
-            let mut changes = match self.store.changes_since(project, namespace, after, limit).await {
+            let changes = self
+                .store
+                .changes_since(project, namespace, after, limit, horizon_known);
+            let mut changes = match changes.await {
                 Ok(changes) => changes,
                 Err(StoreError::Compacted { horizon }) if reloads < 3 => {
                     // Deletes this index has not seen were purged by a newer snapshot.
@@ -1194,5 +1248,26 @@ impl IndexManager {
             .iter()
             .map(|(_, loaded)| loaded.index.used_bytes() as u64)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_that_lost_the_store_is_a_503_for_every_caller_waiting_on_it() {
+        let lost = EngineError::Store(StoreError::Unavailable("connection refused".into()));
+        let answer = quiver_common::ApiError::from(shared_load_error(&lost));
+        assert!(
+            matches!(answer, quiver_common::ApiError::DatabaseUnavailable(ref m) if m.contains("connection refused")),
+            "{answer:?}"
+        );
+        assert!(matches!(shared_load_error(&EngineError::Stale), EngineError::Stale));
+        let broken = EngineError::Task("a blocking task panicked".into());
+        assert!(matches!(
+            quiver_common::ApiError::from(shared_load_error(&broken)),
+            quiver_common::ApiError::Internal(_)
+        ));
     }
 }

@@ -51,6 +51,7 @@ macro_rules! store_conformance_suite {
             a_deleted_namespace_loses_its_records_and_comes_back_with_a_new_epoch,
             projects_never_see_each_others_records,
             concurrent_writers_get_distinct_seqs_in_commit_order_and_lose_nothing,
+            concurrent_read_modify_writes_of_one_record_lose_no_update,
             a_large_batch_is_written_whole,
             idempotency_claims_replays_and_refuses,
             abandoned_or_expired_idempotency_claims_can_be_taken_over,
@@ -265,7 +266,7 @@ pub async fn deleting_a_project_deletes_everything_it_owns(store: Arc<dyn Store>
     );
     assert!(
         store
-            .changes_since(project.id, "ns", 0, 10)
+            .changes_since(project.id, "ns", 0, 10, 0)
             .await
             .expect("changes")
             .is_empty()
@@ -392,7 +393,7 @@ pub async fn a_write_to_an_unknown_project_writes_nothing(store: Arc<dyn Store>)
     assert!(store.namespace(ghost, "ns").await.expect("state").is_none());
     assert!(
         store
-            .changes_since(ghost, "ns", 0, 10)
+            .changes_since(ghost, "ns", 0, 10, 0)
             .await
             .expect("changes")
             .is_empty()
@@ -559,7 +560,7 @@ pub async fn deletes_leave_tombstones_that_changes_since_replays(store: Arc<dyn 
         store.fetch(p, "ns", &ids(&["a", "b", "c"])).await.expect("fetch").len(),
         1
     );
-    let changes = store.changes_since(p, "ns", 1, 100).await.expect("changes");
+    let changes = store.changes_since(p, "ns", 1, 100, 0).await.expect("changes");
     assert_eq!(
         changes,
         vec![
@@ -752,10 +753,10 @@ pub async fn changes_since_pages_in_seq_order(store: Arc<dyn Store>) {
         .await
         .expect("rewrite r1");
 
-    let all = store.changes_since(p, "ns", 0, 100).await.expect("changes");
+    let all = store.changes_since(p, "ns", 0, 100, 0).await.expect("changes");
     let seqs: Vec<i64> = all.iter().map(Change::seq).collect();
     assert_eq!(seqs, [1, 3, 4, 5, 6], "r1 moved to seq 6, the latest state only");
-    let page = store.changes_since(p, "ns", 3, 2).await.expect("page");
+    let page = store.changes_since(p, "ns", 3, 2, 0).await.expect("page");
     assert_eq!(page.iter().map(Change::seq).collect::<Vec<_>>(), [4, 5]);
     match &all[4] {
         Change::Upsert(record) => assert_eq!((record.id.as_str(), record.metadata["i"].clone()), ("r1", json!(99))),
@@ -812,20 +813,38 @@ pub async fn snapshots_replace_older_ones_and_purge_the_tombstones_they_cover(st
     );
 
     // The tombstone of "a" (seq 2) is gone; replaying from before it must reload.
-    let all = store.changes_since(p, "ns", 0, 100).await.expect("from scratch");
+    let all = store.changes_since(p, "ns", 0, 100, 0).await.expect("from scratch");
     assert_eq!(all.iter().map(Change::seq).collect::<Vec<_>>(), [1], "b only");
-    match store.changes_since(p, "ns", 1, 100).await {
+    match store.changes_since(p, "ns", 1, 100, 0).await {
         Err(StoreError::Compacted { horizon }) => assert_eq!(horizon, 2),
         other => panic!("expected Compacted, got {other:?}"),
     }
-    assert_eq!(store.changes_since(p, "ns", 2, 100).await.expect("at horizon"), []);
+    assert_eq!(store.changes_since(p, "ns", 2, 100, 0).await.expect("at horizon"), []);
+    // A replay from the first change, begun with the horizon where it is, goes on.
+    assert_eq!(store.horizon(p, "ns").await.expect("horizon"), 2);
+    assert_eq!(store.horizon(p, "nowhere").await.expect("horizon"), 0);
+    assert_eq!(
+        store
+            .changes_since(p, "ns", 1, 100, 2)
+            .await
+            .expect("the horizon known"),
+        [],
+        "nothing after b's seq"
+    );
+    assert!(
+        matches!(
+            store.changes_since(p, "ns", 1, 100, 1).await,
+            Err(StoreError::Compacted { horizon: 2 })
+        ),
+        "a horizon raised since the replay began"
+    );
     store
         .delete(p, "ns", &ids(&["b"]))
         .await
         .expect("delete")
         .expect("namespace");
     assert_eq!(
-        store.changes_since(p, "ns", 2, 100).await.expect("after horizon"),
+        store.changes_since(p, "ns", 2, 100, 0).await.expect("after horizon"),
         [Change::Delete { id: "b".into(), seq: 3 }],
         "tombstones after the snapshot stay"
     );
@@ -888,7 +907,7 @@ pub async fn snapshots_of_a_gone_or_recreated_namespace_are_refused_and_deleted_
         "the old epoch"
     );
     assert_eq!(
-        store.changes_since(p, "ns", 1, 100).await.expect("kept"),
+        store.changes_since(p, "ns", 1, 100, 0).await.expect("kept"),
         [Change::Delete { id: "a".into(), seq: 2 }],
         "a refused snapshot purges nothing"
     );
@@ -949,12 +968,12 @@ pub async fn snapshots_saved_while_records_are_written_keep_the_horizon_at_the_s
     let stored = store.snapshot(p, "ns").await.expect("read").expect("stored");
     // Replaying from the stored snapshot works: the horizon is not above it.
     store
-        .changes_since(p, "ns", stored.seq, 1000)
+        .changes_since(p, "ns", stored.seq, 1000, 0)
         .await
         .expect("replay from the snapshot");
     if stored.seq > 1 {
         assert!(matches!(
-            store.changes_since(p, "ns", stored.seq - 1, 1000).await,
+            store.changes_since(p, "ns", stored.seq - 1, 1000, 0).await,
             Err(StoreError::Compacted { horizon }) if horizon == stored.seq
         ));
     }
@@ -1069,7 +1088,7 @@ pub async fn a_deleted_namespace_loses_its_records_and_comes_back_with_a_new_epo
         .expect("upsert");
     assert_ne!(after.state.epoch, before.state.epoch);
     assert_eq!(after.state.seq, 1);
-    let changes = store.changes_since(p, "ns", 0, 10).await.expect("changes");
+    let changes = store.changes_since(p, "ns", 0, 10, 0).await.expect("changes");
     assert_eq!(changes.len(), 1, "nothing of the old namespace is replayed");
 }
 
@@ -1131,7 +1150,7 @@ pub async fn concurrent_writers_get_distinct_seqs_in_commit_order_and_lose_nothi
     let expected: Vec<i64> = (1..=(writers * batches) as i64).collect();
     assert_eq!(seqs, expected, "every write got its own seq, none skipped");
 
-    let changes = store.changes_since(p, "ns", 0, 10_000).await.expect("changes");
+    let changes = store.changes_since(p, "ns", 0, 10_000, 0).await.expect("changes");
     assert_eq!(changes.len(), writers * batches * 10);
     let info = &store.namespaces(p).await.expect("list")[0];
     assert_eq!(info.count, (writers * batches * 10) as u64);
@@ -1146,6 +1165,97 @@ pub async fn concurrent_writers_get_distinct_seqs_in_commit_order_and_lose_nothi
         by_seq.values().all(|ids| ids.len() == 10),
         "a write is never split across seqs"
     );
+}
+
+/// Writers that each read a record, then write it back changed only if it is unchanged
+/// (as NQL's UPDATE does), racing one another: every increment lands exactly once, and
+/// a delete from a stale read never takes a record changed since.
+pub async fn concurrent_read_modify_writes_of_one_record_lose_no_update(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let caps = crate::Caps {
+        plan: "test".into(),
+        namespaces: 10,
+        vectors: 100,
+    };
+    store
+        .upsert(p, "ns", &[write("counter", 1.0, json!({"n": 0}))])
+        .await
+        .expect("upsert");
+    let (writers, increments) = (6, 10);
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (store, caps) = (Arc::clone(&store), caps.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut done, mut overtaken) = (0, 0);
+            while done < increments {
+                let read = store.fetch(p, "ns", &ids(&["counter"])).await.expect("fetch");
+                let n = read[0].metadata["n"].as_i64().expect("n");
+                let seen = [Seen {
+                    id: "counter".into(),
+                    seq: read[0].seq,
+                }];
+                let next = [write("counter", 1.0, json!({"n": n + 1}))];
+                match store
+                    .upsert_unchanged(p, "ns", &next, &seen, &caps)
+                    .await
+                    .expect("upsert")
+                {
+                    Some(_) => done += 1,
+                    None => overtaken += 1,
+                }
+            }
+            overtaken
+        }));
+    }
+    let mut overtaken = 0;
+    for task in tasks {
+        overtaken += task.await.expect("writer task");
+    }
+    let now = store.fetch(p, "ns", &ids(&["counter"])).await.expect("fetch");
+    assert_eq!(
+        now[0].metadata["n"],
+        json!(writers * increments),
+        "every increment landed once ({overtaken} attempts overtaken and run again)"
+    );
+    assert_eq!(
+        store.namespace(p, "ns").await.expect("ns").expect("ns").seq,
+        1 + (writers * increments) as i64,
+        "only the writes that went ahead took a seq"
+    );
+
+    // A delete and a write from the same read race: exactly one goes ahead.
+    for round in 0..10 {
+        let read = store.fetch(p, "ns", &ids(&["counter"])).await.expect("fetch");
+        let seen = [Seen {
+            id: "counter".into(),
+            seq: read[0].seq,
+        }];
+        let writer = {
+            let (store, caps, seen) = (Arc::clone(&store), caps.clone(), seen.clone());
+            tokio::spawn(async move {
+                let next = [write("counter", 1.0, json!({"n": -1}))];
+                store
+                    .upsert_unchanged(p, "ns", &next, &seen, &caps)
+                    .await
+                    .expect("upsert")
+            })
+        };
+        let deleted = store.delete_unchanged(p, "ns", &seen).await.expect("delete");
+        let written = writer.await.expect("writer task");
+        let now = store.fetch(p, "ns", &ids(&["counter"])).await.expect("fetch");
+        match (deleted, written) {
+            (Some(_), None) => assert!(now.is_empty(), "round {round}: deleted as read; the write saw it gone"),
+            (None, Some(_)) => assert_eq!(now[0].metadata["n"], json!(-1), "round {round}: the delete kept it"),
+            (Some(_), Some(_)) => panic!("round {round}: the delete and the write both went ahead from one read"),
+            (None, None) => panic!("round {round}: neither went ahead, though nothing else wrote"),
+        }
+        if now.is_empty() {
+            store
+                .upsert(p, "ns", &[write("counter", 1.0, json!({"n": 0}))])
+                .await
+                .expect("upsert");
+        }
+    }
 }
 
 /// A capped write checks the plan's caps inside its transaction: concurrent writes

@@ -39,6 +39,26 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22P05" | "22021")) => {
                 StoreError::Invalid(format!("a value the store cannot hold: {}", db.message()))
             }
+            // The server is going away or cannot take the connection: a connection
+            // failure (class 08), an administrator or crash shutdown, a server still
+            // starting (57P01-57P03), or its connection slots all taken (53300).
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|code| {
+                    code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                }) =>
+            {
+                StoreError::Unavailable(db.message().to_owned())
+            }
+            // SQLite's file held by another process's write past the busy timeout.
+            sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                    && db
+                        .code()
+                        .and_then(|code| code.parse::<i32>().ok())
+                        .is_some_and(|code| matches!(code & 0xff, 5 | 6)) =>
+            {
+                StoreError::Unavailable(db.message().to_owned())
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut

@@ -315,14 +315,21 @@ pub trait Records: Send + Sync {
     ) -> StoreResult<Option<WriteOutcome>>;
     /// Every change with `seq > after`, in seq order, at most `limit` of them.
     /// [`StoreError::Compacted`] when `0 < after` and a snapshot purged tombstones
-    /// after it: replaying from there would miss deletes.
+    /// after it (the namespace's [`Records::horizon`] is above `after`): replaying from
+    /// there would miss deletes. Unless the horizon is still `horizon_known`: a replay
+    /// from the first change, begun when the horizon was already there, never saw
+    /// live the records whose tombstones were purged, and misses nothing.
     async fn changes_since(
         &self,
         project: ProjectId,
         namespace: &str,
         after: i64,
         limit: u32,
+        horizon_known: i64,
     ) -> StoreResult<Vec<Change>>;
+    /// The seq up to which the namespace's tombstones have been purged (0 when none
+    /// have, or there is no such namespace).
+    async fn horizon(&self, project: ProjectId, namespace: &str) -> StoreResult<i64>;
     /// Live ids in byte order, after the cursor, starting with the prefix.
     async fn list_ids(
         &self,

@@ -51,6 +51,10 @@ impl PostgresStore {
         &self.pool
     }
 
+    async fn begin_write(&self) -> StoreResult<Tx<'static>> {
+        Ok(self.pool.begin().await?)
+    }
+
     /// Tests `id` against a JSON array of ids bound at `param`.
     fn ids_in(param: &str) -> String {
         format!("id IN (SELECT jsonb_array_elements_text(CAST({param} AS jsonb)))")
@@ -59,7 +63,11 @@ impl PostgresStore {
     /// Holds the project's row until the transaction ends: the project's capped
     /// writes take turns (see `Records::upsert_within`).
     async fn lock_project(tx: &mut Tx<'_>, project: ProjectId) -> StoreResult<()> {
-        sqlx::query("SELECT id FROM projects WHERE id = $1 FOR UPDATE")
+        // NO KEY UPDATE: capped writers take turns on it, while the foreign-key checks
+        // of other writes (KEY SHARE on the project's row) go on. FOR UPDATE blocked
+        // them: a write updating its namespace's row a second time (its live count)
+        // checks the key, and waited on a capped writer that waited on that row.
+        sqlx::query("SELECT id FROM projects WHERE id = $1 FOR NO KEY UPDATE")
             .bind(project.0)
             .fetch_optional(&mut **tx)
             .await?;

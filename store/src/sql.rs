@@ -479,7 +479,7 @@ macro_rules! sql_store {
                 id: &str,
                 patch: &RecordPatch,
             ) -> StoreResult<Option<(WriteOutcome, Record)>> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.begin_write().await?;
                 let Some(state) = next_seq(&mut tx, project, namespace, false).await? else {
                     return Ok(None);
                 };
@@ -542,7 +542,7 @@ macro_rules! sql_store {
                 namespace: &str,
                 ids: &[String],
             ) -> StoreResult<Option<WriteOutcome>> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.begin_write().await?;
                 let Some(state) = next_seq(&mut tx, project, namespace, false).await? else {
                     return Ok(None);
                 };
@@ -556,7 +556,7 @@ macro_rules! sql_store {
                 ids: &[String],
                 still_matches: &(dyn for<'m> Fn(&'m Metadata) -> bool + Send + Sync),
             ) -> StoreResult<Option<(WriteOutcome, Vec<String>)>> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.begin_write().await?;
                 // Taking the seq holds off the namespace's other writers until commit.
                 let Some(state) = next_seq(&mut tx, project, namespace, false).await? else {
                     return Ok(None);
@@ -588,7 +588,7 @@ macro_rules! sql_store {
                 namespace: &str,
                 seen: &[$crate::Seen],
             ) -> StoreResult<Option<WriteOutcome>> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.begin_write().await?;
                 let Some(state) = next_seq(&mut tx, project, namespace, false).await? else {
                     return Ok(None);
                 };
@@ -607,6 +607,7 @@ macro_rules! sql_store {
                 namespace: &str,
                 after: i64,
                 limit: u32,
+                horizon_known: i64,
             ) -> StoreResult<Vec<Change>> {
                 let rows = sqlx::query(&format!(
                     "SELECT {RECORD_COLUMNS} FROM records
@@ -621,13 +622,8 @@ macro_rules! sql_store {
                 if after > 0 {
                     // Read after the records: a purge that committed before them has
                     // raised the horizon by now, so missing tombstones never go unnoticed.
-                    let horizon: Option<i64> =
-                        sqlx::query_scalar("SELECT horizon FROM namespaces WHERE project_id = $1 AND name = $2")
-                            .bind(project.0)
-                            .bind(namespace)
-                            .fetch_optional(self.reader())
-                            .await?;
-                    if let Some(horizon) = horizon.filter(|&h| after < h) {
+                    let horizon = self.horizon(project, namespace).await?;
+                    if after < horizon && horizon > horizon_known {
                         return Err(StoreError::Compacted { horizon });
                     }
                 }
@@ -690,6 +686,16 @@ macro_rules! sql_store {
                 rows.iter().map(record_from_row).collect()
             }
 
+            async fn horizon(&self, project: ProjectId, namespace: &str) -> StoreResult<i64> {
+                let horizon: Option<i64> =
+                    sqlx::query_scalar("SELECT horizon FROM namespaces WHERE project_id = $1 AND name = $2")
+                        .bind(project.0)
+                        .bind(namespace)
+                        .fetch_optional(self.reader())
+                        .await?;
+                Ok(horizon.unwrap_or(0))
+            }
+
             async fn namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<NamespaceState>> {
                 let row = sqlx::query("SELECT epoch, seq FROM namespaces WHERE project_id = $1 AND name = $2")
                     .bind(project.0)
@@ -720,7 +726,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<bool> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.begin_write().await?;
                 // Lock the namespace's row first (as writers and snapshots do), then the
                 // records and snapshots, explicitly: a large namespace should not rely on
                 // a cascade's plan.
@@ -786,7 +792,7 @@ macro_rules! sql_store {
                 // Upload the chunks under a new id, without holding any lock writers need.
                 let id = Uuid::now_v7();
                 let chunks: Vec<&[u8]> = snapshot.bytes.chunks($crate::SNAPSHOT_CHUNK).collect();
-                let mut upload = self.writer().begin().await?;
+                let mut upload = self.begin_write().await?;
                 for (i, chunk) in chunks.iter().enumerate() {
                     let inserted = sqlx::query(
                         "INSERT INTO snapshot_chunks (snapshot_id, chunk, project_id, namespace, bytes)
@@ -866,7 +872,7 @@ macro_rules! sql_store {
             }
 
             async fn discard_snapshot(&self, project: ProjectId, namespace: &str, seq: i64) -> StoreResult<bool> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.begin_write().await?;
                 let id: Option<Uuid> = sqlx::query_scalar(
                     "DELETE FROM snapshots WHERE project_id = $1 AND namespace = $2 AND seq = $3 RETURNING id",
                 )
@@ -898,7 +904,7 @@ macro_rules! sql_store {
             ) -> StoreResult<Option<WriteOutcome>> {
                 let batch = $crate::last_write_wins(records);
                 let now = Utc::now();
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.begin_write().await?;
                 let usage = match caps {
                     None => None,
                     Some(caps) => {
@@ -934,16 +940,24 @@ macro_rules! sql_store {
                     // Dropping the transaction rolls it back, the namespace's new seq too.
                     return Ok(None);
                 }
-                let already_live: i64 = sqlx::query_scalar(&format!(
-                    "SELECT COUNT(*) FROM records
-                     WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
-                    Self::ids_in("$3")
-                ))
-                .bind(project.0)
-                .bind(namespace)
-                .bind(ids_json(batch.iter().map(|r| &r.id)))
-                .fetch_one(&mut *tx)
-                .await?;
+                // A write of records it has just seen live (NQL's UPDATE) knows how many
+                // of them are: all. Otherwise count them.
+                let seen_live: std::collections::HashSet<&str> =
+                    seen.unwrap_or_default().iter().map(|s| s.id.as_str()).collect();
+                let already_live: i64 = if seen.is_some() && batch.iter().all(|r| seen_live.contains(r.id.as_str())) {
+                    batch.len() as i64
+                } else {
+                    sqlx::query_scalar(&format!(
+                        "SELECT COUNT(*) FROM records
+                         WHERE project_id = $1 AND namespace = $2 AND deleted = FALSE AND {}",
+                        Self::ids_in("$3")
+                    ))
+                    .bind(project.0)
+                    .bind(namespace)
+                    .bind(ids_json(batch.iter().map(|r| &r.id)))
+                    .fetch_one(&mut *tx)
+                    .await?
+                };
                 let added = batch.len() as i64 - already_live;
                 if let Some((caps, vectors)) = usage
                     && (vectors + added) as u64 > caps.vectors
@@ -975,7 +989,7 @@ macro_rules! sql_store {
                 id: Uuid,
                 chunks: usize,
             ) -> StoreResult<bool> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.begin_write().await?;
                 // The horizon is the seq of the newest snapshot stored, so it also tells
                 // whether a newer one got in first.
                 let horizon = match lock_namespace(&mut tx, project, namespace).await? {

@@ -71,6 +71,14 @@ impl SqliteStore {
         &self.writer
     }
 
+    /// A write transaction, holding SQLite's write lock from its first statement. A
+    /// deferred one that reads first cannot wait for another connection's write lock
+    /// (SQLite answers busy at once rather than risk a deadlock); this one waits for it
+    /// (the busy timeout) like any writer.
+    async fn begin_write(&self) -> StoreResult<Tx<'static>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Tests `id` against a JSON array of ids bound at `param`.
     fn ids_in(param: &str) -> String {
         format!("id IN (SELECT value FROM json_each({param}))")

@@ -101,3 +101,69 @@ async fn indexes_beyond_the_memory_budget_are_evicted_and_reload_on_use() {
     manager.settle().await;
     assert_eq!(loaded(&manager).await, ["a"], "the index just loaded stays in memory");
 }
+
+/// An index that grows by catching up with writes heard of from other pods (not by
+/// this pod's own writes) is weighed again, so the memory budget keeps counting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_caught_up_with_other_pods_writes_is_weighed_again() {
+    let fixture = SqliteFixture::new().await;
+    let store = Arc::clone(&fixture.store);
+    let user = store.create_user("grow@example.com", "h").await.expect("user");
+    let project = store
+        .create_project(NewProject {
+            owner_id: user.id,
+            name: "grow".into(),
+            dimension: 64,
+            metric: Metric::Euclidean,
+            plan_id: "business".into(),
+        })
+        .await
+        .expect("project");
+    let records = |range: std::ops::Range<usize>| -> Vec<RecordWrite> {
+        range
+            .map(|i| RecordWrite {
+                id: format!("r{i}"),
+                vector: (0..64).map(|d| ((i * 7 + d) % 1000) as f32).collect(),
+                metadata: Default::default(),
+                content: None,
+            })
+            .collect()
+    };
+    store.upsert(project.id, "a", &records(0..200)).await.expect("upsert");
+    let manager = IndexManager::new(Arc::clone(&store), 1 << 30);
+    manager
+        .search(&project, "a", query(vec![0.0; 64]))
+        .await
+        .expect("search");
+    manager.settle().await;
+    let small = manager.memory_bytes();
+
+    // Another pod writes, and this one hears of it and catches up on its next search.
+    let outcome = store
+        .upsert(project.id, "a", &records(200..6_000))
+        .await
+        .expect("upsert");
+    manager.heard_of(project.id, "a", outcome.state).await;
+    let found = manager
+        .search(&project, "a", query(vec![0.0; 64]))
+        .await
+        .expect("search")
+        .expect("namespace");
+    assert_eq!(manager.status(project.id, "a").await.expect("loaded").records, 6_000);
+    assert_eq!(found.seq, outcome.state.seq);
+    manager.settle().await;
+    // The budget counts what the index holds now (in KiB, as the cache weighs it).
+    let held = manager
+        .open(&project, "a")
+        .await
+        .expect("open")
+        .expect("namespace")
+        .index
+        .memory_bytes() as u64;
+    assert!(held > small, "the index grew: {held} bytes against {small}");
+    assert_eq!(
+        manager.memory_bytes(),
+        held / 1024 * 1024,
+        "{small} bytes before catching up"
+    );
+}

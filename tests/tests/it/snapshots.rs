@@ -228,6 +228,57 @@ async fn a_reload_without_a_usable_snapshot_rebuilds_from_the_records(store: Arc
     assert_eq!(behind.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(3));
 }
 
+/// A snapshot that cannot be used is discarded, but the tombstones it purged stay
+/// purged: a load replaying every change from the first, page after page, reads past
+/// that horizon (it never saw the purged records live), and does not reload forever.
+async fn a_replay_from_the_first_change_reads_past_a_discarded_snapshots_horizon(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    for part in 0..3 {
+        let range = part * 1_500..(part + 1) * 1_500;
+        store.upsert(project.id, "ns", &writes(range)).await.expect("upsert");
+    }
+    store
+        .delete(project.id, "ns", &ids(0..10))
+        .await
+        .expect("delete")
+        .expect("namespace");
+    let first = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&first, &project, 20, false).await.as_deref(), Some("r20"));
+    assert_eq!(first.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(4));
+    store
+        .upsert(project.id, "ns", &writes(4_500..4_510))
+        .await
+        .expect("upsert");
+    let epoch = store
+        .namespace(project.id, "ns")
+        .await
+        .expect("state")
+        .expect("ns")
+        .epoch;
+    let garbage = Snapshot {
+        epoch,
+        seq: 5,
+        bytes: vec![0; 100],
+    };
+    assert!(store.save_snapshot(project.id, "ns", &garbage).await.expect("save"));
+
+    let fresh = IndexManager::new(Arc::clone(&store), 1 << 30);
+    let loaded = tokio::time::timeout(Duration::from_secs(120), found(&fresh, &project, 4_505, false))
+        .await
+        .expect("the load ends");
+    assert_eq!(loaded.as_deref(), Some("r4505"));
+    let status = fresh.status(project.id, "ns").await.expect("loaded");
+    assert_eq!(
+        (status.from, status.seq, status.records),
+        (LoadedFrom::Replay, 5, 4_500)
+    );
+    assert_ne!(
+        found(&fresh, &project, 5, false).await.as_deref(),
+        Some("r5"),
+        "r5 is deleted"
+    );
+}
+
 async fn an_unusable_snapshot_is_ignored_and_replaced(store: Arc<dyn Store>) {
     let project = project(store.as_ref()).await;
     store.upsert(project.id, "ns", &writes(0..200)).await.expect("upsert");
@@ -629,6 +680,7 @@ on_both_stores!(
     loads_from_the_snapshot_plus_the_writes_after_it,
     an_index_behind_the_horizon_reloads_from_the_snapshot,
     a_reload_without_a_usable_snapshot_rebuilds_from_the_records,
+    a_replay_from_the_first_change_reads_past_a_discarded_snapshots_horizon,
     an_unusable_snapshot_is_ignored_and_replaced,
 );
 
