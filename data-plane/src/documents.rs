@@ -551,8 +551,7 @@ pub async fn remove(
             &state,
             &principal,
             &collection,
-            std::slice::from_ref(&id),
-            records::DeleteIf::Live,
+            records::DeleteIf::Live(vec![id.clone()]),
         )
         .await?
         .ok_or_else(|| no_collection(&collection))?;

@@ -82,6 +82,15 @@ where
     hasher.update(route.as_bytes());
     hasher.update([0]);
     hasher.update(body);
+    // A token limited to some namespaces checks its namespace inside the request, which
+    // a replay skips: it is a request of its own, so it cannot replay another
+    // credential's answer for a namespace it may not see (that is a 422).
+    if let Some(namespaces) = &principal.namespaces {
+        for namespace in namespaces {
+            hasher.update([0]);
+            hasher.update(namespace.as_bytes());
+        }
+    }
     let request_hash = hex::encode(hasher.finalize());
     // A key is one request of the project, whichever route it was sent to: the same
     // key on another route, or for another document, is another request (a 422).

@@ -2,7 +2,7 @@
 //! `quiver-nql` over the caller's project, whose collections are its namespaces.
 //! Also the document list, which is an NQL scan with the same pagination.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -179,17 +179,41 @@ async fn run(
         principal,
         plan: state.plan_of(principal).await?,
         charged: AtomicU64::new(0),
+        writing: AtomicBool::new(false),
     };
     let execution = quiver_nql::execute_parsed(&backend, statement, request, state.cursor_key.as_slice());
-    tokio::time::timeout(timeout, execution)
-        .await
-        .map_err(|_| ApiError::Query {
+    tokio::pin!(execution);
+    match tokio::time::timeout(timeout, &mut execution).await {
+        Ok(outcome) => outcome,
+        // The statement's write has gone to the store, where it runs to its end
+        // whatever becomes of the statement: answer with what it did, not with a
+        // timeout that would say nothing was written.
+        Err(_) if backend.writing.load(Ordering::SeqCst) => execution.await,
+        Err(_) => Err(ApiError::Query {
             message: "canceling statement due to statement timeout".into(),
             detail: Some(format!(
                 "the statement ran longer than {} ms; raise timeout_ms or narrow the query",
                 timeout.as_millis()
             )),
-        })?
+        }),
+    }
+}
+
+/// What a write to the store returns, and whether it wrote anything.
+trait WroteSomething {
+    fn wrote(&self) -> bool;
+}
+
+impl WroteSomething for quiver_store::WriteOutcome {
+    fn wrote(&self) -> bool {
+        true
+    }
+}
+
+impl<T> WroteSomething for Option<T> {
+    fn wrote(&self) -> bool {
+        self.is_some()
+    }
 }
 
 fn elapsed_ms(started: Instant) -> f64 {
@@ -356,6 +380,10 @@ struct ProjectBackend<'a> {
     /// Documents the statement's writes have taken from the rate limit so far: a
     /// statement run again (its rows changed under it) pays only for rows beyond them.
     charged: AtomicU64,
+    /// Set as the statement's write goes to the store, and cleared if it wrote
+    /// nothing (its rows changed and it runs again): past that point the statement
+    /// timeout no longer cuts it (see [`run`]).
+    writing: AtomicBool,
 }
 
 fn row(record: Record) -> Row {
@@ -389,9 +417,29 @@ impl ProjectBackend<'_> {
     /// Writes records in one transaction (records::upsert runs it in a task of its
     /// own, so a statement timeout never cuts it between its commit and the index).
     async fn upsert(&self, collection: &str, writes: Vec<RecordWrite>) -> Result<(), ApiError> {
-        records::upsert(self.state, self.principal, &self.plan, collection, writes)
-            .await
-            .map(drop)
+        self.writing(records::upsert(
+            self.state,
+            self.principal,
+            &self.plan,
+            collection,
+            writes,
+        ))
+        .await
+        .map(drop)
+    }
+
+    /// Runs a write to the store with [`ProjectBackend::writing`] set, cleared again
+    /// when the write says it wrote nothing (`Ok(None)`) or failed.
+    async fn writing<T>(&self, write: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError>
+    where
+        T: WroteSomething,
+    {
+        self.writing.store(true, Ordering::SeqCst);
+        let outcome = write.await;
+        if !outcome.as_ref().is_ok_and(WroteSomething::wrote) {
+            self.writing.store(false, Ordering::SeqCst);
+        }
+        outcome
     }
 
     fn check_vector(&self, vector: &[f32], what: &str) -> Result<(), ApiError> {
@@ -630,8 +678,16 @@ impl Backend for ProjectBackend<'_> {
             })
             .collect();
         let changed = writes.len() as u64;
-        let written =
-            records::upsert_unchanged(self.state, self.principal, &self.plan, collection, writes, seen).await?;
+        let written = self
+            .writing(records::upsert_unchanged(
+                self.state,
+                self.principal,
+                &self.plan,
+                collection,
+                writes,
+                seen,
+            ))
+            .await?;
         Ok(written.map(|_| changed))
     }
 
@@ -641,7 +697,6 @@ impl Backend for ProjectBackend<'_> {
             return Ok(Some(0));
         }
         self.charge(rows.len()).await?;
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         let seen = rows
             .into_iter()
             .map(|r| Seen {
@@ -649,7 +704,14 @@ impl Backend for ProjectBackend<'_> {
                 seq: r.version,
             })
             .collect();
-        let deleted = records::delete(self.state, self.principal, collection, &ids, DeleteIf::Unchanged(seen)).await?;
+        let deleted = self
+            .writing(records::delete(
+                self.state,
+                self.principal,
+                collection,
+                DeleteIf::Unchanged(seen),
+            ))
+            .await?;
         Ok(deleted.map(|(deleted, _)| deleted))
     }
 }

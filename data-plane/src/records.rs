@@ -202,30 +202,30 @@ async fn patch_now(
     Ok(Some((outcome, record)))
 }
 
-/// Which of the records a delete names it tombstones.
+/// Which records a delete tombstones.
 pub(crate) enum DeleteIf {
-    /// Every one that is live.
-    Live,
-    /// Those whose metadata passes the filter when the write commits.
-    StillMatching(Arc<Filter>),
-    /// All of them, only if each is still as it was seen; none otherwise.
+    /// Every one of these ids that is live.
+    Live(Vec<String>),
+    /// Those of these ids whose metadata passes the filter when the write commits.
+    StillMatching(Vec<String>, Arc<Filter>),
+    /// All of these, only if each is still as it was seen; none otherwise.
     Unchanged(Vec<Seen>),
 }
 
-/// Tombstones records by id, all in one transaction, as `condition` says. Returns how
-/// many it tombstoned and the namespace's seq after the write; `None` when the
-/// namespace does not exist or, with [`DeleteIf::Unchanged`], a record has changed.
+/// Tombstones records, all in one transaction, as `which` says. Returns how many it
+/// tombstoned and the namespace's seq after the write; `None` when the namespace does
+/// not exist or, with [`DeleteIf::Unchanged`], a record has changed.
 pub(crate) async fn delete(
     state: &DataPlane,
     principal: &Principal,
     namespace: &str,
-    ids: &[String],
-    condition: DeleteIf,
+    which: DeleteIf,
 ) -> Result<Option<(u64, i64)>, ApiError> {
-    let (owned, principal, namespace, ids) = (state.clone(), principal.clone(), namespace.to_owned(), ids.to_vec());
-    detached(state, async move {
-        delete_now(&owned, &principal, &namespace, ids, condition).await
-    })
+    let (owned, principal, namespace) = (state.clone(), principal.clone(), namespace.to_owned());
+    detached(
+        state,
+        async move { delete_now(&owned, &principal, &namespace, which).await },
+    )
     .await
 }
 
@@ -233,12 +233,11 @@ async fn delete_now(
     state: &DataPlane,
     principal: &Principal,
     namespace: &str,
-    ids: Vec<String>,
-    condition: DeleteIf,
+    which: DeleteIf,
 ) -> Result<Option<(u64, i64)>, ApiError> {
     let project = principal.project_id;
-    let (outcome, deleted) = match condition {
-        DeleteIf::Live => {
+    let (outcome, deleted) = match which {
+        DeleteIf::Live(ids) => {
             let Some(outcome) = state.store.delete(project, namespace, &ids).await? else {
                 return Ok(None);
             };
@@ -250,7 +249,7 @@ async fn delete_now(
             };
             (outcome, seen.into_iter().map(|s| s.id).collect())
         }
-        DeleteIf::StillMatching(filter) => {
+        DeleteIf::StillMatching(ids, filter) => {
             let matches = move |metadata: &quiver_store::Metadata| filter.matches(metadata);
             let Some(done) = state.store.delete_matching(project, namespace, &ids, &matches).await? else {
                 return Ok(None);

@@ -79,6 +79,15 @@ fn no_vector(id: &str, namespace: &str) -> ApiError {
     ApiError::NotFound(format!("no vector \"{id}\" in namespace \"{namespace}\""))
 }
 
+/// The 404 for a vector not found: of its namespace, when that is what is missing.
+async fn not_found(state: &DataPlane, principal: &Principal, id: &str, namespace: &str) -> ApiError {
+    match state.store.namespace(principal.project_id, namespace).await {
+        Ok(None) => no_namespace(namespace),
+        Ok(Some(_)) => no_vector(id, namespace),
+        Err(err) => err.into(),
+    }
+}
+
 /// Checks a vector's values: numbers (or their base64), finite as f32 and within
 /// ±[`MAX_VALUE`], of the project's dimension, and (for cosine) not all zero. `what` names the vector in messages.
 pub(crate) fn parse_values(value: &Value, dimension: u32, metric: Metric, what: &str) -> Result<Vec<f32>, ApiError> {
@@ -638,6 +647,7 @@ impl UpsertRequest {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UpsertResponse {
+    /// Records written: each id once, however often the batch names it.
     pub upserted_count: u64,
     pub namespace: String,
     /// The namespace's sequence number after this write.
@@ -880,7 +890,8 @@ pub async fn search(
         vector: query,
         k,
         filter,
-        include_values: request.include_values.unwrap_or(false),
+        // The index holds each vector in 16 bits: values come from the records store.
+        include_values: false,
         strong,
     };
     let outcome = state
@@ -889,14 +900,32 @@ pub async fn search(
         .await?
         .ok_or_else(|| no_namespace(&namespace))?;
     let include_metadata = request.include_metadata.unwrap_or(true);
+    let with_values = request.include_values.unwrap_or(false);
+    let mut stored = if with_values && !outcome.matches.is_empty() {
+        let ids: Vec<String> = outcome.matches.iter().map(|m| m.id.clone()).collect();
+        state
+            .store
+            .fetch(principal.project_id, &namespace, &ids)
+            .await?
+            .into_iter()
+            .map(|record| (record.id, record.vector))
+            .collect()
+    } else {
+        std::collections::HashMap::new()
+    };
     let matches: Vec<MatchView> = outcome
         .matches
         .into_iter()
-        .map(|m| MatchView {
-            id: m.id,
-            score: m.score,
-            values: m.values,
-            metadata: include_metadata.then_some(m.metadata),
+        .filter_map(|m| {
+            // A record deleted since the search found it is left out, as a search a
+            // moment later would.
+            let values = if with_values { Some(stored.remove(&m.id)?) } else { None };
+            Some(MatchView {
+                id: m.id,
+                score: m.score,
+                values,
+                metadata: include_metadata.then_some(m.metadata),
+            })
         })
         .collect();
     Ok(Json(SearchResponse {
@@ -976,7 +1005,7 @@ pub struct VectorView {
         (status = 400, body = quiver_common::error::ErrorEnvelope),
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
-        (status = 404, description = "no such vector (for `id`)", body = quiver_common::error::ErrorEnvelope),
+        (status = 404, description = "no such namespace, or no such vector (for `id`)", body = quiver_common::error::ErrorEnvelope),
         (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
     )
 )]
@@ -994,6 +1023,10 @@ pub async fn query(
     let (ids, single) = parse_ids(request.id, request.ids)?;
     state.admit(&principal, Kind::Queries, 1).await?;
     let records = state.store.fetch(principal.project_id, &namespace, &ids).await?;
+    // Nothing found may be the namespace missing, which is a 404 as it is for searches.
+    if records.is_empty() && state.store.namespace(principal.project_id, &namespace).await?.is_none() {
+        return Err(no_namespace(&namespace));
+    }
     let (with_values, with_metadata) = (
         request.include_values.unwrap_or(true),
         request.include_metadata.unwrap_or(true),
@@ -1112,9 +1145,9 @@ pub async fn update(
             ));
         }
         state.admit(&principal, Kind::Documents, 1).await?;
-        let (outcome, _) = records::patch(&state, &principal, &namespace, &id, &patch)
-            .await?
-            .ok_or_else(|| no_vector(&id, &namespace))?;
+        let Some((outcome, _)) = records::patch(&state, &principal, &namespace, &id, &patch).await? else {
+            return Err(not_found(&state, &principal, &id, &namespace).await);
+        };
         Ok(serde_json::to_value(UpdateResponse {
             updated: true,
             id,
@@ -1201,25 +1234,24 @@ pub async fn remove(
             (Some(_), _, _) => return Err(ApiError::validation("send id, ids or filter, only one of them")),
             (None, id, ids) => (parse_ids(id, ids)?.0, None),
         };
-        if by_filter.is_some() {
-            // However many records match: the caller has no way to split the request.
-            state
-                .admit_capped(&principal, Kind::Documents, ids.len() as u64)
-                .await?;
-        } else {
-            state.admit(&principal, Kind::Documents, ids.len() as u64).await?;
-        }
-        // The index may be a moment behind the store: a record changed meanwhile to
-        // fail the filter is kept.
-        let (deleted, seq) = records::delete(
-            &state,
-            &principal,
-            &namespace,
-            &ids,
-            by_filter.map_or(records::DeleteIf::Live, records::DeleteIf::StillMatching),
-        )
-        .await?
-        .ok_or_else(|| no_namespace(&namespace))?;
+        let which = match by_filter {
+            Some(filter) => {
+                // However many records match: the caller has no way to split the request.
+                state
+                    .admit_capped(&principal, Kind::Documents, ids.len() as u64)
+                    .await?;
+                // The index may be a moment behind the store: a record changed meanwhile
+                // to fail the filter is kept.
+                records::DeleteIf::StillMatching(ids, filter)
+            }
+            None => {
+                state.admit(&principal, Kind::Documents, ids.len() as u64).await?;
+                records::DeleteIf::Live(ids)
+            }
+        };
+        let (deleted, seq) = records::delete(&state, &principal, &namespace, which)
+            .await?
+            .ok_or_else(|| no_namespace(&namespace))?;
         Ok(serde_json::to_value(DeleteResponse {
             deleted_count: deleted,
             namespace,
@@ -1248,7 +1280,7 @@ pub struct ListQuery {
 pub struct ListResponse {
     ids: Vec<String>,
     namespace: String,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; `null` on the last page.
     next_cursor: Option<String>,
 }
 

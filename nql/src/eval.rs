@@ -490,9 +490,14 @@ fn concat(l: Datum, r: Datum) -> Result<Datum, ApiError> {
     Ok(Datum::Text(l.to_text() + &r.to_text()))
 }
 
+/// jsonb's equality: numbers by value (`1` equals `1.0`) at any depth.
 fn json_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Some(Ordering::Equal),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_equal(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(key, x)| y.get(key).is_some_and(|y| json_equal(x, y)))
+        }
         _ => a == b,
     }
 }
@@ -622,32 +627,52 @@ enum Token {
 }
 
 /// SQL LIKE: `%` any run, `_` one character, `escape` makes the next one literal.
+/// The most steps [`like`] takes to match one value: about a tenth of a second.
+pub(crate) const LIKE_MAX_STEPS: u64 = 50_000_000;
+
 pub(crate) fn like(text: &str, pattern: &str, case_insensitive: bool, escape: Option<char>) -> Result<bool, ApiError> {
-    let fold = |s: &str| {
+    let text: Vec<char> = if case_insensitive {
+        text.to_lowercase().chars().collect()
+    } else {
+        text.chars().collect()
+    };
+    // The pattern's escapes and wildcards are read as written; only the characters it
+    // matches are folded (so an ESCAPE 'X' still escapes with ILIKE).
+    let mut tokens = Vec::new();
+    let literal = |c: char, tokens: &mut Vec<Token>| {
         if case_insensitive {
-            s.to_lowercase()
+            tokens.extend(c.to_lowercase().map(Token::Char));
         } else {
-            s.to_owned()
+            tokens.push(Token::Char(c));
         }
     };
-    let text: Vec<char> = fold(text).chars().collect();
-    let mut tokens = Vec::new();
-    let mut chars = fold(pattern).chars().collect::<Vec<_>>().into_iter();
+    let mut chars = pattern.chars();
     while let Some(c) = chars.next() {
-        tokens.push(match c {
+        match c {
             c if Some(c) == escape => match chars.next() {
-                Some(next) => Token::Char(next),
+                Some(next) => literal(next, &mut tokens),
                 None => return Err(query_error("LIKE pattern must not end with escape character")),
             },
-            '%' => Token::Any,
-            '_' => Token::One,
-            c => Token::Char(c),
-        });
+            '%' => tokens.push(Token::Any),
+            '_' => tokens.push(Token::One),
+            c => literal(c, &mut tokens),
+        }
     }
-    // The classic wildcard match: linear backtracking to the last `%`.
+    // The classic wildcard match: linear backtracking to the last `%`. That is
+    // quadratic at worst (a long pattern of many `%` against a long text), so a match
+    // that has not ended within a budget of steps is refused rather than left to hold
+    // a thread where the statement timeout cannot reach it.
     let (mut t, mut p) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
+    let mut steps = 0u64;
     while t < text.len() {
+        steps += 1;
+        if steps > LIKE_MAX_STEPS {
+            return Err(query_error(format!(
+                "the LIKE pattern takes more than {LIKE_MAX_STEPS} steps to match one value: \
+                 use fewer wildcards or a shorter pattern"
+            )));
+        }
         match tokens.get(p) {
             Some(Token::One) => {
                 t += 1;

@@ -14,6 +14,8 @@ use crate::{Backend, DistanceOp, Field, QueryRequest, QueryResult, Row, RowUpdat
 
 /// Rows per `Backend::scan` call; the executor yields to the runtime between pages.
 const SCAN_PAGE: usize = 512;
+/// The longest an exact scan evaluates rows without giving its thread back.
+const YIELD_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 /// The largest `k` sent to the index; deeper pages are served by an exact scan.
 const MAX_INDEX_K: u64 = 10_000;
 
@@ -83,6 +85,10 @@ struct Page {
 
 /// The largest page a request may ask for (`limit`).
 pub const MAX_PAGE_LIMIT: u64 = 10_000;
+
+/// The most rows a SELECT returns without a LIMIT or a page `limit`: beyond it the
+/// statement is refused, not held whole in memory, and says how to page.
+pub const MAX_RESULT_ROWS: u64 = 10_000;
 
 /// The most rows one UPDATE changes. A statement is one write, all of its rows or
 /// none, which its backend holds in memory (new vectors included) until it commits.
@@ -328,9 +334,16 @@ impl Executor<'_> {
             let rows = self.backend.scan(self.collection, after.as_deref(), SCAN_PAGE).await?;
             let full = rows.len() >= SCAN_PAGE;
             after = rows.last().map(|r| r.id.clone());
+            // Rows costly to evaluate (long texts, LIKE patterns) give the thread back
+            // now and then within a page, where the statement timeout can end it.
+            let mut since_yield = std::time::Instant::now();
             for row in rows {
                 if !visit(row)? {
                     return Ok(());
+                }
+                if since_yield.elapsed() >= YIELD_EVERY {
+                    tokio::task::yield_now().await;
+                    since_yield = std::time::Instant::now();
                 }
             }
             if !full || after.is_none() {
@@ -430,22 +443,36 @@ impl Executor<'_> {
                 // match), the scan can stop once OFFSET + LIMIT rows matched.
                 let stop_at = match (select.order.is_empty(), page, select.limit) {
                     (true, None, Some(limit)) => Some(select.offset.saturating_add(limit)),
+                    // One row past the cap tells enough (see MAX_RESULT_ROWS).
+                    (true, None, None) => Some(select.offset.saturating_add(MAX_RESULT_ROWS + 1)),
                     _ => None,
                 };
                 // Rows past OFFSET + LIMIT, or past the end of the page asked for, are
                 // never returned: only those before are kept.
                 let page_end = page.and_then(|page| page.limit.map(|limit| page.offset.saturating_add(limit)));
+                // With neither, no more than one row past the cap is kept: enough to
+                // tell the statement returns too many.
                 let keep = match (select.limit, page_end) {
-                    (None, None) => None,
-                    (Some(n), None) | (None, Some(n)) => Some(n),
-                    (Some(limit), Some(page_end)) => Some(limit.min(page_end)),
-                }
-                .map(|n| select.offset.saturating_add(n));
-                self.scan_select(select, stop_at, keep).await?
+                    (None, None) => MAX_RESULT_ROWS + 1,
+                    (Some(n), None) | (None, Some(n)) => n,
+                    (Some(limit), Some(page_end)) => limit.min(page_end),
+                };
+                self.scan_select(select, stop_at, Some(select.offset.saturating_add(keep)))
+                    .await?
             }
         };
         // The window over every match, of which `rows` holds at least what is returned.
         let (start, end) = window(matched);
+        let unbounded = select.limit.is_none() && page.is_none_or(|page| page.limit.is_none());
+        if unbounded && (end - start) as u64 > MAX_RESULT_ROWS {
+            return Err(ApiError::Query {
+                message: format!(
+                    "the SELECT returns {} rows, more than the {MAX_RESULT_ROWS} a statement returns at once",
+                    end - start
+                ),
+                detail: Some("add LIMIT, or send limit (up to 10000) and follow nextCursor page by page".into()),
+            });
+        }
         let mut rows: Vec<Row> = rows.into_iter().map(|(_, row)| row).collect();
         rows.truncate(end);
         rows.drain(..start.min(rows.len()));

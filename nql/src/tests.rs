@@ -1181,6 +1181,49 @@ async fn an_update_of_more_rows_than_a_statement_changes_is_refused_whole() {
 }
 
 #[tokio::test]
+async fn a_select_returning_more_rows_than_a_statement_returns_is_refused_and_says_how_to_page() {
+    let b = MemoryBackend::new(3, DistanceOp::Cosine);
+    b.create("many");
+    let rows = crate::exec::MAX_RESULT_ROWS as usize + 1;
+    for i in 0..rows {
+        b.put(
+            "many",
+            row(&format!("r{i:05}"), Some("text"), json!({"i": i}), [1.0, 0.0, 0.0], 1),
+        );
+    }
+    for query in ["SELECT id FROM many", "SELECT id FROM many ORDER BY id DESC"] {
+        let (message, detail) = fail(&b, query, json!([])).await;
+        assert!(
+            message.contains("returns 10001 rows, more than the 10000"),
+            "{query}: {message}"
+        );
+        assert!(detail.is_some_and(|d| d.contains("LIMIT")), "{query}");
+    }
+    // Within the cap, with a LIMIT, with a page, or counted, it runs.
+    assert_eq!(
+        run(&b, "SELECT id FROM many WHERE i > 0", json!([])).await.row_count,
+        10_000
+    );
+    assert_eq!(
+        run(&b, "SELECT id FROM many ORDER BY id LIMIT 3", json!([]))
+            .await
+            .row_count,
+        3
+    );
+    let paged = QueryRequest {
+        limit: Some(100),
+        ..request("SELECT id FROM many ORDER BY id", json!([]))
+    };
+    let page = execute(&b, &paged, KEY).await.expect("a page");
+    assert_eq!(
+        (page.row_count, page.total_count, page.has_more),
+        (100, Some(10_001), Some(true))
+    );
+    let counted = run(&b, "SELECT COUNT(*) FROM many", json!([])).await;
+    assert_eq!(counted.rows[0]["count"], json!(10_001));
+}
+
+#[tokio::test]
 async fn an_update_is_computed_again_from_rows_changed_after_it_read_them() {
     let b = backend();
     // After the UPDATE read the tech rows (a and b): another client deletes b and moves
@@ -1264,4 +1307,70 @@ async fn rows_that_keep_changing_under_a_statement_fail_it_with_a_conflict_and_n
         run(&b, "UPDATE documents SET content = 'x'", json!([])).await.row_count,
         5
     );
+}
+
+#[test]
+fn like_reads_escapes_as_written_and_refuses_a_match_past_its_budget() {
+    use crate::eval::like;
+    // ILIKE folds what the pattern matches, not its escape character.
+    assert!(like("%abc", "X%%", true, Some('X')).expect("like"));
+    assert!(!like("xabc", "X%%", true, Some('X')).expect("like"));
+    assert!(like("%ABC", "x%%", true, Some('x')).expect("like"));
+    assert!(like("Straße", "STRA%", true, None).expect("like"));
+    // A pattern that backtracks over every position of a long text for every character
+    // of a long run is refused, not run for minutes.
+    let text = "a".repeat(200_000);
+    let pattern = format!("%{}b", "a".repeat(5_000));
+    match like(&text, &pattern, false, None) {
+        Err(ApiError::Query { message, .. }) => assert!(message.contains("steps"), "{message}"),
+        other => panic!("expected a QUERY_ERROR, got {other:?}"),
+    }
+    // Ordinary patterns over the same text are well within it.
+    assert!(like(&text, "%aaa%", false, None).expect("like"));
+    assert!(!like(&text, "%b%", false, None).expect("like"));
+}
+
+#[tokio::test]
+async fn jsonb_equality_compares_numbers_by_value_inside_arrays_and_objects() {
+    let b = MemoryBackend::new(3, DistanceOp::Cosine);
+    b.put(
+        "documents",
+        row(
+            "a",
+            Some("x"),
+            json!({"dims": [1.0, 2.0], "size": {"w": 3}}),
+            [1.0, 0.0, 0.0],
+            1,
+        ),
+    );
+    b.put(
+        "documents",
+        row(
+            "b",
+            Some("y"),
+            json!({"dims": [1, 3], "size": {"w": 4.0}}),
+            [0.0, 1.0, 0.0],
+            2,
+        ),
+    );
+    for (query, expected) in [
+        (
+            "SELECT id FROM documents WHERE metadata->'dims' = '[1, 2]'::jsonb",
+            vec!["a"],
+        ),
+        (
+            "SELECT id FROM documents WHERE metadata->'size' = '{\"w\": 3.0}'::jsonb",
+            vec!["a"],
+        ),
+        (
+            "SELECT id FROM documents WHERE metadata->'size' = '{\"w\": 4}'::jsonb",
+            vec!["b"],
+        ),
+        (
+            "SELECT id FROM documents WHERE metadata->'dims' = '[1, 2, 3]'::jsonb",
+            vec![],
+        ),
+    ] {
+        assert_eq!(ids(&run(&b, query, json!([])).await), expected, "{query}");
+    }
 }

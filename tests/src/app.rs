@@ -286,6 +286,34 @@ impl TestApp {
         }
     }
 
+    /// Holds off every write to the records store's namespaces, as a long transaction
+    /// of another client would, until the returned guard is released; reads go on.
+    pub async fn hold_writes(&self) -> WritesHeld {
+        if let Some(fixture) = self.fixture.downcast_ref::<SqliteFixture>() {
+            let url = quiver_store::sqlite::SqliteStore::url_for_data_dir(fixture.dir.path());
+            let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+                .await
+                .expect("SQLite opens");
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut connection)
+                .await
+                .expect("the write lock");
+            WritesHeld::Sqlite(connection)
+        } else if let Some(fixture) = self.fixture.downcast_ref::<PostgresFixture>() {
+            let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(fixture.database.url())
+                .await
+                .expect("Postgres connects");
+            sqlx::query("BEGIN").execute(&mut connection).await.expect("begin");
+            sqlx::query("LOCK TABLE namespaces IN EXCLUSIVE MODE")
+                .execute(&mut connection)
+                .await
+                .expect("the lock");
+            WritesHeld::Postgres(connection)
+        } else {
+            panic!("a store fixture of an unknown kind");
+        }
+    }
+
     /// Signs up, creates a project with this dimension and metric, and a key per role.
     pub async fn tenant(&self, dimension: u32, metric: &str) -> Tenant {
         self.tenant_named("t", dimension, metric).await
@@ -330,5 +358,31 @@ impl TestApp {
             request = request.json(&body);
         }
         read(request.send().await.expect("data plane answers")).await
+    }
+}
+
+/// Writes held off by [`TestApp::hold_writes`].
+pub enum WritesHeld {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl WritesHeld {
+    /// Lets the writes waiting on the lock go ahead.
+    pub async fn release(self) {
+        match self {
+            WritesHeld::Sqlite(mut connection) => {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut connection)
+                    .await
+                    .expect("rollback");
+            }
+            WritesHeld::Postgres(mut connection) => {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut connection)
+                    .await
+                    .expect("rollback");
+            }
+        }
     }
 }

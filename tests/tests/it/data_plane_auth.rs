@@ -324,6 +324,37 @@ async fn project_tokens_carry_scopes_and_namespaces(app: TestApp) {
     assert_error(status, &body, 403, "FORBIDDEN");
     let (status, _) = delete_namespace(&app, &scoped, "public").await;
     assert_eq!(status, 200);
+
+    // A token limited to some namespaces cannot replay another credential's answer
+    // for a namespace it may not see, whatever idempotency key it sends.
+    let writer = mint_token(&app, &session, &project, json!({"scopes": ["read", "write"]})).await;
+    let limited = mint_token(
+        &app,
+        &session,
+        &project,
+        json!({"scopes": ["read", "write"], "namespaces": ["public"]}),
+    )
+    .await;
+    let upsert = |token: &str, namespace: &str| {
+        app.data_request(0, Method::POST, "/v1/vectors/upsert")
+            .bearer_auth(token)
+            .header("x-idempotency-key", format!("key-{namespace}"))
+            .json(&json!({"namespace": namespace, "vectors": [{"id": "x", "values": [1, 2, 3, 4]}]}))
+    };
+    let (status, first) = read(upsert(&writer, "secret").send().await.expect("answer")).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, body) = read(upsert(&limited, "secret").send().await.expect("answer")).await;
+    assert_error(status, &body, 422, "UNPROCESSABLE");
+    // Its own requests replay as usual.
+    let (status, own) = read(upsert(&limited, "public").send().await.expect("answer")).await;
+    assert_eq!(status, 200, "{own}");
+    let answer = upsert(&limited, "public").send().await.expect("answer");
+    assert_eq!(
+        answer.headers().get("idempotent-replayed").map(|v| v.to_str().ok()),
+        Some(Some("true"))
+    );
+    let (status, again) = read(answer).await;
+    assert_eq!((status, again), (200, own));
 }
 
 fn forge(secret: &[u8], algorithm: jsonwebtoken::Algorithm, project: &str, exp_offset: i64) -> String {

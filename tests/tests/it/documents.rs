@@ -673,6 +673,50 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
     assert_eq!(body["rows"], json!([{"content": "second"}]));
 }
 
+/// A write statement whose write has gone to the store when its timeout passes is not
+/// answered as cancelled (the write commits all the same): it is answered when the
+/// write is done, with what it did.
+async fn a_write_under_way_runs_past_the_statement_timeout_and_is_answered(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant_named("mydb", 3, "cosine").await;
+    insert_batch(
+        &app,
+        &t.readwrite,
+        vec![json!({"id": "first", "content": "a", "embedding": [1.0, 0.0, 0.0]})],
+    )
+    .await;
+    let held = app.hold_writes().await;
+    let insert = app
+        .data_request(0, Method::POST, "/api/v1/query")
+        .bearer_auth(&t.readwrite)
+        .json(
+            &json!({"query": "INSERT INTO documents (id, content, embedding) VALUES ('late', 'b', $1)",
+            "params": [[0.0, 1.0, 0.0]], "timeout_ms": 200}),
+        )
+        .send();
+    let insert = tokio::spawn(insert);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    if insert.is_finished() {
+        let (status, body) = read(insert.await.expect("task").expect("answer")).await;
+        panic!("the INSERT was answered while its write waited on the store: {status} {body}");
+    }
+    held.release().await;
+    let (status, body) = read(insert.await.expect("task").expect("answer")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rowCount"], 1, "{body}");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/query",
+            &t.readonly,
+            Some(json!({"query": "SELECT id FROM documents ORDER BY id"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], json!([{"id": "first"}, {"id": "late"}]));
+}
+
 async fn a_statement_past_its_timeout_is_cancelled(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant_named("mydb", 3, "cosine").await;
@@ -1183,6 +1227,7 @@ both!(
     nql_statements_read_and_write_through_http,
     bad_documents_are_refused_and_nothing_is_written,
     a_statement_past_its_timeout_is_cancelled,
+    a_write_under_way_runs_past_the_statement_timeout_and_is_answered,
     an_abandoned_idempotent_write_is_finished_and_replayed,
     an_update_that_fails_partway_changes_nothing,
     an_update_reads_again_rows_changed_while_it_ran,

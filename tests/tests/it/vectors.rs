@@ -17,6 +17,7 @@ on_both_backends!(
     ids_are_listed_with_a_cursor_and_fetched_in_bulk,
     vectors_sent_as_base64_are_the_vectors_their_bytes_hold,
     a_search_by_id_searches_with_the_stored_vector,
+    a_search_gives_the_values_as_written,
     with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503,
 );
 
@@ -430,6 +431,11 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
             json!({"namespace": "nope", "id": "a"}),
         ),
         (
+            "/v1/vectors/query",
+            Method::POST,
+            json!({"namespace": "nope", "ids": ["a", "b"]}),
+        ),
+        (
             "/v1/vectors/update",
             Method::POST,
             json!({"namespace": "nope", "id": "a", "metadata": {"x": 1}}),
@@ -446,7 +452,13 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
         ),
     ] {
         let (status, response) = app.data_call(0, method, path, &key, Some(body.clone())).await;
-        assert_error(status, &response, 404, "NOT_FOUND");
+        let message = assert_error(status, &response, 404, "NOT_FOUND");
+        let missing = if body["namespace"] == "nope" {
+            "namespace \"nope\" does not exist"
+        } else {
+            "no vector \"missing\""
+        };
+        assert!(message.contains(missing), "{path} {body}: {message}");
     }
     let (status, response) = app.data_call(0, Method::GET, "/v1/vectors/nowhere", &key, None).await;
     assert_error(status, &response, 404, "NOT_FOUND");
@@ -1327,6 +1339,40 @@ async fn recall_at_10_is_at_least_095_with_and_without_a_selective_filter() {
     }
 }
 
+/// The index holds vectors in 16 bits; a search's `include_values` gives the values as
+/// written, as a query by id does.
+async fn a_search_gives_the_values_as_written(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let values = json!([0.11, 0.22, 0.33, 0.44]);
+    let upsert = json!({"namespace": "ns", "vectors": [
+        {"id": "a", "values": values, "metadata": {"n": 1}},
+        {"id": "b", "values": [0.9, -0.1, 0.2, 0.3]},
+    ]});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let search = json!({"namespace": "ns", "vector": values, "top_k": 2, "include_values": true});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(search))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matches"][0]["id"], "a");
+    assert_eq!(body["matches"][0]["values"], values, "{body}");
+    assert_eq!(body["matches"][0]["metadata"], json!({"n": 1}));
+    assert_eq!(body["matches"][1]["values"], json!([0.9, -0.1, 0.2, 0.3]), "{body}");
+    let (_, fetched) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "ns", "id": "a"})),
+        )
+        .await;
+    assert_eq!(fetched["values"], body["matches"][0]["values"]);
+}
+
 async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
     let upsert = json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]});
@@ -1350,6 +1396,12 @@ async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(
     let by_id = json!({"namespace": "ns", "id": "a", "top_k": 1});
     let (status, body) = app
         .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_id))
+        .await;
+    assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
+    // So does a search's include_values: the values as written are there.
+    let with_values = json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 1, "include_values": true});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(with_values))
         .await;
     assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
     let (status, body) = app
