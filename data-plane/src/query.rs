@@ -2,7 +2,7 @@
 //! `quiver-nql` over the caller's project, whose collections are its namespaces.
 //! Also the document list, which is an NQL scan with the same pagination.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -179,23 +179,28 @@ async fn run(
         principal,
         plan: state.plan_of(principal).await?,
         charged: AtomicU64::new(0),
-        writing: AtomicBool::new(false),
+        writing: tokio::sync::watch::Sender::new(false),
     };
+    let mut writing = backend.writing.subscribe();
     let execution = quiver_nql::execute_parsed(&backend, statement, request, state.cursor_key.as_slice());
     tokio::pin!(execution);
-    match tokio::time::timeout(timeout, &mut execution).await {
-        Ok(outcome) => outcome,
-        // The statement's write has gone to the store, where it runs to its end
-        // whatever becomes of the statement: answer with what it did, not with a
-        // timeout that would say nothing was written.
-        Err(_) if backend.writing.load(Ordering::SeqCst) => execution.await,
-        Err(_) => Err(ApiError::Query {
-            message: "canceling statement due to statement timeout".into(),
-            detail: Some(format!(
-                "the statement ran longer than {} ms; raise timeout_ms or narrow the query",
-                timeout.as_millis()
-            )),
-        }),
+    let timed_out = || ApiError::Query {
+        message: "canceling statement due to statement timeout".into(),
+        detail: Some(format!(
+            "the statement ran longer than {} ms; raise timeout_ms or narrow the query",
+            timeout.as_millis()
+        )),
+    };
+    if let Ok(outcome) = tokio::time::timeout(timeout, &mut execution).await {
+        return outcome;
+    }
+    // Past the timeout, a write that has gone to the store runs to its end whatever
+    // becomes of the statement: answer with what it did, not with a timeout that
+    // would say nothing was written. If it wrote nothing (its rows changed, and the
+    // statement would run again), the timeout stands.
+    tokio::select! {
+        outcome = &mut execution => outcome,
+        _ = writing.wait_for(|writing| !*writing) => Err(timed_out()),
     }
 }
 
@@ -381,9 +386,9 @@ struct ProjectBackend<'a> {
     /// statement run again (its rows changed under it) pays only for rows beyond them.
     charged: AtomicU64,
     /// Set as the statement's write goes to the store, and cleared if it wrote
-    /// nothing (its rows changed and it runs again): past that point the statement
-    /// timeout no longer cuts it (see [`run`]).
-    writing: AtomicBool,
+    /// nothing (its rows changed and it runs again): while set, the statement timeout
+    /// does not cut it (see [`run`]).
+    writing: tokio::sync::watch::Sender<bool>,
 }
 
 fn row(record: Record) -> Row {
@@ -434,10 +439,10 @@ impl ProjectBackend<'_> {
     where
         T: WroteSomething,
     {
-        self.writing.store(true, Ordering::SeqCst);
+        self.writing.send_replace(true);
         let outcome = write.await;
         if !outcome.as_ref().is_ok_and(WroteSomething::wrote) {
-            self.writing.store(false, Ordering::SeqCst);
+            self.writing.send_replace(false);
         }
         outcome
     }

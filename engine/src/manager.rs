@@ -365,7 +365,10 @@ impl IndexManager {
             })
             .support_invalidation_closures()
             .eviction_listener(|key: Arc<Key>, _, cause| {
-                tracing::info!(project_id = %key.0, namespace = %key.1, ?cause, "index dropped from memory");
+                // Replaced: the same index put back to be weighed again, not dropped.
+                if cause != moka::notification::RemovalCause::Replaced {
+                    tracing::info!(project_id = %key.0, namespace = %key.1, ?cause, "index dropped from memory");
+                }
             })
             .build();
         Self {

@@ -631,8 +631,10 @@ enum Token {
 pub(crate) const LIKE_MAX_STEPS: u64 = 50_000_000;
 
 pub(crate) fn like(text: &str, pattern: &str, case_insensitive: bool, escape: Option<char>) -> Result<bool, ApiError> {
+    // Folded a character at a time, as the pattern is (`str::to_lowercase` would turn
+    // a word-final Σ into ς, which the pattern's Σ, folded alone, never matches).
     let text: Vec<char> = if case_insensitive {
-        text.to_lowercase().chars().collect()
+        text.chars().flat_map(char::to_lowercase).collect()
     } else {
         text.chars().collect()
     };

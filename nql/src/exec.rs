@@ -466,10 +466,7 @@ impl Executor<'_> {
         let unbounded = select.limit.is_none() && page.is_none_or(|page| page.limit.is_none());
         if unbounded && (end - start) as u64 > MAX_RESULT_ROWS {
             return Err(ApiError::Query {
-                message: format!(
-                    "the SELECT returns {} rows, more than the {MAX_RESULT_ROWS} a statement returns at once",
-                    end - start
-                ),
+                message: format!("the SELECT returns more than the {MAX_RESULT_ROWS} rows a statement returns at once"),
                 detail: Some("add LIMIT, or send limit (up to 10000) and follow nextCursor page by page".into()),
             });
         }

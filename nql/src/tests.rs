@@ -1194,7 +1194,7 @@ async fn a_select_returning_more_rows_than_a_statement_returns_is_refused_and_sa
     for query in ["SELECT id FROM many", "SELECT id FROM many ORDER BY id DESC"] {
         let (message, detail) = fail(&b, query, json!([])).await;
         assert!(
-            message.contains("returns 10001 rows, more than the 10000"),
+            message.contains("returns more than the 10000 rows a statement returns"),
             "{query}: {message}"
         );
         assert!(detail.is_some_and(|d| d.contains("LIMIT")), "{query}");
@@ -1317,6 +1317,8 @@ fn like_reads_escapes_as_written_and_refuses_a_match_past_its_budget() {
     assert!(!like("xabc", "X%%", true, Some('X')).expect("like"));
     assert!(like("%ABC", "x%%", true, Some('x')).expect("like"));
     assert!(like("Straße", "STRA%", true, None).expect("like"));
+    assert!(like("ΟΔΟΣ", "οδοσ", true, None).expect("like"));
+    assert!(like("ΟΔΟΣ x", "ΟΔΟΣ%", true, None).expect("like"));
     // A pattern that backtracks over every position of a long text for every character
     // of a long run is refused, not run for minutes.
     let text = "a".repeat(200_000);
