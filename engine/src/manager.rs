@@ -319,6 +319,10 @@ struct News {
     forgotten: bool,
     /// Callers of `open` loading it now (they share one load).
     openers: usize,
+    /// The index being loaded, once made: a write heard of from then on raises its
+    /// `wanted` at once, so a search that meets it in the cache (even before its
+    /// loader has read this entry again) catches up with that write first.
+    index: Option<Weak<Loaded>>,
 }
 
 /// All the indexes of one pod.
@@ -520,6 +524,24 @@ impl IndexManager {
                 Some((epoch, seq)) if epoch == state.epoch => Some((epoch, seq.max(state.seq))),
                 _ => Some((state.epoch, state.seq)),
             };
+            if let Some(loaded) = news.index.as_ref().and_then(Weak::upgrade)
+                && loaded.index.epoch() == state.epoch
+            {
+                loaded.wanted.fetch_max(state.seq, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Makes a new index being loaded known to the writes heard of meanwhile (see
+    /// [`News::index`]), and applies those heard of so far.
+    fn loading_into(&self, key: &Key, loaded: &Arc<Loaded>) {
+        if let Some(news) = self.loading.lock().expect("never poisoned").get_mut(key) {
+            news.index = Some(Arc::downgrade(loaded));
+            if let Some((epoch, seq)) = news.latest
+                && epoch == loaded.index.epoch()
+            {
+                loaded.wanted.fetch_max(seq, Ordering::SeqCst);
+            }
         }
     }
 
@@ -540,6 +562,7 @@ impl IndexManager {
             None => (NamespaceIndex::new(dimension, metric, state.epoch)?, LoadedFrom::Replay),
         };
         let loaded = Arc::new(Loaded::new(index, state.seq, from));
+        self.loading_into(&(project.id, namespace.to_owned()), &loaded);
         self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?;
         tracing::info!(
             project_id = %project.id,
