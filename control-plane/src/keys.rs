@@ -121,11 +121,16 @@ pub async fn revoke_key(
         return Err(ApiError::NotFound(format!("no live key {key_id} in project {project}")));
     }
     tracing::info!(project_id = %project, key_id = %key_id, "api key revoked");
-    bus.publish(Notice::KeyRevoked {
+    // The revocation is done: pods that miss the notice find it in the store's
+    // revocations, which they poll every second.
+    let notice = Notice::KeyRevoked {
         project_id: project,
         key_id: key_id.to_owned(),
-    })
-    .await?;
+    };
+    if let Err(err) = bus.publish(notice).await {
+        tracing::warn!(error = %format!("{err:#}"), project_id = %project, key_id = %key_id,
+            "announcing a key's revocation failed; pods find it by polling");
+    }
     Ok(())
 }
 

@@ -235,11 +235,17 @@ pub async fn update(
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no project {id}")))?;
         tracing::info!(project_id = %project.id, plan = %plan, "plan changed");
-        state
+        // The change is made: the limits go out first, and neither announcement failing
+        // undoes it (pods read the project again within a minute, and a plan whose
+        // limits did not reach them wins over the limits they have).
+        crate::limits::publish(state.store.as_ref(), state.bus.as_ref(), &project).await;
+        if let Err(err) = state
             .bus
             .publish(Notice::ProjectChanged { project_id: project.id })
-            .await?;
-        crate::limits::publish(state.store.as_ref(), state.bus.as_ref(), &project).await;
+            .await
+        {
+            tracing::warn!(error = %format!("{err:#}"), project_id = %project.id, "announcing a plan change failed");
+        }
     }
     Ok(Json(view(&state, project, true).await?))
 }
@@ -263,9 +269,14 @@ pub async fn remove(
     state.store.delete_project(project.id).await?;
     tracing::info!(project_id = %project.id, "project deleted");
     crate::limits::withdraw(state.bus.as_ref(), &project).await;
-    state
+    // The project is gone from the store: its keys no longer pass a pod's check once
+    // their cache entry ends. The notice only makes pods drop them at once.
+    if let Err(err) = state
         .bus
         .publish(Notice::ProjectDeleted { project_id: project.id })
-        .await?;
+        .await
+    {
+        tracing::warn!(error = %format!("{err:#}"), project_id = %project.id, "announcing a project's deletion failed");
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -131,6 +131,9 @@ enum Refusal {
     Revoked,
     Expired,
     Throttled(Duration),
+    /// The key could not be checked (the store unreachable, the hash task failed):
+    /// not the caller's fault, and not counted against its address.
+    Unchecked(ApiError),
 }
 
 impl Authenticator {
@@ -282,8 +285,9 @@ impl Authenticator {
                 Refusal::Expired => ApiError::Unauthorized("this API key has expired".to_owned()),
                 Refusal::Throttled(wait) => ApiError::RateLimited {
                     message: "too many unrecognised API keys from this address; slow down".to_owned(),
-                    retry_after_secs: wait.as_secs().max(1),
+                    retry_after_secs: retry_after_secs(wait),
                 },
+                Refusal::Unchecked(err) => err,
             })?;
         self.touch(&key.key_id).await;
         Ok(Credential {
@@ -311,6 +315,7 @@ impl Authenticator {
                 }
                 let loaded = match self.load_key(key_id, secret).await {
                     Ok(loaded) => loaded,
+                    Err(unchecked @ Refusal::Unchecked(_)) => return Err(unchecked),
                     Err(refusal) => {
                         if let Some(peer) = peer {
                             self.count_failure(peer);
@@ -353,10 +358,10 @@ impl Authenticator {
         let stored = match self.store.api_key(key_id).await {
             Ok(Some(stored)) => stored,
             Ok(None) => return Err(Refusal::Unknown),
+            // Fail closed, as what it is: a database outage is a 503, not a bad key.
             Err(err) => {
-                // Fail closed, but say so in the log: a database outage is not a bad key.
                 tracing::warn!(error = %err, "cannot load an API key");
-                return Err(Refusal::Unknown);
+                return Err(Refusal::Unchecked(err.into()));
             }
         };
         if stored.revoked_at.is_some() {
@@ -365,7 +370,7 @@ impl Authenticator {
         let (secret, hash) = (secret.to_owned(), stored.secret_hash.clone());
         let matches = verify_secret_bounded(HashQueue::Keys, secret, Some(hash))
             .await
-            .unwrap_or(false);
+            .map_err(|err| Refusal::Unchecked(ApiError::Internal(err.context("checking an API key's hash"))))?;
         if !matches {
             return Err(Refusal::Unknown);
         }
@@ -447,4 +452,10 @@ impl FromRequestParts<DataPlane> for Principal {
             rate,
         })
     }
+}
+
+/// Seconds for `Retry-After`, rounded up: a client that waits what it says is not
+/// refused again for the fraction left.
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }

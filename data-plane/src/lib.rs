@@ -127,6 +127,7 @@ impl DataPlane {
         let projects = projects::Projects::new(Arc::clone(&store), bus.as_ref());
         let indexes = Arc::new(IndexManager::new(Arc::clone(&store), settings.index_memory));
         IndexManager::run_maintenance(Arc::downgrade(&indexes), settings.snapshots);
+        idempotency::spawn_purge(Arc::downgrade(&store), idempotency::PURGE_EVERY);
         let weak = Arc::downgrade(&indexes);
         bus.listen(Arc::new(move |event| {
             let Some(indexes) = weak.upgrade() else { return };

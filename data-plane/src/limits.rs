@@ -595,8 +595,11 @@ impl Limits {
     async fn quota(&self, project: &quiver_store::Project, kind: Kind) -> Result<u32, ApiError> {
         let published = self.published.read().expect("never poisoned").get(&project.id).cloned();
         let limits = match published {
-            Some(limits) => limits,
-            None => {
+            // Limits of another plan than the project's (as this pod last read it from
+            // the store) were published before a plan change whose own limits never
+            // arrived, or arrived first and were overwritten: the store's plan wins.
+            Some(limits) if limits.plan_id == project.plan_id => limits,
+            _ => {
                 let plan =
                     self.store.plan(&project.plan_id).await?.ok_or_else(|| {
                         anyhow::anyhow!("project {} has unknown plan {}", project.id, project.plan_id)

@@ -480,9 +480,9 @@ impl Backend for ProjectBackend<'_> {
     }
 
     async fn collection_exists(&self, collection: &str) -> Result<bool, ApiError> {
-        if !self.principal.may_see(collection) {
-            return Ok(false);
-        }
+        // A token limited to some namespaces gets a 403 for any other, whether or not
+        // it exists, as on every other route.
+        self.principal.require_namespace(collection)?;
         Ok(self
             .state
             .store

@@ -28,7 +28,11 @@ pub enum Plane {
 
 /// Creates the data dir if needed, checks it is writable, and returns the SQLite URL in it.
 pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<String> {
-    std::fs::create_dir_all(dir).map_err(|err| {
+    // Only its owner may read it: it holds every tenant's records, the key and password
+    // hashes, and the JWT secret. (A directory that exists already keeps its mode.)
+    let mut create = std::fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(create.recursive(true), 0o700);
+    create.create(dir).map_err(|err| {
         anyhow!(
             "cannot create the data directory {}: {err}; choose a writable --data-dir",
             dir.display()
@@ -297,5 +301,20 @@ async fn wait_for_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_new_data_dir_is_its_owners_alone() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let dir = parent.path().join("a/quiver-data");
+        let url = super::prepare_data_dir(&dir).expect("prepared");
+        assert!(url.starts_with("sqlite:"), "{url}");
+        let mode = std::fs::metadata(&dir).expect("made").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
     }
 }

@@ -33,6 +33,8 @@ pub struct TestApp {
     pub data: Vec<String>,
     pub http: reqwest::Client,
     pub store: Arc<dyn Store>,
+    /// The control plane's bus: what it publishes, the pods hear.
+    pub bus: Arc<dyn Bus>,
     fixture: Box<dyn Any + Send + Sync>,
 }
 
@@ -163,12 +165,14 @@ impl TestApp {
             session_ttl: chrono::Duration::hours(1),
             console_dir: None,
         };
-        let control = serve(ControlPlane::new(Arc::clone(&store), control_bus, jwt, settings).router()).await;
+        let control =
+            serve(ControlPlane::new(Arc::clone(&store), Arc::clone(&control_bus), jwt, settings).router()).await;
         Self {
             control,
             data,
             http: reqwest::Client::new(),
             store,
+            bus: control_bus,
             fixture,
         }
     }

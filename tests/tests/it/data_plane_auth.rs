@@ -345,6 +345,19 @@ async fn project_tokens_carry_scopes_and_namespaces(app: TestApp) {
     assert_eq!(status, 200, "{first}");
     let (status, body) = read(upsert(&limited, "secret").send().await.expect("answer")).await;
     assert_error(status, &body, 422, "UNPROCESSABLE");
+    // NQL as everywhere: another collection is a 403, whether it exists or not.
+    for collection in ["secret", "nowhere"] {
+        let (status, body) = read(
+            app.data_request(0, Method::POST, "/api/v1/query")
+                .bearer_auth(&limited)
+                .json(&json!({"query": format!("SELECT id FROM {collection}")}))
+                .send()
+                .await
+                .expect("answer"),
+        )
+        .await;
+        assert_error(status, &body, 403, "FORBIDDEN");
+    }
     // Its own requests replay as usual.
     let (status, own) = read(upsert(&limited, "public").send().await.expect("answer")).await;
     assert_eq!(status, 200, "{own}");

@@ -195,6 +195,36 @@ async fn a_plan_change_takes_effect_within_a_second(app: TestApp) {
     }
 }
 
+/// Limits published for another plan than the project's (a plan change whose own
+/// limits never reached the bus, or were overwritten by older ones) do not hold: the
+/// project's plan in the store does.
+async fn limits_of_another_plan_than_the_projects_give_way_to_its_plan(app: TestApp) {
+    let (_, project, key) = starter(&app).await;
+    assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
+    let project_id: quiver_common::domain::ProjectId = project.parse().expect("project id");
+    app.bus
+        .publish_limits(quiver_common::bus::ProjectLimits {
+            project_id,
+            plan_id: "stale-plan".into(),
+            queries_per_minute: 1,
+            documents_per_minute: 1,
+        })
+        .await
+        .expect("publish");
+    // Give the pod time to hear it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..30 {
+        let answer = search(&app, 0, &key).await;
+        assert_eq!(
+            (answer.status, answer.limit),
+            (200, Some(30)),
+            "query {i}: {}",
+            answer.body
+        );
+    }
+    assert_eq!(search(&app, 0, &key).await.status, 429);
+}
+
 /// A delete by filter cannot be split, so it takes at most a minute's budget however
 /// many records it matches; a delete by ids can be, and is held to the budget.
 async fn a_delete_by_filter_takes_at_most_a_minutes_budget(app: TestApp) {
@@ -379,6 +409,12 @@ mod standalone {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn limits_of_another_plan_than_the_projects_give_way_to_its_plan() {
+        super::limits_of_another_plan_than_the_projects_give_way_to_its_plan(TestApp::start(Backend::Sqlite).await)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_delete_by_filter_takes_at_most_a_minutes_budget() {
         super::a_delete_by_filter_takes_at_most_a_minutes_budget(TestApp::start(Backend::Sqlite).await).await;
     }
@@ -405,6 +441,11 @@ mod cluster {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_plan_change_takes_effect_within_a_second() {
         super::a_plan_change_takes_effect_within_a_second(TestApp::cluster(1).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn limits_of_another_plan_than_the_projects_give_way_to_its_plan() {
+        super::limits_of_another_plan_than_the_projects_give_way_to_its_plan(TestApp::cluster(1).await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ on_both_backends!(
     vectors_sent_as_base64_are_the_vectors_their_bytes_hold,
     a_search_by_id_searches_with_the_stored_vector,
     a_search_gives_the_values_as_written,
+    expired_idempotency_keys_are_deleted_in_the_background,
     with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503,
 );
 
@@ -1339,6 +1340,43 @@ async fn recall_at_10_is_at_least_095_with_and_without_a_selective_filter() {
     }
 }
 
+/// Idempotency keys live 24 hours: a pod deletes those past their time, with their
+/// stored answers, in the background.
+async fn expired_idempotency_keys_are_deleted_in_the_background(app: TestApp) {
+    use chrono::Duration;
+    let t = app.tenant(4, "cosine").await;
+    let project: quiver_common::domain::ProjectId = t.project.parse().expect("project id");
+    let answer = quiver_store::StoredResponse {
+        status: 200,
+        body: b"{}".to_vec(),
+    };
+    for (key, ttl) in [("expired", Duration::milliseconds(-1)), ("live", Duration::hours(24))] {
+        let begun = app
+            .store
+            .begin(project, key, "h", Duration::seconds(30), ttl)
+            .await
+            .expect("begin");
+        assert!(
+            matches!(begun, quiver_store::IdempotencyBegin::Started { .. }),
+            "{begun:?}"
+        );
+        app.store.complete(project, key, &answer).await.expect("complete");
+    }
+    quiver_data_plane::idempotency::spawn_purge(
+        std::sync::Arc::downgrade(&app.store),
+        std::time::Duration::from_millis(50),
+    );
+    // Several rounds of the task later, nothing expired is left for a purge to find.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(app.store.purge_expired().await.expect("purge"), 0, "the task purged it");
+    // The live one is kept, and replays.
+    let live = app
+        .store
+        .begin(project, "live", "h", Duration::seconds(30), Duration::hours(24))
+        .await;
+    assert_eq!(live.expect("begin"), quiver_store::IdempotencyBegin::Replay(answer));
+}
+
 /// The index holds vectors in 16 bits; a search's `include_values` gives the values as
 /// written, as a query by id does.
 async fn a_search_gives_the_values_as_written(app: TestApp) {
@@ -1374,7 +1412,11 @@ async fn a_search_gives_the_values_as_written(app: TestApp) {
 }
 
 async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(app: TestApp) {
-    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let Tenant {
+        readwrite: key,
+        readonly: unchecked,
+        ..
+    } = app.tenant(4, "cosine").await;
     let upsert = json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]});
     let search = json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 1});
     app.data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert.clone()))
@@ -1396,6 +1438,18 @@ async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(
     let by_id = json!({"namespace": "ns", "id": "a", "top_k": 1});
     let (status, body) = app
         .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_id))
+        .await;
+    assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
+    // A key this pod has not checked yet cannot be checked now: a 503, not a 401
+    // that would tell the client its key is bad.
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &unchecked,
+            Some(json!({"namespace": "ns", "vector": [1, 2, 3, 4]})),
+        )
         .await;
     assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
     // So does a search's include_values: the values as written are there.
