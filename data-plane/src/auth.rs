@@ -28,6 +28,9 @@ use crate::DataPlane;
 
 /// How long a verified key stays cached when nothing revokes it.
 const CACHE_TTL: Duration = Duration::from_secs(300);
+/// How far behind this pod's clock a revoker's may run and its revocations still be
+/// found by the poll (see `spawn_watchers`).
+const REVOKER_CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
 /// How many verified keys a pod keeps.
 const CACHE_CAPACITY: u64 = 100_000;
 /// How often `last_used_at` is written per key, at most.
@@ -182,16 +185,16 @@ impl Authenticator {
                     .lock()
                     .expect("never poisoned")
                     .retain(|_, until| *until > now);
-                // Overlap the windows a little: clocks of pods and database differ.
+                // Overlap the windows by a minute: a revocation is stamped with the
+                // revoker's clock (a control plane, or the CLI on an operator's
+                // machine), which may run behind this pod's.
                 let now = Utc::now();
-                match this
-                    .store
-                    .keys_revoked_since(since - chrono::Duration::seconds(2))
-                    .await
-                {
+                match this.store.keys_revoked_since(since - REVOKER_CLOCK_SKEW).await {
                     Ok(keys) => {
                         for key in keys {
-                            this.forget_key(&key.id);
+                            if !this.recently_revoked(&key.id) {
+                                this.forget_key(&key.id);
+                            }
                         }
                         since = now;
                     }

@@ -22,8 +22,6 @@ use crate::DataPlane;
 use crate::auth::Principal;
 
 pub const HEADER: &str = "x-idempotency-key";
-/// How often a pod deletes the keys whose 24 hours are over.
-pub const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 const TTL: chrono::Duration = chrono::Duration::hours(24);
 /// How long a claim holds before a retry may assume its pod died.
 const LEASE: chrono::Duration = chrono::Duration::seconds(60);
@@ -145,25 +143,4 @@ async fn finish(
             Err(err)
         }
     }
-}
-
-/// Deletes expired idempotency keys (with their stored answers) now and every
-/// `period`, for as long as the store is in use. Every pod runs it: a purge is one
-/// DELETE of rows past their time, whichever pod runs it first.
-pub fn spawn_purge(store: std::sync::Weak<dyn quiver_store::Store>, period: std::time::Duration) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(store) = store.upgrade() else { return };
-            match store.purge_expired().await {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, "expired idempotency keys deleted"),
-                Err(err) => {
-                    tracing::warn!(error = %err, "deleting expired idempotency keys failed; trying again later")
-                }
-            }
-        }
-    });
 }

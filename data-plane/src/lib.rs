@@ -108,6 +108,40 @@ pub struct DataPlane {
     plans: moka::future::Cache<String, Plan>,
 }
 
+/// How often a pod tidies the records store (see [`spawn_housekeeping`]).
+pub const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+/// A snapshot upload no snapshot points to this long after it began was abandoned.
+const ABANDONED_UPLOAD: chrono::Duration = chrono::Duration::hours(1);
+
+/// Now and every `period`, for as long as the store is in use: deletes expired
+/// idempotency keys (with their stored answers) and the chunks of snapshot uploads
+/// abandoned by a pod that died before its switch. Every pod runs it: each is a
+/// DELETE of rows past their time, whichever pod gets there first.
+pub fn spawn_housekeeping(store: std::sync::Weak<dyn Store>, period: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(store) = store.upgrade() else { return };
+            match store.purge_expired().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "expired idempotency keys deleted"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "deleting expired idempotency keys failed; trying again later")
+                }
+            }
+            match store.purge_orphan_chunks(ABANDONED_UPLOAD).await {
+                Ok(0) => {}
+                Ok(uploads) => tracing::info!(uploads, "abandoned snapshot uploads deleted"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "deleting abandoned snapshot uploads failed; trying again later")
+                }
+            }
+        }
+    });
+}
+
 impl DataPlane {
     /// A pod's state; starts the tasks that keep its key cache current.
     /// `budget` keeps the rate-limit budgets: [`limits::LocalBudget`] for one process,
@@ -127,7 +161,7 @@ impl DataPlane {
         let projects = projects::Projects::new(Arc::clone(&store), bus.as_ref());
         let indexes = Arc::new(IndexManager::new(Arc::clone(&store), settings.index_memory));
         IndexManager::run_maintenance(Arc::downgrade(&indexes), settings.snapshots);
-        idempotency::spawn_purge(Arc::downgrade(&store), idempotency::PURGE_EVERY);
+        spawn_housekeeping(Arc::downgrade(&store), HOUSEKEEPING_EVERY);
         let weak = Arc::downgrade(&indexes);
         bus.listen(Arc::new(move |event| {
             let Some(indexes) = weak.upgrade() else { return };

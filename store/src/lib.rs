@@ -380,6 +380,10 @@ pub trait Snapshots: Send + Sync {
     async fn save_snapshot(&self, project: ProjectId, namespace: &str, snapshot: &Snapshot) -> StoreResult<bool>;
     /// The namespace's snapshot, if one is stored.
     async fn snapshot(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<Snapshot>>;
+    /// Deletes the chunks of uploads begun more than `older_than` ago that no snapshot
+    /// points to (a pod died between its upload and its switch); returns how many
+    /// uploads' chunks it deleted.
+    async fn purge_orphan_chunks(&self, older_than: chrono::Duration) -> StoreResult<u64>;
     /// Deletes the namespace's snapshot if it is the one of `seq` (one that could not
     /// be used), so that a good one of the same seq can take its place. The horizon
     /// stays: a replay from the start needs no tombstones.
@@ -460,14 +464,37 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
 
 /// A URL with its password replaced, fit for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    // scheme://user:password@host → scheme://user:***@host
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host)) = rest.split_once('@')
-        && let Some((user, _)) = userinfo.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    // scheme://user:password@host → scheme://user:***@host, up to the last `@` (a
+    // password may hold one unencoded).
+    let mut redacted = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    // …?user=u&password=secret: the parameters that carry one.
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if ["password", "sslpassword"].iter().any(|p| name.eq_ignore_ascii_case(p)) => {
+                    format!("{name}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&params.join("&"));
     }
-    url.to_owned()
+    redacted
 }
 
 /// Deduplicates a batch by id, keeping the last occurrence, in first-seen order.
@@ -508,6 +535,19 @@ mod tests {
             "postgres://quiver:***@db:5432/quiver"
         );
         assert_eq!(redact_url("sqlite://./data/quiver.db"), "sqlite://./data/quiver.db");
+        assert_eq!(
+            redact_url("postgres://quiver:p@ss@word@db:5432/quiver"),
+            "postgres://quiver:***@db:5432/quiver",
+            "an unencoded @ in the password"
+        );
+        assert_eq!(
+            redact_url("postgres://db/quiver?user=quiver&password=s3cret&sslmode=require"),
+            "postgres://db/quiver?user=quiver&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u:pw@db/q?sslmode=require&SSLPASSWORD=k"),
+            "postgres://u:***@db/q?sslmode=require&SSLPASSWORD=***"
+        );
     }
 
     #[test]

@@ -789,10 +789,13 @@ macro_rules! sql_store {
                 if stored.is_some_and(|seq| seq >= snapshot.seq) {
                     return Ok(false);
                 }
-                // Upload the chunks under a new id, without holding any lock writers need.
+                // Upload the chunks under a new id (a UUIDv7: it tells when the upload
+                // began), a chunk a statement, so writers get in between them (on SQLite
+                // they share one connection with this upload). Chunks nothing points to
+                // yet are invisible; those of an upload that never got to its switch
+                // (a crash) are deleted by `purge_orphan_chunks`.
                 let id = Uuid::now_v7();
                 let chunks: Vec<&[u8]> = snapshot.bytes.chunks($crate::SNAPSHOT_CHUNK).collect();
-                let mut upload = self.begin_write().await?;
                 for (i, chunk) in chunks.iter().enumerate() {
                     let inserted = sqlx::query(
                         "INSERT INTO snapshot_chunks (snapshot_id, chunk, project_id, namespace, bytes)
@@ -803,21 +806,46 @@ macro_rules! sql_store {
                     .bind(project.0)
                     .bind(namespace)
                     .bind(*chunk)
-                    .execute(&mut *upload)
+                    .execute(self.writer())
                     .await;
-                    match inserted.map_err(StoreError::from) {
-                        Ok(_) => {}
-                        // The namespace is gone.
-                        Err(StoreError::Invalid(_)) => return Ok(false),
-                        Err(err) => return Err(err),
+                    if let Err(err) = inserted.map_err(StoreError::from) {
+                        delete_chunks(self.writer(), id).await?;
+                        return match err {
+                            // The namespace is gone.
+                            StoreError::Invalid(_) => Ok(false),
+                            err => Err(err),
+                        };
                     }
                 }
-                upload.commit().await?;
                 let switched = self.switch_snapshot(project, namespace, snapshot, id, chunks.len()).await;
                 if !matches!(switched, Ok(true)) {
                     delete_chunks(self.writer(), id).await?;
                 }
                 switched
+            }
+
+            async fn purge_orphan_chunks(&self, older_than: chrono::Duration) -> StoreResult<u64> {
+                let orphans: Vec<Uuid> = sqlx::query_scalar(
+                    "SELECT DISTINCT snapshot_id FROM snapshot_chunks
+                     WHERE snapshot_id NOT IN (SELECT id FROM snapshots)",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                let cutoff = Utc::now() - older_than;
+                let mut purged = 0;
+                for id in orphans {
+                    // An upload in progress has no snapshot row yet either: only those
+                    // begun long enough ago are abandoned.
+                    let began = id.get_timestamp().map(|at| {
+                        let (secs, nanos) = at.to_unix();
+                        DateTime::<Utc>::from_timestamp(secs as i64, nanos).unwrap_or_default()
+                    });
+                    if began.is_some_and(|began| began < cutoff) {
+                        delete_chunks(self.writer(), id).await?;
+                        purged += 1;
+                    }
+                }
+                Ok(purged)
             }
 
             async fn snapshot(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<Snapshot>> {

@@ -749,3 +749,70 @@ async fn the_background_task_snapshots_indexes_that_changed() {
         .expect("the task ends with its manager")
         .expect("task");
 }
+
+/// Chunks of an upload whose pod died before its switch point to no snapshot: once the
+/// upload is old enough to be abandoned (its id is a UUIDv7 of when it began), they
+/// are deleted; a recent one, maybe still uploading, is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_of_abandoned_uploads_are_deleted() {
+    let fixture = SqliteFixture::new().await;
+    let store = Arc::clone(&fixture.store);
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..20)).await.expect("upsert");
+    let manager = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&manager, &project, 3, false).await.as_deref(), Some("r3"));
+    assert_eq!(manager.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(1));
+
+    let url = quiver_store::sqlite::SqliteStore::url_for_data_dir(fixture.dir.path());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("SQLite opens");
+    let two_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2)).timestamp() as u64;
+    let abandoned = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, two_hours_ago, 0));
+    let uploading = uuid::Uuid::now_v7();
+    for id in [abandoned, uploading] {
+        for chunk in 0..2 {
+            sqlx::query(
+                "INSERT INTO snapshot_chunks (snapshot_id, chunk, project_id, namespace, bytes) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(chunk)
+            .bind(project.id.0)
+            .bind("ns")
+            .bind(vec![7u8; 16])
+            .execute(&pool)
+            .await
+            .expect("insert a chunk");
+        }
+    }
+    let left = async || -> Vec<uuid::Uuid> {
+        sqlx::query_scalar("SELECT DISTINCT snapshot_id FROM snapshot_chunks ORDER BY snapshot_id")
+            .fetch_all(&pool)
+            .await
+            .expect("chunks")
+    };
+    assert_eq!(left().await.len(), 3, "the stored snapshot's, and the two uploads'");
+    assert_eq!(
+        store
+            .purge_orphan_chunks(chrono::Duration::hours(1))
+            .await
+            .expect("purge"),
+        1
+    );
+    let kept = left().await;
+    assert!(!kept.contains(&abandoned) && kept.contains(&uploading), "{kept:?}");
+    assert_eq!(kept.len(), 2);
+    assert_eq!(
+        store
+            .purge_orphan_chunks(chrono::Duration::hours(1))
+            .await
+            .expect("purge"),
+        0
+    );
+    // The stored snapshot still loads.
+    let next = IndexManager::new(Arc::clone(&store), 1 << 30);
+    assert_eq!(found(&next, &project, 3, false).await.as_deref(), Some("r3"));
+    assert_eq!(
+        next.status(project.id, "ns").await.expect("loaded").from,
+        LoadedFrom::Snapshot(1)
+    );
+    pool.close().await;
+}

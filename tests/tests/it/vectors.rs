@@ -1362,7 +1362,7 @@ async fn expired_idempotency_keys_are_deleted_in_the_background(app: TestApp) {
         );
         app.store.complete(project, key, &answer).await.expect("complete");
     }
-    quiver_data_plane::idempotency::spawn_purge(
+    quiver_data_plane::spawn_housekeeping(
         std::sync::Arc::downgrade(&app.store),
         std::time::Duration::from_millis(50),
     );
