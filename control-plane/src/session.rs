@@ -21,7 +21,8 @@ impl FromRequestParts<ControlPlane> for Session {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| v.split_once(' '))
+            .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
             .ok_or_else(|| {
                 ApiError::Unauthorized("sign in first: send Authorization: Bearer <session token>".into())
             })?;

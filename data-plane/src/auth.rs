@@ -406,9 +406,13 @@ fn credential(parts: &Parts) -> Option<String> {
     if let Some(key) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(key.trim().to_owned());
     }
-    if let Some(auth) = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let (scheme, value) = auth.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| value.trim().to_owned());
+    // An Authorization header of another scheme (a proxy's Basic, say) is not ours:
+    // the key may still come in the query.
+    if let Some(auth) = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some((scheme, value)) = auth.split_once(' ')
+        && scheme.eq_ignore_ascii_case("bearer")
+    {
+        return Some(value.trim().to_owned());
     }
     let query = parts.uri.query()?;
     query.split('&').find_map(|pair| {

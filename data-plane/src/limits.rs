@@ -111,6 +111,16 @@ impl Bucket {
         }
     }
 
+    /// A bucket of `per_minute` with `spent` of it already taken (at most all of it).
+    fn spent(per_minute: u32, spent: u64) -> Self {
+        let bucket = Self::new(per_minute);
+        let spent = u32::try_from(spent).unwrap_or(u32::MAX).min(per_minute.max(1));
+        if let Some(spent) = NonZeroU32::new(spent) {
+            bucket.take(spent.get());
+        }
+        bucket
+    }
+
     fn take(&self, n: u32) -> Decision {
         let per_minute = self.per_minute;
         let denied = |retry_after: Duration| Decision {
@@ -176,8 +186,11 @@ impl LocalBudget {
             .entry((project, kind))
             .or_insert_with(|| Arc::new(Bucket::new(per_minute)));
         if bucket.per_minute != per_minute {
-            // A plan change starts a fresh budget at the new quota.
-            *bucket = Arc::new(Bucket::new(per_minute));
+            // A new quota (a plan change, or a pod's share of it changing) keeps what
+            // was spent of the old one: switching plans back and forth must not
+            // refill the budget each time.
+            let spent = u64::from(bucket.per_minute).saturating_sub(bucket.peek().remaining);
+            *bucket = Arc::new(Bucket::spent(per_minute, spent));
         }
         Arc::clone(bucket)
     }
@@ -793,7 +806,29 @@ mod tests {
             budget.take_now(project, Kind::Queries, 30, 1);
         }
         assert!(!budget.take_now(project, Kind::Queries, 30, 1).admitted());
-        assert!(budget.take_now(project, Kind::Queries, 300, 1).admitted());
+        let raised = budget.take_now(project, Kind::Queries, 300, 1);
+        assert!(raised.admitted());
+        assert_eq!(
+            raised.remaining,
+            300 - 31,
+            "what was spent of the old quota stays spent"
+        );
+    }
+
+    #[test]
+    fn switching_quotas_back_and_forth_does_not_refill_the_budget() {
+        let budget = LocalBudget::default();
+        let project = ProjectId::new();
+        for _ in 0..30 {
+            assert!(budget.take_now(project, Kind::Queries, 30, 1).admitted());
+        }
+        for quota in [300, 30, 300, 30] {
+            Budget::peek(&budget, project, Kind::Queries, quota);
+        }
+        assert!(
+            !budget.take_now(project, Kind::Queries, 30, 1).admitted(),
+            "the starter budget spent before the switches is still spent"
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@ mod cli;
 mod keys;
 mod serve;
 
+/// How long an exit waits for blocking tasks still running once everything else stopped.
+const SHUTDOWN_BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let outcome = {
@@ -13,8 +16,10 @@ fn main() -> std::process::ExitCode {
         let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
         let outcome = runtime.block_on(cli.run());
         // The runtime's threads stop first, then the guard writes out the last lines,
-        // so that they all come before an error below.
-        drop(runtime);
+        // so that they all come before an error below. Blocking tasks still running (a
+        // graph being rebuilt aside, an index loading) are left to the exit, not
+        // waited for: what they make is rebuilt from the store on the next start.
+        runtime.shutdown_timeout(SHUTDOWN_BLOCKING_GRACE);
         outcome
     };
     match outcome {

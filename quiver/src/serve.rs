@@ -223,6 +223,8 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
     serve_until_signal(vec![(listener, router)], writes, store).await
 }
 
+/// How long a shutdown waits for requests in flight to finish.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a shutdown waits for writes whose clients went away.
 const WRITES_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -240,8 +242,13 @@ async fn serve_until_signal(
         let stop = Arc::clone(&stop);
         async move {
             wait_for_signal().await;
-            tracing::info!("shutting down: finishing in-flight requests");
+            tracing::info!("shutting down: finishing in-flight requests (a second signal stops at once)");
             let _ = stop.send(true);
+            // Every acknowledged write is in the store already: stopping now loses
+            // nothing but the answers of requests still running.
+            wait_for_signal().await;
+            tracing::warn!("a second signal: stopping without waiting for requests still running");
+            std::process::exit(130);
         }
     });
 
@@ -263,13 +270,27 @@ async fn serve_until_signal(
         });
     }
     let mut outcome = Ok(());
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => outcome = Err(anyhow!("a listener failed: {err}")),
-            Err(err) => outcome = Err(anyhow!("a server task failed: {err}")),
+    let mut stopping = stopped.clone();
+    let drained = async {
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => outcome = Err(anyhow!("a listener failed: {err}")),
+                Err(err) => outcome = Err(anyhow!("a server task failed: {err}")),
+            }
         }
+    };
+    // Requests still running some time after the signal (a slow client's upload, a
+    // long search) do not hold the exit for ever.
+    let deadline = async {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::select! {
+        () = drained => {}
+        () = deadline => tracing::warn!("shutting down with requests still running after {DRAIN_GRACE:?}"),
     }
+    tasks.abort_all();
     if let Some(writes) = writes {
         writes.close();
         if tokio::time::timeout(WRITES_GRACE, writes.wait()).await.is_err() {

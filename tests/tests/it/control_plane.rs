@@ -258,6 +258,15 @@ async fn other_accounts_projects_are_404s_and_sessions_are_required(app: TestApp
         .control_call(Method::GET, &format!("/v1/projects/{id}"), Some(&owner), None)
         .await;
     assert_eq!(read["plan"], "starter", "the intruder's PATCH changed nothing");
+    // The scheme is case-insensitive, as HTTP says.
+    let shouting = app
+        .http
+        .get(format!("{}/v1/projects/{id}", app.control))
+        .header("authorization", format!("BEARER {owner}"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(shouting.status().as_u16(), 200);
 }
 
 async fn keys_are_shown_once_listed_without_secrets_and_revoked(app: TestApp) {

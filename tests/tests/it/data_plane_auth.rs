@@ -87,7 +87,14 @@ async fn keys_are_accepted_in_every_documented_place(app: TestApp) {
         .data_request(0, Method::GET, "/v1/namespaces")
         .header("authorization", format!("Bearer {key}"));
     let query = app.data_request(0, Method::GET, &format!("/v1/namespaces?api_key={key}"));
-    for request in [header, bearer, query] {
+    let shouting = app
+        .data_request(0, Method::GET, "/v1/namespaces")
+        .header("authorization", format!("BEARER {key}"));
+    // A proxy's own Authorization (another scheme) leaves the query's key to count.
+    let behind_basic_auth = app
+        .data_request(0, Method::GET, &format!("/v1/namespaces?api_key={key}"))
+        .header("authorization", "Basic cHJveHk6cGFzcw==");
+    for request in [header, bearer, query, shouting, behind_basic_auth] {
         let (status, body) = read(request.send().await.expect("answer")).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(
