@@ -11,6 +11,12 @@ use serde::de::DeserializeOwned;
 /// The variant decides the HTTP status and the stable `code` of the envelope
 /// `{"error":{"code","message","detail","status"}}`; the mapping is one exhaustive
 /// `match`, so a new variant cannot ship without a status.
+/// Whole seconds for `Retry-After`, rounded up and at least one: a client that waits
+/// what it says is not refused again for the fraction left.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request body or a parameter failed validation (400 `VALIDATION_ERROR`).
@@ -280,6 +286,16 @@ impl<T: Serialize> IntoResponse for AppJson<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        use std::time::Duration;
+        assert_eq!(retry_after_secs(Duration::from_millis(11_900)), 12);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
+    }
 
     #[test]
     fn internal_errors_do_not_leak_their_cause() {

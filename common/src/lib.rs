@@ -12,7 +12,7 @@ pub mod error;
 pub mod http;
 /// JSON values compared.
 pub mod json;
-
+/// URLs with their secrets replaced, for messages and logs.
 pub mod redact;
 /// Passwords and API keys: generation, argon2id hashing, parsing.
 pub mod secrets;

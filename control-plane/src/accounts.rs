@@ -200,7 +200,7 @@ pub async fn login(
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::RateLimited {
             message: "too many sign-in attempts for this email; wait and try again".into(),
-            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            retry_after_secs: quiver_common::error::retry_after_secs(wait),
         });
     }
     let user = state.store.user_by_email(&email).await?;

@@ -288,7 +288,7 @@ impl Authenticator {
                 Refusal::Expired => ApiError::Unauthorized("this API key has expired".to_owned()),
                 Refusal::Throttled(wait) => ApiError::RateLimited {
                     message: "too many unrecognised API keys from this address; slow down".to_owned(),
-                    retry_after_secs: retry_after_secs(wait),
+                    retry_after_secs: quiver_common::error::retry_after_secs(wait),
                 },
                 Refusal::Unchecked(err) => err,
             })?;
@@ -459,10 +459,4 @@ impl FromRequestParts<DataPlane> for Principal {
             rate,
         })
     }
-}
-
-/// Seconds for `Retry-After`, rounded up: a client that waits what it says is not
-/// refused again for the fraction left.
-pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }

@@ -683,9 +683,9 @@ impl Limits {
                 message: format!(
                     "rate limit reached: the plan allows {per_minute} {} a minute; retry in {} s",
                     noun(kind),
-                    wait.as_secs_f64().ceil() as u64
+                    quiver_common::error::retry_after_secs(wait)
                 ),
-                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                retry_after_secs: quiver_common::error::retry_after_secs(wait),
             }),
         }
     }

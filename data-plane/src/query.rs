@@ -184,13 +184,6 @@ async fn run(
     let mut writing = backend.writing.subscribe();
     let execution = quiver_nql::execute_parsed(&backend, statement, request, state.cursor_key.as_slice());
     tokio::pin!(execution);
-    let timed_out = || ApiError::Query {
-        message: "canceling statement due to statement timeout".into(),
-        detail: Some(format!(
-            "the statement ran longer than {} ms; raise timeout_ms or narrow the query",
-            timeout.as_millis()
-        )),
-    };
     if let Ok(outcome) = tokio::time::timeout(timeout, &mut execution).await {
         return outcome;
     }
@@ -200,24 +193,13 @@ async fn run(
     // statement would run again), the timeout stands.
     tokio::select! {
         outcome = &mut execution => outcome,
-        _ = writing.wait_for(|writing| !*writing) => Err(timed_out()),
-    }
-}
-
-/// What a write to the store returns, and whether it wrote anything.
-trait WroteSomething {
-    fn wrote(&self) -> bool;
-}
-
-impl WroteSomething for quiver_store::WriteOutcome {
-    fn wrote(&self) -> bool {
-        true
-    }
-}
-
-impl<T> WroteSomething for Option<T> {
-    fn wrote(&self) -> bool {
-        self.is_some()
+        _ = writing.wait_for(|writing| !*writing) => Err(ApiError::Query {
+            message: "canceling statement due to statement timeout".into(),
+            detail: Some(format!(
+                "the statement ran longer than {} ms; raise timeout_ms or narrow the query",
+                timeout.as_millis()
+            )),
+        }),
     }
 }
 
@@ -422,26 +404,19 @@ impl ProjectBackend<'_> {
     /// Writes records in one transaction (records::upsert runs it in a task of its
     /// own, so a statement timeout never cuts it between its commit and the index).
     async fn upsert(&self, collection: &str, writes: Vec<RecordWrite>) -> Result<(), ApiError> {
-        self.writing(records::upsert(
-            self.state,
-            self.principal,
-            &self.plan,
-            collection,
-            writes,
-        ))
-        .await
-        .map(drop)
+        let upsert = records::upsert(self.state, self.principal, &self.plan, collection, writes);
+        self.writing(async { upsert.await.map(Some) }).await.map(drop)
     }
 
     /// Runs a write to the store with [`ProjectBackend::writing`] set, cleared again
     /// when the write says it wrote nothing (`Ok(None)`) or failed.
-    async fn writing<T>(&self, write: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError>
-    where
-        T: WroteSomething,
-    {
+    async fn writing<T>(
+        &self,
+        write: impl Future<Output = Result<Option<T>, ApiError>>,
+    ) -> Result<Option<T>, ApiError> {
         self.writing.send_replace(true);
         let outcome = write.await;
-        if !outcome.as_ref().is_ok_and(WroteSomething::wrote) {
+        if !matches!(outcome, Ok(Some(_))) {
             self.writing.send_replace(false);
         }
         outcome

@@ -325,6 +325,17 @@ struct News {
     index: Option<Weak<Loaded>>,
 }
 
+impl News {
+    /// Raises `loaded`'s wanted seq to the newest write heard of in its epoch.
+    fn raise(&self, loaded: &Loaded) {
+        if let Some((epoch, seq)) = self.latest
+            && epoch == loaded.index.epoch()
+        {
+            loaded.wanted.fetch_max(seq, Ordering::SeqCst);
+        }
+    }
+}
+
 /// All the indexes of one pod.
 pub struct IndexManager {
     store: Arc<dyn Store>,
@@ -524,10 +535,8 @@ impl IndexManager {
                 Some((epoch, seq)) if epoch == state.epoch => Some((epoch, seq.max(state.seq))),
                 _ => Some((state.epoch, state.seq)),
             };
-            if let Some(loaded) = news.index.as_ref().and_then(Weak::upgrade)
-                && loaded.index.epoch() == state.epoch
-            {
-                loaded.wanted.fetch_max(state.seq, Ordering::SeqCst);
+            if let Some(loaded) = news.index.as_ref().and_then(Weak::upgrade) {
+                news.raise(&loaded);
             }
         }
     }
@@ -537,11 +546,7 @@ impl IndexManager {
     fn loading_into(&self, key: &Key, loaded: &Arc<Loaded>) {
         if let Some(news) = self.loading.lock().expect("never poisoned").get_mut(key) {
             news.index = Some(Arc::downgrade(loaded));
-            if let Some((epoch, seq)) = news.latest
-                && epoch == loaded.index.epoch()
-            {
-                loaded.wanted.fetch_max(seq, Ordering::SeqCst);
-            }
+            news.raise(loaded);
         }
     }
 

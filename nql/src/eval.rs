@@ -626,10 +626,10 @@ enum Token {
     Char(char),
 }
 
-/// SQL LIKE: `%` any run, `_` one character, `escape` makes the next one literal.
 /// The most steps [`like`] takes to match one value: about a tenth of a second.
 pub(crate) const LIKE_MAX_STEPS: u64 = 50_000_000;
 
+/// SQL LIKE: `%` any run, `_` one character, `escape` makes the next one literal.
 pub(crate) fn like(text: &str, pattern: &str, case_insensitive: bool, escape: Option<char>) -> Result<bool, ApiError> {
     // Folded a character at a time, as the pattern is (`str::to_lowercase` would turn
     // a word-final Σ into ς, which the pattern's Σ, folded alone, never matches).

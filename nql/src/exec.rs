@@ -467,7 +467,9 @@ impl Executor<'_> {
         if unbounded && (end - start) as u64 > MAX_RESULT_ROWS {
             return Err(ApiError::Query {
                 message: format!("the SELECT returns more than the {MAX_RESULT_ROWS} rows a statement returns at once"),
-                detail: Some("add LIMIT, or send limit (up to 10000) and follow nextCursor page by page".into()),
+                detail: Some(format!(
+                    "add LIMIT, or send limit (up to {MAX_PAGE_LIMIT}) and follow nextCursor page by page"
+                )),
             });
         }
         let mut rows: Vec<Row> = rows.into_iter().map(|(_, row)| row).collect();
