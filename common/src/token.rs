@@ -26,6 +26,10 @@ pub struct SessionClaims {
     pub iss: String,
     pub iat: i64,
     pub exp: i64,
+    /// The account's session epoch when the session began: a log out raises the
+    /// account's, which ends this session.
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 /// The claims of a browser token for one project.
@@ -110,8 +114,8 @@ impl JwtKeys {
             .expect("HS256 signing of serializable claims cannot fail")
     }
 
-    /// A session for an account, valid for `ttl`.
-    pub fn issue_session(&self, user: UserId, ttl: Duration) -> (String, DateTime<Utc>) {
+    /// A session for an account whose session epoch is `epoch`, valid for `ttl`.
+    pub fn issue_session(&self, user: UserId, epoch: i64, ttl: Duration) -> (String, DateTime<Utc>) {
         let now = Utc::now();
         let expires = now + ttl;
         let claims = SessionClaims {
@@ -120,14 +124,16 @@ impl JwtKeys {
             iss: ISSUER.into(),
             iat: now.timestamp(),
             exp: expires.timestamp(),
+            epoch,
         };
         (self.sign(&claims), expires)
     }
 
-    /// The account of a valid, unexpired session token.
-    pub fn verify_session(&self, token: &str) -> Result<UserId, TokenError> {
+    /// The account of a valid, unexpired session token, and the session epoch it
+    /// began under (which the caller compares with the account's).
+    pub fn verify_session(&self, token: &str) -> Result<(UserId, i64), TokenError> {
         jsonwebtoken::decode::<SessionClaims>(token, &self.decoding, &Self::validation(SESSION_AUDIENCE))
-            .map(|data| data.claims.sub)
+            .map(|data| (data.claims.sub, data.claims.epoch))
             .map_err(|err| TokenError(err.to_string()))
     }
 
@@ -181,8 +187,8 @@ mod tests {
     fn sessions_and_project_tokens_verify_and_cannot_stand_in_for_each_other() {
         let keys = keys();
         let user = UserId::new();
-        let (session, _) = keys.issue_session(user, Duration::hours(1));
-        assert_eq!(keys.verify_session(&session).expect("valid"), user);
+        let (session, _) = keys.issue_session(user, 0, Duration::hours(1));
+        assert_eq!(keys.verify_session(&session).expect("valid"), (user, 0));
         assert!(
             keys.verify_project_token(&session).is_err(),
             "a session is not a data-plane token"
@@ -206,14 +212,14 @@ mod tests {
     fn tokens_signed_with_another_secret_or_expired_or_unsigned_are_refused() {
         let keys = keys();
         let other = JwtKeys::new(&[8u8; 32]).expect("32 bytes");
-        let (foreign, _) = other.issue_session(UserId::new(), Duration::hours(1));
+        let (foreign, _) = other.issue_session(UserId::new(), 0, Duration::hours(1));
         assert!(keys.verify_session(&foreign).is_err());
 
-        let (expired, _) = keys.issue_session(UserId::new(), Duration::seconds(-5));
+        let (expired, _) = keys.issue_session(UserId::new(), 0, Duration::seconds(-5));
         assert!(keys.verify_session(&expired).is_err());
 
         // alg "none": a header and claims with an empty signature.
-        let (valid, _) = keys.issue_session(UserId::new(), Duration::hours(1));
+        let (valid, _) = keys.issue_session(UserId::new(), 0, Duration::hours(1));
         let claims = valid.split('.').nth(1).expect("claims part");
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims}.");
         assert!(keys.verify_session(&none).is_err());

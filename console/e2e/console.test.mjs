@@ -26,6 +26,8 @@ let browser;
 let page;
 let consoleUrl;
 let fullKey;
+let projectPath;
+const pageErrors = [];
 
 function upsert(key) {
   return fetch(`${quiver.dataUrl}/v1/vectors/upsert`, {
@@ -61,7 +63,10 @@ describe('the console against a real Quiver', { timeout: 180_000 }, () => {
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     context.setDefaultTimeout(10_000);
     page = await context.newPage();
-    page.on('pageerror', (error) => console.error('page error:', error));
+    page.on('pageerror', (error) => {
+      console.error('page error:', error);
+      pageErrors.push(String(error));
+    });
   });
 
   after(async () => {
@@ -123,9 +128,15 @@ describe('the console against a real Quiver', { timeout: 180_000 }, () => {
     assert.match(await row.innerText(), /app_readwrite[\s\S]*never[\s\S]*Active/);
 
     await page.getByRole('button', { name: 'Done' }).click();
-    await page.reload();
-    await page.getByRole('table', { name: 'API keys' }).waitFor();
-    assert.ok(!(await page.content()).includes(fullKey), 'the whole key is never shown again');
+    await page.getByLabel('New API key').waitFor({ state: 'detached' });
+    assert.ok(!(await page.content()).includes(fullKey), 'the whole key is gone from the page after Done');
+    const token = await page.evaluate(() => JSON.parse(sessionStorage.getItem('quiver.session')).token);
+    const projectId = page.url().split('/').pop();
+    const listed = await fetch(`${consoleUrl}/v1/projects/${projectId}/keys`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    assert.equal(listed.status, 200);
+    assert.ok(!(await listed.text()).includes(fullKey), 'the key list never carries the whole key');
   });
 
   it('the key writes to the data plane', async () => {
@@ -162,10 +173,63 @@ describe('the console against a real Quiver', { timeout: 180_000 }, () => {
     await page.screenshot({ path: path.join(artifacts, 'project.png'), fullPage: true });
   });
 
+  it('an expired session goes back to the login page, and signing in returns to the page', async () => {
+    projectPath = new URL(page.url()).pathname;
+    await page.evaluate(() => {
+      const session = JSON.parse(sessionStorage.getItem('quiver.session'));
+      session.expires_at = new Date(Date.now() - 1000).toISOString();
+      sessionStorage.setItem('quiver.session', JSON.stringify(session));
+    });
+    const form = page.getByRole('form', { name: 'Create an API key' });
+    await form.getByLabel('Label').fill('after expiry');
+    await form.getByRole('button', { name: 'Create key' }).click();
+    await page.waitForURL((url) => url.pathname === '/login' && url.searchParams.get('next') === projectPath);
+    const accepted = await logIn(email, password);
+    assert.equal(accepted.status(), 200);
+    await page.waitForURL((url) => url.pathname === projectPath);
+    await page.getByRole('heading', { name: projectName, level: 1 }).waitFor();
+  });
+
+  it('a session the server refuses also goes back to the login page', async () => {
+    await page.evaluate(() => {
+      const session = JSON.parse(sessionStorage.getItem('quiver.session'));
+      session.token = `${session.token}x`;
+      sessionStorage.setItem('quiver.session', JSON.stringify(session));
+    });
+    await page.getByLabel('New plan').selectOption('starter');
+    await page.getByRole('button', { name: 'Change plan' }).click();
+    await page.waitForURL((url) => url.pathname === '/login' && url.searchParams.get('next') === projectPath);
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('quiver.session')), null);
+    await logIn(email, password);
+    await page.waitForURL((url) => url.pathname === projectPath);
+    assert.equal(await page.getByTestId('plan-name').innerText(), 'Developer', 'the refused change did not happen');
+  });
+
+  it('a link with a malformed escape shows the not-found page', async () => {
+    await page.goto(`${consoleUrl}/projects/%zz`);
+    await page.getByRole('heading', { name: 'Page not found' }).waitFor();
+    await page.getByRole('link', { name: 'Back to your projects' }).click();
+    await page.getByRole('link', { name: projectName }).waitFor();
+  });
+
+  it('serves the console unframeable, and a missing asset as a 404 nobody caches', { skip: !quiverServesConsole }, async () => {
+    const index = await fetch(`${consoleUrl}${projectPath}`);
+    assert.equal(index.status, 200);
+    assert.match(index.headers.get('content-security-policy') ?? '', /frame-ancestors 'none'/);
+    assert.equal(index.headers.get('x-frame-options'), 'DENY');
+    const missing = await fetch(`${consoleUrl}/assets/index-00000000.js`);
+    assert.equal(missing.status, 404);
+    assert.equal(missing.headers.get('cache-control'), 'no-store');
+    assert.match(missing.headers.get('content-type') ?? '', /application\/json/);
+  });
+
   it('logs out, refuses a wrong password with the API message, and logs in again', async () => {
+    const token = await page.evaluate(() => JSON.parse(sessionStorage.getItem('quiver.session')).token);
     await page.getByRole('button', { name: 'Log out' }).click();
     await page.waitForURL('**/login');
     assert.equal(await page.evaluate(() => sessionStorage.getItem('quiver.session')), null);
+    const copied = await fetch(`${consoleUrl}/v1/projects`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(copied.status, 401, 'a copy of the token stops working at log out');
 
     const refused = await logIn(email, 'not the password at all');
     assert.equal(refused.status(), 401);
@@ -187,6 +251,10 @@ describe('the console against a real Quiver', { timeout: 180_000 }, () => {
     await dialog.getByRole('button', { name: 'Delete project' }).click();
     await page.waitForURL(/\/projects$/);
     await page.getByText('No projects yet').waitFor();
+  });
+
+  it('raised no error in the page all along', () => {
+    assert.deepEqual(pageErrors, []);
   });
 });
 

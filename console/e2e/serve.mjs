@@ -40,9 +40,14 @@ function proxy(req, res, upstream) {
 }
 
 async function serveFile(req, res, distDir) {
-  const pathname = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+  let pathname;
+  try {
+    pathname = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+  } catch {
+    pathname = '/'; // a malformed escape is a route the app shows as not found
+  }
   let file = path.join(distDir, path.normalize(pathname));
-  if (!file.startsWith(distDir)) file = path.join(distDir, 'index.html');
+  if (!file.startsWith(distDir + path.sep)) file = path.join(distDir, 'index.html');
   let info = await stat(file).catch(() => null);
   // SPA fallback: any path that is not a file is a client-side route.
   if (!info || !info.isFile()) {

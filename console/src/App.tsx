@@ -1,29 +1,27 @@
 // The shell: who is signed in, which screen to show, the header with log out.
 import { useEffect, useState } from 'react';
-import { clearSession, loadSession, setOnSessionLost, type Session } from './api';
+import { call, clearSession, loadSession, setOnSessionLost, type Session } from './api';
+import { Accounts } from './client/sdk.gen';
 import { AuthPage } from './AuthPage';
 import { Link } from './components';
 import { ProjectPage } from './ProjectPage';
 import { ProjectsPage } from './ProjectsPage';
-import { navigate, useRoute } from './router';
+import { afterSignIn, loginPath, navigate, useRoute } from './router';
 
 export function App() {
   const route = useRoute();
   const [session, setSession] = useState<Session | null>(loadSession);
 
-  useEffect(() => {
-    setOnSessionLost(() => {
-      setSession(null);
-      navigate('/login', true);
-    });
-  }, []);
+  // A lost session signs out; the effect below then goes to the login page,
+  // remembering the page it was on.
+  useEffect(() => setOnSessionLost(() => setSession(null)), []);
 
   const signedOut = !session;
   const onAuthPage = route.name === 'login' || route.name === 'signup';
 
   useEffect(() => {
-    if (signedOut && !onAuthPage) navigate('/login', true);
-    if (!signedOut && onAuthPage) navigate('/projects', true);
+    if (signedOut && !onAuthPage) navigate(loginPath(), true);
+    if (!signedOut && onAuthPage) navigate(afterSignIn(location.search), true);
   }, [signedOut, onAuthPage]);
 
   useEffect(() => {
@@ -35,7 +33,14 @@ export function App() {
     return <AuthPage key={mode} mode={mode} onSignedIn={setSession} />;
   }
 
-  const logOut = () => {
+  // Ends the session on the server too (a copy of the token stops working), then here
+  // whatever the server said: a failed call must not keep anyone signed in.
+  const logOut = async () => {
+    try {
+      await call(Accounts.logout());
+    } catch {
+      // Already ended, or the server is unreachable: signed out here all the same.
+    }
     clearSession();
     setSession(null);
     navigate('/login', true);

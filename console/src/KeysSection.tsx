@@ -28,7 +28,10 @@ export function KeysSection({ projectId }: { projectId: string }) {
   const load = useCallback(
     () =>
       call(Keys.listKeys({ path: { id: projectId } }))
-        .then((list) => setKeys(list.keys))
+        .then((list) => {
+          setKeys(list.keys);
+          setError(null);
+        })
         .catch(setError),
     [projectId],
   );

@@ -12,7 +12,10 @@ export interface Session {
   expires_at: string;
 }
 
-/** The session lives in sessionStorage: it ends with the tab, never outlives a log out. */
+/**
+ * The session lives in sessionStorage: it ends with the tab. A log out also ends it on
+ * the server (every session of the account), so a copy of the token stops working.
+ */
 export function loadSession(): Session | null {
   const raw = sessionStorage.getItem(SESSION_KEY);
   if (!raw) return null;
@@ -60,7 +63,11 @@ export class ApiError extends Error {
 
 let onSessionLost: () => void = () => {};
 
-/** Called when a request with a session answers 401: the session expired or was revoked. */
+/**
+ * Called when a request answers 401: the session expired (here or by the server's
+ * clock), was ended, or was never there. The control plane answers 401 for nothing else
+ * but a wrong password at login, where there is no session to lose.
+ */
 export function setOnSessionLost(fn: () => void): void {
   onSessionLost = fn;
 }
@@ -92,7 +99,7 @@ export async function call<T>(request: Promise<Result<T>>): Promise<T> {
   const { data, error, response } = await request;
   if (response?.ok) return data as T;
   const apiError = toApiError(error, response);
-  if (apiError.status === 401 && loadSession()) {
+  if (apiError.status === 401) {
     clearSession();
     onSessionLost();
   }

@@ -12,11 +12,13 @@ use quiver_common::{ApiError, AppJson};
 use serde::{Deserialize, Serialize};
 
 use crate::ControlPlane;
+use crate::session::Session;
 
 pub fn router() -> Router<ControlPlane> {
     Router::new()
         .route("/v1/auth/signup", post(signup))
         .route("/v1/auth/login", post(login))
+        .route("/v1/auth/logout", post(logout))
 }
 
 /// Login attempts admitted per email: a burst of 5, then one every 12 s.
@@ -211,9 +213,29 @@ pub async fn login(
     Ok(Json(start_session(&state, user)))
 }
 
+/// End every session of the signed-in account: this one, and those in other browsers.
+#[utoipa::path(
+    post,
+    operation_id = "logout",
+    path = "/v1/auth/logout",
+    tag = "accounts",
+    security(("session" = [])),
+    responses(
+        (status = 204, description = "every session of the account has ended"),
+        (status = 401, description = "no valid session", body = quiver_common::error::ErrorEnvelope),
+    )
+)]
+pub async fn logout(State(state): State<ControlPlane>, session: Session) -> Result<StatusCode, ApiError> {
+    state.store.end_sessions(session.user).await?;
+    tracing::info!(user_id = %session.user, "sessions ended");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// A new session for an account that proved who it is.
 fn start_session(state: &ControlPlane, user: quiver_store::User) -> SessionView {
-    let (token, expires_at) = state.jwt.issue_session(user.id, state.settings.session_ttl);
+    let (token, expires_at) = state
+        .jwt
+        .issue_session(user.id, user.session_epoch, state.settings.session_ttl);
     SessionView {
         user: UserView {
             id: user.id,

@@ -1,13 +1,16 @@
 //! The web console (`console/`, a single-page app) served at `/` from its build
-//! directory: files as they are, and `index.html` for every other path so the app's
-//! own routes (`/projects/…`) load on refresh. `/v1` stays the API's.
+//! directory: files as they are, and `index.html` for the app's own routes
+//! (`/projects/…`) so they load on refresh. `/v1` stays the API's. A missing file (a
+//! path under `/assets/`, or one whose name has an extension) is a 404, never the
+//! index: a hashed script asked of a pod that does not have it (a rolling deploy)
+//! must not be cached for a year as HTML.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use quiver_common::ApiError;
 use tower::ServiceExt as _;
@@ -35,20 +38,69 @@ pub async fn serve(State(state): State<ControlPlane>, request: Request) -> Respo
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return ApiError::MethodNotAllowed(format!("{} is not allowed on {path}", request.method())).into_response();
     }
-    let Some(dir) = state.settings.console_dir.clone() else {
-        return (StatusCode::OK, Html(NOT_BUILT)).into_response();
+    let mut response = match state.settings.console_dir.clone() {
+        Some(dir) => serve_from(dir, request).await,
+        None => (StatusCode::OK, Html(NOT_BUILT)).into_response(),
     };
-    serve_from(dir, request).await
+    guard(response.headers_mut());
+    response
+}
+
+/// The console's own scripts and styles only, never inside another site's frame (a
+/// framed console could be clicked into deleting a project), and no content sniffed
+/// into another type. React sets inline styles through the DOM, which the policy
+/// allows; the page shown when the console is not built styles itself inline.
+fn guard(headers: &mut HeaderMap) {
+    let is_html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/html"));
+    if is_html {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+                 object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+            ),
+        );
+    }
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+}
+
+/// Whether a path missing from the build is one of the app's routes (which get the
+/// index) rather than a file (which gets a 404).
+fn is_app_route(path: &str) -> bool {
+    let last = path.rsplit('/').next().unwrap_or_default();
+    !path.starts_with("/assets/") && !last.contains('.')
 }
 
 async fn serve_from(dir: Arc<PathBuf>, request: Request) -> Response {
-    let immutable = request.uri().path().starts_with("/assets/");
+    let path = request.uri().path();
+    let immutable = path.starts_with("/assets/");
+    let app_route = is_app_route(path);
     let index = dir.join("index.html");
-    let files = ServeDir::new(dir.as_path()).fallback(ServeFile::new(index));
-    let mut response = match files.oneshot(request).await {
+    let served = if app_route {
+        ServeDir::new(dir.as_path())
+            .fallback(ServeFile::new(index))
+            .oneshot(request)
+            .await
+    } else {
+        ServeDir::new(dir.as_path()).oneshot(request).await
+    };
+    let mut response = match served {
         Ok(response) => response.map(Body::new),
         Err(infallible) => match infallible {},
     };
+    if response.status() == StatusCode::NOT_FOUND {
+        return (
+            StatusCode::NOT_FOUND,
+            [(header::CACHE_CONTROL, "no-store")],
+            ApiError::NotFound("no such file in the console's build".into()),
+        )
+            .into_response();
+    }
     // Built assets carry a content hash in their names; index.html must be re-read
     // so a new build is picked up.
     let cache = if immutable && response.status().is_success() {
@@ -112,6 +164,44 @@ mod tests {
             );
             assert_eq!(cache, "no-cache");
         }
+
+        // A file the build lacks is a 404 that no cache keeps, not the index.
+        for missing in ["/assets/app-9z9z.js", "/assets/old.css", "/favicon.ico", "/robots.txt"] {
+            let (status, body, cache) = get(dir.path(), missing).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+            assert!(!body.contains("root"), "{missing}: {body}");
+            assert_eq!(cache, "no-store", "{missing}");
+        }
+    }
+
+    #[test]
+    fn app_routes_are_told_from_files() {
+        assert!(is_app_route("/"));
+        assert!(is_app_route("/projects/0190f0f0-aaaa-7bbb-8ccc-123456789abc"));
+        assert!(is_app_route("/login"));
+        assert!(!is_app_route("/assets/index"));
+        assert!(!is_app_route("/favicon.svg"));
+    }
+
+    #[test]
+    fn pages_may_not_be_framed_nor_sniffed() {
+        let mut html = HeaderMap::new();
+        html.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        guard(&mut html);
+        let policy = html[header::CONTENT_SECURITY_POLICY].to_str().expect("ascii");
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+        assert!(policy.contains("default-src 'self'"), "{policy}");
+        assert_eq!(html[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(html[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+
+        let mut script = HeaderMap::new();
+        script.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript"));
+        guard(&mut script);
+        assert!(!script.contains_key(header::CONTENT_SECURITY_POLICY));
+        assert_eq!(script[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
 
     #[test]

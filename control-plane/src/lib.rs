@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use quiver_common::bus::Bus;
-use quiver_common::http::{ReadinessCheck, finish_router, health_router};
+use quiver_common::http::{ReadinessCheck, Weight, finish_router, health_router};
 use quiver_common::token::JwtKeys;
 use quiver_store::Store;
 
@@ -67,7 +67,12 @@ impl ControlPlane {
 
     /// The control plane's router: `/v1` and the health probes.
     pub fn router(self) -> Router {
-        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![self.store.clone(), self.bus.clone()];
+        // Without its store the control plane serves nothing; without the bus it still
+        // commits every change (pods poll for what they miss).
+        let checks: Vec<(Arc<dyn ReadinessCheck>, Weight)> = vec![
+            (self.store.clone(), Weight::Required),
+            (self.bus.clone(), Weight::Shared),
+        ];
         let api = Router::new()
             .merge(accounts::router())
             .merge(plans::router())

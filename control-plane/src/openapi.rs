@@ -14,6 +14,7 @@ use utoipa::{Modify, OpenApi};
         quiver_common::http::readyz,
         crate::accounts::signup,
         crate::accounts::login,
+        crate::accounts::logout,
         crate::plans::list,
         crate::projects::create,
         crate::projects::list,

@@ -7,7 +7,8 @@ use quiver_store::Project;
 
 use crate::ControlPlane;
 
-/// The account behind a valid console session (`Authorization: Bearer <JWT>`).
+/// The account behind a valid console session (`Authorization: Bearer <JWT>`) that
+/// no log out has ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Session {
     pub user: UserId,
@@ -26,11 +27,18 @@ impl FromRequestParts<ControlPlane> for Session {
             .ok_or_else(|| {
                 ApiError::Unauthorized("sign in first: send Authorization: Bearer <session token>".into())
             })?;
-        let user = state
+        let (user, epoch) = state
             .jwt
             .verify_session(token.trim())
             .map_err(|_| ApiError::Unauthorized("the session token is invalid or expired: sign in again".into()))?;
-        Ok(Session { user })
+        // A log out ends the account's sessions begun before it (and a deleted account
+        // has none).
+        match state.store.user(user).await? {
+            Some(account) if account.session_epoch == epoch => Ok(Session { user }),
+            _ => Err(ApiError::Unauthorized(
+                "the session has ended (logged out): sign in again".into(),
+            )),
+        }
     }
 }
 

@@ -77,6 +77,33 @@ async fn accounts_sign_up_and_log_in_and_refuse_what_they_should(app: TestApp) {
         .await;
     let unknown_email = assert_error(status, &body, 401, "UNAUTHORIZED");
     assert_eq!(wrong_password, unknown_email);
+
+    // Logging out ends every session of the account, this one and one from another
+    // browser; a session begun after works.
+    let login = json!({"email": "ada@example.com", "password": "correct horse battery"});
+    let (_, body) = app
+        .control_call(Method::POST, "/v1/auth/login", None, Some(login.clone()))
+        .await;
+    let other_browser = body["token"].as_str().expect("token").to_owned();
+    let (status, body) = app
+        .control_call(Method::POST, "/v1/auth/logout", Some(&session), None)
+        .await;
+    assert_eq!((status, &body), (204, &serde_json::Value::Null));
+    for ended in [&session, &other_browser] {
+        let (status, body) = app.control_call(Method::GET, "/v1/projects", Some(ended), None).await;
+        let message = assert_error(status, &body, 401, "UNAUTHORIZED");
+        assert!(message.contains("logged out"), "{message}");
+    }
+    let (status, body) = app
+        .control_call(Method::POST, "/v1/auth/logout", Some(&session), None)
+        .await;
+    assert_error(status, &body, 401, "UNAUTHORIZED");
+    let (_, body) = app
+        .control_call(Method::POST, "/v1/auth/login", None, Some(login))
+        .await;
+    let fresh = body["token"].as_str().expect("token").to_owned();
+    let (status, _) = app.control_call(Method::GET, "/v1/projects", Some(&fresh), None).await;
+    assert_eq!(status, 200);
 }
 
 async fn login_attempts_per_email_are_throttled(app: TestApp) {
