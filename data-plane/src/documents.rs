@@ -35,7 +35,15 @@ use crate::vectors::{
 pub fn router() -> Router<DataPlane> {
     Router::new()
         .route("/api/v1/collections/{collection}/documents", post(insert))
-        .route("/api/v1/collections/{collection}/documents/batch", post(insert_batch))
+        // The batch route takes the path of a document named "batch", which has no other
+        // way in: axum does not fall through to `{id}` on another method.
+        .route(
+            "/api/v1/collections/{collection}/documents/batch",
+            post(insert_batch)
+                .get(fetch_named_batch)
+                .delete(remove_named_batch)
+                .merge(axum::routing::put(replace_named_batch).layer(crate::request_body_limit())),
+        )
         .route(
             "/api/v1/collections/{collection}/documents/{id}",
             get(fetch)
@@ -72,6 +80,64 @@ pub(crate) fn no_collection(name: &str) -> ApiError {
 
 fn no_document(collection: &str, id: &str) -> ApiError {
     ApiError::NotFound(format!("no document \"{id}\" in collection \"{collection}\""))
+}
+
+/// The model a collection's text is embedded with, and whether the collection has
+/// recorded it already.
+struct CollectionModel {
+    name: String,
+    recorded: bool,
+}
+
+/// The model to embed a collection's text with: the one the request names, else the
+/// one that embedded the collection's text so far, else the deployment's default. A
+/// request naming another model than the collection's is refused: vectors of two
+/// models are not comparable, even of one dimension.
+async fn collection_model(
+    state: &DataPlane,
+    principal: &Principal,
+    collection: &str,
+    asked: Option<&str>,
+) -> Result<CollectionModel, ApiError> {
+    let recorded = state.store.embedding_model(principal.project_id, collection).await?;
+    match (asked, recorded) {
+        (Some(asked), Some(recorded)) if asked != recorded => Err(ApiError::Validation {
+            message: format!(
+                "collection \"{collection}\" is embedded with {recorded}: name that model (or none), or send \
+                 embeddings; vectors of {asked} would not compare with its documents'"
+            ),
+            detail: Some("field embedding_model".into()),
+        }),
+        (_, Some(recorded)) => Ok(CollectionModel {
+            name: recorded,
+            recorded: true,
+        }),
+        (asked, None) => Ok(CollectionModel {
+            name: asked.unwrap_or(&state.default_model).to_owned(),
+            recorded: false,
+        }),
+    }
+}
+
+/// Records, after a write that embedded text with `model`, that the collection is
+/// embedded with it (the first such write does).
+async fn record_model(state: &DataPlane, principal: &Principal, collection: &str, model: &CollectionModel) {
+    if model.recorded {
+        return;
+    }
+    match state
+        .store
+        .claim_embedding_model(principal.project_id, collection, &model.name)
+        .await
+    {
+        Ok(Some(kept)) if kept != model.name => tracing::warn!(
+            collection, kept = %kept, written = %model.name,
+            "two first writes to a collection embedded with two models at once; the first recorded is kept"
+        ),
+        Ok(_) => {}
+        // The write is done; the next write that embeds records it.
+        Err(err) => tracing::warn!(error = %err, collection, "recording a collection's embedding model failed"),
+    }
 }
 
 fn parse_content(value: Option<&Value>, what: &str) -> Result<Option<String>, ApiError> {
@@ -133,7 +199,7 @@ pub struct InsertRequest {
     /// 1 to 1,000 documents.
     #[schema(value_type = Vec<DocumentInput>, min_items = 1, max_items = 1000)]
     documents: Vec<Value>,
-    /// `provider/model`; default: the deployment's default model (`local/all-minilm-l6-v2` unless configured).
+    /// `provider/model`; default: the model that embedded the collection's text so far, else the deployment's default (`local/all-minilm-l6-v2` unless configured); another than the collection's is a 400.
     #[schema(example = "openai/text-embedding-3-small")]
     embedding_model: Option<String>,
 }
@@ -262,6 +328,38 @@ pub async fn insert_batch(
     insert_documents(state, principal, path, headers, body, "documents.batch").await
 }
 
+/// The document whose id is "batch" (its path is the batch route's).
+fn named_batch(AppPath(collection): AppPath<String>) -> AppPath<(String, String)> {
+    AppPath((collection, "batch".to_owned()))
+}
+
+async fn fetch_named_batch(
+    state: State<DataPlane>,
+    principal: Principal,
+    path: AppPath<String>,
+) -> Result<Json<DocumentView>, ApiError> {
+    fetch(state, principal, named_batch(path)).await
+}
+
+async fn replace_named_batch(
+    state: State<DataPlane>,
+    principal: Principal,
+    path: AppPath<String>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    replace(state, principal, named_batch(path), headers, body).await
+}
+
+async fn remove_named_batch(
+    state: State<DataPlane>,
+    principal: Principal,
+    path: AppPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    remove(state, principal, named_batch(path), headers).await
+}
+
 async fn insert_documents(
     State(state): State<DataPlane>,
     principal: Principal,
@@ -288,8 +386,12 @@ async fn insert_documents(
             });
         }
         let mut documents = parse_documents(&request.documents, &principal)?;
+        // Documents that all carry their embedding need no model.
+        let model = match documents.iter().any(|d| d.embedding.is_none()) {
+            true => Some(collection_model(&state, &principal, &collection, request.embedding_model.as_deref()).await?),
+            false => None,
+        };
         state.admit(&principal, Kind::Documents, documents.len() as u64).await?;
-        let model = request.embedding_model.as_deref().unwrap_or(&state.default_model);
         let sources = documents
             .iter_mut()
             .map(|d| match d.embedding.take() {
@@ -297,7 +399,8 @@ async fn insert_documents(
                 None => Source::Text(d.content.clone()),
             })
             .collect();
-        let vectors = embeddings::complete(&state, &principal.project, model, sources).await?;
+        let model_name = model.as_ref().map_or(&*state.default_model, |m| m.name.as_str());
+        let vectors = embeddings::complete(&state, &principal.project, model_name, sources).await?;
         let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
         let writes = documents
             .into_iter()
@@ -310,6 +413,9 @@ async fn insert_documents(
             })
             .collect();
         let outcome = records::upsert(&state, &principal, &plan, &collection, writes).await?;
+        if let Some(model) = &model {
+            record_model(&state, &principal, &collection, model).await;
+        }
         Ok(serde_json::to_value(InsertResponse {
             // Distinct documents: a batch naming an id twice writes the last of them.
             inserted: outcome.affected,
@@ -394,7 +500,7 @@ pub struct ReplaceRequest {
     /// Embed the (new) content again; without it the embedding is kept.
     #[serde(default)]
     regenerate_embedding: bool,
-    /// The model for `regenerate_embedding`; default: the deployment's default model (`local/all-minilm-l6-v2` unless configured).
+    /// The model for `regenerate_embedding`; default: the model that embedded the collection's text so far, else the deployment's default (`local/all-minilm-l6-v2` unless configured); another than the collection's is a 400.
     embedding_model: Option<String>,
 }
 
@@ -467,8 +573,13 @@ pub async fn replace(
                 "nothing to update: send content, metadata, embedding or regenerate_embedding",
             ));
         }
+        let model = if request.regenerate_embedding {
+            Some(collection_model(&state, &principal, &collection, request.embedding_model.as_deref()).await?)
+        } else {
+            None
+        };
         state.admit(&principal, Kind::Documents, 1).await?;
-        if request.regenerate_embedding {
+        if let Some(model) = &model {
             let text = match &content {
                 Some(text) => text.clone(),
                 None => state
@@ -480,8 +591,7 @@ pub async fn replace(
                     .content
                     .ok_or_else(|| ApiError::validation(format!("{what} has no content to embed")))?,
             };
-            let model = request.embedding_model.as_deref().unwrap_or(&state.default_model);
-            vector = embeddings::embed(&state, project, model, vec![text]).await?.pop();
+            vector = embeddings::embed(&state, project, &model.name, vec![text]).await?.pop();
         }
         let patch = RecordPatch {
             metadata,
@@ -495,6 +605,9 @@ pub async fn replace(
                 Some(_) => no_document(&collection, &id),
             });
         };
+        if let Some(model) = &model {
+            record_model(&state, &principal, &collection, model).await;
+        }
         Ok(serde_json::to_value(ReplaceResponse {
             id,
             updated: true,
@@ -580,10 +693,10 @@ pub struct SearchRequest {
     min_similarity: Option<f64>,
     /// A metadata filter in the vector API's language, e.g. `{"category": "technology"}`.
     #[schema(value_type = Option<Object>, example = json!({"category": "technology"}))]
-    filters: Option<Value>,
+    filters: Option<crate::json::UniqueKeys>,
     /// Default true.
     include_metadata: Option<bool>,
-    /// `provider/model` for `query`; default: the deployment's default model (`local/all-minilm-l6-v2` unless configured).
+    /// `provider/model` for `query`; default: the model that embedded the collection's text so far, else the deployment's default (`local/all-minilm-l6-v2` unless configured); another than the collection's is a 400.
     #[schema(example = "openai/text-embedding-3-small")]
     embedding_model: Option<String>,
     /// `eventual` (default) or `strong`: catch up with the records store first.
@@ -658,7 +771,7 @@ pub async fn search(
     {
         return Err(ApiError::validation("min_similarity must be a finite number"));
     }
-    let filter = Arc::new(parse_filter(request.filters.as_ref(), "filters")?);
+    let filter = Arc::new(parse_filter(request.filters.as_ref().map(|f| &f.0), "filters")?);
     let strong = strong(request.consistency.as_deref())?;
     /// What the search looks for: text to embed, or a vector as given.
     enum Probe {
@@ -679,7 +792,6 @@ pub async fn search(
     let (vector, model) = match probe {
         Probe::Vector(vector) => (vector, None),
         Probe::Text(text) => {
-            let model = request.embedding_model.as_deref().unwrap_or(&state.default_model);
             // Refuse an unknown collection before paying for an embedding.
             if state
                 .store
@@ -689,11 +801,15 @@ pub async fn search(
             {
                 return Err(no_collection(&collection));
             }
-            let vector = embeddings::embed(&state, project, model, vec![text])
+            // The query is embedded as the collection's documents were.
+            let model = collection_model(&state, &principal, &collection, request.embedding_model.as_deref())
+                .await?
+                .name;
+            let vector = embeddings::embed(&state, project, &model, vec![text])
                 .await?
                 .pop()
                 .ok_or_else(|| anyhow::anyhow!("the embedder returned no vector"))?;
-            (vector, Some(model.to_owned()))
+            (vector, Some(model))
         }
     };
     let query = quiver_engine::Query {

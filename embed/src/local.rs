@@ -25,10 +25,14 @@ const BATCH_SIZE: usize = 32;
 /// over the attention mask, L2 normalisation; 384 dimensions.
 ///
 /// The model is loaded on first use and shared by all callers; inference runs on the
-/// blocking thread pool, never on the async executor.
+/// blocking thread pool, never on the async executor, one batch at a time: a forward
+/// pass already keeps every core busy, and callers' batches take turns in the order
+/// they came, so a long insert does not hold up a search's query for all its batches,
+/// and a request whose client went away stops after its batch in hand.
 pub struct LocalEmbedder {
     dir: PathBuf,
     model: OnceCell<Arc<MiniLm>>,
+    turns: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for LocalEmbedder {
@@ -46,6 +50,7 @@ impl LocalEmbedder {
         Self {
             dir,
             model: OnceCell::new(),
+            turns: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -69,9 +74,10 @@ impl LocalEmbedder {
                     .map_err(|err| EmbedError::Internal(anyhow::anyhow!("loading the local model panicked: {err}")))?;
                 let model = loaded.map_err(|err| {
                     EmbedError::Unavailable(format!(
-                        "the local embedding model in {} could not be loaded ({err:#}); re-run `quiver models pull \
-                         local/{MINILM_DIR}` to replace its files",
-                        self.dir.display()
+                        "the local embedding model in {} could not be loaded ({err:#}); run `quiver models pull \
+                         local/{MINILM_DIR} --models-dir {}` to replace its files",
+                        self.dir.display(),
+                        self.dir.parent().unwrap_or(&self.dir).display()
                     ))
                 })?;
                 tracing::info!(dir = %self.dir.display(), "local embedding model loaded");
@@ -94,17 +100,21 @@ impl Embedder for LocalEmbedder {
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let model = self.model().await?;
-        let texts = texts.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let mut vectors = Vec::with_capacity(texts.len());
-            for batch in texts.chunks(BATCH_SIZE) {
-                vectors.extend(model.embed_batch(batch)?);
-            }
-            Ok::<_, anyhow::Error>(vectors)
-        })
-        .await
-        .map_err(|err| EmbedError::Internal(anyhow::anyhow!("local embedding panicked: {err}")))?
-        .map_err(|err| EmbedError::Internal(err.context("embedding with the local model")))
+        let mut vectors = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(BATCH_SIZE) {
+            let _turn = self
+                .turns
+                .acquire()
+                .await
+                .map_err(|err| EmbedError::Internal(anyhow::anyhow!("the local model's turns closed: {err}")))?;
+            let (model, batch) = (Arc::clone(&model), batch.to_vec());
+            let embedded = tokio::task::spawn_blocking(move || model.embed_batch(&batch))
+                .await
+                .map_err(|err| EmbedError::Internal(anyhow::anyhow!("local embedding panicked: {err}")))?
+                .map_err(|err| EmbedError::Internal(err.context("embedding with the local model")))?;
+            vectors.extend(embedded);
+        }
+        Ok(vectors)
     }
 }
 
@@ -188,12 +198,13 @@ fn missing_files(dir: &Path) -> Vec<&'static str> {
 
 fn model_missing(dir: &Path, missing: &[&str]) -> EmbedError {
     EmbedError::ModelMissing(format!(
-        "the local embedding model {} is not installed ({} missing in {}); run `quiver models pull {}` (or place \
-         model.safetensors, config.json and tokenizer.json in {})",
+        "the local embedding model {} is not installed ({} missing in {}); run `quiver models pull {} --models-dir \
+         {}` (or place model.safetensors, config.json and tokenizer.json in {})",
         crate::DEFAULT_MODEL,
         missing.join(", "),
         dir.display(),
         crate::DEFAULT_MODEL,
+        dir.parent().unwrap_or(dir).display(),
         dir.display()
     ))
 }

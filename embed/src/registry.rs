@@ -153,18 +153,11 @@ impl Embedders {
 
     /// The embedder behind `model`, for callers that keep it.
     pub fn embedder(&self, model: &str) -> Result<Arc<dyn Embedder>, EmbedError> {
-        match model.split_once('/') {
-            Some(("local", name)) if name == local::MINILM_DIR => Ok(self.local.clone()),
-            Some(("local", name)) => Err(EmbedError::UnknownModel(format!(
-                "unknown local embedding model \"{name}\"; the local models are: {}",
-                local_model_names().join(", ")
-            ))),
-            Some(("openai", name)) if !name.trim().is_empty() => {
-                check_openai_name(name)?;
-                Ok(self.openai_embedder(name))
-            }
-            _ => Err(unknown_model(model)),
-        }
+        check_model_name(model)?;
+        Ok(match model.split_once('/') {
+            Some(("openai", name)) => self.openai_embedder(name),
+            _ => self.local.clone(),
+        })
     }
 
     /// The listed models: the local one and the well-known OpenAI ones.
@@ -268,6 +261,20 @@ fn validate_texts(texts: &[String]) -> Result<(), EmbedError> {
         )));
     }
     Ok(())
+}
+
+/// Refuses a model name no embedder of this build serves (`local/<name>` of a local
+/// model, or `openai/<model>`), as a request naming it would be refused.
+pub fn check_model_name(model: &str) -> Result<(), EmbedError> {
+    match model.split_once('/') {
+        Some(("local", name)) if name == local::MINILM_DIR => Ok(()),
+        Some(("local", name)) => Err(EmbedError::UnknownModel(format!(
+            "unknown local embedding model \"{name}\"; the local models are: {}",
+            local_model_names().join(", ")
+        ))),
+        Some(("openai", name)) if !name.trim().is_empty() => check_openai_name(name),
+        _ => Err(unknown_model(model)),
+    }
 }
 
 #[cfg(test)]

