@@ -491,7 +491,15 @@ impl Backend for ProjectBackend<'_> {
                 | (DistanceOp::L2, Metric::Euclidean)
                 | (DistanceOp::NegativeInner, Metric::DotProduct)
         );
-        if !served || k == 0 {
+        // Past the index's largest k, the index would answer fewer than asked, which
+        // the executor would take for all there is.
+        if !served || k == 0 || k > crate::vectors::MAX_TOP_K * 10 {
+            return Ok(None);
+        }
+        // A query vector the index cannot hold (values beyond 16-bit floats, or one
+        // that is all zeros there, for cosine) gives NaN distances in a graph walk,
+        // and so k arbitrary rows; the exact scan, in f32, answers right.
+        if crate::vectors::unstorable(vector, project.metric, "the query vector").is_some() {
             return Ok(None);
         }
         let filter = match filter.map(Filter::parse) {
@@ -506,7 +514,7 @@ impl Backend for ProjectBackend<'_> {
         };
         let query = quiver_engine::Query {
             vector: vector.to_vec(),
-            k: k.min(crate::vectors::MAX_TOP_K * 10),
+            k,
             filter: std::sync::Arc::new(filter),
             include_values: false,
             strong: false,
@@ -515,6 +523,7 @@ impl Backend for ProjectBackend<'_> {
             return Ok(Some(Vec::new()));
         };
         let ids: Vec<String> = outcome.matches.into_iter().map(|m| m.id).collect();
+        let found = ids.len();
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_SCAN_PAGE) {
             // `fetch` answers in the order asked, skipping what was deleted meanwhile.
@@ -524,6 +533,12 @@ impl Backend for ProjectBackend<'_> {
                 .fetch(self.principal.project_id, collection, chunk)
                 .await?;
             rows.extend(records.into_iter().map(row));
+        }
+        // A match deleted since the index saw it (another pod's delete on its way
+        // here, or one between the search and this read) leaves the answer short, which
+        // the executor would take for all there is: scan instead.
+        if rows.len() < found {
+            return Ok(None);
         }
         Ok(Some(rows))
     }

@@ -86,8 +86,8 @@ struct Page {
 /// The largest page a request may ask for (`limit`).
 pub const MAX_PAGE_LIMIT: u64 = 10_000;
 
-/// The most rows a SELECT returns without a LIMIT or a page `limit`: beyond it the
-/// statement is refused, not held whole in memory, and says how to page.
+/// The most rows a SELECT returns without a page `limit`, whatever its LIMIT: beyond
+/// it the statement is refused, not held whole in memory, and says how to page.
 pub const MAX_RESULT_ROWS: u64 = 10_000;
 
 /// The most rows one UPDATE changes. A statement is one write, all of its rows or
@@ -442,7 +442,7 @@ impl Executor<'_> {
                 // Without ORDER BY and without a page (whose totalCount needs every
                 // match), the scan can stop once OFFSET + LIMIT rows matched.
                 let stop_at = match (select.order.is_empty(), page, select.limit) {
-                    (true, None, Some(limit)) => Some(select.offset.saturating_add(limit)),
+                    (true, None, Some(limit)) => Some(select.offset.saturating_add(limit.min(MAX_RESULT_ROWS + 1))),
                     // One row past the cap tells enough (see MAX_RESULT_ROWS).
                     (true, None, None) => Some(select.offset.saturating_add(MAX_RESULT_ROWS + 1)),
                     _ => None,
@@ -454,7 +454,8 @@ impl Executor<'_> {
                 // tell the statement returns too many.
                 let keep = match (select.limit, page_end) {
                     (None, None) => MAX_RESULT_ROWS + 1,
-                    (Some(n), None) | (None, Some(n)) => n,
+                    (Some(limit), None) => limit.min(MAX_RESULT_ROWS + 1),
+                    (None, Some(page_end)) => page_end,
                     (Some(limit), Some(page_end)) => limit.min(page_end),
                 };
                 self.scan_select(select, stop_at, Some(select.offset.saturating_add(keep)))
@@ -463,12 +464,14 @@ impl Executor<'_> {
         };
         // The window over every match, of which `rows` holds at least what is returned.
         let (start, end) = window(matched);
-        let unbounded = select.limit.is_none() && page.is_none_or(|page| page.limit.is_none());
+        // Rows returned at once, whatever the LIMIT: only a page's limit bounds them.
+        let unbounded = page.is_none_or(|page| page.limit.is_none());
         if unbounded && (end - start) as u64 > MAX_RESULT_ROWS {
             return Err(ApiError::Query {
                 message: format!("the SELECT returns more than the {MAX_RESULT_ROWS} rows a statement returns at once"),
                 detail: Some(format!(
-                    "add LIMIT, or send limit (up to {MAX_PAGE_LIMIT}) and follow nextCursor page by page"
+                    "add a LIMIT of at most {MAX_RESULT_ROWS}, or send limit (up to {MAX_PAGE_LIMIT}) and follow \
+                     nextCursor page by page"
                 )),
             });
         }
@@ -544,7 +547,14 @@ impl Executor<'_> {
         };
         let returned = found.len();
         let mut kept: Sorted = Vec::with_capacity(returned);
+        // As the scan does: a WHERE re-checked on thousands of rows (LIKE on long
+        // contents) lets the statement timeout end it.
+        let mut since_yield = std::time::Instant::now();
         for row in found {
+            if since_yield.elapsed() >= YIELD_EVERY {
+                tokio::task::yield_now().await;
+                since_yield = std::time::Instant::now();
+            }
             if row.embedding.len() != self.dimension {
                 return Err(ApiError::Internal(anyhow_error(format!(
                     "row {:?} has {} dimensions, the project has {}",

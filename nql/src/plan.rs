@@ -28,6 +28,11 @@ const MAX_EXPR_DEPTH: usize = 128;
 pub const MAX_TOKENS: usize = 10_000;
 /// Bytes per statement.
 pub const MAX_QUERY_BYTES: usize = 1 << 20;
+/// Expression nodes per statement's plan. A statement's own nodes are bounded by its
+/// tokens, but some are copied: `x BETWEEN a AND b` tests `x` twice, so a chain of
+/// BETWEENs doubles at each link, and an ORDER BY naming an output column repeats its
+/// expression. Every row evaluates the plan, so it also bounds the work per row.
+const MAX_PLAN_NODES: usize = 100_000;
 
 /// A real column of every collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +160,20 @@ pub(crate) enum Expr {
     },
     /// `COUNT(*)`, only as a whole projection item.
     Count,
+}
+
+impl Expr {
+    /// Nodes in this expression.
+    pub(crate) fn size(&self) -> usize {
+        1 + match self {
+            Expr::Column(_) | Expr::MetaKey(_) | Expr::Lit(_) | Expr::Distance { .. } | Expr::Count => 0,
+            Expr::Json { base, .. } => base.size(),
+            Expr::Binary { left, right, .. } => left.size() + right.size(),
+            Expr::Not(inner) | Expr::Neg(inner) | Expr::IsNull { expr: inner, .. } => inner.size(),
+            Expr::InList { expr, list, .. } => expr.size() + list.iter().map(Expr::size).sum::<usize>(),
+            Expr::Like { expr, pattern, .. } => expr.size() + pattern.size(),
+        }
+    }
 }
 
 /// The collection a statement names.
@@ -313,6 +332,7 @@ fn parse_here(query: &str, params: &[Value]) -> Result<Statement, ApiError> {
         tables: Vec::new(),
         vectors: Vec::new(),
         allow_columns: true,
+        nodes: 0,
     };
     let kind = planner.statement(statement)?;
     Ok(Statement {
@@ -329,6 +349,8 @@ struct Planner<'a> {
     vectors: Vec<(String, usize)>,
     /// False in INSERT values, where there is no row to refer to.
     allow_columns: bool,
+    /// Expression nodes made so far, copies included (see [`MAX_PLAN_NODES`]).
+    nodes: usize,
 }
 
 /// The name of an unquoted identifier as Postgres folds it.
@@ -634,14 +656,14 @@ impl<'a> Planner<'a> {
             ast::Expr::Identifier(ident) => {
                 let name = folded(ident);
                 if let Some(item) = items.iter().find(|i| i.name == name || i.name == ident.value) {
-                    return Ok(item.expr.clone());
+                    return self.copy(&item.expr);
                 }
             }
             ast::Expr::Value(value) => {
                 if let ast::Value::Number(n, _) = &value.value {
                     let index: usize = n.parse().unwrap_or(0);
                     return match index.checked_sub(1).and_then(|i| items.get(i)) {
-                        Some(item) => Ok(item.expr.clone()),
+                        Some(item) => self.copy(&item.expr),
                         None => Err(query_error_at(
                             format!("ORDER BY position {n} is not in select list"),
                             self.pos(value.span),
@@ -770,12 +792,31 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Counts `more` expression nodes against [`MAX_PLAN_NODES`].
+    fn charge(&mut self, more: usize) -> Result<(), ApiError> {
+        self.nodes = self.nodes.saturating_add(more);
+        if self.nodes > MAX_PLAN_NODES {
+            return Err(query_error(format!(
+                "the statement's expressions come to more than {MAX_PLAN_NODES} terms (BETWEEN tests its value \
+                 twice, an ORDER BY naming an output column repeats it): write it more simply"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A copy of `expr`, counted against [`MAX_PLAN_NODES`] before it is made.
+    fn copy(&mut self, expr: &Expr) -> Result<Expr, ApiError> {
+        self.charge(expr.size())?;
+        Ok(expr.clone())
+    }
+
     fn expr(&mut self, expr: &ast::Expr, depth: usize) -> Result<Expr, ApiError> {
         if depth > MAX_EXPR_DEPTH {
             return Err(query_error(format!(
                 "the expression is nested more than {MAX_EXPR_DEPTH} levels deep"
             )));
         }
+        self.charge(1)?;
         let d = depth + 1;
         Ok(match expr {
             ast::Expr::Identifier(ident) => self.column(ident)?,
@@ -838,7 +879,7 @@ impl<'a> Planner<'a> {
                     op: BinOp::And,
                     left: Box::new(Expr::Binary {
                         op: BinOp::Ge,
-                        left: Box::new(inner.clone()),
+                        left: Box::new(self.copy(&inner)?),
                         right: Box::new(self.expr(low, d)?),
                     }),
                     right: Box::new(Expr::Binary {

@@ -1090,6 +1090,33 @@ fn deep_or_long_statements_are_refused_without_overflowing_the_stack() {
     assert!(err.to_string().contains("tokens"), "{err}");
 }
 
+/// Copies made while planning are counted: a chain of BETWEENs (each tests its value
+/// twice, so the plan doubles at each link) and ORDER BY naming a large output column
+/// over and over are refused before they are built, not after minutes and gigabytes.
+#[test]
+fn statements_whose_plans_multiply_are_refused() {
+    let chain = |links: usize| {
+        format!(
+            "SELECT id FROM documents WHERE price{}",
+            " BETWEEN 0 AND 1".repeat(links)
+        )
+    };
+    assert!(parse(&chain(8), &[]).is_ok(), "a short chain is fine");
+    let started = std::time::Instant::now();
+    let err = parse(&chain(40), &[]).expect_err("2^40 terms");
+    assert!(err.to_string().contains("more than 100000 terms"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused before it is built"
+    );
+
+    let list = vec!["1"; 1000].join(", ");
+    let orders = vec!["a"; 1000].join(", ");
+    let repeated = format!("SELECT price IN ({list}) AS a FROM documents ORDER BY {orders}");
+    let err = parse(&repeated, &[]).expect_err("a million terms");
+    assert!(err.to_string().contains("terms"), "{err}");
+}
+
 #[test]
 fn the_longest_allowed_operator_chain_fits_a_two_megabyte_stack() {
     // sqlparser builds `1 + 1 + …` without recursing, but dropping it recurses once
@@ -1191,7 +1218,13 @@ async fn a_select_returning_more_rows_than_a_statement_returns_is_refused_and_sa
             row(&format!("r{i:05}"), Some("text"), json!({"i": i}), [1.0, 0.0, 0.0], 1),
         );
     }
-    for query in ["SELECT id FROM many", "SELECT id FROM many ORDER BY id DESC"] {
+    for query in [
+        "SELECT id FROM many",
+        "SELECT id FROM many ORDER BY id DESC",
+        // A LIMIT beyond the cap does not lift it.
+        "SELECT id FROM many LIMIT 1000000000",
+        "SELECT * FROM many ORDER BY id LIMIT 20000",
+    ] {
         let (message, detail) = fail(&b, query, json!([])).await;
         assert!(
             message.contains("returns more than the 10000 rows a statement returns"),
