@@ -89,3 +89,103 @@ pub fn body_rejection(limit: usize) -> impl Fn(BytesRejection) -> ApiError {
         }
     }
 }
+
+/// A JSON value in which no object names a key twice. serde_json keeps the last of a
+/// repeated key without a word, so a filter such as `{"price": {"$gt": 5}, "price":
+/// {"$lt": 3}}` would select other records than its sender wrote (and, in a delete,
+/// delete them); read as this, it is a `VALIDATION_ERROR` naming the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UniqueKeys(pub serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "key \"{key}\" appears twice in one object; write each key once (combine conditions with $and)"
+                )));
+            }
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod unique_keys_tests {
+    use super::UniqueKeys;
+    use serde_json::json;
+
+    #[test]
+    fn a_key_named_twice_at_any_depth_is_refused() {
+        let read = |text: &str| serde_json::from_str::<UniqueKeys>(text).map(|u| u.0);
+        assert_eq!(
+            read(r#"{"a": [1, {"b": null}], "c": {"$in": [1.5, "x", true]}}"#).expect("valid"),
+            json!({"a": [1, {"b": null}], "c": {"$in": [1.5, "x", true]}})
+        );
+        for twice in [
+            r#"{"price": {"$gt": 5}, "price": {"$lt": 3}}"#,
+            r#"{"$or": [{"a": 1}], "$or": [{"b": 2}]}"#,
+            r#"{"$and": [{"a": {"$gt": 1, "$gt": 2}}]}"#,
+        ] {
+            let err = read(twice).expect_err(twice).to_string();
+            assert!(err.contains("appears twice"), "{twice}: {err}");
+        }
+    }
+}

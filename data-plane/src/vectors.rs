@@ -733,7 +733,7 @@ pub struct SearchRequest {
     top_k: Option<Value>,
     /// A metadata filter, e.g. `{"category": "hardware"}` or `{"price": {"$lt": 20}}`.
     #[schema(value_type = Option<Object>)]
-    filter: Option<Value>,
+    filter: Option<crate::json::UniqueKeys>,
     /// Default false.
     include_values: Option<bool>,
     /// Default true.
@@ -871,7 +871,7 @@ pub async fn search(
         }
     };
     let k = parse_top_k(request.top_k.as_ref(), "top_k")?;
-    let filter = Arc::new(parse_filter(request.filter.as_ref(), "filter")?);
+    let filter = Arc::new(parse_filter(request.filter.as_ref().map(|f| &f.0), "filter")?);
     let strong = strong(request.consistency.as_deref())?;
     state.admit(&principal, Kind::Queries, 1).await?;
     let query = match query {
@@ -1170,7 +1170,7 @@ pub struct DeleteRequest {
     ids: Option<Vec<Value>>,
     /// Delete every vector whose metadata matches (not empty).
     #[schema(value_type = Option<Object>)]
-    filter: Option<Value>,
+    filter: Option<crate::json::UniqueKeys>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -1214,7 +1214,7 @@ pub async fn remove(
         principal.require_namespace(&namespace)?;
         let (ids, by_filter) = match (request.filter, request.id, request.ids) {
             (Some(filter), None, None) => {
-                let filter = parse_filter(Some(&filter), "filter")?;
+                let filter = parse_filter(Some(&filter.0), "filter")?;
                 if filter.is_all() {
                     return Err(ApiError::Validation {
                         message: "an empty filter would delete everything: delete the namespace instead".into(),

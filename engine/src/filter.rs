@@ -36,8 +36,8 @@ pub enum Op {
     Gte(Value),
     Lt(Value),
     Lte(Value),
-    In(ValueSet),
-    Nin(ValueSet),
+    In(Box<ValueSet>),
+    Nin(Box<ValueSet>),
     Exists(bool),
 }
 
@@ -51,11 +51,10 @@ pub struct ValueSet {
     integers: HashSet<i128>,
     /// The bits of each float, zero's sign dropped (0.0 equals -0.0).
     floats: HashSet<u64>,
+    /// The bits of each integer as a float (`i as f64`): a float equals an integer when
+    /// it is that integer's float, which beyond 2^53 many integers share.
+    integer_floats: HashSet<u64>,
 }
-
-/// 2^53: below it every integer is exactly a float, and a float with no fraction
-/// exactly one integer.
-const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
 
 fn float_bits(x: f64) -> u64 {
     if x == 0.0 { 0 } else { x.to_bits() }
@@ -71,6 +70,7 @@ impl ValueSet {
             Value::Number(n) => match (integer_of(n), n.as_f64()) {
                 (Some(i), _) => {
                     self.integers.insert(i);
+                    self.integer_floats.insert(float_bits(i as f64));
                 }
                 (None, Some(x)) => {
                     self.floats.insert(float_bits(x));
@@ -89,14 +89,8 @@ impl ValueSet {
                 // An integer equals a float when the float is its value as a float.
                 (Some(i), _) => self.integers.contains(&i) || self.floats.contains(&float_bits(i as f64)),
                 (None, Some(x)) => {
-                    self.floats.contains(&float_bits(x))
-                        || (x.fract() == 0.0
-                            && if x.abs() < EXACT_INTEGERS {
-                                self.integers.contains(&(x as i128))
-                            } else {
-                                // Beyond 2^53 many integers round to this float.
-                                self.integers.iter().any(|&i| i as f64 == x)
-                            })
+                    let bits = float_bits(x);
+                    self.floats.contains(&bits) || self.integer_floats.contains(&bits)
                 }
                 (None, None) => false,
             },
@@ -233,8 +227,8 @@ fn parse_field(key: &str, condition: &Value, size: &mut Size) -> Result<Vec<Filt
                 "$gte" => Op::Gte(comparable(key, op, operand)?),
                 "$lt" => Op::Lt(comparable(key, op, operand)?),
                 "$lte" => Op::Lte(comparable(key, op, operand)?),
-                "$in" => Op::In(list(key, op, operand)?),
-                "$nin" => Op::Nin(list(key, op, operand)?),
+                "$in" => Op::In(Box::new(list(key, op, operand)?)),
+                "$nin" => Op::Nin(Box::new(list(key, op, operand)?)),
                 "$exists" => Op::Exists(
                     operand
                         .as_bool()

@@ -992,6 +992,46 @@ impl IndexManager {
         Ok(Some(ids))
     }
 
+    /// Catches every index in memory up with its namespace as the store has it, for
+    /// when notices may have been lost (the bus was down, or a writer's publish
+    /// failed): the next search catches up, and the index of a namespace deleted
+    /// meanwhile is dropped. Without it, such an index would serve what it last heard
+    /// until the namespace's next notice, however long that is. One read of the store
+    /// per project with indexes here.
+    pub async fn resync(&self) -> Result<(), EngineError> {
+        // The indexes first, the store after: an index loaded after the store was read
+        // is not in this list, so a namespace made since is never taken for deleted.
+        type Cached = (Arc<Key>, Arc<Loaded>);
+        let mut by_project: HashMap<ProjectId, Vec<Cached>> = HashMap::new();
+        for (key, loaded) in self.cache.iter() {
+            by_project.entry(key.0).or_default().push((key, loaded));
+        }
+        for (project, indexes) in by_project {
+            let live: HashMap<String, NamespaceState> = self
+                .store
+                .namespaces(project)
+                .await?
+                .into_iter()
+                .map(|info| {
+                    let state = NamespaceState {
+                        epoch: info.epoch,
+                        seq: info.seq,
+                    };
+                    (info.name, state)
+                })
+                .collect();
+            for (key, loaded) in indexes {
+                match live.get(&key.1) {
+                    Some(state) => self.heard_of(project, &key.1, *state).await,
+                    // Only this life of the index: a namespace made again since has
+                    // its own, to load when it is used.
+                    None => self.drop_if_cached(&key, &loaded).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Drops a namespace's index (it was deleted).
     pub async fn forget_namespace(&self, project: ProjectId, namespace: &str) {
         let key = (project, namespace.to_owned());
@@ -1221,8 +1261,9 @@ impl IndexManager {
         Ok(true)
     }
 
-    /// Every `policy.interval`, for as long as the manager lives: snapshots the indexes
-    /// due, and starts the rebuild of the most worn graph, if one is due and none runs.
+    /// Every `policy.interval`, for as long as the manager lives: catches the indexes
+    /// up with the store ([`IndexManager::resync`]), snapshots those due, and starts the
+    /// rebuild of the most worn graph, if one is due and none runs.
     pub fn run_maintenance(manager: Weak<Self>, policy: SnapshotPolicy) -> Option<tokio::task::JoinHandle<()>> {
         if policy.interval.is_zero() {
             return None;
@@ -1234,6 +1275,11 @@ impl IndexManager {
             loop {
                 ticks.tick().await;
                 let Some(manager) = manager.upgrade() else { return };
+                // A backstop for notices lost without the bus noticing (a writer
+                // whose publish failed while subscribers stayed connected).
+                if let Err(err) = manager.resync().await {
+                    tracing::warn!(error = %err, "checking the indexes in memory against the store failed");
+                }
                 manager.snapshot_due(&policy).await;
                 manager.rebuild_due();
             }

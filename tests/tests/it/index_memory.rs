@@ -167,3 +167,82 @@ async fn an_index_caught_up_with_other_pods_writes_is_weighed_again() {
         "{small} bytes before catching up"
     );
 }
+
+/// Notices a pod missed (the bus was down) are made up by a resync: an index behind
+/// its namespace catches up on its next search, and the index of a namespace deleted
+/// meanwhile is dropped, instead of serving what it last heard until the next notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_makes_up_for_notices_missed() {
+    let fixture = SqliteFixture::new().await;
+    let store = Arc::clone(&fixture.store);
+    let user = store.create_user("resync@example.com", "h").await.expect("user");
+    let project = store
+        .create_project(NewProject {
+            owner_id: user.id,
+            name: "resync".into(),
+            dimension: 2,
+            metric: Metric::Euclidean,
+            plan_id: "business".into(),
+        })
+        .await
+        .expect("project");
+    let write = |id: &str, x: f32| RecordWrite {
+        id: id.to_owned(),
+        vector: vec![x, 0.0],
+        metadata: Default::default(),
+        content: None,
+    };
+    store
+        .upsert(project.id, "kept", &[write("old", 0.0)])
+        .await
+        .expect("upsert");
+    store
+        .upsert(project.id, "gone", &[write("g", 0.0)])
+        .await
+        .expect("upsert");
+    let manager = IndexManager::new(Arc::clone(&store), 1 << 30);
+    for namespace in ["kept", "gone"] {
+        manager
+            .search(&project, namespace, query(vec![0.0, 0.0]))
+            .await
+            .expect("search")
+            .expect("namespace");
+    }
+    manager.settle().await;
+
+    // Another pod writes to one namespace and deletes the other; no notice comes.
+    let outcome = store
+        .upsert(project.id, "kept", &[write("new", 10.0)])
+        .await
+        .expect("upsert");
+    assert!(store.delete_namespace(project.id, "gone").await.expect("delete"));
+    async fn nearest(manager: &IndexManager, project: &quiver_store::Project) -> (String, i64) {
+        let found = manager
+            .search(project, "kept", query(vec![10.0, 0.0]))
+            .await
+            .expect("search")
+            .expect("namespace");
+        (found.matches[0].id.clone(), found.seq)
+    }
+    assert_eq!(
+        nearest(&manager, &project).await.0,
+        "old",
+        "unheard of, the write is not served yet"
+    );
+
+    manager.resync().await.expect("resync");
+    assert_eq!(nearest(&manager, &project).await, ("new".to_owned(), outcome.state.seq));
+    manager.settle().await;
+    assert!(
+        !manager.is_loaded(project.id, "gone").await,
+        "the deleted namespace's index is dropped"
+    );
+    assert!(
+        manager
+            .search(&project, "gone", query(vec![0.0, 0.0]))
+            .await
+            .expect("search")
+            .is_none(),
+        "and it does not come back"
+    );
+}
