@@ -229,6 +229,7 @@ pub async fn serve(
         embed: quiver_embed::EmbedConfig::default(),
         default_embedding_model: quiver_embed::DEFAULT_MODEL.into(),
         trusted_proxies: quiver_data_plane::client::TrustedProxies::default(),
+        cors_origins: Default::default(),
     };
     let plane = quiver_data_plane::DataPlane::new(Arc::clone(&store), bus, budget, jwt, settings);
     let indexes = Arc::clone(&plane.indexes);

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
@@ -29,10 +30,24 @@ pub trait ReadinessCheck: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
-type Checks = Arc<Vec<Arc<dyn ReadinessCheck>>>;
+/// How a failed check weighs on `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weight {
+    /// The pod can serve nothing without it: `/readyz` is a 503.
+    Required,
+    /// A dependency every pod shares, without which a pod still serves part of its
+    /// API (a data-plane pod's searches from memory, its rate limits kept alone):
+    /// `/readyz` stays 200 and says `degraded`. An outage of such a dependency fails
+    /// every pod's probe at once, and an orchestrator would take them all out of
+    /// service for something none of them can mend.
+    Shared,
+}
 
-/// `GET /healthz` (the process is alive) and `GET /readyz` (every check passes).
-pub fn health_router(checks: Vec<Arc<dyn ReadinessCheck>>) -> Router {
+type Checks = Arc<Vec<(Arc<dyn ReadinessCheck>, Weight)>>;
+
+/// `GET /healthz` (the process is alive) and `GET /readyz` (every required check
+/// passes; see [`Weight`]).
+pub fn health_router(checks: Vec<(Arc<dyn ReadinessCheck>, Weight)>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -45,38 +60,48 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Every dependency (storage, bus) answers.
+/// The pod can serve: every dependency it cannot do without answers. One that every
+/// pod shares and the pod can partly do without is reported, with `degraded`.
 #[utoipa::path(
     get,
     operation_id = "readyz",
     path = "/readyz",
     tag = "health",
     responses(
-        (status = 200, description = "ready", example = json!({"status": "ready", "checks": {"storage": "ok", "bus": "ok"}})),
-        (status = 503, description = "a check failed", body = crate::error::ErrorEnvelope),
+        (status = 200, description = "ready, or `degraded` with a shared dependency down (the checks say which)", example = json!({"status": "ready", "checks": {"storage": "ok", "bus": "ok"}})),
+        (status = 503, description = "a required check failed", body = crate::error::ErrorEnvelope),
     )
 )]
 pub async fn readyz(State(checks): State<Checks>) -> Result<Json<Value>, ApiError> {
-    let mut components = serde_json::Map::new();
-    let mut failures = Vec::new();
-    for check in checks.iter() {
-        // A probe that hangs is a failed probe: orchestrators time out at a few seconds.
+    // All at once, each within 2 s: a probe that hangs is a failed probe, and
+    // orchestrators time out at a few seconds.
+    let outcomes = futures::future::join_all(checks.iter().map(|(check, weight)| async move {
         let outcome = tokio::time::timeout(Duration::from_secs(2), check.check())
             .await
             .unwrap_or_else(|_| Err("no answer within 2 s".to_owned()));
+        (check.name(), *weight, outcome)
+    }))
+    .await;
+    let mut components = serde_json::Map::new();
+    let mut failures = Vec::new();
+    let mut degraded = false;
+    for (name, weight, outcome) in outcomes {
         match outcome {
-            Ok(()) => components.insert(check.name().to_owned(), json!("ok")),
+            Ok(()) => components.insert(name.to_owned(), json!("ok")),
             Err(why) => {
-                failures.push(format!("{}: {why}", check.name()));
-                components.insert(check.name().to_owned(), json!(why))
+                match weight {
+                    Weight::Required => failures.push(format!("{name}: {why}")),
+                    Weight::Shared => degraded = true,
+                }
+                components.insert(name.to_owned(), json!(why))
             }
         };
     }
-    if failures.is_empty() {
-        Ok(Json(json!({ "status": "ready", "checks": components })))
-    } else {
-        Err(ApiError::Unavailable(format!("not ready: {}", failures.join("; "))))
+    if !failures.is_empty() {
+        return Err(ApiError::Unavailable(format!("not ready: {}", failures.join("; "))));
     }
+    let status = if degraded { "degraded" } else { "ready" };
+    Ok(Json(json!({ "status": status, "checks": components })))
 }
 
 /// The connections `listener` accepts, with Nagle's algorithm off (`TCP_NODELAY`), as
@@ -110,8 +135,16 @@ pub fn finish_router(router: Router) -> Router {
                         .on_request(())
                         .on_response(log_response),
                 )
-                .layer(PropagateRequestIdLayer::new(request_id)),
+                .layer(PropagateRequestIdLayer::new(request_id))
+                // Inside the trace: a handler that panics is a 500 in the envelope,
+                // logged with its request, not a connection dropped without a word.
+                .layer(CatchPanicLayer::custom(panic_response)),
         )
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+    // The panic hook has logged it, with its message and where.
+    axum::response::IntoResponse::into_response(ApiError::Internal(anyhow::anyhow!("a request handler panicked")))
 }
 
 fn request_span(request: &Request<Body>) -> Span {
@@ -129,7 +162,7 @@ fn request_span(request: &Request<Body>) -> Span {
     )
 }
 
-fn log_response(response: &Response<Body>, latency: Duration, _span: &Span) {
+fn log_response<B>(response: &Response<B>, latency: Duration, _span: &Span) {
     tracing::info!(
         status = response.status().as_u16(),
         latency_ms = latency.as_secs_f64() * 1000.0,
@@ -185,13 +218,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readyz_reports_each_check_and_fails_when_one_fails() {
-        let ok = finish_router(health_router(vec![Arc::new(Fixed(Ok(())))]));
+    async fn readyz_reports_each_check_and_fails_when_a_required_one_fails() {
+        let ok = finish_router(health_router(vec![(Arc::new(Fixed(Ok(()))), Weight::Required)]));
         let (status, body, _) = get(ok, "/readyz").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["checks"]["storage"], "ok");
+        assert_eq!(body["status"], "ready");
 
-        let down = finish_router(health_router(vec![Arc::new(Fixed(Err("connection refused".into())))]));
+        // A shared dependency down: still serving, and saying so.
+        let shared = finish_router(health_router(vec![(
+            Arc::new(Fixed(Err("connection refused".into()))),
+            Weight::Shared,
+        )]));
+        let (status, body, _) = get(shared, "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["checks"]["storage"], "connection refused");
+
+        let down = finish_router(health_router(vec![(
+            Arc::new(Fixed(Err("connection refused".into()))),
+            Weight::Required,
+        )]));
         let (status, body, _) = get(down, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
@@ -219,8 +266,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_handler_that_panics_answers_a_500_in_the_envelope() {
+        let router = finish_router(Router::new().route(
+            "/boom",
+            axum::routing::get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("a bug");
+                }
+                "unreachable"
+            }),
+        ));
+        let (status, body, id) = get(router, "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "INTERNAL_ERROR");
+        assert!(
+            !body.to_string().contains("a bug"),
+            "the panic's text stays in the log: {body}"
+        );
+        assert!(id.is_some_and(|id| !id.is_empty()));
+    }
+
+    #[tokio::test]
     async fn unknown_routes_get_the_envelope_and_every_response_a_request_id() {
-        let router = finish_router(health_router(vec![]));
+        let router = finish_router(health_router(Vec::new()));
         let (status, body, id) = get(router, "/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["error"]["code"], "NOT_FOUND");

@@ -35,8 +35,11 @@ pub struct LogGuard {
 
 /// Installs the global subscriber, writing to stderr. `RUST_LOG` overrides the default
 /// filter.
+/// Panics are logged too ([`log_panics`]).
 pub fn init(format: LogFormat) -> LogGuard {
-    init_with(format, std::io::stderr(), std::io::stderr().is_terminal())
+    let guard = init_with(format, std::io::stderr(), std::io::stderr().is_terminal());
+    log_panics();
+    guard
 }
 
 /// Installs the global subscriber, writing to `writer` (ANSI colours in the pretty
@@ -53,8 +56,38 @@ pub fn init_with<W: std::io::Write + Send + 'static>(format: LogFormat, writer: 
     // `try_init` also forwards the `log` crate's records (dependencies that log
     // through it); it fails if a subscriber is set already: tests that build
     // several apps in one process keep the first.
-    let _ = subscriber.try_init();
+    if subscriber.try_init().is_ok()
+        && let Some(Err(err)) = std::env::var("RUST_LOG").ok().map(EnvFilter::try_new)
+    {
+        tracing::warn!(error = %err, "RUST_LOG is not a valid filter; logging with the default one");
+    }
     guard
+}
+
+/// Panics go to the log, as a line of its format with the request's span, instead of
+/// to stderr as plain text past it. (Not for tests, whose harness shows a failing
+/// test's panic as it comes.)
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|at| format!("{}:{}", at.file(), at.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(not a string)".to_owned());
+        let thread = std::thread::current();
+        tracing::error!(
+            panic = %message,
+            location,
+            thread = thread.name().unwrap_or("unnamed"),
+            backtrace = %std::backtrace::Backtrace::capture(),
+            "panicked"
+        );
+    }));
 }
 
 /// The subscriber [`init_with`] installs, and the guard of its writer's thread.

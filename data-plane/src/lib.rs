@@ -8,7 +8,7 @@ use quiver_common::ApiError;
 use quiver_common::bus::Bus;
 use quiver_common::bus::{BusEvent, Notice};
 use quiver_common::domain::Plan;
-use quiver_common::http::{ReadinessCheck, finish_router, health_router};
+use quiver_common::http::{ReadinessCheck, Weight, finish_router, health_router};
 use quiver_common::token::JwtKeys;
 use quiver_engine::IndexManager;
 use quiver_store::{NamespaceState, Store};
@@ -19,6 +19,8 @@ use crate::auth::Principal;
 pub mod auth;
 /// The address of the client behind a request, through trusted proxies.
 pub mod client;
+/// Which web pages may call the data plane from a browser.
+pub mod cors;
 /// The document API: collections of documents, embedded on the way in.
 pub mod documents;
 /// Text to vectors with the model a request names; the model catalog.
@@ -78,6 +80,8 @@ pub struct Settings {
     pub default_embedding_model: String,
     /// Proxies (load balancers, ingresses) whose `X-Forwarded-For` names the client.
     pub trusted_proxies: client::TrustedProxies,
+    /// The web pages whose browser calls are let through (CORS).
+    pub cors_origins: cors::CorsOrigins,
 }
 /// The OpenAPI document of this plane.
 pub mod openapi;
@@ -106,6 +110,7 @@ pub struct DataPlane {
     writes: tokio_util::task::TaskTracker,
     /// The plan catalog, which only migrations change: read once a minute at most.
     plans: moka::future::Cache<String, Plan>,
+    cors_origins: Arc<cors::CorsOrigins>,
 }
 
 /// How often a pod tidies the records store (see [`spawn_housekeeping`]).
@@ -185,8 +190,15 @@ impl DataPlane {
                 BusEvent::Notice(
                     Notice::KeyRevoked { .. } | Notice::ProjectChanged { .. } | Notice::LimitsChanged { .. },
                 ) => {}
-                // Indexes hear of missed writes on the next strong read or notice.
-                BusEvent::MayHaveMissed => {}
+                // Notices may have been lost: catch every index in memory up with the
+                // store (the key cache and the limits do the same on their side).
+                BusEvent::MayHaveMissed => {
+                    tokio::spawn(async move {
+                        if let Err(err) = indexes.resync().await {
+                            tracing::warn!(error = %err, "catching the indexes up after a bus gap failed; the next round retries");
+                        }
+                    });
+                }
             }
         }));
         Self {
@@ -201,6 +213,7 @@ impl DataPlane {
             default_model: settings.default_embedding_model.into(),
             cursor_key,
             trusted_proxies: Arc::new(settings.trusted_proxies),
+            cors_origins: Arc::new(settings.cors_origins),
             writes: tokio_util::task::TaskTracker::new(),
             plans: moka::future::Cache::builder()
                 .max_capacity(64)
@@ -245,8 +258,16 @@ impl DataPlane {
 
     /// The data plane's router: the public APIs and the health probes.
     pub fn router(self) -> Router {
-        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![self.store.clone(), self.bus.clone(), self.budget.clone()];
+        // Each pod shares these with every other, and serves without them (searches from
+        // memory, writes refused, limits kept alone): they degrade it, they do not take
+        // it out of service.
+        let checks: Vec<(Arc<dyn ReadinessCheck>, Weight)> = vec![
+            (self.store.clone(), Weight::Shared),
+            (self.bus.clone(), Weight::Shared),
+            (self.budget.clone(), Weight::Shared),
+        ];
         let limits = Arc::clone(&self.limits);
+        let cors = cors::layer(&self.cors_origins);
         let api = Router::new()
             .merge(namespaces::router())
             .merge(vectors::router())
@@ -265,6 +286,13 @@ impl DataPlane {
             ))
             .layer(axum::middleware::from_fn_with_state(limits, limits::headers))
             .with_state(self);
-        finish_router(api.merge(health_router(checks)))
+        let router = finish_router(api.merge(health_router(checks)));
+        // Outside everything else, so that it answers preflights (before any route's
+        // 405 for OPTIONS) and refusals (401, 429) carry the headers a browser needs to
+        // read them.
+        match cors {
+            Some(cors) => router.layer(cors),
+            None => router,
+        }
     }
 }

@@ -86,9 +86,13 @@ pub enum ModelsCommand {
         /// The model, as `local/<name>`.
         #[arg(default_value = quiver_embed::DEFAULT_MODEL)]
         model: String,
-        /// Where models live; standalone's default is <data dir>/models.
-        #[arg(long, env = "QUIVER_MODELS_DIR", default_value = "./quiver-data/models")]
-        models_dir: PathBuf,
+        /// Where models live (a cluster's data-plane pods look in theirs). Default:
+        /// <data dir>/models, where standalone looks.
+        #[arg(long, env = "QUIVER_MODELS_DIR")]
+        models_dir: Option<PathBuf>,
+        /// Standalone's data directory, whose models/ folder is the default.
+        #[arg(long, env = "QUIVER_DATA_DIR", default_value = "./quiver-data")]
+        data_dir: PathBuf,
     },
 }
 
@@ -109,12 +113,27 @@ pub struct EmbedArgs {
     /// The API key sent to that endpoint, if it needs one.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub openai_api_key: Option<String>,
-    /// How long one embeddings call may take, in seconds, before it is retried.
-    #[arg(long, env = "QUIVER_EMBED_TIMEOUT", default_value_t = 30)]
+    /// How long one embeddings call may take, in seconds (1 to 600), before it is retried.
+    #[arg(long, env = "QUIVER_EMBED_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
     pub embed_timeout: u64,
 }
 
 impl EmbedArgs {
+    /// Refuses, at start, what every request would otherwise fail on: a default model
+    /// no embedder serves, an OpenAI base URL that is not an http(s) URL.
+    pub fn check(&self) -> anyhow::Result<()> {
+        quiver_embed::check_model_name(&self.default_embedding_model)
+            .map_err(|err| anyhow::anyhow!("{err}; choose another with --default-embedding-model"))?;
+        if !is_http_url(&self.openai_base_url) {
+            anyhow::bail!(
+                "\"{}\" is not an http or https URL; set --openai-base-url to the API's base, e.g. https://api.openai.com/v1",
+                quiver_common::redact::redact_url(&self.openai_base_url)
+            );
+        }
+        Ok(())
+    }
+
     pub fn config(&self, default_models_dir: PathBuf) -> quiver_embed::EmbedConfig {
         quiver_embed::EmbedConfig {
             models_dir: self.models_dir.clone().unwrap_or(default_models_dir),
@@ -124,6 +143,17 @@ impl EmbedArgs {
             ..quiver_embed::EmbedConfig::default()
         }
     }
+}
+
+/// Whether `text` is an absolute http(s) URL with a host.
+fn is_http_url(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.starts_with('/')
+        && !rest.contains(char::is_whitespace)
 }
 
 /// When a data-plane pod snapshots its indexes to the store, so they load fast (and
@@ -161,6 +191,11 @@ pub struct ProxyArgs {
     /// address.
     #[arg(long, env = "QUIVER_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: quiver_data_plane::client::TrustedProxies,
+    /// Web pages allowed to call the data plane from a browser (CORS): `*` for any (API
+    /// keys and project tokens are headers a page sends itself, never cookies), a
+    /// comma-separated list of origins (`https://app.example.com`), or `none`.
+    #[arg(long, env = "QUIVER_CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: quiver_data_plane::cors::CorsOrigins,
 }
 
 /// Parses a size: plain bytes, or a number with KiB, MiB or GiB.
@@ -253,7 +288,12 @@ impl Cli {
                 Ok(())
             }
             Some(Command::Keys(command)) => command.run().await,
-            Some(Command::Models(ModelsCommand::Pull { model, models_dir })) => {
+            Some(Command::Models(ModelsCommand::Pull {
+                model,
+                models_dir,
+                data_dir,
+            })) => {
+                let models_dir = models_dir.unwrap_or_else(|| data_dir.join("models"));
                 let dir = quiver_embed::pull(&models_dir, &model).await?;
                 println!("{model} is in {}", dir.display());
                 Ok(())

@@ -18,12 +18,18 @@ fn main() -> std::process::ExitCode {
         // The runtime's threads stop first, then the guard writes out the last lines,
         // so that they all come before an error below. Blocking tasks still running (a
         // graph being rebuilt aside, an index loading) are left to the exit, not
-        // waited for: what they make is rebuilt from the store on the next start.
-        runtime.shutdown_timeout(SHUTDOWN_BLOCKING_GRACE);
+        // waited for: what they make is rebuilt from the store on the next start. After
+        // a second signal nothing is waited for.
+        if outcome.as_ref().is_err_and(|err| err.is::<serve::Interrupted>()) {
+            runtime.shutdown_background();
+        } else {
+            runtime.shutdown_timeout(SHUTDOWN_BLOCKING_GRACE);
+        }
         outcome
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) if err.is::<serve::Interrupted>() => std::process::ExitCode::from(130),
         Err(err) => {
             // One line that says what to fix; the cause chain is folded into it.
             eprintln!("error: {err:#}");

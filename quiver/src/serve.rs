@@ -82,23 +82,55 @@ fn standalone_jwt_secret(dir: &Path) -> anyhow::Result<JwtKeys> {
                 .try_fill_bytes(&mut bytes)
                 .map_err(|err| anyhow!("the OS random source failed: {err}"))?;
             let secret = hex::encode(bytes);
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            options.mode(0o600);
-            let mut file = options
-                .open(&path)
-                .map_err(|err| anyhow!("cannot create {}: {err}", path.display()))?;
-            file.write_all(secret.as_bytes())?;
-            file.sync_all()?;
-            secret
+            // Written whole under another name, then linked into place: a crash or a
+            // full disk part way leaves no secret rather than an empty one that every
+            // later start would refuse, and of two first starts at once the second
+            // finds the first's secret (the link fails if the name exists) and uses it.
+            let staging = dir.join(format!(".jwt-secret.{}", std::process::id()));
+            let written = (|| -> std::io::Result<()> {
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                options.mode(0o600);
+                let mut file = options.open(&staging)?;
+                file.write_all(secret.as_bytes())?;
+                file.sync_all()?;
+                std::fs::hard_link(&staging, &path)?;
+                // The new name itself, on disk.
+                std::fs::File::open(dir)?.sync_all()
+            })();
+            let _ = std::fs::remove_file(&staging);
+            match written {
+                Ok(()) => secret,
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::read_to_string(&path).map_err(|err| anyhow!("cannot read {}: {err}", path.display()))?
+                }
+                Err(err) => return Err(anyhow!("cannot write {}: {err}", path.display())),
+            }
         }
         Err(err) => return Err(anyhow!("cannot read {}: {err}", path.display())),
     };
-    JwtKeys::new(secret.trim().as_bytes()).map_err(|err| anyhow!("{}: {err}", path.display()))
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the JWT secret can be read by others than its owner: chmod 600 it");
+        }
+    }
+    JwtKeys::new(secret.trim().as_bytes()).map_err(|err| {
+        anyhow!(
+            "{}: {err}; it holds no usable secret (delete it to have a new one made, which ends every console \
+             session and project token)",
+            path.display()
+        )
+    })
 }
 
 pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    args.embed.check()?;
     let url = prepare_data_dir(&args.data_dir)?;
     // Bind before opening storage, so a taken port fails fast and touches nothing.
     let data = bind(args.data_addr, "--data-addr").await?;
@@ -129,6 +161,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             embed: embed.clone(),
             default_embedding_model: args.embed.default_embedding_model.clone(),
             trusted_proxies: args.proxies.trusted_proxies.clone(),
+            cors_origins: args.proxies.cors_origins.clone(),
         },
     );
     let writes = Some(data_plane.writes());
@@ -206,12 +239,14 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
             ControlPlane::new(Arc::clone(&store), bus, jwt, settings).router()
         }
         Plane::Data => {
+            args.embed.check()?;
             let settings = DataSettings {
                 index_memory: args.index_memory,
                 snapshots: args.snapshots.policy(),
                 embed: args.embed.config(PathBuf::from("models")),
                 default_embedding_model: args.embed.default_embedding_model.clone(),
                 trusted_proxies: args.proxies.trusted_proxies.clone(),
+                cors_origins: args.proxies.cors_origins.clone(),
             };
             let budget = Arc::new(RedisBudget::connect(&args.redis_url, &args.bus_prefix).await?);
             let data_plane = DataPlane::new(Arc::clone(&store), bus, budget, jwt, settings);
@@ -228,9 +263,23 @@ const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a shutdown waits for writes whose clients went away.
 const WRITES_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A second signal came during the shutdown: the process exits at once (130),
+/// waiting for nothing but its log lines to be written.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped by a second signal")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Serves every router until SIGTERM or Ctrl-C, lets in-flight requests finish (and
 /// the data plane's `writes`, which outlive clients that went away), then closes the
-/// store. If one server fails, the others are shut down too.
+/// store. If one server fails, the others are shut down too. A second signal ends the
+/// wait with [`Interrupted`].
 async fn serve_until_signal(
     servers: Vec<(TcpListener, Router)>,
     writes: Option<tokio_util::task::TaskTracker>,
@@ -238,6 +287,7 @@ async fn serve_until_signal(
 ) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let stop = Arc::new(stop);
+    let (interrupt, interrupted) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn({
         let stop = Arc::clone(&stop);
         async move {
@@ -248,10 +298,22 @@ async fn serve_until_signal(
             // nothing but the answers of requests still running.
             wait_for_signal().await;
             tracing::warn!("a second signal: stopping without waiting for requests still running");
-            std::process::exit(130);
+            let _ = interrupt.send(());
         }
     });
+    tokio::select! {
+        outcome = serve_and_drain(servers, writes, store, stop, stopped) => outcome,
+        Ok(()) = interrupted => Err(Interrupted.into()),
+    }
+}
 
+async fn serve_and_drain(
+    servers: Vec<(TcpListener, Router)>,
+    writes: Option<tokio_util::task::TaskTracker>,
+    store: Arc<dyn Store>,
+    stop: Arc<watch::Sender<bool>>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for (listener, router) in servers {
         let mut stopped = stopped.clone();
@@ -337,5 +399,28 @@ mod tests {
         assert!(url.starts_with("sqlite:"), "{url}");
         let mode = std::fs::metadata(&dir).expect("made").permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+
+    /// The secret is made once, its owner's alone, and kept; a file left empty (by a
+    /// crash of a version that wrote in place) is refused with what to do.
+    #[test]
+    fn the_jwt_secret_is_made_once_whole_and_an_empty_one_says_what_to_do() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = super::standalone_jwt_secret(dir.path()).expect("made");
+        let path = dir.path().join("jwt-secret");
+        let mode = std::fs::metadata(&path).expect("made").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let secret = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(secret.len(), 64);
+        let again = super::standalone_jwt_secret(dir.path()).expect("kept");
+        let user: quiver_common::domain::UserId = "0190f0f0-aaaa-7bbb-8ccc-123456789abc".parse().expect("a uuid");
+        let token = first.issue_session(user, 0, chrono::Duration::hours(1)).0;
+        assert!(again.verify_session(&token).is_ok(), "the same secret after a restart");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+        assert_eq!(left.len(), 1, "no staging file left behind");
+
+        std::fs::write(&path, "").expect("truncate");
+        let err = super::standalone_jwt_secret(dir.path()).expect_err("empty").to_string();
+        assert!(err.contains("delete it to have a new one made"), "{err}");
     }
 }

@@ -62,6 +62,39 @@ fn an_unusable_data_dir_exits_non_zero_with_one_line_naming_the_flag() {
     assert_fails_with_one_line(output, &["cannot create the data directory", "--data-dir"]);
 }
 
+/// Embedding settings every request would fail on are refused at start.
+#[test]
+fn unusable_embedding_settings_exit_non_zero_with_one_line_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (flag, value, needle) in [
+        ("--default-embedding-model", "foo", "--default-embedding-model"),
+        ("--default-embedding-model", "local/nope", "--default-embedding-model"),
+        ("--openai-base-url", "api.openai.com/v1", "--openai-base-url"),
+    ] {
+        let output = quiver()
+            .args([
+                "--data-addr",
+                "127.0.0.1:0",
+                "--control-addr",
+                "127.0.0.1:0",
+                flag,
+                value,
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output()
+            .expect("quiver runs");
+        assert_fails_with_one_line(output, &[needle]);
+    }
+    let output = quiver()
+        .args(["--embed-timeout", "0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("quiver runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--embed-timeout"));
+}
+
 #[test]
 fn a_port_in_use_exits_non_zero_with_one_line_naming_the_flag() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -237,6 +270,49 @@ async fn standalone_answers_probes_on_both_listeners_and_stops_cleanly_on_sigter
     wait_for(&quiver.log, "shut down cleanly");
     let status = quiver.child.wait().expect("quiver exits");
     assert!(status.success(), "SIGTERM should end quiver cleanly, got {status}");
+}
+
+/// A shutdown waits for requests in flight; a second signal stops it at once, with
+/// exit status 130, and its log lines are written out all the same.
+#[tokio::test]
+async fn a_second_signal_stops_a_shutdown_at_once_and_its_lines_are_logged() {
+    use std::io::Write as _;
+    let mut quiver = Standalone::start_with(tempfile::tempdir().expect("temp dir"), &["--pull-models=false"]);
+    let (_, key) = provision(
+        &reqwest::Client::new(),
+        &quiver.control,
+        "signals@example.com",
+        "correct horse battery",
+        serde_json::json!({"name": "p", "dimension": 3, "metric": "euclidean"}),
+    )
+    .await;
+    // An upsert whose body never finishes keeps the shutdown waiting (up to 30 s).
+    let addr = quiver.data.trim_start_matches("http://").to_owned();
+    let mut held = std::net::TcpStream::connect(&addr).expect("connect");
+    let head = format!(
+        "POST /v1/vectors/upsert HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+    );
+    held.write_all(head.as_bytes()).expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = Pid::from_raw(quiver.child.id() as i32);
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    wait_for(
+        &quiver.log,
+        "shutting down: finishing in-flight requests (a second signal stops at once)",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        quiver.child.try_wait().expect("status").is_none(),
+        "still draining the held request"
+    );
+    kill(pid, Signal::SIGTERM).expect("second SIGTERM");
+    wait_for(
+        &quiver.log,
+        "a second signal: stopping without waiting for requests still running",
+    );
+    let status = quiver.child.wait().expect("quiver exits");
+    assert_eq!(status.code(), Some(130), "{status}");
+    drop(held);
 }
 
 #[test]

@@ -91,6 +91,7 @@ fn pod_settings(embed: EmbedConfig, default_model: &str) -> quiver_data_plane::S
         embed,
         default_embedding_model: default_model.to_owned(),
         trusted_proxies: TrustedProxies::default(),
+        cors_origins: Default::default(),
     }
 }
 
@@ -110,6 +111,7 @@ impl TestApp {
     pub async fn behind_a_proxy(backend: Backend) -> Self {
         let settings = quiver_data_plane::Settings {
             trusted_proxies: "127.0.0.1".parse().expect("an address"),
+            cors_origins: Default::default(),
             ..pod_settings(embed_config(None), quiver_embed::DEFAULT_MODEL)
         };
         Self::standalone(backend, settings).await

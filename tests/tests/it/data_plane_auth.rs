@@ -293,6 +293,36 @@ async fn project_tokens_carry_scopes_and_namespaces(app: TestApp) {
     seed(&app, &project, "secret").await;
 
     let reader = mint_token(&app, &session, &project, json!({})).await;
+    // A browser asks first (a CORS preflight, no credentials), then sends the token.
+    let preflight = app
+        .data_request(0, Method::OPTIONS, "/v1/vectors/search")
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization, content-type")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(preflight.status(), 200);
+    let allowed = |name: &str| preflight.headers()[name].to_str().expect("ascii").to_ascii_lowercase();
+    assert_eq!(allowed("access-control-allow-origin"), "*");
+    assert!(allowed("access-control-allow-methods").contains("post"));
+    assert!(allowed("access-control-allow-headers").contains("authorization"));
+    // A refusal carries the headers too, so the page can read why.
+    let refused = app
+        .data_request(0, Method::GET, "/v1/namespaces")
+        .header("origin", "https://app.example.com")
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], "*");
+    assert!(
+        refused.headers()["access-control-expose-headers"]
+            .to_str()
+            .expect("ascii")
+            .contains("x-request-id")
+    );
     let (status, body) = read(
         app.data_request(0, Method::GET, "/v1/namespaces")
             .bearer_auth(&reader)
