@@ -84,8 +84,8 @@ fn no_document(collection: &str, id: &str) -> ApiError {
 
 /// The model a collection's text is embedded with, and whether the collection has
 /// recorded it already.
-struct CollectionModel {
-    name: String,
+pub(crate) struct CollectionModel {
+    pub(crate) name: String,
     recorded: bool,
 }
 
@@ -93,7 +93,7 @@ struct CollectionModel {
 /// one that embedded the collection's text so far, else the deployment's default. A
 /// request naming another model than the collection's is refused: vectors of two
 /// models are not comparable, even of one dimension.
-async fn collection_model(
+pub(crate) async fn collection_model(
     state: &DataPlane,
     principal: &Principal,
     collection: &str,
@@ -102,10 +102,7 @@ async fn collection_model(
     let recorded = state.store.embedding_model(principal.project_id, collection).await?;
     match (asked, recorded) {
         (Some(asked), Some(recorded)) if asked != recorded => Err(ApiError::Validation {
-            message: format!(
-                "collection \"{collection}\" is embedded with {recorded}: name that model (or none), or send \
-                 embeddings; vectors of {asked} would not compare with its documents'"
-            ),
+            message: quiver_store::model_mismatch(collection, &recorded, asked),
             detail: Some("field embedding_model".into()),
         }),
         (_, Some(recorded)) => Ok(CollectionModel {
@@ -119,8 +116,8 @@ async fn collection_model(
     }
 }
 
-/// Records, after a write that embedded text with `model`, that the collection is
-/// embedded with it (the first such write does).
+/// Records, after an update that embedded text with `model`, that the collection is
+/// embedded with it, if none has been (inserts hold it in their transaction).
 async fn record_model(state: &DataPlane, principal: &Principal, collection: &str, model: &CollectionModel) {
     if model.recorded {
         return;
@@ -412,10 +409,10 @@ async fn insert_documents(
                 content: Some(document.content),
             })
             .collect();
-        let outcome = records::upsert(&state, &principal, &plan, &collection, writes).await?;
-        if let Some(model) = &model {
-            record_model(&state, &principal, &collection, model).await;
-        }
+        // The collection takes the model in the write's transaction (or refuses it, if
+        // another write gave it another meanwhile).
+        let embedded_by = model.as_ref().map(|m| m.name.as_str());
+        let outcome = records::upsert(&state, &principal, &plan, &collection, writes, embedded_by).await?;
         Ok(serde_json::to_value(InsertResponse {
             // Distinct documents: a batch naming an id twice writes the last of them.
             inserted: outcome.affected,

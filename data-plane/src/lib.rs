@@ -115,6 +115,10 @@ pub struct DataPlane {
 
 /// How often a pod tidies the records store (see [`spawn_housekeeping`]).
 pub const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How often a pod checks the indexes it holds against the store, besides after a bus
+/// gap ([`IndexManager::resync`]): one read a project with indexes here.
+pub const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// A snapshot upload no snapshot points to this long after it began was abandoned.
 const ABANDONED_UPLOAD: chrono::Duration = chrono::Duration::hours(1);
 
@@ -166,6 +170,7 @@ impl DataPlane {
         let projects = projects::Projects::new(Arc::clone(&store), bus.as_ref());
         let indexes = Arc::new(IndexManager::new(Arc::clone(&store), settings.index_memory));
         IndexManager::run_maintenance(Arc::downgrade(&indexes), settings.snapshots);
+        IndexManager::run_resync(Arc::downgrade(&indexes), RESYNC_EVERY);
         spawn_housekeeping(Arc::downgrade(&store), HOUSEKEEPING_EVERY);
         let weak = Arc::downgrade(&indexes);
         bus.listen(Arc::new(move |event| {

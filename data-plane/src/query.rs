@@ -403,8 +403,32 @@ impl ProjectBackend<'_> {
 
     /// Writes records in one transaction (records::upsert runs it in a task of its
     /// own, so a statement timeout never cuts it between its commit and the index).
-    async fn upsert(&self, collection: &str, writes: Vec<RecordWrite>) -> Result<(), ApiError> {
-        let upsert = records::upsert(self.state, self.principal, &self.plan, collection, writes);
+    /// The model to embed `sources`' texts with, as the document API picks it (the
+    /// collection's, else the deployment's default); `None` when there is no text.
+    async fn text_model(&self, collection: &str, sources: &[Source]) -> Result<Option<String>, ApiError> {
+        if !sources.iter().any(|source| matches!(source, Source::Text(_))) {
+            return Ok(None);
+        }
+        let model = crate::documents::collection_model(self.state, self.principal, collection, None).await?;
+        Ok(Some(model.name))
+    }
+
+    /// `embedding_model` as [`records::upsert`] takes it: the model that made some of the
+    /// vectors from text.
+    async fn upsert(
+        &self,
+        collection: &str,
+        writes: Vec<RecordWrite>,
+        embedding_model: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let upsert = records::upsert(
+            self.state,
+            self.principal,
+            &self.plan,
+            collection,
+            writes,
+            embedding_model,
+        );
         self.writing(async { upsert.await.map(Some) }).await.map(drop)
     }
 
@@ -582,12 +606,13 @@ impl Backend for ProjectBackend<'_> {
                 }
             });
         }
+        let model = self.text_model(collection, &sources).await?;
         // Before embedding: a batch beyond the budget is refused whole, as an upsert is.
         self.state
             .admit(self.principal, Kind::Documents, rows.len() as u64)
             .await?;
-        let vectors =
-            embeddings::complete(self.state, &self.principal.project, &self.state.default_model, sources).await?;
+        let model_name = model.as_deref().unwrap_or(&self.state.default_model);
+        let vectors = embeddings::complete(self.state, &self.principal.project, model_name, sources).await?;
         let writes: Vec<RecordWrite> = rows
             .into_iter()
             .zip(vectors)
@@ -599,7 +624,7 @@ impl Backend for ProjectBackend<'_> {
             })
             .collect();
         let ids: Vec<String> = writes.iter().map(|w| w.id.clone()).collect();
-        self.upsert(collection, writes).await?;
+        self.upsert(collection, writes, model.as_deref()).await?;
         Ok(ids)
     }
 
@@ -652,7 +677,7 @@ impl Backend for ProjectBackend<'_> {
             .collect();
         // New content without a new embedding is embedded again, so the vector keeps
         // describing the text.
-        let sources = found
+        let sources: Vec<Source> = found
             .iter()
             .map(|(update, record)| match (&update.embedding, &update.content) {
                 (Some(vector), _) => Source::Given(vector.clone()),
@@ -660,8 +685,9 @@ impl Backend for ProjectBackend<'_> {
                 (None, None) => Source::Given(record.vector.clone()),
             })
             .collect();
-        let vectors =
-            embeddings::complete(self.state, &self.principal.project, &self.state.default_model, sources).await?;
+        let model = self.text_model(collection, &sources).await?;
+        let model_name = model.as_deref().unwrap_or(&self.state.default_model);
+        let vectors = embeddings::complete(self.state, &self.principal.project, model_name, sources).await?;
         let writes: Vec<RecordWrite> = found
             .into_iter()
             .zip(vectors)
@@ -681,6 +707,7 @@ impl Backend for ProjectBackend<'_> {
                 collection,
                 writes,
                 seen,
+                model.as_deref(),
             ))
             .await?;
         Ok(written.map(|_| changed))

@@ -88,15 +88,19 @@ pub(crate) fn new_id() -> String {
         .to_string()
 }
 
-/// Inserts or replaces records, all or none, after checking the plan's caps.
+/// Inserts or replaces records, all or none, after checking the plan's caps. With
+/// `embedding_model` (the model that made some of the vectors from text), the write
+/// also holds the namespace to that model: it becomes the namespace's when it has
+/// none, and a namespace of another model refuses the write (a 400).
 pub(crate) async fn upsert(
     state: &DataPlane,
     principal: &Principal,
     plan: &Plan,
     namespace: &str,
     records: Vec<RecordWrite>,
+    embedding_model: Option<&str>,
 ) -> Result<WriteOutcome, ApiError> {
-    let outcome = upsert_unchanged(state, principal, plan, namespace, records, Vec::new()).await?;
+    let outcome = upsert_unchanged(state, principal, plan, namespace, records, Vec::new(), embedding_model).await?;
     Ok(outcome.expect("a write with nothing seen always goes ahead"))
 }
 
@@ -110,10 +114,19 @@ pub(crate) async fn upsert_unchanged(
     namespace: &str,
     records: Vec<RecordWrite>,
     seen: Vec<Seen>,
+    embedding_model: Option<&str>,
 ) -> Result<Option<WriteOutcome>, ApiError> {
     let (owned, principal, plan, namespace) = (state.clone(), principal.clone(), plan.clone(), namespace.to_owned());
+    // The plan's caps (and the namespace's model) are held inside the write's
+    // transaction, so concurrent writes cannot pass them together.
+    let caps = quiver_store::Caps {
+        plan: plan.name.clone(),
+        namespaces: u64::from(plan.max_namespaces),
+        vectors: plan.max_vectors,
+        embedding_model: embedding_model.map(str::to_owned),
+    };
     detached(state, async move {
-        upsert_now(&owned, &principal, &plan, &namespace, records, seen).await
+        upsert_now(&owned, &principal, &namespace, records, seen, &caps).await
     })
     .await
 }
@@ -121,25 +134,18 @@ pub(crate) async fn upsert_unchanged(
 async fn upsert_now(
     state: &DataPlane,
     principal: &Principal,
-    plan: &Plan,
     namespace: &str,
     records: Vec<RecordWrite>,
     seen: Vec<Seen>,
+    caps: &quiver_store::Caps,
 ) -> Result<Option<WriteOutcome>, ApiError> {
-    // The plan's caps are held inside the write's transaction, so concurrent writes
-    // cannot pass them together.
-    let caps = quiver_store::Caps {
-        plan: plan.name.clone(),
-        namespaces: u64::from(plan.max_namespaces),
-        vectors: plan.max_vectors,
-    };
     let project = principal.project_id;
     let outcome = if seen.is_empty() {
-        state.store.upsert_within(project, namespace, &records, &caps).await?
+        state.store.upsert_within(project, namespace, &records, caps).await?
     } else {
         match state
             .store
-            .upsert_unchanged(project, namespace, &records, &seen, &caps)
+            .upsert_unchanged(project, namespace, &records, &seen, caps)
             .await?
         {
             Some(outcome) => outcome,

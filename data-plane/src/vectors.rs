@@ -703,7 +703,7 @@ pub async fn upsert(
         }
         let records = parse_vectors(request.vectors, &principal)?;
         state.admit(&principal, Kind::Documents, records.len() as u64).await?;
-        let outcome = records::upsert(&state, &principal, &plan, &namespace, records).await?;
+        let outcome = records::upsert(&state, &principal, &plan, &namespace, records, None).await?;
         Ok(serde_json::to_value(UpsertResponse {
             upserted_count: outcome.affected,
             namespace,

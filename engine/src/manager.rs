@@ -1020,16 +1020,39 @@ impl IndexManager {
                     (info.name, state)
                 })
                 .collect();
+            // Each index as it was listed: what the store said may be older than what
+            // this pod heard since (the namespace deleted and made again, a new index
+            // loaded), so it only raises that index's wanted seq, or drops that index.
             for (key, loaded) in indexes {
                 match live.get(&key.1) {
-                    Some(state) => self.heard_of(project, &key.1, *state).await,
-                    // Only this life of the index: a namespace made again since has
-                    // its own, to load when it is used.
-                    None => self.drop_if_cached(&key, &loaded).await,
+                    Some(state) if state.epoch == loaded.index.epoch() => {
+                        loaded.wanted.fetch_max(state.seq, Ordering::SeqCst);
+                    }
+                    // Deleted, or deleted and made again: this life of the index is over
+                    // (a new one loads when it is used).
+                    _ => self.drop_if_cached(&key, &loaded).await,
                 }
             }
         }
         Ok(())
+    }
+
+    /// Every `period`, for as long as the manager lives: [`IndexManager::resync`], a
+    /// backstop for notices lost while the bus seemed up (a writer whose publish
+    /// failed).
+    pub fn run_resync(manager: Weak<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(manager) = manager.upgrade() else { return };
+                if let Err(err) = manager.resync().await {
+                    tracing::warn!(error = %err, "checking the indexes in memory against the store failed");
+                }
+            }
+        })
     }
 
     /// Drops a namespace's index (it was deleted).
@@ -1261,9 +1284,8 @@ impl IndexManager {
         Ok(true)
     }
 
-    /// Every `policy.interval`, for as long as the manager lives: catches the indexes
-    /// up with the store ([`IndexManager::resync`]), snapshots those due, and starts the
-    /// rebuild of the most worn graph, if one is due and none runs.
+    /// Every `policy.interval`, for as long as the manager lives: snapshots the indexes
+    /// due, and starts the rebuild of the most worn graph, if one is due and none runs.
     pub fn run_maintenance(manager: Weak<Self>, policy: SnapshotPolicy) -> Option<tokio::task::JoinHandle<()>> {
         if policy.interval.is_zero() {
             return None;
@@ -1275,11 +1297,6 @@ impl IndexManager {
             loop {
                 ticks.tick().await;
                 let Some(manager) = manager.upgrade() else { return };
-                // A backstop for notices lost without the bus noticing (a writer
-                // whose publish failed while subscribers stayed connected).
-                if let Err(err) = manager.resync().await {
-                    tracing::warn!(error = %err, "checking the indexes in memory against the store failed");
-                }
                 manager.snapshot_due(&policy).await;
                 manager.rebuild_due();
             }

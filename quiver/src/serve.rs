@@ -87,19 +87,35 @@ fn standalone_jwt_secret(dir: &Path) -> anyhow::Result<JwtKeys> {
             // later start would refuse, and of two first starts at once the second
             // finds the first's secret (the link fails if the name exists) and uses it.
             let staging = dir.join(format!(".jwt-secret.{}", std::process::id()));
-            let written = (|| -> std::io::Result<()> {
+            let write_new = |at: &Path, create_new: bool| -> std::io::Result<()> {
                 let mut options = std::fs::OpenOptions::new();
-                options.write(true).create(true).truncate(true);
+                options.write(true);
+                if create_new {
+                    options.create_new(true);
+                } else {
+                    options.create(true).truncate(true);
+                }
                 #[cfg(unix)]
                 options.mode(0o600);
-                let mut file = options.open(&staging)?;
+                let mut file = options.open(at)?;
                 file.write_all(secret.as_bytes())?;
-                file.sync_all()?;
-                std::fs::hard_link(&staging, &path)?;
-                // The new name itself, on disk.
-                std::fs::File::open(dir)?.sync_all()
-            })();
+                file.sync_all()
+            };
+            let written = write_new(&staging, false).and_then(|()| match std::fs::hard_link(&staging, &path) {
+                // A file system without hard links (some network shares): the file is
+                // made in place, as the only start that can make it.
+                Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+                    tracing::debug!(error = %err, "no hard link for the JWT secret; writing it in place");
+                    write_new(&path, true)
+                }
+                linked => linked,
+            });
             let _ = std::fs::remove_file(&staging);
+            // The new name itself, on disk; a file system that cannot say so is no reason
+            // not to start.
+            if let Err(err) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+                tracing::debug!(error = %err, "could not sync the data dir after writing the JWT secret");
+            }
             match written {
                 Ok(()) => secret,
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -53,6 +53,7 @@ macro_rules! store_conformance_suite {
             concurrent_writers_get_distinct_seqs_in_commit_order_and_lose_nothing,
             concurrent_read_modify_writes_of_one_record_lose_no_update,
             a_large_batch_is_written_whole,
+            a_namespace_keeps_the_embedding_model_of_its_first_embedded_write,
             idempotency_claims_replays_and_refuses,
             abandoned_or_expired_idempotency_claims_can_be_taken_over,
             the_store_reports_ready,
@@ -133,6 +134,26 @@ pub async fn users_are_unique_by_email_and_found_by_email_or_id(store: Arc<dyn S
     assert_eq!(by_id, created);
     assert!(store.user_by_email("bob@example.com").await.expect("query").is_none());
     assert!(store.user(UserId::new()).await.expect("query").is_none());
+
+    // A log out raises the account's session epoch, and only that account's.
+    assert_eq!(created.session_epoch, 0);
+    let other = store.create_user("bob@example.com", "hash-3").await.expect("signup");
+    assert!(store.end_sessions(created.id).await.expect("log out"));
+    assert!(store.end_sessions(created.id).await.expect("log out again"));
+    assert_eq!(
+        store
+            .user(created.id)
+            .await
+            .expect("query")
+            .expect("found")
+            .session_epoch,
+        2
+    );
+    assert_eq!(
+        store.user(other.id).await.expect("query").expect("found").session_epoch,
+        0
+    );
+    assert!(!store.end_sessions(UserId::new()).await.expect("no account"));
 }
 
 pub async fn the_plan_catalog_is_seeded_cheapest_first(store: Arc<dyn Store>) {
@@ -649,6 +670,7 @@ pub async fn writes_from_what_was_seen_go_ahead_only_if_it_is_unchanged(store: A
         plan: "test".into(),
         namespaces: 10,
         vectors: 100,
+        embedding_model: None,
     };
     let seen = |records: &[Record]| -> Vec<Seen> {
         records
@@ -1176,6 +1198,7 @@ pub async fn concurrent_read_modify_writes_of_one_record_lose_no_update(store: A
         plan: "test".into(),
         namespaces: 10,
         vectors: 100,
+        embedding_model: None,
     };
     store
         .upsert(p, "ns", &[write("counter", 1.0, json!({"n": 0}))])
@@ -1267,6 +1290,7 @@ pub async fn capped_writes_hold_the_plans_caps_even_when_concurrent(store: Arc<d
         plan: "tiny".into(),
         namespaces: 3,
         vectors: 10,
+        embedding_model: None,
     };
     let mut tasks = Vec::new();
     for n in 0..12 {
@@ -1318,6 +1342,73 @@ pub async fn capped_writes_hold_the_plans_caps_even_when_concurrent(store: Arc<d
         .upsert(p, "ns-free", &[write("x", 1.0, json!({}))])
         .await
         .expect("uncapped");
+}
+
+/// The first capped write that names an embedding model gives the namespace its model,
+/// in the write's transaction; a write by another model is refused and writes nothing
+/// (its seq neither); writes that name none (vectors given) go ahead; a namespace made
+/// again starts without one.
+pub async fn a_namespace_keeps_the_embedding_model_of_its_first_embedded_write(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let caps = |model: Option<&str>| crate::Caps {
+        plan: "test".into(),
+        namespaces: 10,
+        vectors: 100,
+        embedding_model: model.map(str::to_owned),
+    };
+    assert_eq!(store.embedding_model(p, "ns").await.expect("read"), None);
+    assert_eq!(
+        store.claim_embedding_model(p, "ns", "m1").await.expect("claim"),
+        None,
+        "no namespace to claim"
+    );
+    store
+        .upsert_within(p, "ns", &[write("given", 1.0, json!({}))], &caps(None))
+        .await
+        .expect("vectors given");
+    assert_eq!(store.embedding_model(p, "ns").await.expect("read"), None);
+    let first = store
+        .upsert_within(p, "ns", &[write("a", 1.0, json!({}))], &caps(Some("m1")))
+        .await
+        .expect("first embedded write");
+    assert_eq!(
+        store.embedding_model(p, "ns").await.expect("read").as_deref(),
+        Some("m1")
+    );
+    let refused = store
+        .upsert_within(p, "ns", &[write("b", 2.0, json!({}))], &caps(Some("m2")))
+        .await;
+    match refused {
+        Err(StoreError::Invalid(message)) => assert!(message.contains("embedded with m1"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(store.fetch(p, "ns", &ids(&["b"])).await.expect("fetch").is_empty());
+    assert_eq!(
+        store.namespace(p, "ns").await.expect("read").expect("ns").seq,
+        first.state.seq
+    );
+    store
+        .upsert_within(p, "ns", &[write("c", 3.0, json!({}))], &caps(Some("m1")))
+        .await
+        .expect("the same model");
+    assert_eq!(
+        store
+            .claim_embedding_model(p, "ns", "m2")
+            .await
+            .expect("claim")
+            .as_deref(),
+        Some("m1"),
+        "a claim keeps the model there"
+    );
+    assert!(store.delete_namespace(p, "ns").await.expect("delete"));
+    store
+        .upsert_within(p, "ns", &[write("d", 3.0, json!({}))], &caps(Some("m2")))
+        .await
+        .expect("a new life, a new model");
+    assert_eq!(
+        store.embedding_model(p, "ns").await.expect("read").as_deref(),
+        Some("m2")
+    );
 }
 
 pub async fn a_large_batch_is_written_whole(store: Arc<dyn Store>) {

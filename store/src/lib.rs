@@ -111,6 +111,19 @@ pub struct Caps {
     pub plan: String,
     pub namespaces: u64,
     pub vectors: u64,
+    /// The embedding model that made the write's vectors from text, if one did: the
+    /// namespace takes it as its model when it has none, in the write's transaction,
+    /// and a write by another model than the namespace's is refused
+    /// ([`StoreError::Invalid`], [`model_mismatch`]).
+    pub embedding_model: Option<String>,
+}
+
+/// The refusal of a write or a request whose embedding model is not the collection's.
+pub fn model_mismatch(collection: &str, recorded: &str, asked: &str) -> String {
+    format!(
+        "collection \"{collection}\" is embedded with {recorded}: name that model (or none), or send embeddings; \
+         vectors of {asked} would not compare with its documents'"
+    )
 }
 
 /// Users, plans, projects and API keys.

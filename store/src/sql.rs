@@ -1001,6 +1001,23 @@ macro_rules! sql_store {
                 let state = next_seq(&mut tx, project, namespace, true)
                     .await?
                     .ok_or_else(|| StoreError::Other(anyhow::anyhow!("namespace upsert returned no row")))?;
+                // Claimed under the namespace's row lock (next_seq took it): of two
+                // first writes by two models, the second waits and is refused.
+                if let Some(model) = caps.and_then(|caps| caps.embedding_model.as_deref()) {
+                    let recorded: Option<String> = sqlx::query_scalar(
+                        "UPDATE namespaces SET embedding_model = COALESCE(embedding_model, $3)
+                         WHERE project_id = $1 AND name = $2 RETURNING embedding_model",
+                    )
+                    .bind(project.0)
+                    .bind(namespace)
+                    .bind(model)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if let Some(recorded) = recorded.filter(|recorded| recorded != model) {
+                        // Dropping the transaction rolls it back, the namespace's new seq too.
+                        return Err(StoreError::Invalid($crate::model_mismatch(namespace, &recorded, model)));
+                    }
+                }
                 if let Some(seen) = seen
                     && !unchanged(&mut tx, project, namespace, seen).await?
                 {

@@ -1256,6 +1256,18 @@ async fn a_collection_keeps_the_model_that_embedded_it(backend: Backend) {
     assert_eq!(body["query_embedding_model"], "openai/text-embedding-3-small");
     assert_eq!(body["results"].as_array().map(Vec::len), Some(3), "{body}");
 
+    // NQL embeds with the collection's model too (the default's 384 dimensions would
+    // be refused here).
+    for statement in [
+        json!({"query": "UPDATE my_docs SET content = 'rewritten' WHERE id = $1", "params": [id]}),
+        json!({"query": "INSERT INTO my_docs (content) VALUES ('written by NQL')"}),
+    ] {
+        let (status, body) = app
+            .data_call(0, Method::POST, "/api/v1/query", &t.readwrite, Some(statement.clone()))
+            .await;
+        assert_eq!((status, &body["rowCount"]), (200, &json!(1)), "{statement}: {body}");
+    }
+
     let other_model = r#"{"documents": [{"content": "more"}], "embedding_model": "openai/text-embedding-ada-002"}"#;
     let (status, body) = call(&app, Method::POST, docs, &t.readwrite, Some(other_model)).await;
     let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
