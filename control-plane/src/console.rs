@@ -114,14 +114,20 @@ async fn serve_from(dir: Arc<PathBuf>, request: Request) -> Response {
     response
 }
 
-/// The console directory to serve: the one given, or `console/dist` under the
-/// working directory when it has been built there (running from a checkout).
-pub fn locate(given: Option<PathBuf>) -> Option<PathBuf> {
+/// The console directory to serve: the one given, which must hold a built console
+/// (else every page would be a 404), or `console/dist` under the working directory
+/// when it has been built there (running from a checkout).
+pub fn locate(given: Option<PathBuf>) -> Result<Option<PathBuf>, String> {
     match given {
-        Some(dir) => Some(dir),
+        Some(dir) if dir.join("index.html").is_file() => Ok(Some(dir)),
+        Some(dir) => Err(format!(
+            "--console-dir {} holds no index.html: point it at a built console (cd console && npm install && npm \
+             run build makes console/dist), or leave it out",
+            dir.display()
+        )),
         None => {
             let dir = PathBuf::from("console/dist");
-            dir.join("index.html").is_file().then_some(dir)
+            Ok(dir.join("index.html").is_file().then_some(dir))
         }
     }
 }
@@ -205,10 +211,11 @@ mod tests {
     }
 
     #[test]
-    fn a_given_console_dir_is_used_as_is() {
-        assert_eq!(
-            locate(Some(PathBuf::from("/srv/console"))),
-            Some(PathBuf::from("/srv/console"))
-        );
+    fn a_given_console_dir_is_used_if_it_holds_a_build() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = locate(Some(dir.path().to_owned())).expect_err("no build there");
+        assert!(err.contains("--console-dir") && err.contains("index.html"), "{err}");
+        std::fs::write(dir.path().join("index.html"), "<div id=root></div>").expect("index");
+        assert_eq!(locate(Some(dir.path().to_owned())), Ok(Some(dir.path().to_owned())));
     }
 }

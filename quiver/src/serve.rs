@@ -147,6 +147,7 @@ fn standalone_jwt_secret(dir: &Path) -> anyhow::Result<JwtKeys> {
 
 pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     args.embed.check()?;
+    let console_dir = quiver_control_plane::console::locate(args.console_dir.clone()).map_err(|err| anyhow!(err))?;
     let url = prepare_data_dir(&args.data_dir)?;
     // Bind before opening storage, so a taken port fails fast and touches nothing.
     let data = bind(args.data_addr, "--data-addr").await?;
@@ -164,7 +165,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let settings = Settings {
         api_base_url: data_url.clone(),
         session_ttl: SESSION_TTL,
-        console_dir: quiver_control_plane::console::locate(args.console_dir.clone()).map(Arc::new),
+        console_dir: console_dir.map(Arc::new),
     };
     let data_plane = DataPlane::new(
         Arc::clone(&store),
@@ -233,6 +234,12 @@ fn pull_default_model_in_background(models_dir: PathBuf) {
 
 pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
     let jwt = JwtKeys::new(args.jwt_secret.as_bytes()).map_err(|err| anyhow!("QUIVER_JWT_SECRET: {err}"))?;
+    let console_dir = match plane {
+        Plane::Control => {
+            quiver_control_plane::console::locate(args.console_dir.clone()).map_err(|err| anyhow!(err))?
+        }
+        Plane::Data => None,
+    };
     let listener = bind(args.addr, "--addr").await?;
     let store = open_store(&args.database_url).await?;
     let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&args.redis_url, &args.bus_prefix).await?);
@@ -242,7 +249,7 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
             let settings = Settings {
                 api_base_url: args.public_data_url.clone(),
                 session_ttl: SESSION_TTL,
-                console_dir: quiver_control_plane::console::locate(args.console_dir.clone()).map(Arc::new),
+                console_dir: console_dir.clone().map(Arc::new),
             };
             let (publish_store, publish_bus) = (Arc::clone(&store), Arc::clone(&bus));
             tokio::spawn(async move {

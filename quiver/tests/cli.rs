@@ -62,14 +62,16 @@ fn an_unusable_data_dir_exits_non_zero_with_one_line_naming_the_flag() {
     assert_fails_with_one_line(output, &["cannot create the data directory", "--data-dir"]);
 }
 
-/// Embedding settings every request would fail on are refused at start.
+/// Embedding settings every request would fail on, and a console directory with no
+/// console in it, are refused at start.
 #[test]
-fn unusable_embedding_settings_exit_non_zero_with_one_line_naming_the_flag() {
+fn unusable_embedding_and_console_settings_exit_non_zero_with_one_line_naming_the_flag() {
     let dir = tempfile::tempdir().expect("temp dir");
     for (flag, value, needle) in [
         ("--default-embedding-model", "foo", "--default-embedding-model"),
         ("--default-embedding-model", "local/nope", "--default-embedding-model"),
         ("--openai-base-url", "api.openai.com/v1", "--openai-base-url"),
+        ("--console-dir", "/nonexistent/console", "--console-dir"),
     ] {
         let output = quiver()
             .args([
