@@ -5,7 +5,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue, Method};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The origins allowed (`--cors-origins`).
@@ -47,6 +53,21 @@ impl FromStr for CorsOrigins {
                 .collect::<Result<Vec<_>, _>>()
                 .map(Self::List),
         }
+    }
+}
+
+/// Runs a request through `cors` when it comes from a browser page (it has an
+/// `Origin`: every cross-origin request and preflight does), and straight on
+/// otherwise: a client on a server gains nothing from the headers, and applying the
+/// layer to every request cost a search request some 10,000 instructions (cloning
+/// the layer's settings, growing the response's header map; docs/benchmarks.md).
+pub async fn for_browsers(State(cors): State<Arc<CorsLayer>>, request: Request, next: Next) -> Response {
+    if !request.headers().contains_key(header::ORIGIN) {
+        return next.run(request).await;
+    }
+    match cors.layer(next).oneshot(request).await {
+        Ok(response) => response,
+        Err(infallible) => match infallible {},
     }
 }
 

@@ -296,7 +296,7 @@ impl DataPlane {
         // 405 for OPTIONS) and refusals (401, 429) carry the headers a browser needs to
         // read them.
         match cors {
-            Some(cors) => router.layer(cors),
+            Some(cors) => router.layer(axum::middleware::from_fn_with_state(Arc::new(cors), cors::for_browsers)),
             None => router,
         }
     }

@@ -323,6 +323,15 @@ async fn project_tokens_carry_scopes_and_namespaces(app: TestApp) {
             .expect("ascii")
             .contains("x-request-id")
     );
+    // A client that is not a browser page (no Origin) is answered without them.
+    let plain = app
+        .data_request(0, Method::GET, "/v1/namespaces")
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(plain.status(), 200);
+    assert!(!plain.headers().contains_key("access-control-allow-origin"));
     let (status, body) = read(
         app.data_request(0, Method::GET, "/v1/namespaces")
             .bearer_auth(&reader)
