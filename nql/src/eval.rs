@@ -119,6 +119,16 @@ impl Datum {
     }
 
     /// The text form, as a `::text` cast would give it.
+    /// `::text`, as Postgres casts: NULL stays NULL, jsonb is its JSON (a string
+    /// quoted), everything else as [`Datum::to_text`] writes it.
+    pub(crate) fn cast_text(self) -> Datum {
+        match self {
+            Datum::Null => Datum::Null,
+            Datum::Json(value) => Datum::Text(jsonb_text(&value)),
+            other => Datum::Text(other.to_text()),
+        }
+    }
+
     pub(crate) fn to_text(&self) -> String {
         match self {
             Datum::Null => String::new(),
@@ -210,6 +220,7 @@ pub(crate) fn type_oid(expr: &Expr) -> u32 {
             _ => 16,
         },
         Expr::Neg(inner) => type_oid(inner),
+        Expr::Text(_) => 25,
         Expr::Not(_) | Expr::IsNull { .. } | Expr::InList { .. } | Expr::Like { .. } => 16,
         Expr::Count => 20,
     }
@@ -321,6 +332,7 @@ pub(crate) fn eval(expr: &Expr, row: Option<&Row>) -> Result<Datum, ApiError> {
             other => other,
         },
         Expr::IsNull { expr, negated } => Datum::Bool((eval(expr, row)? == Datum::Null) != *negated),
+        Expr::Text(inner) => eval(inner, row)?.cast_text(),
         Expr::InList { expr, list, negated } => {
             let value = eval(expr, row)?;
             if value == Datum::Null {
@@ -707,4 +719,29 @@ pub(crate) fn like(text: &str, pattern: &str, case_insensitive: bool, escape: Op
 /// Merges for `metadata || …` are resolved here; this is the metadata a row ends with.
 pub(crate) fn as_metadata(datum: Datum) -> Result<Option<Map<String, Value>>, ApiError> {
     crate::plan::metadata_value(datum, "the new metadata")
+}
+
+/// A jsonb value as Postgres writes it out: a space after each `,` and `:` between
+/// items (`{"a": 1, "b": [1, 2]}`), none inside strings.
+fn jsonb_text(value: &Value) -> String {
+    struct Postgres;
+    impl serde_json::ser::Formatter for Postgres {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { writer.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+            if first { Ok(()) } else { writer.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+            writer.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, Postgres);
+    serde::Serialize::serialize(value, &mut serializer).expect("a JSON value serializes");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }

@@ -924,5 +924,6 @@ fn describe(expr: &Expr) -> String {
             describe(pattern)
         ),
         Expr::Count => "count(*)".to_owned(),
+        Expr::Text(e) => format!("({})::text", describe(e)),
     }
 }

@@ -160,6 +160,8 @@ pub(crate) enum Expr {
     },
     /// `COUNT(*)`, only as a whole projection item.
     Count,
+    /// `expr::text`: the value as Postgres writes it as text (jsonb as its JSON).
+    Text(Box<Expr>),
 }
 
 impl Expr {
@@ -169,7 +171,7 @@ impl Expr {
             Expr::Column(_) | Expr::MetaKey(_) | Expr::Lit(_) | Expr::Distance { .. } | Expr::Count => 0,
             Expr::Json { base, .. } => base.size(),
             Expr::Binary { left, right, .. } => left.size() + right.size(),
-            Expr::Not(inner) | Expr::Neg(inner) | Expr::IsNull { expr: inner, .. } => inner.size(),
+            Expr::Not(inner) | Expr::Neg(inner) | Expr::IsNull { expr: inner, .. } | Expr::Text(inner) => inner.size(),
             Expr::InList { expr, list, .. } => expr.size() + list.iter().map(Expr::size).sum::<usize>(),
             Expr::Like { expr, pattern, .. } => expr.size() + pattern.size(),
         }
@@ -953,10 +955,8 @@ impl<'a> Planner<'a> {
                         })?))
                     }
                     ("jsonb", j @ Expr::Lit(Datum::Json(_))) => j,
-                    ("text", Expr::Lit(datum)) => Expr::Lit(match datum {
-                        Datum::Null => Datum::Null,
-                        other => Datum::Text(other.to_text()),
-                    }),
+                    ("text", Expr::Lit(datum)) => Expr::Lit(datum.cast_text()),
+                    ("text", other) => Expr::Text(Box::new(other)),
                     _ => return Err(unsupported(format!("a cast to {target} of anything but a literal"))),
                 }
             }
@@ -1327,7 +1327,7 @@ pub(crate) fn contains_count(expr: &Expr) -> bool {
         Expr::Count => true,
         Expr::Json { base, .. } => contains_count(base),
         Expr::Binary { left, right, .. } => contains_count(left) || contains_count(right),
-        Expr::Not(e) | Expr::Neg(e) | Expr::IsNull { expr: e, .. } => contains_count(e),
+        Expr::Not(e) | Expr::Neg(e) | Expr::IsNull { expr: e, .. } | Expr::Text(e) => contains_count(e),
         Expr::InList { expr, list, .. } => contains_count(expr) || list.iter().any(contains_count),
         Expr::Like { expr, pattern, .. } => contains_count(expr) || contains_count(pattern),
         Expr::Column(_) | Expr::MetaKey(_) | Expr::Lit(_) | Expr::Distance { .. } => false,

@@ -1090,6 +1090,38 @@ fn deep_or_long_statements_are_refused_without_overflowing_the_stack() {
     assert!(err.to_string().contains("tokens"), "{err}");
 }
 
+/// `::text` casts any expression as Postgres writes it: jsonb as its JSON (a string
+/// quoted), numbers, ids and NULL as they are.
+#[tokio::test]
+async fn text_casts_write_values_as_postgres_does() {
+    let b = backend();
+    let result = run(
+        &b,
+        "SELECT id::text AS i, price::text AS p, source::text AS s, (metadata->'tags')::text AS t, \
+         rating::text AS r FROM documents WHERE price::text = '10'",
+        json!([]),
+    )
+    .await;
+    assert_eq!(
+        serde_json::to_value(&result.rows).expect("json"),
+        json!([{"i": "a", "p": "10", "s": "\"web\"", "t": "[\"x\", \"y\"]", "r": null}])
+    );
+    assert_eq!(result.fields[1].data_type_id, 25);
+    assert_eq!(
+        serde_json::to_value(
+            run(
+                &b,
+                "SELECT '\"x\"'::jsonb::text AS j, '{\"a\":1,\"b\":[1,2]}'::jsonb::text AS o FROM documents WHERE id = 'a'",
+                json!([])
+            )
+            .await
+            .rows
+        )
+        .expect("json"),
+        json!([{"j": "\"x\"", "o": "{\"a\": 1, \"b\": [1, 2]}"}])
+    );
+}
+
 /// Copies made while planning are counted: a chain of BETWEENs (each tests its value
 /// twice, so the plan doubles at each link) and ORDER BY naming a large output column
 /// over and over are refused before they are built, not after minutes and gigabytes.
