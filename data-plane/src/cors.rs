@@ -59,7 +59,7 @@ impl FromStr for CorsOrigins {
 /// Runs a request through `cors` when it comes from a browser page (it has an
 /// `Origin`: every cross-origin request and preflight does), and straight on
 /// otherwise: a client on a server gains nothing from the headers, and applying the
-/// layer to every request cost a search request some 10,000 instructions (cloning
+/// layer to every request cost a search request about 5,000 instructions (cloning
 /// the layer's settings, growing the response's header map; docs/benchmarks.md).
 pub async fn for_browsers(State(cors): State<Arc<CorsLayer>>, request: Request, next: Next) -> Response {
     if !request.headers().contains_key(header::ORIGIN) {
