@@ -63,7 +63,12 @@ impl FromStr for CorsOrigins {
 /// the layer's settings, growing the response's header map; docs/benchmarks.md).
 pub async fn for_browsers(State(cors): State<Arc<CorsLayer>>, request: Request, next: Next) -> Response {
     if !request.headers().contains_key(header::ORIGIN) {
-        return next.run(request).await;
+        // The answer depends on Origin: a cache must not give this one to a page.
+        let mut response = next.run(request).await;
+        response
+            .headers_mut()
+            .append(header::VARY, HeaderValue::from_static("origin"));
+        return response;
     }
     match cors.layer(next).oneshot(request).await {
         Ok(response) => response,

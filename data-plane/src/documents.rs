@@ -82,11 +82,9 @@ fn no_document(collection: &str, id: &str) -> ApiError {
     ApiError::NotFound(format!("no document \"{id}\" in collection \"{collection}\""))
 }
 
-/// The model a collection's text is embedded with, and whether the collection has
-/// recorded it already.
+/// The model a collection's text is embedded with.
 pub(crate) struct CollectionModel {
     pub(crate) name: String,
-    recorded: bool,
 }
 
 /// The model to embed a collection's text with: the one the request names, else the
@@ -105,35 +103,10 @@ pub(crate) async fn collection_model(
             message: quiver_store::model_mismatch(collection, &recorded, asked),
             detail: Some("field embedding_model".into()),
         }),
-        (_, Some(recorded)) => Ok(CollectionModel {
-            name: recorded,
-            recorded: true,
-        }),
+        (_, Some(recorded)) => Ok(CollectionModel { name: recorded }),
         (asked, None) => Ok(CollectionModel {
             name: asked.unwrap_or(&state.default_model).to_owned(),
-            recorded: false,
         }),
-    }
-}
-
-/// Records, after an update that embedded text with `model`, that the collection is
-/// embedded with it, if none has been (inserts hold it in their transaction).
-async fn record_model(state: &DataPlane, principal: &Principal, collection: &str, model: &CollectionModel) {
-    if model.recorded {
-        return;
-    }
-    match state
-        .store
-        .claim_embedding_model(principal.project_id, collection, &model.name)
-        .await
-    {
-        Ok(Some(kept)) if kept != model.name => tracing::warn!(
-            collection, kept = %kept, written = %model.name,
-            "two first writes to a collection embedded with two models at once; the first recorded is kept"
-        ),
-        Ok(_) => {}
-        // The write is done; the next write that embeds records it.
-        Err(err) => tracing::warn!(error = %err, collection, "recording a collection's embedding model failed"),
     }
 }
 
@@ -595,6 +568,9 @@ pub async fn replace(
             vector,
             content,
             metadata_limit: Some(MAX_METADATA_BYTES),
+            // The collection takes the model in the update's transaction, or refuses
+            // it if another write gave it another meanwhile.
+            embedding_model: model.map(|m| m.name),
         };
         let Some((outcome, _)) = records::patch(&state, &principal, &collection, &id, &patch).await? else {
             return Err(match state.store.namespace(principal.project_id, &collection).await? {
@@ -602,9 +578,6 @@ pub async fn replace(
                 Some(_) => no_document(&collection, &id),
             });
         };
-        if let Some(model) = &model {
-            record_model(&state, &principal, &collection, model).await;
-        }
         Ok(serde_json::to_value(ReplaceResponse {
             id,
             updated: true,

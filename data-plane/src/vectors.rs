@@ -1138,6 +1138,8 @@ pub async fn update(
                 .transpose()?,
             content: None,
             metadata_limit: Some(MAX_METADATA_BYTES),
+            // Values sent as they are: no model made them.
+            embedding_model: None,
         };
         if patch.metadata.is_none() && patch.vector.is_none() {
             return Err(ApiError::validation(

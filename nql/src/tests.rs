@@ -1111,14 +1111,21 @@ async fn text_casts_write_values_as_postgres_does() {
         serde_json::to_value(
             run(
                 &b,
-                "SELECT '\"x\"'::jsonb::text AS j, '{\"a\":1,\"b\":[1,2]}'::jsonb::text AS o FROM documents WHERE id = 'a'",
+                "SELECT '\"x\"'::jsonb::text AS j, '{\"source\":\"web\",\"b\":[1,2],\"a\":{}}'::jsonb::text AS o, \
+         metadata->>'tags' AS t, id::text, (price + 1)::text FROM documents WHERE id = 'a'",
                 json!([])
             )
             .await
             .rows
         )
         .expect("json"),
-        json!([{"j": "\"x\"", "o": "{\"a\": 1, \"b\": [1, 2]}"}])
+        json!([{"j": "\"x\"", "o": "{\"a\": {}, \"b\": [1, 2], \"source\": \"web\"}",
+                "t": "[\"x\", \"y\"]", "id": "a", "text": "11"}])
+    );
+    let times = run(&b, "SELECT created_at::text FROM documents WHERE id = 'a'", json!([])).await;
+    assert_eq!(
+        serde_json::to_value(times.rows).expect("json"),
+        json!([{"created_at": "2024-01-01 00:01:00+00"}])
     );
 }
 

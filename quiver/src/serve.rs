@@ -106,7 +106,12 @@ fn standalone_jwt_secret(dir: &Path) -> anyhow::Result<JwtKeys> {
                 // made in place, as the only start that can make it.
                 Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
                     tracing::debug!(error = %err, "no hard link for the JWT secret; writing it in place");
-                    write_new(&path, true)
+                    write_new(&path, true).inspect_err(|err| {
+                        // Ours, cut short (another start's would have made create_new fail).
+                        if err.kind() != std::io::ErrorKind::AlreadyExists {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    })
                 }
                 linked => linked,
             });

@@ -1357,11 +1357,6 @@ pub async fn a_namespace_keeps_the_embedding_model_of_its_first_embedded_write(s
         embedding_model: model.map(str::to_owned),
     };
     assert_eq!(store.embedding_model(p, "ns").await.expect("read"), None);
-    assert_eq!(
-        store.claim_embedding_model(p, "ns", "m1").await.expect("claim"),
-        None,
-        "no namespace to claim"
-    );
     store
         .upsert_within(p, "ns", &[write("given", 1.0, json!({}))], &caps(None))
         .await
@@ -1391,15 +1386,26 @@ pub async fn a_namespace_keeps_the_embedding_model_of_its_first_embedded_write(s
         .upsert_within(p, "ns", &[write("c", 3.0, json!({}))], &caps(Some("m1")))
         .await
         .expect("the same model");
+    // An update that embedded text is held to the model too.
+    let regenerated = |model: &str| RecordPatch {
+        vector: Some(vec![0.5, 0.5, 0.5]),
+        embedding_model: Some(model.to_owned()),
+        ..RecordPatch::default()
+    };
+    match store.update(p, "ns", "a", &regenerated("m2")).await {
+        Err(StoreError::Invalid(message)) => assert!(message.contains("embedded with m1"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     assert_eq!(
-        store
-            .claim_embedding_model(p, "ns", "m2")
-            .await
-            .expect("claim")
-            .as_deref(),
-        Some("m1"),
-        "a claim keeps the model there"
+        store.fetch(p, "ns", &ids(&["a"])).await.expect("fetch")[0].vector,
+        vec![1.0, 1.5, -1.0],
+        "the refused update changed nothing"
     );
+    store
+        .update(p, "ns", "a", &regenerated("m1"))
+        .await
+        .expect("the same model")
+        .expect("updated");
     assert!(store.delete_namespace(p, "ns").await.expect("delete"));
     store
         .upsert_within(p, "ns", &[write("d", 3.0, json!({}))], &caps(Some("m2")))

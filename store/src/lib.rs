@@ -260,6 +260,9 @@ pub struct RecordPatch {
     /// the update is refused ([`StoreError::Invalid`]) and nothing changes. A merge
     /// can grow metadata past what any one request sends.
     pub metadata_limit: Option<usize>,
+    /// The embedding model that made `vector` from text, if one did: held as
+    /// [`Caps::embedding_model`] is, in the update's transaction.
+    pub embedding_model: Option<String>,
 }
 
 /// The records of every namespace.
@@ -370,14 +373,6 @@ pub trait Records: Send + Sync {
     /// The embedding model that made the namespace's vectors from text, if one has
     /// (`None` too when there is no such namespace).
     async fn embedding_model(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<String>>;
-    /// Records `model` as the namespace's embedding model unless it has one: the model
-    /// it has after (`None` when there is no such namespace).
-    async fn claim_embedding_model(
-        &self,
-        project: ProjectId,
-        namespace: &str,
-        model: &str,
-    ) -> StoreResult<Option<String>>;
     /// A project's namespaces by name, with live counts.
     async fn namespaces(&self, project: ProjectId) -> StoreResult<Vec<NamespaceInfo>>;
     /// Deletes a namespace with all its records; `false` when it did not exist.

@@ -152,6 +152,28 @@ macro_rules! sql_store {
             row.as_ref().map(state_from_row).transpose()
         }
 
+        /// Holds a write to the namespace's embedding model, in its transaction, after
+        /// next_seq took the namespace's row lock: the namespace takes `model` if it
+        /// has none, and a namespace of another refuses the write. Of two first writes
+        /// by two models, the second waits for the first and is refused.
+        async fn hold_model(tx: &mut Tx<'_>, project: ProjectId, namespace: &str, model: &str) -> StoreResult<()> {
+            let recorded: Option<String> = sqlx::query_scalar(
+                "UPDATE namespaces SET embedding_model = COALESCE(embedding_model, $3)
+                 WHERE project_id = $1 AND name = $2 RETURNING embedding_model",
+            )
+            .bind(project.0)
+            .bind(namespace)
+            .bind(model)
+            .fetch_one(&mut **tx)
+            .await?;
+            match recorded {
+                Some(recorded) if recorded != model => {
+                    Err(StoreError::Invalid($crate::model_mismatch(namespace, &recorded, model)))
+                }
+                _ => Ok(()),
+            }
+        }
+
         async fn add_live(tx: &mut Tx<'_>, project: ProjectId, namespace: &str, delta: i64) -> StoreResult<()> {
             if delta != 0 {
                 sqlx::query("UPDATE namespaces SET live_count = live_count + $3 WHERE project_id = $1 AND name = $2")
@@ -521,6 +543,10 @@ macro_rules! sql_store {
                         )));
                     }
                 }
+                if let Some(model) = patch.embedding_model.as_deref() {
+                    // Dropping the transaction on a refusal rolls it back.
+                    hold_model(&mut tx, project, namespace, model).await?;
+                }
                 if let Some(vector) = &patch.vector {
                     record.vector.clone_from(vector);
                 }
@@ -724,24 +750,6 @@ macro_rules! sql_store {
                         .fetch_optional(self.reader())
                         .await?;
                 Ok(model.flatten())
-            }
-
-            async fn claim_embedding_model(
-                &self,
-                project: ProjectId,
-                namespace: &str,
-                model: &str,
-            ) -> StoreResult<Option<String>> {
-                let claimed: Option<Option<String>> = sqlx::query_scalar(
-                    "UPDATE namespaces SET embedding_model = COALESCE(embedding_model, $3)
-                     WHERE project_id = $1 AND name = $2 RETURNING embedding_model",
-                )
-                .bind(project.0)
-                .bind(namespace)
-                .bind(model)
-                .fetch_optional(self.writer())
-                .await?;
-                Ok(claimed.flatten())
             }
 
             async fn namespaces(&self, project: ProjectId) -> StoreResult<Vec<NamespaceInfo>> {
@@ -1001,22 +1009,9 @@ macro_rules! sql_store {
                 let state = next_seq(&mut tx, project, namespace, true)
                     .await?
                     .ok_or_else(|| StoreError::Other(anyhow::anyhow!("namespace upsert returned no row")))?;
-                // Claimed under the namespace's row lock (next_seq took it): of two
-                // first writes by two models, the second waits and is refused.
                 if let Some(model) = caps.and_then(|caps| caps.embedding_model.as_deref()) {
-                    let recorded: Option<String> = sqlx::query_scalar(
-                        "UPDATE namespaces SET embedding_model = COALESCE(embedding_model, $3)
-                         WHERE project_id = $1 AND name = $2 RETURNING embedding_model",
-                    )
-                    .bind(project.0)
-                    .bind(namespace)
-                    .bind(model)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if let Some(recorded) = recorded.filter(|recorded| recorded != model) {
-                        // Dropping the transaction rolls it back, the namespace's new seq too.
-                        return Err(StoreError::Invalid($crate::model_mismatch(namespace, &recorded, model)));
-                    }
+                    // Dropping the transaction on a refusal rolls it back, the new seq too.
+                    hold_model(&mut tx, project, namespace, model).await?;
                 }
                 if let Some(seen) = seen
                     && !unchanged(&mut tx, project, namespace, seen).await?
