@@ -633,7 +633,7 @@ impl Backend for ProjectBackend<'_> {
         // Every row is checked before the first is written.
         for update in &rows {
             let what = format!("the update of \"{}\"", update.id);
-            if let Some(content) = &update.content {
+            if let Some(Some(content)) = &update.content {
                 check_content(content, &what)?;
             }
             if let Some(metadata) = &update.metadata {
@@ -681,8 +681,9 @@ impl Backend for ProjectBackend<'_> {
             .iter()
             .map(|(update, record)| match (&update.embedding, &update.content) {
                 (Some(vector), _) => Source::Given(vector.clone()),
-                (None, Some(content)) => Source::Text(content.clone()),
-                (None, None) => Source::Given(record.vector.clone()),
+                (None, Some(Some(content))) => Source::Text(content.clone()),
+                // Content set NULL, or left: the embedding stays.
+                (None, Some(None) | None) => Source::Given(record.vector.clone()),
             })
             .collect();
         let model = self.text_model(collection, &sources).await?;
@@ -695,7 +696,7 @@ impl Backend for ProjectBackend<'_> {
                 id: update.id.clone(),
                 vector,
                 metadata: without_nulls(update.metadata.clone().unwrap_or(record.metadata)),
-                content: update.content.clone().or(record.content),
+                content: update.content.clone().unwrap_or(record.content),
             })
             .collect();
         let changed = writes.len() as u64;

@@ -652,10 +652,9 @@ impl Executor<'_> {
             let label = format!("row {:?}", row.id);
             let content = match &update.content {
                 None => None,
-                Some(expr) => match crate::plan::content_value(eval::eval(expr, Some(&row))?, &label)? {
-                    Some(content) => Some(content),
-                    None => return Err(query_error("content cannot be set to NULL")),
-                },
+                // NULL content is allowed, as in a record the vector API wrote: the
+                // embedding stays as it is.
+                Some(expr) => Some(crate::plan::content_value(eval::eval(expr, Some(&row))?, &label)?),
             };
             let metadata = match &update.metadata {
                 None => None,

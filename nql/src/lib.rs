@@ -107,7 +107,8 @@ pub struct RowUpdate {
     pub id: String,
     /// The row's version when the statement read it.
     pub version: i64,
-    pub content: Option<String>,
+    /// The new content: `Some(None)` sets it NULL, `None` leaves it as it is.
+    pub content: Option<Option<String>>,
     /// The whole new metadata object (merges are resolved by the executor).
     pub metadata: Option<Map<String, Value>>,
     pub embedding: Option<Vec<f32>>,

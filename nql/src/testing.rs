@@ -242,7 +242,7 @@ impl Backend for MemoryBackend {
             let version = self.next_version();
             let row = table.get_mut(&update.id).expect("checked above");
             if let Some(content) = &update.content {
-                row.content = Some(content.clone());
+                row.content.clone_from(content);
             }
             if let Some(metadata) = &update.metadata {
                 row.metadata = metadata.clone();

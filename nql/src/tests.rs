@@ -796,6 +796,29 @@ async fn errors_name_what_is_wrong() {
     assert_eq!(b.rows("documents").len(), 5);
 }
 
+/// Content may be set NULL (as a record the vector API wrote has none); the
+/// embedding stays as it was.
+#[tokio::test]
+async fn content_can_be_set_null_and_the_embedding_stays() {
+    let b = backend();
+    let before = b.rows("documents").into_iter().find(|r| r.id == "a").expect("a");
+    let result = run(&b, "UPDATE documents SET content = NULL WHERE id = 'a'", json!([])).await;
+    assert_eq!(result.row_count, 1);
+    let after = b.rows("documents").into_iter().find(|r| r.id == "a").expect("a");
+    assert_eq!(after.content, None);
+    assert_eq!(after.embedding, before.embedding);
+    let rows = run(
+        &b,
+        "SELECT id FROM documents WHERE content IS NULL ORDER BY id",
+        json!([]),
+    )
+    .await;
+    assert_eq!(
+        serde_json::to_value(rows.rows).expect("json"),
+        json!([{"id": "a"}, {"id": "e"}])
+    );
+}
+
 #[test]
 fn is_write_tells_reads_from_writes() {
     let read = parse("SELECT * FROM documents", &[]).expect("parses");

@@ -1261,12 +1261,18 @@ async fn a_collection_keeps_the_model_that_embedded_it(backend: Backend) {
     for statement in [
         json!({"query": "UPDATE my_docs SET content = 'rewritten' WHERE id = $1", "params": [id]}),
         json!({"query": "INSERT INTO my_docs (content) VALUES ('written by NQL')"}),
+        // Content set NULL keeps the embedding; nothing to embed.
+        json!({"query": "UPDATE my_docs SET content = NULL WHERE id = $1", "params": [id]}),
     ] {
         let (status, body) = app
             .data_call(0, Method::POST, "/api/v1/query", &t.readwrite, Some(statement.clone()))
             .await;
         assert_eq!((status, &body["rowCount"]), (200, &json!(1)), "{statement}: {body}");
     }
+
+    let (status, body) = call(&app, Method::GET, &format!("{docs}/{id}"), &t.readonly, None).await;
+    assert_eq!((status, &body["content"]), (200, &Value::Null), "{body}");
+    assert_eq!(body["embedding"].as_array().map(Vec::len), Some(1536));
 
     let other_model = r#"{"documents": [{"content": "more"}], "embedding_model": "openai/text-embedding-ada-002"}"#;
     let (status, body) = call(&app, Method::POST, docs, &t.readwrite, Some(other_model)).await;
