@@ -8,6 +8,8 @@ pub mod bus;
 pub mod domain;
 /// The error envelope: `ApiError` and the `AppJson` extractor.
 pub mod error;
+/// Background rounds on a shared object for as long as it lives.
+pub mod every;
 /// HTTP plumbing shared by both planes: request ids, tracing, health probes, fallbacks.
 pub mod http;
 /// JSON values compared.

@@ -116,36 +116,31 @@ pub struct DataPlane {
 /// How often a pod tidies the records store (see [`spawn_housekeeping`]).
 pub const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// A snapshot upload no snapshot points to this long after it began was abandoned.
+const ABANDONED_UPLOAD: chrono::Duration = chrono::Duration::hours(1);
+
 /// How often a pod checks the indexes it holds against the store, besides after a bus
 /// gap ([`IndexManager::resync`]): one read a project with indexes here.
 pub const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-/// A snapshot upload no snapshot points to this long after it began was abandoned.
-const ABANDONED_UPLOAD: chrono::Duration = chrono::Duration::hours(1);
 
 /// Now and every `period`, for as long as the store is in use: deletes expired
 /// idempotency keys (with their stored answers) and the chunks of snapshot uploads
 /// abandoned by a pod that died before its switch. Every pod runs it: each is a
 /// DELETE of rows past their time, whichever pod gets there first.
 pub fn spawn_housekeeping(store: std::sync::Weak<dyn Store>, period: std::time::Duration) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(store) = store.upgrade() else { return };
-            match store.purge_expired().await {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, "expired idempotency keys deleted"),
-                Err(err) => {
-                    tracing::warn!(error = %err, "deleting expired idempotency keys failed; trying again later")
-                }
+    quiver_common::every::every(std::time::Duration::ZERO, period, store, |store| async move {
+        match store.purge_expired().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys deleted"),
+            Err(err) => {
+                tracing::warn!(error = %err, "deleting expired idempotency keys failed; trying again later")
             }
-            match store.purge_orphan_chunks(ABANDONED_UPLOAD).await {
-                Ok(0) => {}
-                Ok(uploads) => tracing::info!(uploads, "abandoned snapshot uploads deleted"),
-                Err(err) => {
-                    tracing::warn!(error = %err, "deleting abandoned snapshot uploads failed; trying again later")
-                }
+        }
+        match store.purge_orphan_chunks(ABANDONED_UPLOAD).await {
+            Ok(0) => {}
+            Ok(uploads) => tracing::info!(uploads, "abandoned snapshot uploads deleted"),
+            Err(err) => {
+                tracing::warn!(error = %err, "deleting abandoned snapshot uploads failed; trying again later")
             }
         }
     });

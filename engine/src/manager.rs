@@ -894,11 +894,20 @@ impl IndexManager {
         let key = (project, namespace.to_owned());
         self.hear(&key, state);
         if let Some(loaded) = self.cache.get(&key).await {
-            if loaded.index.epoch() != state.epoch {
-                self.drop_if_cached(&key, &loaded).await;
-            } else {
+            self.catch_up_to(&key, &loaded, Some(state)).await;
+        }
+    }
+
+    /// Has `loaded`, the index of `key`, catch up to its namespace as it is now
+    /// (`None`: gone) on its next search: its wanted seq is raised, or, when the
+    /// namespace is gone or of another life (a new epoch), it is dropped if still
+    /// cached.
+    async fn catch_up_to(&self, key: &Key, loaded: &Arc<Loaded>, now: Option<NamespaceState>) {
+        match now {
+            Some(state) if state.epoch == loaded.index.epoch() => {
                 loaded.wanted.fetch_max(state.seq, Ordering::SeqCst);
             }
+            _ => self.drop_if_cached(key, loaded).await,
         }
     }
 
@@ -1024,14 +1033,7 @@ impl IndexManager {
             // this pod heard since (the namespace deleted and made again, a new index
             // loaded), so it only raises that index's wanted seq, or drops that index.
             for (key, loaded) in indexes {
-                match live.get(&key.1) {
-                    Some(state) if state.epoch == loaded.index.epoch() => {
-                        loaded.wanted.fetch_max(state.seq, Ordering::SeqCst);
-                    }
-                    // Deleted, or deleted and made again: this life of the index is over
-                    // (a new one loads when it is used).
-                    _ => self.drop_if_cached(&key, &loaded).await,
-                }
+                self.catch_up_to(&key, &loaded, live.get(&key.1).copied()).await;
             }
         }
         Ok(())
@@ -1041,16 +1043,9 @@ impl IndexManager {
     /// backstop for notices lost while the bus seemed up (a writer whose publish
     /// failed).
     pub fn run_resync(manager: Weak<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(manager) = manager.upgrade() else { return };
-                if let Err(err) = manager.resync().await {
-                    tracing::warn!(error = %err, "checking the indexes in memory against the store failed");
-                }
+        quiver_common::every::every(period, period, manager, |manager| async move {
+            if let Err(err) = manager.resync().await {
+                tracing::warn!(error = %err, "checking the indexes in memory against the store failed");
             }
         })
     }
@@ -1290,17 +1285,15 @@ impl IndexManager {
         if policy.interval.is_zero() {
             return None;
         }
-        Some(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(policy.interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(manager) = manager.upgrade() else { return };
+        Some(quiver_common::every::every(
+            policy.interval,
+            policy.interval,
+            manager,
+            move |manager| async move {
                 manager.snapshot_due(&policy).await;
                 manager.rebuild_due();
-            }
-        }))
+            },
+        ))
     }
 
     /// Where a namespace's index stands, if it is in memory.
