@@ -82,34 +82,6 @@ fn no_document(collection: &str, id: &str) -> ApiError {
     ApiError::NotFound(format!("no document \"{id}\" in collection \"{collection}\""))
 }
 
-/// The model a collection's text is embedded with.
-pub(crate) struct CollectionModel {
-    pub(crate) name: String,
-}
-
-/// The model to embed a collection's text with: the one the request names, else the
-/// one that embedded the collection's text so far, else the deployment's default. A
-/// request naming another model than the collection's is refused: vectors of two
-/// models are not comparable, even of one dimension.
-pub(crate) async fn collection_model(
-    state: &DataPlane,
-    principal: &Principal,
-    collection: &str,
-    asked: Option<&str>,
-) -> Result<CollectionModel, ApiError> {
-    let recorded = state.store.embedding_model(principal.project_id, collection).await?;
-    match (asked, recorded) {
-        (Some(asked), Some(recorded)) if asked != recorded => Err(ApiError::Validation {
-            message: quiver_store::model_mismatch(collection, &recorded, asked),
-            detail: Some("field embedding_model".into()),
-        }),
-        (_, Some(recorded)) => Ok(CollectionModel { name: recorded }),
-        (asked, None) => Ok(CollectionModel {
-            name: asked.unwrap_or(&state.default_model).to_owned(),
-        }),
-    }
-}
-
 fn parse_content(value: Option<&Value>, what: &str) -> Result<Option<String>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
@@ -356,21 +328,23 @@ async fn insert_documents(
             });
         }
         let mut documents = parse_documents(&request.documents, &principal)?;
-        // Documents that all carry their embedding need no model.
-        let model = match documents.iter().any(|d| d.embedding.is_none()) {
-            true => Some(collection_model(&state, &principal, &collection, request.embedding_model.as_deref()).await?),
-            false => None,
-        };
-        state.admit(&principal, Kind::Documents, documents.len() as u64).await?;
-        let sources = documents
+        let sources: Vec<Source> = documents
             .iter_mut()
             .map(|d| match d.embedding.take() {
                 Some(vector) => Source::Given(vector),
                 None => Source::Text(d.content.clone()),
             })
             .collect();
-        let model_name = model.as_ref().map_or(&*state.default_model, |m| m.name.as_str());
-        let vectors = embeddings::complete(&state, &principal.project, model_name, sources).await?;
+        let model = embeddings::text_model(
+            &state,
+            &principal,
+            &collection,
+            request.embedding_model.as_deref(),
+            &sources,
+        )
+        .await?;
+        state.admit(&principal, Kind::Documents, documents.len() as u64).await?;
+        let vectors = embeddings::complete(&state, &principal.project, model.as_deref(), sources).await?;
         let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
         let writes = documents
             .into_iter()
@@ -384,8 +358,7 @@ async fn insert_documents(
             .collect();
         // The collection takes the model in the write's transaction (or refuses it, if
         // another write gave it another meanwhile).
-        let embedded_by = model.as_ref().map(|m| m.name.as_str());
-        let outcome = records::upsert(&state, &principal, &plan, &collection, writes, embedded_by).await?;
+        let outcome = records::upsert(&state, &principal, &plan, &collection, writes, model.as_deref()).await?;
         Ok(serde_json::to_value(InsertResponse {
             // Distinct documents: a batch naming an id twice writes the last of them.
             inserted: outcome.affected,
@@ -544,7 +517,10 @@ pub async fn replace(
             ));
         }
         let model = if request.regenerate_embedding {
-            Some(collection_model(&state, &principal, &collection, request.embedding_model.as_deref()).await?)
+            Some(
+                embeddings::collection_model(&state, &principal, &collection, request.embedding_model.as_deref())
+                    .await?,
+            )
         } else {
             None
         };
@@ -561,7 +537,7 @@ pub async fn replace(
                     .content
                     .ok_or_else(|| ApiError::validation(format!("{what} has no content to embed")))?,
             };
-            vector = embeddings::embed(&state, project, &model.name, vec![text]).await?.pop();
+            vector = embeddings::embed(&state, project, model, vec![text]).await?.pop();
         }
         let patch = RecordPatch {
             metadata,
@@ -570,7 +546,7 @@ pub async fn replace(
             metadata_limit: Some(MAX_METADATA_BYTES),
             // The collection takes the model in the update's transaction, or refuses
             // it if another write gave it another meanwhile.
-            embedding_model: model.map(|m| m.name),
+            embedding_model: model,
         };
         let Some((outcome, _)) = records::patch(&state, &principal, &collection, &id, &patch).await? else {
             return Err(match state.store.namespace(principal.project_id, &collection).await? {
@@ -772,9 +748,9 @@ pub async fn search(
                 return Err(no_collection(&collection));
             }
             // The query is embedded as the collection's documents were.
-            let model = collection_model(&state, &principal, &collection, request.embedding_model.as_deref())
-                .await?
-                .name;
+            let model =
+                embeddings::collection_model(&state, &principal, &collection, request.embedding_model.as_deref())
+                    .await?;
             let vector = embeddings::embed(&state, project, &model, vec![text])
                 .await?
                 .pop()

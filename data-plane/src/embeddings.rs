@@ -63,6 +63,42 @@ pub(crate) async fn embed(
     Ok(vectors)
 }
 
+/// The model to embed a collection's text with: the one the request names, else the
+/// one that embedded the collection's text so far, else the deployment's default. A
+/// request naming another model than the collection's is refused: vectors of two
+/// models are not comparable, even of one dimension.
+pub(crate) async fn collection_model(
+    state: &DataPlane,
+    principal: &Principal,
+    collection: &str,
+    asked: Option<&str>,
+) -> Result<String, ApiError> {
+    let recorded = state.store.embedding_model(principal.project_id, collection).await?;
+    match (asked, recorded) {
+        (Some(asked), Some(recorded)) if asked != recorded => Err(ApiError::Validation {
+            message: quiver_store::model_mismatch(collection, &recorded, asked),
+            detail: Some("field embedding_model".into()),
+        }),
+        (_, Some(recorded)) => Ok(recorded),
+        (asked, None) => Ok(asked.unwrap_or(&state.default_model).to_owned()),
+    }
+}
+
+/// The model to embed `sources`' texts with ([`collection_model`]), or `None` when
+/// every vector is given and nothing needs a model.
+pub(crate) async fn text_model(
+    state: &DataPlane,
+    principal: &Principal,
+    collection: &str,
+    asked: Option<&str>,
+    sources: &[Source],
+) -> Result<Option<String>, ApiError> {
+    if !sources.iter().any(|source| matches!(source, Source::Text(_))) {
+        return Ok(None);
+    }
+    collection_model(state, principal, collection, asked).await.map(Some)
+}
+
 /// Where a written record's vector comes from.
 pub(crate) enum Source {
     /// The request carried it.
@@ -72,13 +108,15 @@ pub(crate) enum Source {
 }
 
 /// One vector per source, in order: given ones as they are, and every text embedded
-/// with `model` in one call (none when there is no text).
+/// with `model` ([`text_model`]; the deployment's default if none) in one call (none
+/// when there is no text).
 pub(crate) async fn complete(
     state: &DataPlane,
     project: &Project,
-    model: &str,
+    model: Option<&str>,
     sources: Vec<Source>,
 ) -> Result<Vec<Vec<f32>>, ApiError> {
+    let model = model.unwrap_or(&state.default_model);
     let mut texts = Vec::new();
     let given: Vec<Option<Vec<f32>>> = sources
         .into_iter()

@@ -403,16 +403,6 @@ impl ProjectBackend<'_> {
 
     /// Writes records in one transaction (records::upsert runs it in a task of its
     /// own, so a statement timeout never cuts it between its commit and the index).
-    /// The model to embed `sources`' texts with, as the document API picks it (the
-    /// collection's, else the deployment's default); `None` when there is no text.
-    async fn text_model(&self, collection: &str, sources: &[Source]) -> Result<Option<String>, ApiError> {
-        if !sources.iter().any(|source| matches!(source, Source::Text(_))) {
-            return Ok(None);
-        }
-        let model = crate::documents::collection_model(self.state, self.principal, collection, None).await?;
-        Ok(Some(model.name))
-    }
-
     /// `embedding_model` as [`records::upsert`] takes it: the model that made some of the
     /// vectors from text.
     async fn upsert(
@@ -606,13 +596,12 @@ impl Backend for ProjectBackend<'_> {
                 }
             });
         }
-        let model = self.text_model(collection, &sources).await?;
+        let model = embeddings::text_model(self.state, self.principal, collection, None, &sources).await?;
         // Before embedding: a batch beyond the budget is refused whole, as an upsert is.
         self.state
             .admit(self.principal, Kind::Documents, rows.len() as u64)
             .await?;
-        let model_name = model.as_deref().unwrap_or(&self.state.default_model);
-        let vectors = embeddings::complete(self.state, &self.principal.project, model_name, sources).await?;
+        let vectors = embeddings::complete(self.state, &self.principal.project, model.as_deref(), sources).await?;
         let writes: Vec<RecordWrite> = rows
             .into_iter()
             .zip(vectors)
@@ -686,9 +675,8 @@ impl Backend for ProjectBackend<'_> {
                 (None, Some(None) | None) => Source::Given(record.vector.clone()),
             })
             .collect();
-        let model = self.text_model(collection, &sources).await?;
-        let model_name = model.as_deref().unwrap_or(&self.state.default_model);
-        let vectors = embeddings::complete(self.state, &self.principal.project, model_name, sources).await?;
+        let model = embeddings::text_model(self.state, self.principal, collection, None, &sources).await?;
+        let vectors = embeddings::complete(self.state, &self.principal.project, model.as_deref(), sources).await?;
         let writes: Vec<RecordWrite> = found
             .into_iter()
             .zip(vectors)

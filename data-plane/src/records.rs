@@ -116,7 +116,7 @@ pub(crate) async fn upsert_unchanged(
     seen: Vec<Seen>,
     embedding_model: Option<&str>,
 ) -> Result<Option<WriteOutcome>, ApiError> {
-    let (owned, principal, plan, namespace) = (state.clone(), principal.clone(), plan.clone(), namespace.to_owned());
+    let (owned, principal, namespace) = (state.clone(), principal.clone(), namespace.to_owned());
     // The plan's caps (and the namespace's model) are held inside the write's
     // transaction, so concurrent writes cannot pass them together.
     let caps = quiver_store::Caps {

@@ -254,7 +254,7 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
             let settings = Settings {
                 api_base_url: args.public_data_url.clone(),
                 session_ttl: SESSION_TTL,
-                console_dir: console_dir.clone().map(Arc::new),
+                console_dir: console_dir.map(Arc::new),
             };
             let (publish_store, publish_bus) = (Arc::clone(&store), Arc::clone(&bus));
             tokio::spawn(async move {

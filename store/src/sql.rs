@@ -93,6 +93,8 @@ macro_rules! sql_store {
         }
 
         const RECORD_COLUMNS: &str = "id, vector, metadata, content, seq, deleted, created_at, updated_at";
+        /// The columns `user_from_row` reads.
+        const USER_COLUMNS: &str = "id, email, password_hash, created_at, session_epoch";
 
         fn record_from_row(row: &Row) -> StoreResult<Record> {
             let bytes: Vec<u8> = row.try_get("vector")?;
@@ -246,10 +248,10 @@ macro_rules! sql_store {
         #[async_trait]
         impl Catalog for $store {
             async fn create_user(&self, email: &str, password_hash: &str) -> StoreResult<User> {
-                let row = sqlx::query(
+                let row = sqlx::query(&format!(
                     "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)
-                     RETURNING id, email, password_hash, created_at, session_epoch",
-                )
+                     RETURNING {USER_COLUMNS}"
+                ))
                 .bind(UserId::new().0)
                 .bind(email)
                 .bind(password_hash)
@@ -264,9 +266,7 @@ macro_rules! sql_store {
             }
 
             async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-                let row = sqlx::query(
-                    "SELECT id, email, password_hash, created_at, session_epoch FROM users WHERE email = $1",
-                )
+                let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
                     .bind(email)
                     .fetch_optional(self.reader())
                     .await?;
@@ -274,7 +274,7 @@ macro_rules! sql_store {
             }
 
             async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
-                let row = sqlx::query("SELECT id, email, password_hash, created_at, session_epoch FROM users WHERE id = $1")
+                let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
                     .bind(id.0)
                     .fetch_optional(self.reader())
                     .await?;
