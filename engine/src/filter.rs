@@ -11,8 +11,8 @@ use std::cmp::Ordering;
 use std::collections::HashSet;
 
 use quiver_common::error::json_kind as kind;
-use quiver_common::json::{compare_numbers, integer_of};
-use serde_json::{Map, Value};
+use quiver_common::json::{compare_numbers, float_as_integer, integer_of};
+use serde_json::{Map, Number, Value};
 
 /// A parsed filter.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,21 +43,33 @@ pub enum Op {
 
 /// The values of an `$in` or `$nin`, each looked up in constant time however many
 /// there are (a search may test every record of a namespace against thousands of ids).
-/// Equal as [`equal`] has it: integers exactly, an integer and a float by value.
+/// Equal as [`equal`] has it: numbers by their exact values, so 1 equals 1.0 and
+/// 2^53 + 1 does not equal 9007199254740992.0.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ValueSet {
     strings: HashSet<String>,
     booleans: [bool; 2],
+    /// Integers, and the floats whose value is an integer (`2.0`, `-0.0`).
     integers: HashSet<i128>,
-    /// The bits of each float, zero's sign dropped (0.0 equals -0.0).
+    /// The bits of every other float.
     floats: HashSet<u64>,
-    /// The bits of each integer as a float (`i as f64`): a float equals an integer when
-    /// it is that integer's float, which beyond 2^53 many integers share.
-    integer_floats: HashSet<u64>,
 }
 
-fn float_bits(x: f64) -> u64 {
-    if x == 0.0 { 0 } else { x.to_bits() }
+/// A number as a [`ValueSet`] keeps it: an integer, or a float with a fraction.
+enum Exact {
+    Integer(i128),
+    Float(u64),
+}
+
+fn exact(n: &Number) -> Option<Exact> {
+    if let Some(i) = integer_of(n) {
+        return Some(Exact::Integer(i));
+    }
+    let x = n.as_f64()?;
+    Some(match float_as_integer(x) {
+        Some(i) => Exact::Integer(i),
+        None => Exact::Float(x.to_bits()),
+    })
 }
 
 impl ValueSet {
@@ -67,15 +79,14 @@ impl ValueSet {
                 self.strings.insert(s.clone());
             }
             Value::Bool(b) => self.booleans[usize::from(*b)] = true,
-            Value::Number(n) => match (integer_of(n), n.as_f64()) {
-                (Some(i), _) => {
+            Value::Number(n) => match exact(n) {
+                Some(Exact::Integer(i)) => {
                     self.integers.insert(i);
-                    self.integer_floats.insert(float_bits(i as f64));
                 }
-                (None, Some(x)) => {
-                    self.floats.insert(float_bits(x));
+                Some(Exact::Float(bits)) => {
+                    self.floats.insert(bits);
                 }
-                (None, None) => {}
+                None => {}
             },
             Value::Null | Value::Array(_) | Value::Object(_) => {}
         }
@@ -85,14 +96,10 @@ impl ValueSet {
         match value {
             Value::String(s) => self.strings.contains(s),
             Value::Bool(b) => self.booleans[usize::from(*b)],
-            Value::Number(n) => match (integer_of(n), n.as_f64()) {
-                // An integer equals a float when the float is its value as a float.
-                (Some(i), _) => self.integers.contains(&i) || self.floats.contains(&float_bits(i as f64)),
-                (None, Some(x)) => {
-                    let bits = float_bits(x);
-                    self.floats.contains(&bits) || self.integer_floats.contains(&bits)
-                }
-                (None, None) => false,
+            Value::Number(n) => match exact(n) {
+                Some(Exact::Integer(i)) => self.integers.contains(&i),
+                Some(Exact::Float(bits)) => self.floats.contains(&bits),
+                None => false,
             },
             Value::Null | Value::Array(_) | Value::Object(_) => false,
         }
@@ -410,6 +417,15 @@ mod tests {
         assert!(check(json!({"x": {"$gt": 9.0e15}}), big.clone()));
         assert!(check(json!({"n": 1.0}), json!({"n": 1})));
         assert!(check(json!({"n": {"$lt": 1.5}}), json!({"n": 1})));
+        // ... by their exact values: 2^53 + 1 is not the float 2^53, nor in a set of it.
+        assert!(!check(json!({"x": 9007199254740992.0}), big.clone()));
+        assert!(check(json!({"x": {"$gt": 9007199254740992.0}}), big.clone()));
+        assert!(!check(json!({"x": {"$lte": 9007199254740992.0}}), big.clone()));
+        assert!(!check(json!({"x": {"$in": [9007199254740992.0]}}), big.clone()));
+        assert!(check(json!({"x": {"$nin": [9007199254740992.0]}}), big.clone()));
+        assert!(check(json!({"y": {"$lt": 9223372036854775808.0}}), big.clone()));
+        assert!(check(json!({"n": {"$in": [2.0]}}), json!({"n": 2})));
+        assert!(check(json!({"n": {"$in": [2]}}), json!({"n": -0.0 + 2.0})));
     }
 
     /// `$in` and `$nin` look their values up in sets: what they find is what `$eq` on

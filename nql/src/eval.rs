@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use quiver_common::ApiError;
-use quiver_common::json::compare_numbers;
+use quiver_common::json::{compare_integer_float, compare_numbers};
 use serde_json::{Map, Number, Value};
 
 use crate::Row;
@@ -563,7 +563,9 @@ pub(crate) fn compare(a: &Datum, b: &Datum) -> Result<Option<Ordering>, ApiError
         (Datum::Json(x), other) => other.as_json().and_then(|y| json_compare(x, &y)),
         (other, Datum::Json(y)) => other.as_json().and_then(|x| json_compare(&x, y)),
         (Datum::Int(x), Datum::Int(y)) => Some(x.cmp(y)),
-        (Datum::Int(_) | Datum::Num(_), Datum::Int(_) | Datum::Num(_)) => to_f64(a).partial_cmp(&to_f64(b)),
+        (Datum::Int(x), Datum::Num(y)) => compare_integer_float(i128::from(*x), *y),
+        (Datum::Num(x), Datum::Int(y)) => compare_integer_float(i128::from(*y), *x).map(Ordering::reverse),
+        (Datum::Num(x), Datum::Num(y)) => x.partial_cmp(y),
         (Datum::Text(x), Datum::Text(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
         (Datum::Text(x), Datum::Int(_) | Datum::Num(_)) => number(x).and_then(|x| x.partial_cmp(&to_f64(b))),
         (Datum::Int(_) | Datum::Num(_), Datum::Text(y)) => number(y).and_then(|y| to_f64(a).partial_cmp(&y)),

@@ -1037,6 +1037,24 @@ async fn numbers_sort_in_one_order_and_pages_fit_together() {
         paged.extend(ids(&execute(&b, &req, KEY).await.expect("runs")));
     }
     assert_eq!(paged, ["a", "c", "b", "d", "e", "f"]);
+
+    // Compared by exact value: 2^53 + 1 is more than the float 2^53, not equal to it.
+    let above = ids(&run(
+        &b,
+        "SELECT id FROM mix WHERE x > 9007199254740992.0 ORDER BY id",
+        json!([]),
+    )
+    .await);
+    assert_eq!(above, ["a"]);
+    let equal = ids(&run(
+        &b,
+        "SELECT id FROM mix WHERE x = 9007199254740992.0 ORDER BY id",
+        json!([]),
+    )
+    .await);
+    assert_eq!(equal, ["b", "c"]);
+    let literals = "SELECT id FROM mix WHERE 9007199254740993 > 9007199254740992.0 AND -3 < -2.5 ORDER BY id";
+    assert_eq!(ids(&run(&b, literals, json!([])).await).len(), 6);
 }
 
 #[tokio::test]
