@@ -501,7 +501,7 @@ pub async fn replace(
             .as_ref()
             .map(|m| parse_metadata(Some(m), &what).map(|m| MetadataPatch::Replace(without_nulls(m))))
             .transpose()?;
-        let mut vector = request
+        let vector = request
             .embedding
             .as_ref()
             .map(|v| parse_values(v, project.dimension, project.metric, &what))
@@ -525,21 +525,7 @@ pub async fn replace(
             None
         };
         state.admit(&principal, Kind::Documents, 1).await?;
-        if let Some(model) = &model {
-            let text = match &content {
-                Some(text) => text.clone(),
-                None => state
-                    .store
-                    .fetch(principal.project_id, &collection, std::slice::from_ref(&id))
-                    .await?
-                    .pop()
-                    .ok_or_else(|| no_document(&collection, &id))?
-                    .content
-                    .ok_or_else(|| ApiError::validation(format!("{what} has no content to embed")))?,
-            };
-            vector = embeddings::embed(&state, project, model, vec![text]).await?.pop();
-        }
-        let patch = RecordPatch {
+        let mut patch = RecordPatch {
             metadata,
             vector,
             content,
@@ -547,8 +533,37 @@ pub async fn replace(
             // The collection takes the model in the update's transaction, or refuses
             // it if another write gave it another meanwhile.
             embedding_model: model,
+            embedded_content: None,
         };
-        let Some((outcome, _)) = records::patch(&state, &principal, &collection, &id, &patch).await? else {
+        // The stored text, re-embedded, is written only if no other write changed it
+        // while it was embedded; if one did, its new text is embedded in turn.
+        let mut tries = 0;
+        let outcome = loop {
+            tries += 1;
+            if let Some(model) = &patch.embedding_model {
+                let text = match &patch.content {
+                    Some(text) => text.clone(),
+                    None => {
+                        let stored = state
+                            .store
+                            .fetch(principal.project_id, &collection, std::slice::from_ref(&id))
+                            .await?
+                            .pop()
+                            .ok_or_else(|| no_document(&collection, &id))?
+                            .content
+                            .ok_or_else(|| ApiError::validation(format!("{what} has no content to embed")))?;
+                        patch.embedded_content = Some(stored.clone());
+                        stored
+                    }
+                };
+                patch.vector = embeddings::embed(&state, project, model, vec![text]).await?.pop();
+            }
+            match records::patch(&state, &principal, &collection, &id, &patch).await {
+                Err(ApiError::Conflict(_)) if patch.embedded_content.is_some() && tries < 3 => continue,
+                other => break other?,
+            }
+        };
+        let Some((outcome, _)) = outcome else {
             return Err(match state.store.namespace(principal.project_id, &collection).await? {
                 None => no_collection(&collection),
                 Some(_) => no_document(&collection, &id),

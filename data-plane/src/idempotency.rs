@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use quiver_common::ApiError;
-use quiver_store::{IdempotencyBegin, StoredResponse};
+use quiver_store::{Claim, IdempotencyBegin, StoredResponse};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tokio_util::task::TaskTracker;
@@ -109,9 +109,9 @@ where
         IdempotencyBegin::Mismatch => Err(ApiError::Unprocessable(format!(
             "{HEADER} \"{key}\" was already used with a different request (another body or route)"
         ))),
-        IdempotencyBegin::Started { first_started } => {
+        IdempotencyBegin::Started { first_started, claim } => {
             let ids = crate::records::KeyedIds::new(principal.project_id, key, first_started);
-            finish(state, principal, key, ids.scope(operation).await).await
+            finish(state, principal, key, claim, ids.scope(operation).await).await
         }
     }
 }
@@ -121,6 +121,7 @@ async fn finish(
     state: &DataPlane,
     principal: &Principal,
     key: &str,
+    claim: Claim,
     outcome: Result<Value, ApiError>,
 ) -> Result<Response, ApiError> {
     match outcome {
@@ -130,14 +131,18 @@ async fn finish(
                 status: 200,
                 body: body.clone(),
             };
-            if let Err(err) = state.store.complete(principal.project_id, key, &stored).await {
-                // The write is done; only the replay record is missing.
-                tracing::warn!(error = %err, "storing an idempotent response failed");
+            // The write is done either way; only the replay record would be missing.
+            match state.store.complete(principal.project_id, key, claim, &stored).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    "an idempotent request outlasted its claim and a retry took the key over: its response is not stored"
+                ),
+                Err(err) => tracing::warn!(error = %err, "storing an idempotent response failed"),
             }
             Ok(json_response(StatusCode::OK, body, false))
         }
         Err(err) => {
-            if let Err(release) = state.store.abort(principal.project_id, key).await {
+            if let Err(release) = state.store.abort(principal.project_id, key, claim).await {
                 tracing::warn!(error = %release, "releasing an idempotency key failed");
             }
             Err(err)

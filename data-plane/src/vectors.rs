@@ -1140,6 +1140,7 @@ pub async fn update(
             metadata_limit: Some(MAX_METADATA_BYTES),
             // Values sent as they are: no model made them.
             embedding_model: None,
+            embedded_content: None,
         };
         if patch.metadata.is_none() && patch.vector.is_none() {
             return Err(ApiError::validation(

@@ -232,6 +232,17 @@ pub struct NamespaceIndex {
 #[error("index error: {0}")]
 pub struct IndexError(String);
 
+/// Why [`NamespaceIndex::restore`] gave no index.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The bytes cannot be this index: corrupt, or of another life, dimension or metric.
+    #[error("unusable snapshot: {0}")]
+    Unusable(String),
+    /// The index could not be made (out of memory, say): the snapshot may be sound.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
 fn usearch_metric(metric: Metric) -> MetricKind {
     match metric {
         Metric::Cosine => MetricKind::Cos,
@@ -721,10 +732,11 @@ impl NamespaceIndex {
     /// An index restored from [`NamespaceIndex::snapshot`] bytes. Refuses bytes that
     /// are corrupt, of another epoch, or of another dimension or metric.
     /// CPU-heavy for large indexes: call from a blocking thread.
-    pub fn restore(dimension: usize, metric: Metric, epoch: uuid::Uuid, bytes: &[u8]) -> Result<Self, IndexError> {
-        let parts = snapshot::decode(bytes, dimension as u32, metric).map_err(|e| IndexError(e.to_string()))?;
+    pub fn restore(dimension: usize, metric: Metric, epoch: uuid::Uuid, bytes: &[u8]) -> Result<Self, RestoreError> {
+        let parts =
+            snapshot::decode(bytes, dimension as u32, metric).map_err(|e| RestoreError::Unusable(e.to_string()))?;
         if parts.header.epoch != epoch {
-            return Err(IndexError(
+            return Err(RestoreError::Unusable(
                 "the snapshot is of an earlier life of this namespace".into(),
             ));
         }
@@ -736,10 +748,10 @@ impl NamespaceIndex {
             state
                 .index
                 .load_from_buffer(parts.graph)
-                .map_err(|e| IndexError(e.to_string()))?;
+                .map_err(|e| RestoreError::Unusable(e.to_string()))?;
             // usearch takes its settings from the bytes: they must be this index's.
             if state.index.dimensions() != dimension || state.index.metric_kind() != usearch_metric(metric) {
-                return Err(IndexError(format!(
+                return Err(RestoreError::Unusable(format!(
                     "the snapshot's graph is of {}-d vectors and another metric or dimension than {dimension}-d {metric}",
                     state.index.dimensions()
                 )));
@@ -768,7 +780,7 @@ impl NamespaceIndex {
                 state.slots.push(slot);
             }
             if state.by_id.len() != state.index.size() {
-                return Err(IndexError(format!(
+                return Err(RestoreError::Unusable(format!(
                     "the snapshot's graph holds {} vectors, its slot table {}",
                     state.index.size(),
                     state.by_id.len()
@@ -2345,7 +2357,9 @@ mod tests {
             ),
         ];
         for (result, expected) in refusals {
-            let err = result.err().expect("refused").to_string();
+            let err = result.err().expect("refused");
+            assert!(matches!(err, RestoreError::Unusable(_)), "{err:?}");
+            let err = err.to_string();
             assert!(err.contains(expected), "{err:?} should mention {expected:?}");
         }
         let mut flipped = bytes.clone();
@@ -2354,6 +2368,7 @@ mod tests {
         let err = NamespaceIndex::restore(4, Metric::Euclidean, epoch, &flipped)
             .err()
             .expect("refused");
+        assert!(matches!(err, RestoreError::Unusable(_)), "{err:?}");
         assert!(err.to_string().contains("checksum"), "{err}");
     }
 

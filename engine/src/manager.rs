@@ -27,7 +27,7 @@ use quiver_store::{Change, NamespaceState, Project, Snapshot, Store, StoreError}
 use tokio::sync::Semaphore;
 
 use crate::filter::Filter;
-use crate::index::{IndexError, NamespaceIndex, SearchOutcome, THREADS};
+use crate::index::{IndexError, NamespaceIndex, RestoreError, SearchOutcome, THREADS};
 
 /// Changes read from the store per round trip while loading or catching up.
 const PAGE: u32 = 2_000;
@@ -325,6 +325,59 @@ struct News {
     index: Option<Weak<Loaded>>,
 }
 
+/// A caller's place among the openers of a namespace being loaded, given up when it
+/// finishes or, should its load panic, when dropped: an entry left behind would keep
+/// a deleted namespace's `forgotten` forever, and every later load of the name stale.
+struct Opening<'a> {
+    loading: &'a std::sync::Mutex<HashMap<Key, News>>,
+    key: &'a Key,
+    finished: bool,
+}
+
+impl<'a> Opening<'a> {
+    fn new(loading: &'a std::sync::Mutex<HashMap<Key, News>>, key: &'a Key) -> Self {
+        loading
+            .lock()
+            .expect("never poisoned")
+            .entry(key.clone())
+            .or_default()
+            .openers += 1;
+        Self {
+            loading,
+            key,
+            finished: false,
+        }
+    }
+
+    /// Gives the place up; returns the newest write heard of meanwhile, and whether the
+    /// namespace was forgotten.
+    fn finish(mut self) -> (Option<(uuid::Uuid, i64)>, bool) {
+        self.finished = true;
+        self.leave()
+    }
+
+    fn leave(&self) -> (Option<(uuid::Uuid, i64)>, bool) {
+        let mut loading = self.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(news) = loading.get_mut(self.key) else {
+            return (None, false);
+        };
+        news.openers -= 1;
+        let heard = (news.latest, news.forgotten);
+        if news.openers == 0 {
+            loading.remove(self.key);
+        }
+        heard
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.leave();
+        }
+    }
+}
+
 impl News {
     /// Raises `loaded`'s wanted seq to the newest write heard of in its epoch.
     fn raise(&self, loaded: &Loaded) {
@@ -336,13 +389,14 @@ impl News {
     }
 }
 
-/// All the indexes of one pod.
+/// All the indexes of one pod. A clone is a handle to the same indexes.
+#[derive(Clone)]
 pub struct IndexManager {
     store: Arc<dyn Store>,
     cache: moka::future::Cache<Key, Arc<Loaded>>,
     /// The namespaces whose index is loading, with what was heard of them meanwhile:
     /// the load applies it once it is in the cache.
-    loading: std::sync::Mutex<HashMap<Key, News>>,
+    loading: Arc<std::sync::Mutex<HashMap<Key, News>>>,
     permits: Arc<Semaphore>,
     /// The memory budget, in bytes.
     budget: u64,
@@ -367,16 +421,19 @@ pub struct Query {
 impl IndexManager {
     /// A manager whose indexes together stay within about `memory_budget` bytes.
     pub fn new(store: Arc<dyn Store>, memory_budget: u64) -> Self {
+        let capacity_kib = (memory_budget / 1024).clamp(1, u64::from(u32::MAX));
         let cache = moka::future::Cache::builder()
-            .max_capacity((memory_budget / 1024).max(1))
+            .max_capacity(capacity_kib)
             // Least recently used goes first. moka's default, TinyLFU, also refuses
             // to admit a new entry used less often than the one it would evict: a
             // namespace new to a full pod would load again on every use.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .weigher(|_, loaded: &Arc<Loaded>| {
-                u32::try_from(loaded.index.memory_bytes() / 1024)
-                    .unwrap_or(u32::MAX)
-                    .max(1)
+            // An index larger than the whole budget weighs the budget: it is kept alone
+            // (all others evicted) rather than refused, which would load it again from
+            // the store for every search and never snapshot it.
+            .weigher(move |_, loaded: &Arc<Loaded>| {
+                let kib = (loaded.index.memory_bytes() as u64 / 1024).clamp(1, capacity_kib);
+                u32::try_from(kib).unwrap_or(u32::MAX)
             })
             .support_invalidation_closures()
             .eviction_listener(|key: Arc<Key>, _, cause| {
@@ -389,7 +446,7 @@ impl IndexManager {
         Self {
             store,
             cache,
-            loading: std::sync::Mutex::new(HashMap::new()),
+            loading: Arc::new(std::sync::Mutex::new(HashMap::new())),
             permits: Arc::new(Semaphore::new(THREADS)),
             budget: memory_budget,
             rebuilding: Arc::new(tokio::sync::Mutex::new(())),
@@ -423,8 +480,23 @@ impl IndexManager {
     }
 
     /// Loads an index and puts it in the cache (one load however many ask at once),
-    /// then applies what was heard of the namespace meanwhile.
+    /// then applies what was heard of the namespace meanwhile. The load runs in a task
+    /// of its own: a caller that goes away (a client gone, a query's timeout) neither
+    /// cuts it short, so a long replay still ends in the cache for the next search,
+    /// nor leaves the namespace's entry among those loading.
     async fn load_into_cache(
+        &self,
+        project: &Project,
+        namespace: &str,
+        key: &Key,
+    ) -> Result<Option<Arc<Loaded>>, EngineError> {
+        let (manager, project, namespace, key) = (self.clone(), project.clone(), namespace.to_owned(), key.clone());
+        tokio::spawn(async move { manager.load_into_cache_here(&project, &namespace, &key).await })
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?
+    }
+
+    async fn load_into_cache_here(
         &self,
         project: &Project,
         namespace: &str,
@@ -432,29 +504,13 @@ impl IndexManager {
     ) -> Result<Option<Arc<Loaded>>, EngineError> {
         // Before reading the namespace's state: a write committed after that read
         // finds this entry (`hear`) if it does not find the index in the cache.
-        self.loading
-            .lock()
-            .expect("never poisoned")
-            .entry(key.clone())
-            .or_default()
-            .openers += 1;
+        let opening = Opening::new(&self.loading, key);
         let loaded = self.load_shared(project, namespace, key).await;
         // Read after the load went into the cache: from here on, writes find the index.
-        let news = {
-            let mut loading = self.loading.lock().expect("never poisoned");
-            let news = loading.get_mut(key).map(|news| {
-                news.openers -= 1;
-                (news.latest, news.forgotten, news.openers)
-            });
-            if news.is_some_and(|(_, _, openers)| openers == 0) {
-                loading.remove(key);
-            }
-            news
-        };
+        let (latest, forgotten) = opening.finish();
         let Some(loaded) = loaded? else {
             return Ok(None);
         };
-        let (latest, forgotten, _) = news.unwrap_or_default();
         let recreated = latest.is_some_and(|(epoch, _)| epoch != loaded.index.epoch());
         if forgotten || recreated {
             self.drop_if_cached(key, &loaded).await;
@@ -569,6 +625,15 @@ impl IndexManager {
         let loaded = Arc::new(Loaded::new(index, state.seq, from));
         self.loading_into(&(project.id, namespace.to_owned()), &loaded);
         self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?;
+        if loaded.index.memory_bytes() as u64 > self.budget {
+            tracing::warn!(
+                project_id = %project.id,
+                namespace,
+                bytes = loaded.index.memory_bytes(),
+                budget = self.budget,
+                "an index larger than the memory budget (--index-memory) is held alone, every other index evicted"
+            );
+        }
         tracing::info!(
             project_id = %project.id,
             namespace,
@@ -605,7 +670,9 @@ impl IndexManager {
                 .map_err(|e| EngineError::Task(e.to_string()))?;
         match restored {
             Ok(index) => Ok(Some((index, seq))),
-            Err(err) => {
+            // The snapshot may be sound: the load fails, and the next one tries again.
+            Err(RestoreError::Index(err)) => Err(err.into()),
+            Err(RestoreError::Unusable(err)) => {
                 tracing::warn!(
                     project_id = %project,
                     namespace,

@@ -11,7 +11,7 @@ use quiver_common::domain::{Metric, ProjectId, Role, UserId};
 use serde_json::json;
 
 use crate::{
-    Change, IdempotencyBegin, Metadata, MetadataPatch, NewApiKey, NewProject, Project, Record, RecordPatch,
+    Change, Claim, IdempotencyBegin, Metadata, MetadataPatch, NewApiKey, NewProject, Project, Record, RecordPatch,
     RecordWrite, SNAPSHOT_CHUNK, Seen, Snapshot, Store, StoreError, StoredResponse,
 };
 
@@ -56,6 +56,7 @@ macro_rules! store_conformance_suite {
             a_namespace_keeps_the_embedding_model_of_its_first_embedded_write,
             idempotency_claims_replays_and_refuses,
             abandoned_or_expired_idempotency_claims_can_be_taken_over,
+            a_claim_taken_over_is_no_longer_its_first_requests,
             the_store_reports_ready,
         );
     };
@@ -1455,10 +1456,18 @@ pub async fn a_large_batch_is_written_whole(store: Arc<dyn Store>) {
     assert_eq!(listed, 5_000);
 }
 
+/// The claim of a request [`Idempotency::begin`] started.
+fn claim_of(begun: IdempotencyBegin) -> Claim {
+    match begun {
+        IdempotencyBegin::Started { claim, .. } => claim,
+        other => panic!("expected a start, got {other:?}"),
+    }
+}
+
 pub async fn idempotency_claims_replays_and_refuses(store: Arc<dyn Store>) {
     let p = project(store.as_ref()).await.id;
     let (lease, ttl) = (Duration::seconds(30), Duration::hours(24));
-    assert!(started(store.begin(p, "k", "h1", lease, ttl).await.expect("begin")));
+    let claim = claim_of(store.begin(p, "k", "h1", lease, ttl).await.expect("begin"));
     assert_eq!(
         store.begin(p, "k", "h1", lease, ttl).await.expect("dup"),
         IdempotencyBegin::InFlight
@@ -1472,7 +1481,7 @@ pub async fn idempotency_claims_replays_and_refuses(store: Arc<dyn Store>) {
         status: 200,
         body: br#"{"upserted_count":2}"#.to_vec(),
     };
-    store.complete(p, "k", &response).await.expect("complete");
+    assert!(store.complete(p, "k", claim, &response).await.expect("complete"));
     assert_eq!(
         store.begin(p, "k", "h1", lease, ttl).await.expect("replay"),
         IdempotencyBegin::Replay(response)
@@ -1487,20 +1496,75 @@ pub async fn idempotency_claims_replays_and_refuses(store: Arc<dyn Store>) {
     assert!(started(store.begin(q, "k", "h2", lease, ttl).await.expect("begin")));
 
     // A failed request releases its claim.
-    assert!(started(store.begin(p, "k2", "h", lease, ttl).await.expect("begin")));
-    store.abort(p, "k2").await.expect("abort");
+    let claim = claim_of(store.begin(p, "k2", "h", lease, ttl).await.expect("begin"));
+    store.abort(p, "k2", claim).await.expect("abort");
     assert!(started(store.begin(p, "k2", "h", lease, ttl).await.expect("retry")));
+}
+
+/// A request that outlasts its lease and loses the key to a retry can neither release
+/// the retry's claim (letting another body in beside it) nor store its answer on it.
+pub async fn a_claim_taken_over_is_no_longer_its_first_requests(store: Arc<dyn Store>) {
+    let p = project(store.as_ref()).await.id;
+    let ttl = Duration::hours(24);
+    let slow = claim_of(
+        store
+            .begin(p, "k", "h", Duration::milliseconds(-1), ttl)
+            .await
+            .expect("begin"),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let retry = claim_of(
+        store
+            .begin(p, "k", "h", Duration::seconds(30), ttl)
+            .await
+            .expect("takeover"),
+    );
+    assert_ne!(slow, retry);
+
+    store.abort(p, "k", slow).await.expect("abort");
+    assert_eq!(
+        store
+            .begin(p, "k", "other", Duration::seconds(30), ttl)
+            .await
+            .expect("other"),
+        IdempotencyBegin::Mismatch,
+        "the retry still holds the key"
+    );
+    let late = StoredResponse {
+        status: 200,
+        body: br#"{"from":"the slow one"}"#.to_vec(),
+    };
+    assert!(!store.complete(p, "k", slow, &late).await.expect("complete"));
+    assert_eq!(
+        store
+            .begin(p, "k", "h", Duration::seconds(30), ttl)
+            .await
+            .expect("held"),
+        IdempotencyBegin::InFlight
+    );
+    let answer = StoredResponse {
+        status: 200,
+        body: br#"{"from":"the retry"}"#.to_vec(),
+    };
+    assert!(store.complete(p, "k", retry, &answer).await.expect("complete"));
+    assert_eq!(
+        store
+            .begin(p, "k", "h", Duration::seconds(30), ttl)
+            .await
+            .expect("replay"),
+        IdempotencyBegin::Replay(answer)
+    );
 }
 
 pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Arc<dyn Store>) {
     let p = project(store.as_ref()).await.id;
     let ttl = Duration::hours(24);
     let first_started = |begun: IdempotencyBegin| match begun {
-        IdempotencyBegin::Started { first_started } => first_started,
+        IdempotencyBegin::Started { first_started, claim } => (first_started, claim),
         other => panic!("expected a start, got {other:?}"),
     };
     // A claim whose lease already ran out (its pod died) can be taken by the same request…
-    let first = first_started(
+    let (first, _) = first_started(
         store
             .begin(p, "k", "h", Duration::milliseconds(-1), ttl)
             .await
@@ -1515,7 +1579,7 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
         IdempotencyBegin::Mismatch,
         "…but not by another request"
     );
-    let taken = first_started(
+    let (taken, _) = first_started(
         store
             .begin(p, "k", "h", Duration::seconds(30), ttl)
             .await
@@ -1536,23 +1600,23 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
 
     // A released claim (its request failed) may be taken by any request; the same
     // request keeps its first start, as its write may have committed before it failed.
-    let failed = first_started(
+    let (failed, claim) = first_started(
         store
             .begin(p, "released", "h", Duration::seconds(30), ttl)
             .await
             .expect("begin"),
     );
-    store.abort(p, "released").await.expect("abort");
+    store.abort(p, "released", claim).await.expect("abort");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let retried = first_started(
+    let (retried, claim) = first_started(
         store
             .begin(p, "released", "h", Duration::seconds(30), ttl)
             .await
             .expect("retry"),
     );
     assert_eq!(retried.timestamp_millis(), failed.timestamp_millis());
-    store.abort(p, "released").await.expect("abort");
-    let corrected = first_started(
+    store.abort(p, "released", claim).await.expect("abort");
+    let (corrected, _) = first_started(
         store
             .begin(p, "released", "h2", Duration::seconds(30), ttl)
             .await
@@ -1565,14 +1629,14 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
         status: 200,
         body: b"{}".to_vec(),
     };
-    let old = first_started(
+    let (old, _) = first_started(
         store
             .begin(p, "old", "h", Duration::seconds(30), Duration::milliseconds(-1))
             .await
             .expect("begin"),
     );
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let again = first_started(
+    let (again, claim) = first_started(
         store
             .begin(p, "old", "h", Duration::seconds(30), ttl)
             .await
@@ -1582,14 +1646,14 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
         again > old,
         "an expired entry taken over is a new request, starting now"
     );
-    store.complete(p, "old", &done).await.expect("complete");
-    assert!(started(
+    assert!(store.complete(p, "old", claim, &done).await.expect("complete"));
+    let (_, claim) = first_started(
         store
             .begin(p, "expiring", "h", Duration::seconds(30), Duration::milliseconds(-1))
             .await
-            .expect("begin")
-    ));
-    store.complete(p, "expiring", &done).await.expect("complete");
+            .expect("begin"),
+    );
+    assert!(store.complete(p, "expiring", claim, &done).await.expect("complete"));
     assert_eq!(store.purge_expired().await.expect("purge"), 1);
     assert!(started(
         store

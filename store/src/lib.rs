@@ -263,6 +263,11 @@ pub struct RecordPatch {
     /// The embedding model that made `vector` from text, if one did: held as
     /// [`Caps::embedding_model`] is, in the update's transaction.
     pub embedding_model: Option<String>,
+    /// The record's content `vector` was embedded from, read before the update: the
+    /// update goes ahead only if the content is still that text, and is otherwise a
+    /// [`StoreError::Conflict`] that changes nothing (another write changed the text
+    /// while it was embedded, and the vector would no longer be of it).
+    pub embedded_content: Option<String>,
 }
 
 /// The records of every namespace.
@@ -421,6 +426,12 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
+/// One request's hold on an idempotency key, as [`Idempotency::begin`] gave it: the
+/// end of its lease, which every later claim of the key (a takeover once the lease has
+/// run out) sets later still, so it names the request that holds the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim(pub i64);
+
 /// What [`Idempotency::begin`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyBegin {
@@ -429,7 +440,7 @@ pub enum IdempotencyBegin {
     /// when the request first started under the key: a retry that takes over an
     /// abandoned attempt of the same request gets the attempt's time, so whatever the
     /// request derives from it (the ids it makes) comes out the same.
-    Started { first_started: DateTime<Utc> },
+    Started { first_started: DateTime<Utc>, claim: Claim },
     /// The same request already completed: send this.
     Replay(StoredResponse),
     /// The same key is being processed right now.
@@ -451,11 +462,19 @@ pub trait Idempotency: Send + Sync {
         lease: chrono::Duration,
         ttl: chrono::Duration,
     ) -> StoreResult<IdempotencyBegin>;
-    /// Stores the response of a claimed key.
-    async fn complete(&self, project: ProjectId, key: &str, response: &StoredResponse) -> StoreResult<()>;
+    /// Stores the response of a claimed key; `false` when the claim is no longer this
+    /// request's (its lease ran out and a retry took the key over): nothing is stored.
+    async fn complete(
+        &self,
+        project: ProjectId,
+        key: &str,
+        claim: Claim,
+        response: &StoredResponse,
+    ) -> StoreResult<bool>;
     /// Releases a claim whose request failed, so a retry can run, with this request's
-    /// body or another; a retry of the same request keeps its first start.
-    async fn abort(&self, project: ProjectId, key: &str) -> StoreResult<()>;
+    /// body or another; a retry of the same request keeps its first start. Nothing
+    /// happens when the claim is no longer this request's.
+    async fn abort(&self, project: ProjectId, key: &str, claim: Claim) -> StoreResult<()>;
     /// Deletes expired entries; returns how many.
     async fn purge_expired(&self) -> StoreResult<u64>;
 }

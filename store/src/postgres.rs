@@ -10,8 +10,18 @@ use crate::sql::sql_store;
 /// Quiver's storage on Postgres.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    /// Reads outside a write (searches catching up, fetches, listings, the catalog).
+    reader: PgPool,
+    /// Writes. A pool of their own, because a writer keeps its connection while it
+    /// waits for a row lock (its project's, its namespace's): a pile of one project's
+    /// writes taking turns would otherwise hold every connection, and every tenant's
+    /// reads on the pod would time out waiting for one.
+    writer: PgPool,
 }
+
+/// Connections a pod holds at most: reads, writes.
+const READ_CONNECTIONS: u32 = 8;
+const WRITE_CONNECTIONS: u32 = 12;
 
 impl PostgresStore {
     /// Connects to a `postgres://` URL; fails fast when the server does not answer.
@@ -19,40 +29,37 @@ impl PostgresStore {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|err| StoreError::Config(format!("invalid DATABASE_URL \"{}\": {err}", crate::redact_url(url))))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await
-            .map_err(|err| match err {
-                sqlx::Error::Database(db) => StoreError::Config(format!(
-                    "cannot use the database at {}: {}",
-                    crate::redact_url(url),
-                    db.message()
-                )),
-                other => StoreError::Unavailable(format!(
-                    "{}: {other}; check DATABASE_URL and that Postgres is running",
-                    crate::redact_url(url)
-                )),
-            })?;
-        Ok(Self { pool })
-    }
-
-    /// The underlying pool, for tests and tools.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+        let pool = |connections| {
+            PgPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.clone())
+        };
+        let connected = async { Ok::<_, sqlx::Error>((pool(READ_CONNECTIONS).await?, pool(WRITE_CONNECTIONS).await?)) };
+        let (reader, writer) = connected.await.map_err(|err| match err {
+            sqlx::Error::Database(db) => StoreError::Config(format!(
+                "cannot use the database at {}: {}",
+                crate::redact_url(url),
+                db.message()
+            )),
+            other => StoreError::Unavailable(format!(
+                "{}: {other}; check DATABASE_URL and that Postgres is running",
+                crate::redact_url(url)
+            )),
+        })?;
+        Ok(Self { reader, writer })
     }
 
     fn reader(&self) -> &PgPool {
-        &self.pool
+        &self.reader
     }
 
     fn writer(&self) -> &PgPool {
-        &self.pool
+        &self.writer
     }
 
     async fn begin_write(&self) -> StoreResult<Tx<'static>> {
-        Ok(self.pool.begin().await?)
+        Ok(self.writer.begin().await?)
     }
 
     /// Tests `id` against a JSON array of ids bound at `param`.
@@ -124,7 +131,7 @@ impl quiver_common::http::ReadinessCheck for PostgresStore {
 
     async fn check(&self) -> Result<(), String> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&self.reader)
             .await
             .map(drop)
             .map_err(|err| err.to_string())
@@ -139,11 +146,12 @@ impl crate::Store for PostgresStore {
 
     async fn migrate(&self) -> StoreResult<()> {
         // sqlx holds an advisory lock while migrating, so pods starting together are safe.
-        sqlx::migrate!("../migrations/postgres").run(&self.pool).await?;
+        sqlx::migrate!("../migrations/postgres").run(&self.writer).await?;
         Ok(())
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.reader.close().await;
+        self.writer.close().await;
     }
 }

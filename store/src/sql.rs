@@ -18,7 +18,7 @@ macro_rules! sql_store {
         use uuid::Uuid;
 
         use $crate::{
-            ApiKey, Catalog, Change, Idempotency, IdempotencyBegin, Metadata, NamespaceInfo, NamespaceState,
+            ApiKey, Catalog, Change, Claim, Idempotency, IdempotencyBegin, Metadata, NamespaceInfo, NamespaceState,
             NewApiKey, NewProject, Project, ProjectUsage, Record, RecordPatch, RecordWrite, Records,
             Snapshot, Snapshots, StoreError, StoreResult, StoredResponse, User, WriteOutcome,
         };
@@ -529,6 +529,14 @@ macro_rules! sql_store {
                     // Dropping the transaction rolls the seq back: nothing changed.
                     return Ok(None);
                 };
+                if let Some(text) = &patch.embedded_content
+                    && record.content.as_ref() != Some(text)
+                {
+                    // Dropping the transaction rolls it back.
+                    return Err(StoreError::Conflict(format!(
+                        "the content of \"{id}\" changed while it was embedded"
+                    )));
+                }
                 match &patch.metadata {
                     Some($crate::MetadataPatch::Merge(metadata)) => $crate::merge_metadata(&mut record.metadata, metadata),
                     Some($crate::MetadataPatch::Replace(metadata)) => record.metadata.clone_from(metadata),
@@ -865,7 +873,10 @@ macro_rules! sql_store {
                     }
                 }
                 let switched = self.switch_snapshot(project, namespace, snapshot, id, chunks.len()).await;
-                if !matches!(switched, Ok(true)) {
+                // Not after an error: the switch may have committed with its answer
+                // lost, and its chunks be the snapshot now. If it did not, nothing points
+                // to them and `purge_orphan_chunks` deletes them.
+                if let Ok(false) = switched {
                     delete_chunks(self.writer(), id).await?;
                 }
                 switched
@@ -897,7 +908,11 @@ macro_rules! sql_store {
 
             async fn snapshot(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<Snapshot>> {
                 // A newer snapshot may replace this one while its chunks are read: then
-                // its chunks are gone, and the newer one is read instead.
+                // its chunks are gone, and the newer one is read instead. A snapshot
+                // still there with a chunk missing, or of another size than it says, is
+                // damaged: it is discarded (the records are the truth, and the index
+                // rebuilt from them is snapshotted again), not an error on every load.
+                let mut missing_a_chunk = None;
                 for _ in 0..5 {
                     let Some(header) = sqlx::query(
                         "SELECT id, epoch, seq, size, chunks FROM snapshots WHERE project_id = $1 AND namespace = $2",
@@ -933,13 +948,20 @@ macro_rules! sql_store {
                             }
                         }
                     }
-                    if !whole {
-                        continue;
-                    }
-                    if bytes.len() != size {
-                        return Err(corrupt("snapshot", format!("{} bytes stored, {size} expected", bytes.len())));
-                    }
-                    return Ok(Some(Snapshot { epoch, seq, bytes }));
+                    let damage = if !whole && missing_a_chunk != Some(id) {
+                        missing_a_chunk = Some(id);
+                        continue; // replaced meanwhile, most likely: read again
+                    } else if !whole {
+                        format!("chunks missing of the {chunks} it has")
+                    } else if bytes.len() != size {
+                        format!("{} bytes stored, {size} expected", bytes.len())
+                    } else {
+                        return Ok(Some(Snapshot { epoch, seq, bytes }));
+                    };
+                    tracing::warn!(project_id = %project, namespace, seq, damage,
+                        "the stored index snapshot is damaged: discarded, the index is rebuilt from the records");
+                    self.discard_snapshot(project, namespace, seq).await?;
+                    return Ok(None);
                 }
                 Err(StoreError::Other(anyhow::anyhow!(
                     "the snapshot of {namespace} kept changing while it was read"
@@ -948,6 +970,11 @@ macro_rules! sql_store {
 
             async fn discard_snapshot(&self, project: ProjectId, namespace: &str, seq: i64) -> StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
+                // The namespace's row first, as every writer of its snapshot takes it
+                // (a namespace's delete locks it and then deletes the snapshot).
+                if lock_namespace(&mut tx, project, namespace).await?.is_none() {
+                    return Ok(false);
+                }
                 let id: Option<Uuid> = sqlx::query_scalar(
                     "DELETE FROM snapshots WHERE project_id = $1 AND namespace = $2 AND seq = $3 RETURNING id",
                 )
@@ -1084,6 +1111,18 @@ macro_rules! sql_store {
                 if horizon > snapshot.seq || previous.is_some_and(|(_, seq)| seq >= snapshot.seq) {
                     return Ok(false); // a newer one got in first
                 }
+                // Every chunk is there: one purged as an orphan mid-upload (an upload of
+                // over an hour, or a purger whose clock runs an hour ahead) would leave
+                // a snapshot that cannot be read.
+                let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM snapshot_chunks WHERE snapshot_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if stored != chunks as i64 {
+                    tracing::warn!(project_id = %project, namespace, stored, chunks,
+                        "an index snapshot lost chunks while it was stored: not used");
+                    return Ok(false);
+                }
                 sqlx::query(
                     "INSERT INTO snapshots (project_id, namespace, id, epoch, seq, size, chunks, created_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -1104,12 +1143,18 @@ macro_rules! sql_store {
                 if let Some((previous, _)) = previous {
                     delete_chunks(&mut *tx, previous).await?;
                 }
-                sqlx::query("DELETE FROM records WHERE project_id = $1 AND namespace = $2 AND deleted = TRUE AND seq <= $3")
-                    .bind(project.0)
-                    .bind(namespace)
-                    .bind(snapshot.seq)
-                    .execute(&mut *tx)
-                    .await?;
+                // Those up to the horizon went with the snapshot that raised it: only the
+                // seqs since are read, not the whole namespace under its lock.
+                sqlx::query(
+                    "DELETE FROM records WHERE project_id = $1 AND namespace = $2 AND deleted = TRUE
+                     AND seq > $3 AND seq <= $4",
+                )
+                .bind(project.0)
+                .bind(namespace)
+                .bind(horizon)
+                .bind(snapshot.seq)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query("UPDATE namespaces SET horizon = $3 WHERE project_id = $1 AND name = $2")
                     .bind(project.0)
                     .bind(namespace)
@@ -1147,7 +1192,10 @@ macro_rules! sql_store {
                 .execute(self.writer())
                 .await?;
                 if claimed.rows_affected() == 1 {
-                    return Ok(IdempotencyBegin::Started { first_started: now });
+                    return Ok(IdempotencyBegin::Started {
+                        first_started: now,
+                        claim: Claim(locked_until),
+                    });
                 }
                 // Take over an expired entry (a new request: it starts now), an
                 // abandoned claim of the same request (which keeps its start), or a
@@ -1177,7 +1225,10 @@ macro_rules! sql_store {
                 if let Some(started) = taken {
                     let first_started = DateTime::<Utc>::from_timestamp_millis(started)
                         .ok_or_else(|| corrupt("started_at_ms", format!("{started} is out of range")))?;
-                    return Ok(IdempotencyBegin::Started { first_started });
+                    return Ok(IdempotencyBegin::Started {
+                        first_started,
+                        claim: Claim(locked_until),
+                    });
                 }
                 let row = sqlx::query(
                     "SELECT request_hash, response_status, response_body FROM idempotency_keys
@@ -1205,30 +1256,38 @@ macro_rules! sql_store {
                 })
             }
 
-            async fn complete(&self, project: ProjectId, key: &str, response: &StoredResponse) -> StoreResult<()> {
-                sqlx::query(
+            async fn complete(
+                &self,
+                project: ProjectId,
+                key: &str,
+                claim: Claim,
+                response: &StoredResponse,
+            ) -> StoreResult<bool> {
+                let stored = sqlx::query(
                     "UPDATE idempotency_keys SET response_status = $3, response_body = $4
-                     WHERE project_id = $1 AND key = $2",
+                     WHERE project_id = $1 AND key = $2 AND locked_until_ms = $5",
                 )
                 .bind(project.0)
                 .bind(key)
                 .bind(i32::from(response.status))
                 .bind(&response.body)
+                .bind(claim.0)
                 .execute(self.writer())
                 .await?;
-                Ok(())
+                Ok(stored.rows_affected() == 1)
             }
 
-            async fn abort(&self, project: ProjectId, key: &str) -> StoreResult<()> {
+            async fn abort(&self, project: ProjectId, key: &str, claim: Claim) -> StoreResult<()> {
                 // Kept, released (a lease of -1), so a retry of the same request keeps
                 // its first start: a request that failed past its write's commit (a
                 // statement timeout) is run again with the same ids.
                 sqlx::query(
                     "UPDATE idempotency_keys SET locked_until_ms = -1
-                     WHERE project_id = $1 AND key = $2 AND response_status IS NULL",
+                     WHERE project_id = $1 AND key = $2 AND locked_until_ms = $3 AND response_status IS NULL",
                 )
                 .bind(project.0)
                 .bind(key)
+                .bind(claim.0)
                 .execute(self.writer())
                 .await?;
                 Ok(())

@@ -23,6 +23,19 @@ impl SqliteFixture {
     }
 }
 
+impl SqliteFixture {
+    /// Runs a statement on the store's database behind its back (to damage it, say).
+    pub async fn execute(&self, statement: &str) {
+        use sqlx::Connection;
+        let url = SqliteStore::url_for_data_dir(self.dir.path());
+        let mut connection = sqlx::SqliteConnection::connect(&url).await.expect("SQLite opens");
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect("the statement runs");
+    }
+}
+
 impl StoreFixture for SqliteFixture {
     fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
@@ -42,6 +55,20 @@ impl PostgresFixture {
         let store = quiver_store::connect(database.url()).await.expect("Postgres connects");
         store.migrate().await.expect("Postgres migrates");
         Self { store, database }
+    }
+}
+
+impl PostgresFixture {
+    /// Runs a statement on the store's database behind its back (to damage it, say).
+    pub async fn execute(&self, statement: &str) {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(self.database.url())
+            .await
+            .expect("Postgres connects");
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect("the statement runs");
     }
 }
 

@@ -1222,6 +1222,67 @@ async fn an_update_reads_again_rows_changed_while_it_ran(backend: Backend) {
     );
 }
 
+/// A re-embedding (`regenerate_embedding`) whose document another client gives new
+/// text while it is embedded embeds the new text: the vector written is never of a
+/// text the document no longer has.
+async fn a_reembedding_whose_text_changed_meanwhile_embeds_the_new_text(backend: Backend) {
+    let (app, fake) = app_with_openai(backend).await;
+    let t = app.tenant_named("mydb", 1536, "cosine").await;
+    insert_batch(&app, &t.readwrite, vec![json!({"id": "a", "content": "first words"})]).await;
+    let docs = "/api/v1/collections/documents/documents";
+    let before = fake.calls();
+    fake.hold_next(Duration::from_millis(1500));
+    let regenerate = app
+        .data_request(0, Method::PUT, &format!("{docs}/a"))
+        .bearer_auth(&t.readwrite)
+        .json(&json!({"regenerate_embedding": true}))
+        .send();
+    let meanwhile = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while fake.calls() == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the update never asked for an embedding"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (status, body) = app
+            .data_call(
+                0,
+                Method::PUT,
+                &format!("{docs}/a"),
+                &t.readwrite,
+                Some(json!({"content": "second thoughts"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let (response, ()) = tokio::join!(regenerate, meanwhile);
+    let (status, body) = read(response.expect("answer")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(fake.calls(), before + 2, "the old text, then the new one");
+
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &t.readonly,
+            Some(json!({"namespace": "documents", "id": "a"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let stored: Vec<f32> = serde_json::from_value(body["values"].clone()).expect("values");
+    let expected = quiver_tests::fake_openai::embedding("second thoughts", 1536);
+    assert_eq!(stored.len(), expected.len());
+    let off = stored
+        .iter()
+        .zip(&expected)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(off < 1e-6, "the vector is of the new text (off by {off})");
+}
+
 /// A collection keeps the model that first embedded its text: the page's update and
 /// batch (which name no model) embed with it on a deployment whose default is another
 /// model, a text search without a model is embedded with it, and naming another model
@@ -1355,6 +1416,7 @@ both!(
     an_abandoned_idempotent_write_is_finished_and_replayed,
     an_update_that_fails_partway_changes_nothing,
     an_update_reads_again_rows_changed_while_it_ran,
+    a_reembedding_whose_text_changed_meanwhile_embeds_the_new_text,
     an_insert_run_again_after_its_pod_died_makes_the_same_documents,
     a_collection_keeps_the_model_that_embedded_it,
 );

@@ -102,6 +102,57 @@ async fn indexes_beyond_the_memory_budget_are_evicted_and_reload_on_use() {
     assert_eq!(loaded(&manager).await, ["a"], "the index just loaded stays in memory");
 }
 
+/// An index larger than the whole budget is held alone rather than refused: refused,
+/// it would load again from the store for every search, and never be snapshotted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_larger_than_the_budget_is_held_alone() {
+    let fixture = SqliteFixture::new().await;
+    let store = Arc::clone(&fixture.store);
+    let user = store.create_user("big@example.com", "h").await.expect("user");
+    let project = store
+        .create_project(NewProject {
+            owner_id: user.id,
+            name: "big".into(),
+            dimension: 64,
+            metric: Metric::Euclidean,
+            plan_id: "business".into(),
+        })
+        .await
+        .expect("project");
+    for namespace in ["small", "big"] {
+        let records: Vec<RecordWrite> = (0..if namespace == "big" { 2_000 } else { 10 })
+            .map(|i| RecordWrite {
+                id: format!("{namespace}{i}"),
+                vector: (0..64).map(|d| (i + d) as f32).collect(),
+                metadata: Default::default(),
+                content: None,
+            })
+            .collect();
+        store.upsert(project.id, namespace, &records).await.expect("upsert");
+    }
+    let manager = IndexManager::new(Arc::clone(&store), 64 * 1024);
+    for namespace in ["small", "big"] {
+        manager
+            .search(&project, namespace, query(vec![0.0; 64]))
+            .await
+            .expect("search")
+            .expect("namespace");
+        manager.settle().await;
+    }
+    assert!(manager.is_loaded(project.id, "big").await, "held, not refused");
+    assert!(
+        !manager.is_loaded(project.id, "small").await,
+        "evicted to make what room there is"
+    );
+    let status = manager.status(project.id, "big").await.expect("loaded");
+    assert_eq!(status.records, 2_000);
+    assert_eq!(
+        manager.snapshot_now(project.id, "big").await.expect("snapshot"),
+        Some(status.seq),
+        "held, so it is snapshotted"
+    );
+}
+
 /// An index that grows by catching up with writes heard of from other pods (not by
 /// this pod's own writes) is weighed again, so the memory budget keeps counting it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

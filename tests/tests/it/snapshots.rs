@@ -309,6 +309,48 @@ async fn an_unusable_snapshot_is_ignored_and_replaced(store: Arc<dyn Store>) {
     );
 }
 
+/// A snapshot damaged in the database (a chunk gone, a size that does not add up) is
+/// discarded and the index rebuilt from the records, not an error on every load.
+async fn a_damaged_snapshot_is_discarded_and_the_index_rebuilt<F, R>(store: Arc<dyn Store>, execute: F)
+where
+    F: Fn(&'static str) -> R,
+    R: std::future::Future<Output = ()>,
+{
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..200)).await.expect("upsert");
+    for damage in ["DELETE FROM snapshot_chunks", "UPDATE snapshots SET size = size + 1"] {
+        let manager = IndexManager::new(Arc::clone(&store), 1 << 30);
+        assert_eq!(found(&manager, &project, 42, false).await.as_deref(), Some("r42"));
+        assert_eq!(manager.snapshot_now(project.id, "ns").await.expect("snapshot"), Some(1));
+        execute(damage).await;
+
+        let next = IndexManager::new(Arc::clone(&store), 1 << 30);
+        assert_eq!(
+            found(&next, &project, 42, false).await.as_deref(),
+            Some("r42"),
+            "{damage}"
+        );
+        let status = next.status(project.id, "ns").await.expect("loaded");
+        assert_eq!((status.from, status.records), (LoadedFrom::Replay, 200), "{damage}");
+        assert!(
+            store.snapshot(project.id, "ns").await.expect("read").is_none(),
+            "{damage}: discarded"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_is_discarded_and_the_index_rebuilt_sqlite() {
+    let fixture = SqliteFixture::new().await;
+    a_damaged_snapshot_is_discarded_and_the_index_rebuilt(Arc::clone(&fixture.store), |sql| fixture.execute(sql)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_is_discarded_and_the_index_rebuilt_postgres() {
+    let fixture = quiver_tests::stores::PostgresFixture::new().await;
+    a_damaged_snapshot_is_discarded_and_the_index_rebuilt(Arc::clone(&fixture.store), |sql| fixture.execute(sql)).await;
+}
+
 /// A load by replay starts tuning the search width before the search that loaded it
 /// returns, and reports it until it is done: once `tuning` reads false, the width
 /// served is the tuned one, not the default it loaded with.
@@ -626,6 +668,41 @@ async fn a_namespace_deleted_while_its_index_loads_is_gone(store: Arc<dyn Store>
     assert!(search.is_none(), "no such namespace");
 }
 
+/// A load whose caller goes away (a client gone, an NQL statement's `timeout_ms`)
+/// goes on to the cache, and leaves no trace that would make the namespace, deleted
+/// and made again later, stale on this pod for good.
+async fn a_load_whose_caller_went_away_ends_in_the_cache(store: Arc<dyn Store>) {
+    let project = project(store.as_ref()).await;
+    store.upsert(project.id, "ns", &writes(0..6_000)).await.expect("upsert");
+    let manager = Arc::new(IndexManager::new(Arc::clone(&store), 1 << 30));
+    let load = loading(&manager, &project).await;
+    load.abort();
+    assert!(load.await.is_err_and(|err| err.is_cancelled()), "cancelled");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !manager.is_loaded(project.id, "ns").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load went on without its caller"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(manager.status(project.id, "ns").await.expect("loaded").records, 6_000);
+
+    // Cancelled again, then the namespace deleted and made again: its next load serves
+    // the new life.
+    manager.forget_namespace(project.id, "ns").await;
+    let load = loading(&manager, &project).await;
+    load.abort();
+    assert!(store.delete_namespace(project.id, "ns").await.expect("delete"));
+    manager.forget_namespace(project.id, "ns").await;
+    store
+        .upsert(project.id, "ns", &writes(7_000..7_001))
+        .await
+        .expect("again");
+    assert_eq!(found(&manager, &project, 7_000, false).await.as_deref(), Some("r7000"));
+    assert_eq!(manager.status(project.id, "ns").await.expect("loaded").records, 1);
+}
+
 /// A namespace deleted and made again while a pod replays it, without the pod hearing
 /// of either, never mixes the two lives in one index.
 async fn a_namespace_made_again_mid_replay_is_read_again(store: Arc<dyn Store>) {
@@ -672,6 +749,7 @@ on_both_stores!(
     a_write_committed_while_the_index_loads_is_in_it,
     a_namespace_deleted_while_its_index_loads_is_gone,
     a_namespace_made_again_mid_replay_is_read_again,
+    a_load_whose_caller_went_away_ends_in_the_cache,
     a_worn_graph_is_rebuilt_aside_and_keeps_the_writes_made_meanwhile,
     a_rebuild_waits_for_room_in_the_memory_budget,
     replacing_a_fifth_of_the_records_tunes_the_search_width_again,
