@@ -4,6 +4,8 @@
 
 /// Notices from the control plane to every data-plane pod, in-process or over Redis.
 pub mod bus;
+/// The address of the client behind a request, through trusted proxies.
+pub mod client;
 /// Domain types parsed at the boundary: ids, roles, metrics, plans.
 pub mod domain;
 /// The error envelope: `ApiError` and the `AppJson` extractor.

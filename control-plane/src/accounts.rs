@@ -1,7 +1,9 @@
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -21,28 +23,93 @@ pub fn router() -> Router<ControlPlane> {
         .route("/v1/auth/logout", post(logout))
 }
 
-/// Login attempts admitted per email: a burst of 5, then one every 12 s.
-pub struct LoginThrottle {
-    limiter: DefaultKeyedRateLimiter<String>,
-    /// How many emails tracked starts the next pruning: twice what was left after the
-    /// last, so that a map of emails all still throttled is not scanned on every try.
-    prune_at: std::sync::atomic::AtomicUsize,
-}
+/// The address of the client that sent a request: the connection's peer, or behind
+/// trusted proxies the client they name.
+pub struct Client(pub IpAddr);
 
-/// Emails the throttle tracks before it forgets those back to a full burst.
-const TRACKED_EMAILS: usize = 10_000;
+impl FromRequestParts<ControlPlane> for Client {
+    type Rejection = std::convert::Infallible;
 
-impl Default for LoginThrottle {
-    fn default() -> Self {
-        Self::with_quota(Quota::per_minute(NonZeroU32::new(5).expect("5 is not zero")))
+    async fn from_request_parts(parts: &mut Parts, state: &ControlPlane) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |info| info.0.ip());
+        Ok(Self(state.settings.trusted_proxies.client(peer, &parts.headers)))
     }
 }
 
-impl LoginThrottle {
-    /// Admits one attempt for `email`, or says when the next may come. Emails whose
-    /// budget has refilled are forgotten once many are tracked, so a stream of
-    /// attempts on ever new emails cannot grow the throttle without end.
-    fn check(&self, email: &str) -> Result<(), governor::NotUntil<governor::clock::QuantaInstant>> {
+/// Attempts to sign in or up, throttled where they come from and at what they aim.
+pub struct AccountThrottle {
+    /// Sign-ins per email and client: a burst of 5, then one every 12 s. Keyed by both,
+    /// so that someone guessing an account's password from one address cannot lock its
+    /// owner, elsewhere, out of it.
+    sign_ins: Throttle<(String, IpAddr)>,
+    /// Sign-ins and sign-ups per client, whatever the email: a burst of 60, then one a
+    /// second. Each costs an argon2 hash, and one address trying many accounts is
+    /// someone's list of leaked passwords.
+    clients: Throttle<IpAddr>,
+}
+
+impl Default for AccountThrottle {
+    fn default() -> Self {
+        Self {
+            sign_ins: Throttle::new(Quota::per_minute(NonZeroU32::new(5).expect("5 is not zero"))),
+            clients: Throttle::new(Quota::per_minute(NonZeroU32::new(60).expect("60 is not zero"))),
+        }
+    }
+}
+
+/// When the next attempt may come.
+type NotUntil = governor::NotUntil<governor::clock::QuantaInstant>;
+
+impl AccountThrottle {
+    fn sign_in(&self, email: &str, client: IpAddr) -> Result<(), ApiError> {
+        self.clients
+            .check(&client)
+            .map_err(|not_until| too_many("too many sign-in attempts from this address", &not_until))?;
+        self.sign_ins
+            .check(&(email.to_owned(), client))
+            .map_err(|not_until| too_many("too many sign-in attempts for this email", &not_until))
+    }
+
+    fn sign_up(&self, client: IpAddr) -> Result<(), ApiError> {
+        self.clients
+            .check(&client)
+            .map_err(|not_until| too_many("too many sign-ups from this address", &not_until))
+    }
+}
+
+fn too_many(what: &str, not_until: &NotUntil) -> ApiError {
+    let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+    ApiError::RateLimited {
+        message: format!("{what}; wait and try again"),
+        retry_after_secs: quiver_common::error::retry_after_secs(wait),
+    }
+}
+
+/// A keyed rate limit that forgets keys whose budget has refilled once many are
+/// tracked, so a stream of attempts on ever new keys cannot grow it without end.
+struct Throttle<K: std::hash::Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    /// How many keys tracked starts the next pruning: twice what was left after the
+    /// last, so that a map of keys all still throttled is not scanned on every try.
+    prune_at: std::sync::atomic::AtomicUsize,
+}
+
+/// Keys a throttle tracks before it forgets those back to a full burst.
+const TRACKED_KEYS: usize = 10_000;
+
+impl<K: std::hash::Hash + Eq + Clone> Throttle<K> {
+    fn new(quota: Quota) -> Self {
+        Self {
+            limiter: RateLimiter::keyed(quota),
+            prune_at: std::sync::atomic::AtomicUsize::new(TRACKED_KEYS),
+        }
+    }
+
+    /// Admits one attempt for `key`, or says when the next may come.
+    fn check(&self, key: &K) -> Result<(), NotUntil> {
         use std::sync::atomic::Ordering;
         let tracked = self.limiter.len();
         let prune_at = self.prune_at.load(Ordering::Relaxed);
@@ -57,19 +124,12 @@ impl LoginThrottle {
             self.limiter.shrink_to_fit();
             let left = self.limiter.len();
             self.prune_at
-                .store(left.saturating_mul(2).max(TRACKED_EMAILS), Ordering::Release);
+                .store(left.saturating_mul(2).max(TRACKED_KEYS), Ordering::Release);
         }
-        self.limiter.check_key(&email.to_owned())
+        self.limiter.check_key(key)
     }
 
-    fn with_quota(quota: Quota) -> Self {
-        Self {
-            limiter: RateLimiter::keyed(quota),
-            prune_at: std::sync::atomic::AtomicUsize::new(TRACKED_EMAILS),
-        }
-    }
-
-    /// Emails tracked now.
+    /// Keys tracked now.
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.limiter.len()
@@ -152,14 +212,17 @@ fn check_password(password: &str) -> Result<(), ApiError> {
         (status = 201, description = "account created", body = SessionView),
         (status = 400, description = "bad email or password shorter than 12 characters", body = quiver_common::error::ErrorEnvelope),
         (status = 409, description = "the email is taken", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "too many attempts from this address", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn signup(
     State(state): State<ControlPlane>,
+    client: Client,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
     let email = parse_email(&body.email)?;
     check_password(&body.password)?;
+    state.account_attempts.sign_up(client.0)?;
     let hash = hash_secret_bounded(HashQueue::Accounts, body.password).await?;
     let user = state.store.create_user(&email, &hash).await.map_err(|err| match err {
         quiver_store::StoreError::Conflict(_) => {
@@ -182,11 +245,12 @@ pub async fn signup(
         (status = 200, description = "signed in", body = SessionView),
         (status = 400, description = "the body is not JSON credentials", body = quiver_common::error::ErrorEnvelope),
         (status = 401, description = "wrong email or password", body = quiver_common::error::ErrorEnvelope),
-        (status = 429, description = "too many attempts for this email", body = quiver_common::error::ErrorEnvelope),
+        (status = 429, description = "too many attempts for this email from this address, or from this address in all", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn login(
     State(state): State<ControlPlane>,
+    client: Client,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Json<SessionView>, ApiError> {
     let refused = || ApiError::Unauthorized("wrong email or password".into());
@@ -198,13 +262,7 @@ pub async fn login(
     if body.password.len() > MAX_PASSWORD_BYTES {
         return Err(refused());
     }
-    if let Err(not_until) = state.login_attempts.check(&email) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-        return Err(ApiError::RateLimited {
-            message: "too many sign-in attempts for this email; wait and try again".into(),
-            retry_after_secs: quiver_common::error::retry_after_secs(wait),
-        });
-    }
+    state.account_attempts.sign_in(&email, client.0)?;
     let user = state.store.user_by_email(&email).await?;
     // Hashes even for unknown emails, so timing does not tell which part was wrong.
     let stored = user.as_ref().map(|u| u.password_hash.clone());
@@ -256,31 +314,32 @@ mod tests {
         // One attempt back every millisecond, so budgets refill while the test waits.
         let quota = Quota::per_second(NonZeroU32::new(1000).expect("not zero"))
             .allow_burst(NonZeroU32::new(5).expect("not zero"));
-        let throttle = LoginThrottle::with_quota(quota);
-        for i in 0..TRACKED_EMAILS {
+        let throttle = Throttle::new(quota);
+        for i in 0..TRACKED_KEYS {
             assert!(throttle.check(&format!("user{i}@example.com")).is_ok());
         }
-        assert_eq!(throttle.tracked(), TRACKED_EMAILS);
+        assert_eq!(throttle.tracked(), TRACKED_KEYS);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(throttle.check("one-more@example.com").is_ok());
+        assert!(throttle.check(&"one-more@example.com".to_owned()).is_ok());
         assert_eq!(throttle.tracked(), 1, "only the email just tried is left");
         // An email still being throttled is kept, and stays throttled.
+        let busy = "busy@example.com".to_owned();
         for _ in 0..5 {
-            assert!(throttle.check("busy@example.com").is_ok());
+            assert!(throttle.check(&busy).is_ok());
         }
-        assert!(throttle.check("busy@example.com").is_err());
+        assert!(throttle.check(&busy).is_err());
 
         // Emails all still throttled are kept, and the next pruning waits until twice
         // as many are tracked: a flood of new emails does not scan the map every time.
-        let slow = LoginThrottle::default();
-        for i in 0..TRACKED_EMAILS {
+        let slow = Throttle::new(Quota::per_minute(NonZeroU32::new(5).expect("not zero")));
+        for i in 0..TRACKED_KEYS {
             assert!(slow.check(&format!("user{i}@example.com")).is_ok());
         }
-        assert!(slow.check("one-more@example.com").is_ok());
-        assert_eq!(slow.tracked(), TRACKED_EMAILS + 1);
+        assert!(slow.check(&"one-more@example.com".to_owned()).is_ok());
+        assert_eq!(slow.tracked(), TRACKED_KEYS + 1);
         assert_eq!(
             slow.prune_at.load(std::sync::atomic::Ordering::Relaxed),
-            2 * TRACKED_EMAILS
+            2 * TRACKED_KEYS
         );
     }
 

@@ -42,6 +42,9 @@ pub struct Settings {
     /// The built web console (`console/dist`) to serve at `/`; `None` serves a page
     /// that says how to build it.
     pub console_dir: Option<Arc<std::path::PathBuf>>,
+    /// Proxies whose `X-Forwarded-For` names the client (sign-ins are throttled per
+    /// client address).
+    pub trusted_proxies: quiver_common::client::TrustedProxies,
 }
 
 /// Everything a control-plane handler may use.
@@ -51,7 +54,7 @@ pub struct ControlPlane {
     pub bus: Arc<dyn Bus>,
     pub jwt: JwtKeys,
     pub settings: Arc<Settings>,
-    login_attempts: Arc<accounts::LoginThrottle>,
+    account_attempts: Arc<accounts::AccountThrottle>,
 }
 
 impl ControlPlane {
@@ -61,7 +64,7 @@ impl ControlPlane {
             bus,
             jwt,
             settings: Arc::new(settings),
-            login_attempts: Arc::new(accounts::LoginThrottle::default()),
+            account_attempts: Arc::new(accounts::AccountThrottle::default()),
         }
     }
 

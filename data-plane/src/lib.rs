@@ -17,8 +17,7 @@ use crate::auth::Principal;
 
 /// Credentials to principals: API keys (cached) and project tokens.
 pub mod auth;
-/// The address of the client behind a request, through trusted proxies.
-pub mod client;
+pub use quiver_common::client;
 /// Which web pages may call the data plane from a browser.
 pub mod cors;
 /// The document API: collections of documents, embedded on the way in.

@@ -183,12 +183,12 @@ impl SnapshotArgs {
 /// Who is in front of the data plane.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {
-    /// Proxies in front of the data plane that append `X-Forwarded-For`, as their own
+    /// Proxies in front of the planes that append `X-Forwarded-For`, as their own
     /// addresses or networks only they are in (`10.42.7.0/28,192.168.1.1`): a request
     /// from one is taken to come from the client the header names, so that each client
-    /// behind them has a budget of refused API keys of its own. Never a range holding
-    /// other hosts, which could write the header themselves. Empty: the connection's
-    /// address.
+    /// behind them has a budget of refused API keys (data plane) and of sign-ins
+    /// (control plane) of its own. Never a range holding other hosts, which could write
+    /// the header themselves. Empty: the connection's address.
     #[arg(long, env = "QUIVER_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: quiver_data_plane::client::TrustedProxies,
     /// Web pages allowed to call the data plane from a browser (CORS): `*` for any (API

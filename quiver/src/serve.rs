@@ -171,6 +171,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         api_base_url: data_url.clone(),
         session_ttl: SESSION_TTL,
         console_dir: console_dir.map(Arc::new),
+        trusted_proxies: args.proxies.trusted_proxies.clone(),
     };
     let data_plane = DataPlane::new(
         Arc::clone(&store),
@@ -255,6 +256,7 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
                 api_base_url: args.public_data_url.clone(),
                 session_ttl: SESSION_TTL,
                 console_dir: console_dir.map(Arc::new),
+                trusted_proxies: args.proxies.trusted_proxies.clone(),
             };
             let (publish_store, publish_bus) = (Arc::clone(&store), Arc::clone(&bus));
             tokio::spawn(async move {

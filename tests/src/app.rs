@@ -166,6 +166,7 @@ impl TestApp {
             api_base_url: data[0].clone(),
             session_ttl: chrono::Duration::hours(1),
             console_dir: None,
+            trusted_proxies: pod.trusted_proxies.clone(),
         };
         let control =
             serve(ControlPlane::new(Arc::clone(&store), Arc::clone(&control_bus), jwt, settings).router()).await;

@@ -1,7 +1,7 @@
 //! Every control-plane route, and every refusal, over HTTP on both backends.
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{assert_error, on_both_backends};
 use quiver_tests::app::TestApp;
@@ -130,6 +130,75 @@ async fn login_attempts_per_email_are_throttled(app: TestApp) {
         .control_call(Method::POST, "/v1/auth/login", None, Some(other))
         .await;
     assert_eq!(status, 401);
+}
+
+/// Behind a trusted proxy, sign-ins are throttled per email and client: one client
+/// guessing an account's password cannot lock its owner out from another address,
+/// and one client trying many accounts is throttled whatever the emails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_are_throttled_per_client_behind_a_trusted_proxy() {
+    let app = TestApp::behind_a_proxy(quiver_tests::app::Backend::Sqlite).await;
+    let from = async |client: &str, body: &Value| {
+        let response = app
+            .http
+            .post(format!("{}/v1/auth/login", app.control))
+            .header("x-forwarded-for", client)
+            .json(body)
+            .send()
+            .await
+            .expect("answer");
+        quiver_tests::app::read(response).await
+    };
+    let guess = json!({"email": "target@example.com", "password": "guess guess guess"});
+    for _ in 0..5 {
+        assert_eq!(from("203.0.113.9", &guess).await.0, 401);
+    }
+    let (status, body) = from("203.0.113.9", &guess).await;
+    assert_error(status, &body, 429, "RATE_LIMITED");
+    // The owner, elsewhere, still gets an answer on the merits.
+    assert_eq!(from("198.51.100.7", &guess).await.0, 401);
+
+    // One address trying account after account: 60 attempts (and one more for each
+    // second they took), then refused.
+    let mut refused = None;
+    for i in 0..200 {
+        let other = json!({"email": format!("user{i}@example.com"), "password": "guess guess guess"});
+        let (status, body) = from("192.0.2.44", &other).await;
+        if status == 429 {
+            refused = Some((i, body));
+            break;
+        }
+        assert_eq!(status, 401, "{body}");
+    }
+    let (after, body) = refused.expect("refused after its burst");
+    assert!(after >= 60, "refused after {after}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("from this address")),
+        "{body}"
+    );
+    // Sign-ups from that address wait too; others' do not.
+    let signup = |email: &str| json!({"email": email, "password": "correct horse battery"});
+    let response = app
+        .http
+        .post(format!("{}/v1/auth/signup", app.control))
+        .header("x-forwarded-for", "192.0.2.44")
+        .json(&signup("new@example.com"))
+        .send()
+        .await
+        .expect("answer");
+    let (status, body) = quiver_tests::app::read(response).await;
+    assert_error(status, &body, 429, "RATE_LIMITED");
+    let response = app
+        .http
+        .post(format!("{}/v1/auth/signup", app.control))
+        .header("x-forwarded-for", "192.0.2.45")
+        .json(&signup("new@example.com"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 201);
 }
 
 async fn the_plan_catalog_is_public(app: TestApp) {
