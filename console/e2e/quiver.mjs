@@ -76,7 +76,7 @@ export async function startQuiver({ logFile }) {
   const dataUrl = `http://127.0.0.1:${dataPort}`;
   try {
     await waitUntilHealthy(`${controlUrl}/healthz`, child, 60_000);
-    await waitUntilHealthy(`${dataUrl}/healthz`, child, 60_000).catch(() => {});
+    await waitUntilHealthy(`${dataUrl}/healthz`, child, 60_000);
   } catch (error) {
     child.kill('SIGKILL');
     throw error;
