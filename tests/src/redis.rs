@@ -50,23 +50,57 @@ pub struct PrivateRedis {
     child: Option<std::process::Child>,
 }
 
+/// Why a `redis-server` that was started is not serving.
+enum NotServing {
+    /// It exited: on its first start, most likely because something else took the
+    /// port between the probe that found it free and the server's bind.
+    Exited(std::process::ExitStatus),
+    /// It did not answer a PING within the time allowed.
+    Silent(String),
+}
+
 impl PrivateRedis {
+    /// Starts a server on a free port. Finding a free port (binding port 0 and letting
+    /// it go) races with every other process on the machine: when the server cannot
+    /// have the port after all, it exits, and this tries again on another.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = Self { port, child: None };
-        redis.resume().await;
-        redis
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port();
+            let mut redis = Self { port, child: None };
+            match redis.launch().await {
+                Ok(()) => return redis,
+                Err(NotServing::Exited(status)) => last = format!("redis-server on port {port} exited: {status}"),
+                Err(NotServing::Silent(why)) => panic!("redis-server on port {port} did not answer: {why}"),
+            }
+        }
+        panic!("redis-server could not start on a free port in 5 tries; the last: {last}");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the server (again) on its port and waits until it answers.
+    /// Starts the server again on its port (the test's clients know only that one)
+    /// and waits until it answers.
     pub async fn resume(&mut self) {
+        match self.launch().await {
+            Ok(()) => {}
+            Err(NotServing::Exited(status)) => panic!(
+                "redis-server exited on restarting on port {} ({status}): has another process taken the port?",
+                self.port
+            ),
+            Err(NotServing::Silent(why)) => panic!("redis-server on port {} did not answer: {why}", self.port),
+        }
+    }
+
+    /// Spawns `redis-server` on [`PrivateRedis::port`] and waits until it is alive and
+    /// it, not some other server on the port, answers a PING.
+    async fn launch(&mut self) -> Result<(), NotServing> {
+        self.stop();
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -83,14 +117,24 @@ impl PrivateRedis {
             .unwrap_or_else(|err| {
                 panic!("this test runs its own redis-server, which failed to start ({err}): install Redis")
             });
-        self.child = Some(child);
+        let pid = child.id();
+        let child = self.child.insert(child);
+        let mut why = String::from("no attempt");
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return;
+            if let Some(status) = child.try_wait().expect("the state of redis-server") {
+                self.child = None;
+                return Err(NotServing::Exited(status));
             }
+            match tokio::time::timeout(std::time::Duration::from_secs(1), ping(self.port, pid)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => why = err,
+                Err(_) => why = "no answer within 1 s".into(),
+            }
+            // Polling the server's own answer: there is no other signal of readiness.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        panic!("redis-server did not listen on {} within 5 s", self.port);
+        self.stop();
+        Err(NotServing::Silent(format!("not within 5 s (last: {why})")))
     }
 
     /// Kills the server.
@@ -100,6 +144,55 @@ impl PrivateRedis {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends PING to the Redis on `port`, expects PONG, and checks the server that
+/// answered is process `pid`: another process may hold the port our server was
+/// meant to have.
+async fn ping(port: u16, pid: u32) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|err| format!("connect: {err}"))?;
+    let mut stream = tokio::io::BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .await
+        .map_err(|err| format!("send: {err}"))?;
+    let mut line = String::new();
+    stream
+        .read_line(&mut line)
+        .await
+        .map_err(|err| format!("read: {err}"))?;
+    if line != "+PONG\r\n" {
+        return Err(format!("PING answered {line:?}"));
+    }
+    line.clear();
+    stream
+        .read_line(&mut line)
+        .await
+        .map_err(|err| format!("read: {err}"))?;
+    let length: usize = line
+        .strip_prefix('$')
+        .and_then(|n| n.trim_end().parse().ok())
+        .ok_or_else(|| format!("INFO answered {line:?}"))?;
+    let mut info = vec![0; length];
+    stream
+        .read_exact(&mut info)
+        .await
+        .map_err(|err| format!("read: {err}"))?;
+    let info = String::from_utf8_lossy(&info);
+    let serving = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|id| id.trim().parse::<u32>().ok());
+    if serving != Some(pid) {
+        return Err(format!(
+            "the server on port {port} is process {serving:?}, not the redis-server started ({pid})"
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for PrivateRedis {

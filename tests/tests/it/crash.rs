@@ -53,6 +53,33 @@ fn write_then_kill(url: &str, project: &str, acks: u64) -> (u64, i64) {
     last.expect("the writer acknowledged some writes")
 }
 
+/// Whether batch `n` is in the store. It must be all there or not at all: when any of
+/// its records are there, every one is, as the writer wrote it, by one write (one seq).
+async fn batch_is_there(store: &dyn Store, project: quiver_common::domain::ProjectId, n: u64) -> bool {
+    let expected = batch(n);
+    let ids: Vec<String> = expected.iter().map(|r| r.id.clone()).collect();
+    let found = store.fetch(project, NAMESPACE, &ids).await.expect("fetch");
+    if found.is_empty() {
+        return false;
+    }
+    assert_eq!(
+        found.len(),
+        BATCH,
+        "batch {n} is half-written: {} of {BATCH}",
+        found.len()
+    );
+    for (f, e) in found.iter().zip(&expected) {
+        assert_eq!(
+            (&f.id, &f.vector, &f.metadata, &f.content),
+            (&e.id, &e.vector, &e.metadata, &e.content),
+            "batch {n} holds a record other than the writer wrote"
+        );
+    }
+    let seqs: std::collections::BTreeSet<i64> = found.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs.len(), 1, "batch {n} was not written by one write: seqs {seqs:?}");
+    true
+}
+
 async fn assert_every_ack_survived(store: Arc<dyn Store>, project: quiver_common::domain::ProjectId, last: (u64, i64)) {
     let (last_batch, last_seq) = last;
     let state = store
@@ -66,24 +93,31 @@ async fn assert_every_ack_survived(store: Arc<dyn Store>, project: quiver_common
         state.seq
     );
     for n in 0..=last_batch {
-        let expected = batch(n);
-        let ids: Vec<String> = expected.iter().map(|r| r.id.clone()).collect();
-        let found = store.fetch(project, NAMESPACE, &ids).await.expect("fetch");
-        assert_eq!(found.len(), BATCH, "acknowledged batch {n} lost records");
         assert!(
-            found
-                .iter()
-                .zip(&expected)
-                .all(|(f, e)| f.vector == e.vector && f.content == e.content)
+            batch_is_there(store.as_ref(), project, n).await,
+            "acknowledged batch {n} was lost"
         );
     }
-    // The batch in flight at the kill is all there or not there at all.
-    let in_flight: Vec<String> = batch(last_batch + 1).iter().map(|r| r.id.clone()).collect();
-    let partial = store.fetch(project, NAMESPACE, &in_flight).await.expect("fetch").len();
-    assert!(
-        partial == 0 || partial == BATCH,
-        "batch {} is half-written: {partial} of {BATCH}",
-        last_batch + 1
+    // The writer kept committing between its last ack read and the SIGKILL: every
+    // batch after the last acknowledged one is whole or absent, and once one is
+    // absent none after it is there (the writer writes them in order, one at a time).
+    let mut whole = last_batch + 1;
+    while batch_is_there(store.as_ref(), project, whole).await {
+        whole += 1;
+    }
+    let count = store
+        .namespaces(project)
+        .await
+        .expect("namespaces")
+        .into_iter()
+        .find(|info| info.name == NAMESPACE)
+        .expect("the namespace is listed")
+        .count;
+    assert_eq!(
+        count,
+        whole * BATCH as u64,
+        "batches 0 to {} are whole and batch {whole} absent, so no record past them may be there",
+        whole - 1
     );
 }
 

@@ -11,7 +11,9 @@ on_both_backends!(
     every_request_of_the_page_works_as_written,
     bad_vectors_are_refused_naming_the_vector_and_nothing_is_written,
     bad_searches_and_unknown_namespaces_are_4xx,
-    idempotency_keys_replay_refuse_reuse_and_report_in_flight,
+    idempotency_keys_replay_refuse_reuse_and_are_released_by_a_failure,
+    idempotent_updates_and_deletes_replay_their_first_answer,
+    ids_metadata_top_k_and_batches_at_their_limits_are_accepted_and_one_past_refused,
     filters_narrow_searches_and_deletes,
     scopes_and_tenancy_hold_on_every_route,
     ids_are_listed_with_a_cursor_and_fetched_in_bulk,
@@ -143,6 +145,11 @@ async fn every_request_of_the_page_works_as_written(app: TestApp) {
   }"#;
     let (status, body, _) = curl(&app, Method::POST, "/v1/vectors/update", &key, &[], update).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"updated": true, "id": "sku-1", "namespace": "products", "seq": 2}),
+        "the update answers as docs/vector-api.md says, one write after the upsert"
+    );
     let (_, fetched, _) = curl(&app, Method::POST, "/v1/vectors/query", &key, &[], query).await;
     assert_eq!(
         fetched["metadata"],
@@ -161,14 +168,19 @@ async fn every_request_of_the_page_works_as_written(app: TestApp) {
   }"#;
     let (status, body, _) = curl(&app, Method::DELETE, "/v1/vectors/delete", &key, &[], delete).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["deleted_count"], 1);
+    assert_eq!(
+        body,
+        json!({"deleted_count": 1, "namespace": "products", "seq": 3}),
+        "{body}"
+    );
     let (status, body, _) = curl(&app, Method::POST, "/v1/vectors/query", &key, &[], query).await;
     assert_error(status, &body, 404, "NOT_FOUND");
-    let (_, searched, _) = curl(&app, Method::POST, "/v1/vectors/search", &key, &[], search).await;
+    let (status, searched, _) = curl(&app, Method::POST, "/v1/vectors/search", &key, &[], search).await;
+    assert_eq!(status, 200, "{searched}");
     assert_eq!(
-        searched["matches"].as_array().map(Vec::len),
-        Some(1),
-        "the deleted vector is gone from search"
+        match_ids(&searched),
+        ["sku-2"],
+        "the deleted vector is gone from search, the other one stays"
     );
 
     // `namespace` is optional and defaults to `default`; Bearer works as the page says.
@@ -184,13 +196,28 @@ async fn every_request_of_the_page_works_as_written(app: TestApp) {
 }
 
 async fn upsert_count(app: &TestApp, key: &str) -> u64 {
-    let (_, body) = app.data_call(0, Method::GET, "/v1/namespaces", key, None).await;
-    body["namespaces"]
-        .as_array()
-        .expect("namespaces")
+    namespaces(app, key)
+        .await
         .iter()
-        .map(|n| n["vector_count"].as_u64().unwrap_or(0))
+        .map(|n| n["vector_count"].as_u64().expect("a vector_count"))
         .sum()
+}
+
+/// The project's namespaces, as `GET /v1/namespaces` lists them.
+async fn namespaces(app: &TestApp, key: &str) -> Vec<Value> {
+    let (status, body) = app.data_call(0, Method::GET, "/v1/namespaces", key, None).await;
+    assert_eq!(status, 200, "{body}");
+    body["namespaces"].as_array().expect("namespaces").clone()
+}
+
+/// The ids of a search's matches, in order.
+fn match_ids(body: &Value) -> Vec<&str> {
+    body["matches"]
+        .as_array()
+        .unwrap_or_else(|| panic!("matches: {body}"))
+        .iter()
+        .map(|m| m["id"].as_str().expect("an id"))
+        .collect()
 }
 
 async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: TestApp) {
@@ -198,18 +225,29 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
     let good = json!({"id": "ok", "values": [1, 2, 3, 4]});
     let long_id = "x".repeat(513);
     let big_metadata = json!({"blob": "y".repeat(41 * 1024)});
+    // Each bad vector alone would be refused; each message names it by its index in
+    // the batch, and by its id when it has one as a string.
     let cases: Vec<(Value, &str)> = vec![
         (
             json!({"id": "sku-9", "values": [1, 2, 3]}),
-            "vector 1 (id \"sku-9\") has 3 values, the project's dimension is 4",
+            "has 3 values, the project's dimension is 4",
         ),
-        (json!({"id": 7, "values": [1, 2, 3, 4]}), "ids must be strings"),
-        (json!({"id": "", "values": [1, 2, 3, 4]}), "1 to 512 bytes"),
-        (json!({"id": long_id, "values": [1, 2, 3, 4]}), "1 to 512 bytes"),
+        (
+            json!({"id": 7, "values": [1, 2, 3, 4]}),
+            "has an id that is a number; ids must be strings",
+        ),
+        (
+            json!({"id": "", "values": [1, 2, 3, 4]}),
+            "has an id of 0 bytes; ids have 1 to 512 bytes",
+        ),
+        (
+            json!({"id": long_id, "values": [1, 2, 3, 4]}),
+            "has an id of 513 bytes; ids have 1 to 512 bytes",
+        ),
         (json!({"values": [1, 2, 3, 4]}), "has no id"),
         (json!({"id": "a"}), "has no values"),
         (json!({"id": "a", "values": [1, "2", 3, 4]}), "value 1 is a string"),
-        (json!({"id": "a", "values": [1, 2, 3, 1e39]}), "not a finite"),
+        (json!({"id": "a", "values": [1, 2, 3, 1e39]}), "value 3 is not a finite"),
         (
             json!({"id": "a", "values": [1, 2, 3, 1e5]}),
             "value 3 is 100000, beyond ±65504, the largest magnitude the index holds",
@@ -217,11 +255,11 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
         (json!({"id": "a", "values": [0, 0, 0, 0]}), "all zeros"),
         (
             json!({"id": "b64", "values": "AAAAAAAAAA=="}),
-            "vector 1 (id \"b64\") values are a string, which decodes to 7 bytes, not a whole number",
+            "values are a string, which decodes to 7 bytes, not a whole number",
         ),
         (
             json!({"id": "b64", "values": "AACAPwAAAEAAAEBA"}),
-            "vector 1 (id \"b64\") has 3 values, the project's dimension is 4",
+            "has 3 values, the project's dimension is 4",
         ),
         (
             json!({"id": "a", "values": [1, 2, 3, 4], "metadata": [1]}),
@@ -233,9 +271,9 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
         ),
         (
             json!({"id": "a", "values": [1, 2, 3, 4], "sparse": {}}),
-            "unknown field",
+            "unknown field \"sparse\"",
         ),
-        (json!("a string"), "must be an object"),
+        (json!("a string"), "must be an object with id and values, got a string"),
         // Postgres holds NUL in neither text nor JSON: refused on every store alike.
         (json!({"id": "a\0b", "values": [1, 2, 3, 4]}), "NUL character"),
         (
@@ -248,12 +286,33 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
         ),
     ];
     for (bad, needle) in cases {
-        let body = json!({"namespace": "ns", "vectors": [good.clone(), bad.clone()]});
-        let (status, response) = app
-            .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(body))
-            .await;
-        let message = assert_error(status, &response, 400, "VALIDATION_ERROR");
-        assert!(message.contains(needle), "{bad}: {message}");
+        // First, second and sixth of the batch, with good vectors before and after it:
+        // an index counted from 1, or from the wrong vector, names the wrong one.
+        for at in [0, 1, 5] {
+            let mut vectors: Vec<Value> = (0..at + 2)
+                .map(|j| json!({"id": format!("ok-{j}"), "values": [1, 2, 3, 4]}))
+                .collect();
+            vectors[at] = bad.clone();
+            let label = match bad["id"].as_str() {
+                Some(id) => format!("vector {at} (id \"{id}\") "),
+                None => format!("vector {at} "),
+            };
+            let body = json!({"namespace": "ns", "vectors": vectors});
+            let (status, response) = app
+                .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(body))
+                .await;
+            let message = assert_error(status, &response, 400, "VALIDATION_ERROR");
+            assert!(message.contains(needle), "{bad} at {at}: {message}");
+            assert!(
+                message.contains(&label),
+                "{bad} at {at}: the message names it as {label:?}: {message}"
+            );
+            assert_eq!(
+                namespaces(&app, &key).await,
+                Vec::<Value>::new(),
+                "{bad} at {at}: the refused batch wrote nothing, not even its namespace"
+            );
+        }
     }
     let too_many: Vec<Value> = (0..1001)
         .map(|i| json!({"id": format!("v{i}"), "values": [1, 2, 3, 4]}))
@@ -361,14 +420,16 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
 
 async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "euclidean").await;
-    app.data_call(
-        0,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        Some(json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]})),
-    )
-    .await;
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]})),
+        )
+        .await;
+    assert_eq!((status, &body["upserted_count"]), (200, &json!(1)), "{body}");
     for (body, needle) in [
         (
             json!({"namespace": "ns", "vector": [1, 2, 3], "top_k": 3}),
@@ -521,8 +582,56 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
             assert!(message.contains("8 MiB"), "{message}");
         } else {
             assert_eq!(status, expected, "{path}: {response}");
+            assert_eq!(response["upserted_count"], 1, "{response}");
         }
     }
+    assert_eq!(upsert_count(&app, &key).await, 2);
+    // An upsert reads at most 64 MiB: a body of exactly that is read; one byte more is
+    // a 413, and writes nothing, though the vector in it is a good one.
+    let cap = quiver_data_plane::MAX_BODY_BYTES;
+    assert_eq!(cap, 64 * 1024 * 1024, "docs/vector-api.md documents 64 MiB");
+    for (id, expected) in [("at-the-cap", 200), ("past-the-cap", 413)] {
+        let head = format!("{{\"namespace\": \"ns\", \"vectors\": [{{\"id\": \"{id}\", \"values\": [4, 3, 2, 1]}}]");
+        let length = if expected == 200 { cap } else { cap + 1 };
+        let mut body = Vec::with_capacity(length);
+        body.extend_from_slice(head.as_bytes());
+        body.resize(length - 1, b' ');
+        body.push(b'}');
+        assert_eq!(body.len(), length);
+        let response = app
+            .data_request(0, Method::POST, "/v1/vectors/upsert")
+            .header("x-api-key", &key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("answer");
+        let (status, response) = read(response).await;
+        if expected == 413 {
+            let message = assert_error(status, &response, 413, "PAYLOAD_TOO_LARGE");
+            assert!(message.contains("64 MiB"), "{message}");
+        } else {
+            assert_eq!((status, &response["upserted_count"]), (200, &json!(1)), "{response}");
+        }
+    }
+    assert_eq!(upsert_count(&app, &key).await, 3, "the body past the cap wrote nothing");
+    let (status, response) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "ns", "ids": ["at-the-cap", "past-the-cap"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(
+        response["vectors"]
+            .as_array()
+            .map(|v| v.iter().map(|v| v["id"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!("at-the-cap")]),
+        "{response}"
+    );
     let (status, response) = app
         .data_call(
             0,
@@ -535,12 +644,8 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
     assert_error(status, &response, 400, "VALIDATION_ERROR");
 }
 
-async fn idempotency_keys_replay_refuse_reuse_and_report_in_flight(app: TestApp) {
-    let Tenant {
-        readwrite: key,
-        project,
-        ..
-    } = app.tenant(4, "cosine").await;
+async fn idempotency_keys_replay_refuse_reuse_and_are_released_by_a_failure(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
     let body = r#"{"namespace":"ns","vectors":[{"id":"a","values":[1,2,3,4]}]}"#;
     let (status, first, _) = curl(
         &app,
@@ -565,62 +670,28 @@ async fn idempotency_keys_replay_refuse_reuse_and_report_in_flight(app: TestApp)
     assert_error(status, &response, 422, "UNPROCESSABLE");
     assert_eq!(upsert_count(&app, &key).await, 1, "the mismatched retry wrote nothing");
 
-    // A request still being processed elsewhere: the same key and body are claimed.
-    use sha2::Digest as _;
-    let hash = hex::encode(
-        sha2::Sha256::new()
-            .chain_update(b"upsert")
-            .chain_update([0])
-            .chain_update(other.as_bytes())
-            .finalize(),
-    );
-    let claimed = app
-        .store
-        .begin(
-            project.parse().expect("id"),
-            "k2",
-            &hash,
-            chrono::Duration::seconds(60),
-            chrono::Duration::hours(24),
-        )
-        .await
-        .expect("claim");
-    assert!(matches!(claimed, quiver_store::IdempotencyBegin::Started { .. }));
-    let (status, response, _) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        &[("x-idempotency-key", "k2")],
-        other,
-    )
-    .await;
-    assert_error(status, &response, 409, "CONFLICT");
-
     // A failed request releases its key: the corrected retry runs.
     let bad = r#"{"namespace":"ns","vectors":[{"id":"c","values":[1,2,3]}]}"#;
-    let (status, _, _) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        &[("x-idempotency-key", "k3")],
-        bad,
-    )
-    .await;
-    assert_eq!(status, 400);
-    let (status, _, _) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        &[("x-idempotency-key", "k3")],
-        bad,
-    )
-    .await;
-    assert_eq!(status, 400, "the same bad request fails again rather than replaying");
+    for attempt in ["the first", "the same bad request fails again rather than replaying"] {
+        let (status, body, headers) = curl(
+            &app,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            &[("x-idempotency-key", "k3")],
+            bad,
+        )
+        .await;
+        let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+        assert!(
+            message.contains("vector 0 (id \"c\") has 3 values, the project's dimension is 4"),
+            "{attempt}: {message}"
+        );
+        assert!(headers.get("idempotent-replayed").is_none(), "{attempt}");
+    }
+    assert_eq!(upsert_count(&app, &key).await, 1, "the bad requests wrote nothing");
     let fixed = r#"{"namespace":"ns","vectors":[{"id":"c","values":[1,2,3,4]}]}"#;
-    let (status, _, _) = curl(
+    let (status, body, _) = curl(
         &app,
         Method::POST,
         "/v1/vectors/upsert",
@@ -629,7 +700,19 @@ async fn idempotency_keys_replay_refuse_reuse_and_report_in_flight(app: TestApp)
         fixed,
     )
     .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["upserted_count"], 1, "{body}");
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "ns", "id": "c"})),
+        )
+        .await;
+    assert_eq!(status, 200, "the corrected retry wrote its vector: {body}");
+    assert_eq!(body["values"], json!([1.0, 2.0, 3.0, 4.0]), "{body}");
     // A key is one request of the project: the same key on update is refused, and
     // the update runs with a key of its own.
     let update = r#"{"namespace":"ns","id":"a","metadata":{"x":1}}"#;
@@ -657,7 +740,7 @@ async fn idempotency_keys_replay_refuse_reuse_and_report_in_flight(app: TestApp)
         body["metadata"].get("x").is_none(),
         "the refused update did not run: {body}"
     );
-    let (status, _, _) = curl(
+    let (status, body, _) = curl(
         &app,
         Method::POST,
         "/v1/vectors/update",
@@ -666,7 +749,287 @@ async fn idempotency_keys_replay_refuse_reuse_and_report_in_flight(app: TestApp)
         update,
     )
     .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((&body["updated"], &body["id"]), (&json!(true), &json!("a")), "{body}");
+    let (_, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/query",
+            &key,
+            Some(json!({"namespace": "ns", "id": "a"})),
+        )
+        .await;
+    assert_eq!(
+        body["metadata"],
+        json!({"x": 1}),
+        "the update with its own key ran: {body}"
+    );
+}
+
+/// Status, JSON body and headers of a response.
+async fn answer(response: reqwest::Response) -> (u16, Value, reqwest::header::HeaderMap) {
+    let headers = response.headers().clone();
+    let (status, body) = read(response).await;
+    (status, body, headers)
+}
+
+/// Two requests with one key, racing over HTTP: while the first is held inside its
+/// write (its key claimed, its transaction waiting on a lock another client holds),
+/// the second is a 409; the first then answers, and a retry after it is its replay.
+/// On Postgres only: [`TestApp::hold_writes`] on SQLite holds the database's one
+/// write lock, which the first request's claim of its key needs too, so there the
+/// first request cannot be held between its claim and its write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_while_the_first_request_runs_is_a_409_and_one_after_it_replays_it() {
+    use quiver_tests::app::WritesHeld;
+    let app = TestApp::start(Backend::Postgres).await;
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let body = r#"{"namespace":"race","vectors":[{"id":"a","values":[1,2,3,4]}]}"#;
+    let send = || {
+        app.data_request(0, Method::POST, "/v1/vectors/upsert")
+            .header("content-type", "application/json")
+            .header("x-api-key", &key)
+            .header("x-idempotency-key", "raced")
+            .body(body)
+            .send()
+    };
+
+    let mut held = app.hold_writes().await;
+    let first = tokio::spawn(send());
+    // The first request is in flight once its key is claimed and its write waits on
+    // the lock held here: both seen from the holding connection itself.
+    {
+        let WritesHeld::Postgres(connection) = &mut held else {
+            panic!("a Postgres app holds writes with a Postgres connection");
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE key = 'raced'")
+                .fetch_one(&mut *connection)
+                .await
+                .expect("count claims");
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                 WHERE NOT granted AND relation = 'namespaces'::regclass
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&mut *connection)
+            .await
+            .expect("count lock waiters");
+            if claimed == 1 && waiting >= 1 {
+                break;
+            }
+            assert!(
+                !first.is_finished(),
+                "the first request answered while writes were held"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first request never reached its write (claims {claimed}, waiters {waiting})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    let (status, response, headers) = answer(send().await.expect("answer")).await;
+    let message = assert_error(status, &response, 409, "CONFLICT");
+    assert!(
+        message.contains("\"raced\"") && message.contains("still being processed"),
+        "{message}"
+    );
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert!(!first.is_finished(), "the first request is still held");
+
+    held.release().await;
+    let (status, original, headers) = answer(first.await.expect("the first request's task").expect("answer")).await;
+    assert_eq!(status, 200, "{original}");
+    assert_eq!(
+        original,
+        json!({"upserted_count": 1, "namespace": "race", "seq": 1}),
+        "the conflicting retry did not run the write a second time"
+    );
+    assert!(headers.get("idempotent-replayed").is_none());
+
+    let (status, replay, headers) = answer(send().await.expect("answer")).await;
+    assert_eq!((status, &replay), (200, &original));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    let listed = namespaces(&app, &key).await;
+    assert_eq!(
+        (&listed[0]["name"], &listed[0]["vector_count"], &listed[0]["seq"]),
+        (&json!("race"), &json!(1), &json!(1)),
+        "one write in all: {listed:?}"
+    );
+}
+
+/// An update or a delete sent again with its key is answered as the first was, not
+/// run again: a delete run twice would answer `deleted_count: 0` the second time.
+async fn idempotent_updates_and_deletes_replay_their_first_answer(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "ns", "vectors": [
+                {"id": "a", "values": [1, 2, 3, 4], "metadata": {"n": 1}},
+                {"id": "b", "values": [4, 3, 2, 1], "metadata": {"n": 2}},
+            ]})),
+        )
+        .await;
+    assert_eq!((status, &body["seq"]), (200, &json!(1)), "{body}");
+    let fetch = |id: &str| json!({"namespace": "ns", "id": id});
+
+    for (method, path, first_body, other_body, expected) in [
+        (
+            Method::POST,
+            "/v1/vectors/update",
+            r#"{"namespace":"ns","id":"a","metadata":{"n":10}}"#,
+            r#"{"namespace":"ns","id":"b","metadata":{"n":20}}"#,
+            json!({"updated": true, "id": "a", "namespace": "ns", "seq": 2}),
+        ),
+        (
+            Method::DELETE,
+            "/v1/vectors/delete",
+            r#"{"namespace":"ns","id":"a"}"#,
+            r#"{"namespace":"ns","id":"b"}"#,
+            json!({"deleted_count": 1, "namespace": "ns", "seq": 3}),
+        ),
+    ] {
+        let idempotency_key = [("x-idempotency-key", path)];
+        let (status, first, headers) = curl(&app, method.clone(), path, &key, &idempotency_key, first_body).await;
+        assert_eq!((status, &first), (200, &expected), "{path}");
+        assert!(headers.get("idempotent-replayed").is_none(), "{path}");
+        // The retry: the stored answer, and the write not run again (no seq spent).
+        let (status, replay, headers) = curl(&app, method.clone(), path, &key, &idempotency_key, first_body).await;
+        assert_eq!((status, &replay), (200, &first), "{path}: a replay, not a second run");
+        assert_eq!(headers["idempotent-replayed"], "true", "{path}");
+        assert_eq!(
+            namespaces(&app, &key).await[0]["seq"],
+            expected["seq"],
+            "{path}: the replay wrote nothing"
+        );
+        // The same key with another body is refused, and does not run.
+        let (status, refused, _) = curl(&app, method.clone(), path, &key, &idempotency_key, other_body).await;
+        let message = assert_error(status, &refused, 422, "UNPROCESSABLE");
+        assert!(message.contains("another body or route"), "{path}: {message}");
+        assert_eq!(
+            namespaces(&app, &key).await[0]["seq"],
+            expected["seq"],
+            "{path}: the refused request wrote nothing"
+        );
+        let (status, b) = app
+            .data_call(0, Method::POST, "/v1/vectors/query", &key, Some(fetch("b")))
+            .await;
+        assert_eq!(
+            (status, &b["metadata"]),
+            (200, &json!({"n": 2})),
+            "{path}: b untouched by the refused request"
+        );
+    }
+    let (status, a) = app
+        .data_call(0, Method::POST, "/v1/vectors/query", &key, Some(fetch("a")))
+        .await;
+    assert_error(status, &a, 404, "NOT_FOUND");
+    assert_eq!(upsert_count(&app, &key).await, 1);
+}
+
+/// The edges of the documented limits: each is accepted at the limit and refused one
+/// past it. Ids and metadata are measured in bytes (metadata as JSON), not characters.
+async fn ids_metadata_top_k_and_batches_at_their_limits_are_accepted_and_one_past_refused(app: TestApp) {
+    let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let upsert = |vector: &Value| json!({"namespace": "edge", "vectors": [vector]});
+    let ascii = "x".repeat(512);
+    // 256 two-byte characters: 512 bytes, the most an id holds; 257 of them are 514
+    // bytes, refused though they are only 257 characters.
+    let accented = "é".repeat(256);
+    let too_long = "é".repeat(257);
+    assert_eq!((ascii.len(), accented.len(), too_long.len()), (512, 512, 514));
+    // Metadata is measured as the JSON of its object: `{"blob":"…"}` is the string's
+    // bytes and 11 more.
+    let cap = 40 * 1024;
+    let metadata_of = |bytes: usize| json!({"blob": "y".repeat(bytes - 11)});
+    assert_eq!(serde_json::to_vec(&metadata_of(cap)).expect("JSON").len(), cap);
+
+    for vector in [
+        json!({"id": ascii, "values": [1, 2, 3, 4], "metadata": {"kind": "ascii"}}),
+        json!({"id": accented, "values": [1, 2, 3, 5], "metadata": {"kind": "accented"}}),
+        json!({"id": "metadata-at-the-cap", "values": [1, 2, 3, 6], "metadata": metadata_of(cap)}),
+    ] {
+        let id = vector["id"].as_str().expect("an id");
+        let (status, body) = app
+            .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert(&vector)))
+            .await;
+        assert_eq!((status, &body["upserted_count"]), (200, &json!(1)), "{id}: {body}");
+        let (status, fetched) = app
+            .data_call(
+                0,
+                Method::POST,
+                "/v1/vectors/query",
+                &key,
+                Some(json!({"namespace": "edge", "id": id})),
+            )
+            .await;
+        assert_eq!(status, 200, "{id}: {fetched}");
+        assert_eq!(fetched["id"], vector["id"]);
+        assert_eq!(fetched["metadata"], vector["metadata"], "{id}");
+    }
+    for (vector, says) in [
+        (
+            json!({"id": too_long, "values": [1, 2, 3, 4]}),
+            format!("vector 0 (id \"{too_long}\") has an id of 514 bytes; ids have 1 to 512 bytes"),
+        ),
+        (
+            json!({"id": "metadata-past-the-cap", "values": [1, 2, 3, 4], "metadata": metadata_of(cap + 1)}),
+            format!(
+                "vector 0 (id \"metadata-past-the-cap\") has {} bytes of metadata; the limit is {cap}",
+                cap + 1
+            ),
+        ),
+    ] {
+        let (status, body) = app
+            .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert(&vector)))
+            .await;
+        let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
+        assert!(message.contains(&says), "{message}");
+    }
+    assert_eq!(upsert_count(&app, &key).await, 3, "the refused vectors wrote nothing");
+
+    // A batch of the plan's 1,000 vectors is taken whole, and a search's top_k of 1,000
+    // answers 1,000 distinct records.
+    let batch: Vec<Value> = (0..1000)
+        .map(|i| json!({"id": format!("n{i:04}"), "values": [100.0, (i % 10) as f64, (i / 10 % 10) as f64, (i / 100) as f64]}))
+        .collect();
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "edge", "vectors": batch})),
+        )
+        .await;
+    assert_eq!((status, &body["upserted_count"]), (200, &json!(1000)), "{body}");
+    assert_eq!(upsert_count(&app, &key).await, 1003);
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &key,
+            Some(json!({"namespace": "edge", "vector": [1, 2, 3, 4], "top_k": 1000, "include_metadata": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ids = match_ids(&body);
+    let distinct: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(
+        (ids.len(), distinct.len()),
+        (1000, 1000),
+        "top_k 1000 gives 1000 distinct matches"
+    );
+    assert_eq!(ids[0], ascii, "the exact match first");
 }
 
 async fn filters_narrow_searches_and_deletes(app: TestApp) {
@@ -871,11 +1234,12 @@ async fn scopes_and_tenancy_hold_on_every_route(app: TestApp) {
         let (status, response) = app.data_call(0, method, path, &alice.readonly, Some(body)).await;
         assert_error(status, &response, 403, "FORBIDDEN");
     }
-    let (status, _) = app
+    let (status, body) = app
         .data_call(0, Method::POST, "/v1/vectors/upsert", &alice.readwrite, Some(upsert))
         .await;
-    assert_eq!(status, 200);
-    let (status, _) = app
+    assert_eq!((status, &body["upserted_count"]), (200, &json!(1)), "{body}");
+    // The read-only key reads what the read-write key wrote.
+    let (status, body) = app
         .data_call(
             0,
             Method::POST,
@@ -884,7 +1248,9 @@ async fn scopes_and_tenancy_hold_on_every_route(app: TestApp) {
             Some(json!({"namespace": "private", "vector": [1, 2, 3, 4]})),
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(match_ids(&body), ["a"], "{body}");
+    assert_eq!(body["matches"][0]["metadata"], json!({"owner": "alice"}), "{body}");
 
     // Bob's admin key names alice's namespace: it is not there for him.
     for (path, method, body) in [
@@ -938,14 +1304,16 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
     let vectors: Vec<Value> = (0..25)
         .map(|i| json!({"id": format!("doc#{i:02}"), "values": [1.0, i as f64]}))
         .collect();
-    app.data_call(
-        0,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        Some(json!({"namespace": "l", "vectors": vectors})),
-    )
-    .await;
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "l", "vectors": vectors})),
+        )
+        .await;
+    assert_eq!((status, &body["upserted_count"]), (200, &json!(25)), "{body}");
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -1174,63 +1542,86 @@ async fn writes_on_one_pod_are_seen_by_another() {
     let app = TestApp::cluster(2).await;
     let key = app.tenant(4, "cosine").await.readwrite;
     let search = json!({"namespace": "shared", "vector": [1, 0, 0, 0], "top_k": 5, "consistency": "strong"});
-    app.data_call(
-        0,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        Some(json!({"namespace": "shared", "vectors": [{"id": "a", "values": [1, 0, 0, 0]}]})),
-    )
-    .await;
-    let (_, body) = app
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "shared", "vectors": [{"id": "a", "values": [1, 0, 0, 0]}]})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["upserted_count"], &body["seq"]),
+        (200, &json!(1), &json!(1)),
+        "{body}"
+    );
+    let (status, body) = app
         .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
         .await;
-    assert_eq!(
-        body["matches"].as_array().map(Vec::len),
-        Some(1),
-        "pod 1 loads the index from the store"
-    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(match_ids(&body), ["a"], "pod 1 loads the index from the store: {body}");
+    assert_eq!(body["seq"], 1, "{body}");
 
-    app.data_call(
-        0,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        Some(json!({"namespace": "shared", "vectors": [{"id": "b", "values": [0.9, 0.1, 0, 0]}]})),
-    )
-    .await;
-    let (_, body) = app
-        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search))
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            Some(json!({"namespace": "shared", "vectors": [{"id": "b", "values": [0.9, 0.1, 0, 0]}]})),
+        )
         .await;
     assert_eq!(
-        body["matches"].as_array().map(Vec::len),
-        Some(2),
-        "a strong read catches up at once"
+        (status, &body["upserted_count"], &body["seq"]),
+        (200, &json!(1), &json!(2)),
+        "{body}"
     );
+    let (status, body) = app
+        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(match_ids(&body), ["a", "b"], "a strong read catches up at once: {body}");
+    assert_eq!(body["seq"], 2, "{body}");
 
-    app.data_call(
-        0,
-        Method::DELETE,
-        "/v1/vectors/delete",
-        &key,
-        Some(json!({"namespace": "shared", "id": "a"})),
-    )
-    .await;
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::DELETE,
+            "/v1/vectors/delete",
+            &key,
+            Some(json!({"namespace": "shared", "id": "a"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["deleted_count"], &body["seq"]),
+        (200, &json!(1), &json!(3)),
+        "{body}"
+    );
+    // An eventual read on pod 1 serves the delete once the bus brings it word: the
+    // `seq` a search reports says when it has. Its 30 s background check would bring
+    // it too, so the wait stays well under that, and is no measure of speed.
     let eventual = json!({"namespace": "shared", "vector": [1, 0, 0, 0], "top_k": 5});
-    let started = std::time::Instant::now();
-    loop {
-        let (_, body) = app
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = app
             .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(eventual.clone()))
             .await;
-        if body["matches"].as_array().map(Vec::len) == Some(1) {
-            break;
+        assert_eq!(status, 200, "{body}");
+        if body["seq"].as_i64() >= Some(3) {
+            break body;
         }
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
+            std::time::Instant::now() < deadline,
             "pod 1 did not hear of the delete: {body}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    };
+    assert_eq!(
+        match_ids(&body),
+        ["b"],
+        "pod 1 no longer finds the deleted vector: {body}"
+    );
 }
 
 /// A pod that heard of writes it has not applied, and cannot reach the records store
@@ -1356,11 +1747,18 @@ async fn recall_at_10_is_at_least_095_with_and_without_a_selective_filter() {
                 .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(body))
                 .await;
             assert_eq!(status, 200, "query {q}: {response}");
-            let got = response["matches"].as_array().expect("matches");
-            hits += got
-                .iter()
-                .filter(|m| expected.contains(m["id"].as_str().expect("id")))
-                .count();
+            let got = match_ids(&response);
+            let distinct: std::collections::HashSet<&str> = got.iter().copied().collect();
+            assert_eq!(
+                (got.len(), distinct.len()),
+                (10, 10),
+                "query {q} (filtered: {filtered}) gives 10 distinct matches: {got:?}"
+            );
+            assert!(
+                got.iter().all(|id| passes(filtered, id.parse().expect("a numeric id"))),
+                "query {q} (filtered: {filtered}): every match passes the filter: {got:?}"
+            );
+            hits += got.iter().filter(|id| expected.contains(**id)).count();
             total += expected.len();
         }
         let recall = hits as f64 / total as f64;
@@ -1385,11 +1783,15 @@ async fn expired_idempotency_keys_are_deleted_in_the_background(app: TestApp) {
             .begin(project, key, "h", Duration::seconds(30), ttl)
             .await
             .expect("begin");
+        let quiver_store::IdempotencyBegin::Started { claim, .. } = begun else {
+            panic!("expected a start, got {begun:?}");
+        };
         assert!(
-            matches!(begun, quiver_store::IdempotencyBegin::Started { .. }),
-            "{begun:?}"
+            app.store
+                .complete(project, key, claim, &answer)
+                .await
+                .expect("complete")
         );
-        app.store.complete(project, key, &answer).await.expect("complete");
     }
     quiver_data_plane::spawn_housekeeping(
         std::sync::Arc::downgrade(&app.store),
@@ -1448,12 +1850,15 @@ async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(
     } = app.tenant(4, "cosine").await;
     let upsert = json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]});
     let search = json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 1});
-    app.data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert.clone()))
+    let (status, body) = app
+        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert.clone()))
         .await;
-    let (status, _) = app
+    assert_eq!((status, &body["upserted_count"]), (200, &json!(1)), "{body}");
+    let (status, body) = app
         .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
         .await;
-    assert_eq!(status, 200, "the index is loaded and the key cached");
+    assert_eq!(status, 200, "the index is loaded and the key cached: {body}");
+    assert_eq!(match_ids(&body), ["a"], "{body}");
 
     // Every connection to the records store goes away.
     app.store.close().await;
