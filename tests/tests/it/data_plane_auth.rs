@@ -255,7 +255,9 @@ async fn revoked_keys_are_refused_at_once(app: TestApp) {
 async fn expired_keys_are_refused(app: TestApp) {
     let session = app.signup().await;
     let project = app.project(&session).await;
-    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    // Long enough for the key's creation and first check (two argon2 hashes, slow on
+    // a loaded machine) to come before it.
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(5);
     let (status, created) = app
         .control_call(
             Method::POST,
@@ -267,7 +269,8 @@ async fn expired_keys_are_refused(app: TestApp) {
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().expect("key").to_owned();
     assert_eq!(list(&app, 0, &key).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let past = (expires - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(100);
+    tokio::time::sleep(past).await;
     let (status, body) = list(&app, 0, &key).await;
     let message = assert_error(status, &body, 401, "UNAUTHORIZED");
     assert!(message.contains("expired"), "{message}");

@@ -8,6 +8,7 @@ mod data_plane_auth;
 mod documents;
 mod index_memory;
 mod limits;
+mod migrations;
 mod openapi;
 mod snapshots;
 mod store_conformance;
