@@ -24,14 +24,15 @@ on_both_backends!(
     with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503,
 );
 
-/// Sends a request the way the page's curl does: raw JSON text and these headers.
+/// Sends a request the way the page's curl does: the body's bytes as they are, as
+/// JSON, with these headers.
 async fn curl(
     app: &TestApp,
     method: Method,
     path: &str,
     key: &str,
     extra: &[(&str, &str)],
-    body: &str,
+    body: impl Into<reqwest::Body>,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
     let mut request = app
         .data_request(0, method, path)
@@ -40,10 +41,61 @@ async fn curl(
     for (name, value) in extra {
         request = request.header(*name, *value);
     }
-    let response = request.body(body.to_owned()).send().await.expect("answer");
+    answer(request.body(body).send().await.expect("answer")).await
+}
+
+/// Status, JSON body and headers of a response.
+async fn answer(response: reqwest::Response) -> (u16, Value, reqwest::header::HeaderMap) {
     let headers = response.headers().clone();
     let (status, body) = read(response).await;
     (status, body, headers)
+}
+
+/// The vector routes of one pod, called with one key. Each call sends its body as
+/// JSON and answers the status and the JSON body.
+struct VectorApi<'a> {
+    app: &'a TestApp,
+    pod: usize,
+    key: &'a str,
+}
+
+impl<'a> VectorApi<'a> {
+    /// Pod 0's routes, with `key`.
+    fn new(app: &'a TestApp, key: &'a str) -> Self {
+        Self::on_pod(app, 0, key)
+    }
+
+    fn on_pod(app: &'a TestApp, pod: usize, key: &'a str) -> Self {
+        Self { app, pod, key }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Value) -> (u16, Value) {
+        self.app.data_call(self.pod, method, path, self.key, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.app.data_call(self.pod, Method::GET, path, self.key, None).await
+    }
+
+    async fn upsert(&self, body: Value) -> (u16, Value) {
+        self.send(Method::POST, "/v1/vectors/upsert", body).await
+    }
+
+    async fn search(&self, body: Value) -> (u16, Value) {
+        self.send(Method::POST, "/v1/vectors/search", body).await
+    }
+
+    async fn query(&self, body: Value) -> (u16, Value) {
+        self.send(Method::POST, "/v1/vectors/query", body).await
+    }
+
+    async fn update(&self, body: Value) -> (u16, Value) {
+        self.send(Method::POST, "/v1/vectors/update", body).await
+    }
+
+    async fn delete(&self, body: Value) -> (u16, Value) {
+        self.send(Method::DELETE, "/v1/vectors/delete", body).await
+    }
 }
 
 const UPSERT: &str = r#"{
@@ -70,31 +122,16 @@ const UPSERT: &str = r#"{
 
 async fn every_request_of_the_page_works_as_written(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let batch_001 = [("x-idempotency-key", "upsert-batch-001")];
 
-    let (status, body, headers) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        &[("x-idempotency-key", "upsert-batch-001")],
-        UPSERT,
-    )
-    .await;
+    let (status, body, headers) = curl(&app, Method::POST, "/v1/vectors/upsert", &key, &batch_001, UPSERT).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["upserted_count"], 2);
     assert_eq!(body["namespace"], "products");
     assert_eq!(body["seq"], 1);
     assert!(headers.get("idempotent-replayed").is_none());
     // The same retry is replayed, not re-run.
-    let (status, replay, headers) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        &[("x-idempotency-key", "upsert-batch-001")],
-        UPSERT,
-    )
-    .await;
+    let (status, replay, headers) = curl(&app, Method::POST, "/v1/vectors/upsert", &key, &batch_001, UPSERT).await;
     assert_eq!((status, &replay), (200, &body));
     assert_eq!(headers["idempotent-replayed"], "true");
 
@@ -222,6 +259,7 @@ fn match_ids(body: &Value) -> Vec<&str> {
 
 async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let api = VectorApi::new(&app, &key);
     let good = json!({"id": "ok", "values": [1, 2, 3, 4]});
     let long_id = "x".repeat(513);
     let big_metadata = json!({"blob": "y".repeat(41 * 1024)});
@@ -298,9 +336,7 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
                 None => format!("vector {at} "),
             };
             let body = json!({"namespace": "ns", "vectors": vectors});
-            let (status, response) = app
-                .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(body))
-                .await;
+            let (status, response) = api.upsert(body).await;
             let message = assert_error(status, &response, 400, "VALIDATION_ERROR");
             assert!(message.contains(needle), "{bad} at {at}: {message}");
             assert!(
@@ -317,99 +353,35 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
     let too_many: Vec<Value> = (0..1001)
         .map(|i| json!({"id": format!("v{i}"), "values": [1, 2, 3, 4]}))
         .collect();
-    let (status, response) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"vectors": too_many})),
-        )
-        .await;
+    let (status, response) = api.upsert(json!({"vectors": too_many})).await;
     let message = assert_error(status, &response, 400, "VALIDATION_ERROR");
     assert!(message.contains("1001") && message.contains("1000"), "{message}");
-    let (status, response) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"vectors": []})),
-        )
-        .await;
+    let (status, response) = api.upsert(json!({"vectors": []})).await;
     assert_error(status, &response, 400, "VALIDATION_ERROR");
-    let (status, response) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "ns"})),
-        )
-        .await;
+    let (status, response) = api.upsert(json!({"namespace": "ns"})).await;
     assert_error(status, &response, 400, "VALIDATION_ERROR");
     let (status, response, _) = curl(&app, Method::POST, "/v1/vectors/upsert", &key, &[], "{\"vectors\": [").await;
     let message = assert_error(status, &response, 400, "VALIDATION_ERROR");
     assert!(message.contains("not valid JSON"), "{message}");
-    let (status, response) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "", "vectors": [good.clone()]})),
-        )
-        .await;
+    let (status, response) = api.upsert(json!({"namespace": "", "vectors": [good.clone()]})).await;
     assert_error(status, &response, 400, "VALIDATION_ERROR");
 
     assert_eq!(upsert_count(&app, &key).await, 0, "no refused batch wrote anything");
-    let (status, _) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "ns", "vectors": [good]})),
-        )
-        .await;
+    let (status, _) = api.upsert(json!({"namespace": "ns", "vectors": [good]})).await;
     assert_eq!(status, 200);
     assert_eq!(upsert_count(&app, &key).await, 1);
 
     // Updates merge metadata: each under the cap, together past it, is refused whole.
     let update = |key_name: &str, values: [f32; 4]| json!({"namespace": "ns", "id": "ok", "metadata": {key_name: "z".repeat(30 * 1024)}, "values": values});
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/update",
-            &key,
-            Some(update("first", [4.0, 3.0, 2.0, 1.0])),
-        )
-        .await;
+    let (status, body) = api.update(update("first", [4.0, 3.0, 2.0, 1.0])).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/update",
-            &key,
-            Some(update("second", [9.0, 9.0, 9.0, 9.0])),
-        )
-        .await;
+    let (status, body) = api.update(update("second", [9.0, 9.0, 9.0, 9.0])).await;
     let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
     assert!(
         message.contains("bytes of metadata") && message.contains("40960"),
         "{message}"
     );
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "ns", "id": "ok"})),
-        )
-        .await;
+    let (_, body) = api.query(json!({"namespace": "ns", "id": "ok"})).await;
     assert!(body["metadata"].get("second").is_none(), "{body}");
     assert_eq!(
         body["values"],
@@ -420,14 +392,9 @@ async fn bad_vectors_are_refused_naming_the_vector_and_nothing_is_written(app: T
 
 async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "euclidean").await;
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]})),
-        )
+    let api = VectorApi::new(&app, &key);
+    let (status, body) = api
+        .upsert(json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]}))
         .await;
     assert_eq!((status, &body["upserted_count"]), (200, &json!(1)), "{body}");
     for (body, needle) in [
@@ -475,9 +442,7 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
             "more than 10000 values",
         ),
     ] {
-        let (status, response) = app
-            .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(body.clone()))
-            .await;
+        let (status, response) = api.search(body.clone()).await;
         assert_error(status, &response, 400, "VALIDATION_ERROR");
         assert!(response["error"].to_string().contains(needle), "{body}: {response}");
     }
@@ -495,15 +460,7 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
             r#"{"namespace": "ns", "filter": {"$or": [{"a": 1}], "$or": [{"b": 2}]}}"#,
         ),
     ] {
-        let answer = app
-            .data_request(0, method, path)
-            .header("x-api-key", &key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("answer");
-        let (status, response) = read(answer).await;
+        let (status, response, _) = curl(&app, method, path, &key, &[], body).await;
         assert_error(status, &response, 400, "VALIDATION_ERROR");
         assert!(
             response["error"].to_string().contains("appears twice"),
@@ -542,7 +499,7 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
             json!({"namespace": "ns", "id": "missing", "metadata": {"x": 1}}),
         ),
     ] {
-        let (status, response) = app.data_call(0, method, path, &key, Some(body.clone())).await;
+        let (status, response) = api.send(method, path, body.clone()).await;
         let message = assert_error(status, &response, 404, "NOT_FOUND");
         let missing = if body["namespace"] == "nope" {
             "namespace \"nope\" does not exist"
@@ -551,7 +508,7 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
         };
         assert!(message.contains(missing), "{path} {body}: {message}");
     }
-    let (status, response) = app.data_call(0, Method::GET, "/v1/vectors/nowhere", &key, None).await;
+    let (status, response) = api.get("/v1/vectors/nowhere").await;
     assert_error(status, &response, 404, "NOT_FOUND");
     // A search reads at most 8 MiB; an upsert, a batch, up to 64 MiB. JSON's own
     // whitespace pads the bodies past 8 MiB.
@@ -568,15 +525,7 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
             200,
         ),
     ] {
-        let response = app
-            .data_request(0, Method::POST, path)
-            .header("x-api-key", &key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("answer");
-        let (status, response) = read(response).await;
+        let (status, response, _) = curl(&app, Method::POST, path, &key, &[], body).await;
         if expected == 413 {
             let message = assert_error(status, &response, 413, "PAYLOAD_TOO_LARGE");
             assert!(message.contains("8 MiB"), "{message}");
@@ -598,15 +547,7 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
         body.resize(length - 1, b' ');
         body.push(b'}');
         assert_eq!(body.len(), length);
-        let response = app
-            .data_request(0, Method::POST, "/v1/vectors/upsert")
-            .header("x-api-key", &key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("answer");
-        let (status, response) = read(response).await;
+        let (status, response, _) = curl(&app, Method::POST, "/v1/vectors/upsert", &key, &[], body).await;
         if expected == 413 {
             let message = assert_error(status, &response, 413, "PAYLOAD_TOO_LARGE");
             assert!(message.contains("64 MiB"), "{message}");
@@ -615,14 +556,8 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
         }
     }
     assert_eq!(upsert_count(&app, &key).await, 3, "the body past the cap wrote nothing");
-    let (status, response) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "ns", "ids": ["at-the-cap", "past-the-cap"]})),
-        )
+    let (status, response) = api
+        .query(json!({"namespace": "ns", "ids": ["at-the-cap", "past-the-cap"]}))
         .await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(
@@ -632,56 +567,27 @@ async fn bad_searches_and_unknown_namespaces_are_4xx(app: TestApp) {
         Some(vec![json!("at-the-cap")]),
         "{response}"
     );
-    let (status, response) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/update",
-            &key,
-            Some(json!({"namespace": "ns", "id": "a"})),
-        )
-        .await;
+    let (status, response) = api.update(json!({"namespace": "ns", "id": "a"})).await;
     assert_error(status, &response, 400, "VALIDATION_ERROR");
 }
 
 async fn idempotency_keys_replay_refuse_reuse_and_are_released_by_a_failure(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let api = VectorApi::new(&app, &key);
+    // The header of each idempotency key the test sends.
+    let [k1, k3, k4] = ["k1", "k3", "k4"].map(|k| [("x-idempotency-key", k)]);
     let body = r#"{"namespace":"ns","vectors":[{"id":"a","values":[1,2,3,4]}]}"#;
-    let (status, first, _) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        &[("x-idempotency-key", "k1")],
-        body,
-    )
-    .await;
+    let (status, first, _) = curl(&app, Method::POST, "/v1/vectors/upsert", &key, &k1, body).await;
     assert_eq!(status, 200, "{first}");
     let other = r#"{"namespace":"ns","vectors":[{"id":"b","values":[1,2,3,4]}]}"#;
-    let (status, response, _) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        &[("x-idempotency-key", "k1")],
-        other,
-    )
-    .await;
+    let (status, response, _) = curl(&app, Method::POST, "/v1/vectors/upsert", &key, &k1, other).await;
     assert_error(status, &response, 422, "UNPROCESSABLE");
     assert_eq!(upsert_count(&app, &key).await, 1, "the mismatched retry wrote nothing");
 
     // A failed request releases its key: the corrected retry runs.
     let bad = r#"{"namespace":"ns","vectors":[{"id":"c","values":[1,2,3]}]}"#;
     for attempt in ["the first", "the same bad request fails again rather than replaying"] {
-        let (status, body, headers) = curl(
-            &app,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            &[("x-idempotency-key", "k3")],
-            bad,
-        )
-        .await;
+        let (status, body, headers) = curl(&app, Method::POST, "/v1/vectors/upsert", &key, &k3, bad).await;
         let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
         assert!(
             message.contains("vector 0 (id \"c\") has 3 values, the project's dimension is 4"),
@@ -691,87 +597,32 @@ async fn idempotency_keys_replay_refuse_reuse_and_are_released_by_a_failure(app:
     }
     assert_eq!(upsert_count(&app, &key).await, 1, "the bad requests wrote nothing");
     let fixed = r#"{"namespace":"ns","vectors":[{"id":"c","values":[1,2,3,4]}]}"#;
-    let (status, body, _) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/upsert",
-        &key,
-        &[("x-idempotency-key", "k3")],
-        fixed,
-    )
-    .await;
+    let (status, body, _) = curl(&app, Method::POST, "/v1/vectors/upsert", &key, &k3, fixed).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["upserted_count"], 1, "{body}");
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "ns", "id": "c"})),
-        )
-        .await;
+    let (status, body) = api.query(json!({"namespace": "ns", "id": "c"})).await;
     assert_eq!(status, 200, "the corrected retry wrote its vector: {body}");
     assert_eq!(body["values"], json!([1.0, 2.0, 3.0, 4.0]), "{body}");
     // A key is one request of the project: the same key on update is refused, and
     // the update runs with a key of its own.
     let update = r#"{"namespace":"ns","id":"a","metadata":{"x":1}}"#;
-    let (status, body, _) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/update",
-        &key,
-        &[("x-idempotency-key", "k1")],
-        update,
-    )
-    .await;
+    let (status, body, _) = curl(&app, Method::POST, "/v1/vectors/update", &key, &k1, update).await;
     let message = assert_error(status, &body, 422, "UNPROCESSABLE");
     assert!(message.contains("another body or route"), "{message}");
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "ns", "id": "a"})),
-        )
-        .await;
+    let (_, body) = api.query(json!({"namespace": "ns", "id": "a"})).await;
     assert!(
         body["metadata"].get("x").is_none(),
         "the refused update did not run: {body}"
     );
-    let (status, body, _) = curl(
-        &app,
-        Method::POST,
-        "/v1/vectors/update",
-        &key,
-        &[("x-idempotency-key", "k4")],
-        update,
-    )
-    .await;
+    let (status, body, _) = curl(&app, Method::POST, "/v1/vectors/update", &key, &k4, update).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!((&body["updated"], &body["id"]), (&json!(true), &json!("a")), "{body}");
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "ns", "id": "a"})),
-        )
-        .await;
+    let (_, body) = api.query(json!({"namespace": "ns", "id": "a"})).await;
     assert_eq!(
         body["metadata"],
         json!({"x": 1}),
         "the update with its own key ran: {body}"
     );
-}
-
-/// Status, JSON body and headers of a response.
-async fn answer(response: reqwest::Response) -> (u16, Value, reqwest::header::HeaderMap) {
-    let headers = response.headers().clone();
-    let (status, body) = read(response).await;
-    (status, body, headers)
 }
 
 /// Two requests with one key, racing over HTTP: while the first is held inside its
@@ -866,17 +717,12 @@ async fn a_retry_while_the_first_request_runs_is_a_409_and_one_after_it_replays_
 /// run again: a delete run twice would answer `deleted_count: 0` the second time.
 async fn idempotent_updates_and_deletes_replay_their_first_answer(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "ns", "vectors": [
-                {"id": "a", "values": [1, 2, 3, 4], "metadata": {"n": 1}},
-                {"id": "b", "values": [4, 3, 2, 1], "metadata": {"n": 2}},
-            ]})),
-        )
+    let api = VectorApi::new(&app, &key);
+    let (status, body) = api
+        .upsert(json!({"namespace": "ns", "vectors": [
+            {"id": "a", "values": [1, 2, 3, 4], "metadata": {"n": 1}},
+            {"id": "b", "values": [4, 3, 2, 1], "metadata": {"n": 2}},
+        ]}))
         .await;
     assert_eq!((status, &body["seq"]), (200, &json!(1)), "{body}");
     let fetch = |id: &str| json!({"namespace": "ns", "id": id});
@@ -919,18 +765,14 @@ async fn idempotent_updates_and_deletes_replay_their_first_answer(app: TestApp) 
             expected["seq"],
             "{path}: the refused request wrote nothing"
         );
-        let (status, b) = app
-            .data_call(0, Method::POST, "/v1/vectors/query", &key, Some(fetch("b")))
-            .await;
+        let (status, b) = api.query(fetch("b")).await;
         assert_eq!(
             (status, &b["metadata"]),
             (200, &json!({"n": 2})),
             "{path}: b untouched by the refused request"
         );
     }
-    let (status, a) = app
-        .data_call(0, Method::POST, "/v1/vectors/query", &key, Some(fetch("a")))
-        .await;
+    let (status, a) = api.query(fetch("a")).await;
     assert_error(status, &a, 404, "NOT_FOUND");
     assert_eq!(upsert_count(&app, &key).await, 1);
 }
@@ -939,6 +781,7 @@ async fn idempotent_updates_and_deletes_replay_their_first_answer(app: TestApp) 
 /// past it. Ids and metadata are measured in bytes (metadata as JSON), not characters.
 async fn ids_metadata_top_k_and_batches_at_their_limits_are_accepted_and_one_past_refused(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let api = VectorApi::new(&app, &key);
     let upsert = |vector: &Value| json!({"namespace": "edge", "vectors": [vector]});
     let ascii = "x".repeat(512);
     // 256 two-byte characters: 512 bytes, the most an id holds; 257 of them are 514
@@ -958,19 +801,9 @@ async fn ids_metadata_top_k_and_batches_at_their_limits_are_accepted_and_one_pas
         json!({"id": "metadata-at-the-cap", "values": [1, 2, 3, 6], "metadata": metadata_of(cap)}),
     ] {
         let id = vector["id"].as_str().expect("an id");
-        let (status, body) = app
-            .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert(&vector)))
-            .await;
+        let (status, body) = api.upsert(upsert(&vector)).await;
         assert_eq!((status, &body["upserted_count"]), (200, &json!(1)), "{id}: {body}");
-        let (status, fetched) = app
-            .data_call(
-                0,
-                Method::POST,
-                "/v1/vectors/query",
-                &key,
-                Some(json!({"namespace": "edge", "id": id})),
-            )
-            .await;
+        let (status, fetched) = api.query(json!({"namespace": "edge", "id": id})).await;
         assert_eq!(status, 200, "{id}: {fetched}");
         assert_eq!(fetched["id"], vector["id"]);
         assert_eq!(fetched["metadata"], vector["metadata"], "{id}");
@@ -988,9 +821,7 @@ async fn ids_metadata_top_k_and_batches_at_their_limits_are_accepted_and_one_pas
             ),
         ),
     ] {
-        let (status, body) = app
-            .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert(&vector)))
-            .await;
+        let (status, body) = api.upsert(upsert(&vector)).await;
         let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
         assert!(message.contains(&says), "{message}");
     }
@@ -1001,25 +832,11 @@ async fn ids_metadata_top_k_and_batches_at_their_limits_are_accepted_and_one_pas
     let batch: Vec<Value> = (0..1000)
         .map(|i| json!({"id": format!("n{i:04}"), "values": [100.0, (i % 10) as f64, (i / 10 % 10) as f64, (i / 100) as f64]}))
         .collect();
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "edge", "vectors": batch})),
-        )
-        .await;
+    let (status, body) = api.upsert(json!({"namespace": "edge", "vectors": batch})).await;
     assert_eq!((status, &body["upserted_count"]), (200, &json!(1000)), "{body}");
     assert_eq!(upsert_count(&app, &key).await, 1003);
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &key,
-            Some(json!({"namespace": "edge", "vector": [1, 2, 3, 4], "top_k": 1000, "include_metadata": false})),
-        )
+    let (status, body) = api
+        .search(json!({"namespace": "edge", "vector": [1, 2, 3, 4], "top_k": 1000, "include_metadata": false}))
         .await;
     assert_eq!(status, 200, "{body}");
     let ids = match_ids(&body);
@@ -1034,6 +851,7 @@ async fn ids_metadata_top_k_and_batches_at_their_limits_are_accepted_and_one_pas
 
 async fn filters_narrow_searches_and_deletes(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(2, "euclidean").await;
+    let api = VectorApi::new(&app, &key);
     let vectors: Vec<Value> = (0..60)
         .map(|i| {
             let color = ["red", "green", "blue"][i % 3];
@@ -1045,99 +863,31 @@ async fn filters_narrow_searches_and_deletes(app: TestApp) {
             })
         })
         .collect();
-    let (status, _) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "f", "vectors": vectors})),
-        )
-        .await;
+    let (status, _) = api.upsert(json!({"namespace": "f", "vectors": vectors})).await;
     assert_eq!(status, 200);
     let search = |filter: Value, k: u32| json!({"namespace": "f", "vector": [0.0, 0.0], "top_k": k, "filter": filter});
-    let ids = |body: &Value| -> Vec<String> {
-        body["matches"]
-            .as_array()
-            .expect("matches")
-            .iter()
-            .map(|m| m["id"].as_str().expect("id").to_owned())
-            .collect()
-    };
 
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &key,
-            Some(search(json!({"color": "blue"}), 3)),
-        )
+    let (_, body) = api.search(search(json!({"color": "blue"}), 3)).await;
+    assert_eq!(match_ids(&body), ["v2", "v5", "v8"]);
+    let (_, body) = api.search(search(json!({"size": {"$gte": 10, "$lt": 13}}), 10)).await;
+    assert_eq!(match_ids(&body), ["v10", "v11", "v12"]);
+    let (_, body) = api
+        .search(search(json!({"$or": [{"tags": "round"}, {"size": 1}]}), 3))
         .await;
-    assert_eq!(ids(&body), ["v2", "v5", "v8"]);
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &key,
-            Some(search(json!({"size": {"$gte": 10, "$lt": 13}}), 10)),
-        )
+    assert_eq!(match_ids(&body), ["v0", "v1", "v10"]);
+    let (_, body) = api
+        .search(search(
+            json!({"color": {"$nin": ["red", "green"]}, "size": {"$gt": 50}}),
+            10,
+        ))
         .await;
-    assert_eq!(ids(&body), ["v10", "v11", "v12"]);
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &key,
-            Some(search(json!({"$or": [{"tags": "round"}, {"size": 1}]}), 3)),
-        )
-        .await;
-    assert_eq!(ids(&body), ["v0", "v1", "v10"]);
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &key,
-            Some(search(
-                json!({"color": {"$nin": ["red", "green"]}, "size": {"$gt": 50}}),
-                10,
-            )),
-        )
-        .await;
-    assert_eq!(ids(&body), ["v53", "v56", "v59"]);
+    assert_eq!(match_ids(&body), ["v53", "v56", "v59"]);
 
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::DELETE,
-            "/v1/vectors/delete",
-            &key,
-            Some(json!({"namespace": "f", "filter": {"color": "red"}})),
-        )
-        .await;
+    let (status, body) = api.delete(json!({"namespace": "f", "filter": {"color": "red"}})).await;
     assert_eq!((status, body["deleted_count"].clone()), (200, json!(20)), "{body}");
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &key,
-            Some(search(json!({"color": "red"}), 5)),
-        )
-        .await;
-    assert_eq!(ids(&body), Vec::<String>::new());
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::DELETE,
-            "/v1/vectors/delete",
-            &key,
-            Some(json!({"namespace": "f", "filter": {}})),
-        )
-        .await;
+    let (_, body) = api.search(search(json!({"color": "red"}), 5)).await;
+    assert_eq!(match_ids(&body), Vec::<&str>::new());
+    let (status, body) = api.delete(json!({"namespace": "f", "filter": {}})).await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
     // However an everything-filter is written, and empty lists of values.
     for (filter, needle) in [
@@ -1146,43 +896,23 @@ async fn filters_narrow_searches_and_deletes(app: TestApp) {
         (json!({"color": {"$nin": []}}), "non-empty array"),
         (json!({"color": {"$in": []}}), "non-empty array"),
     ] {
-        let (status, body) = app
-            .data_call(
-                0,
-                Method::DELETE,
-                "/v1/vectors/delete",
-                &key,
-                Some(json!({"namespace": "f", "filter": filter})),
-            )
-            .await;
+        let (status, body) = api.delete(json!({"namespace": "f", "filter": filter})).await;
         let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
         assert!(message.contains(needle), "{filter}: {message}");
     }
     assert_eq!(upsert_count(&app, &key).await, 40);
 
     // A filter that matches nothing deletes nothing and spends no seq.
-    let (_, before) = app.data_call(0, Method::GET, "/v1/namespaces", &key, None).await;
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::DELETE,
-            "/v1/vectors/delete",
-            &key,
-            Some(json!({"namespace": "f", "filter": {"color": "purple"}})),
-        )
+    let (_, before) = api.get("/v1/namespaces").await;
+    let (status, body) = api
+        .delete(json!({"namespace": "f", "filter": {"color": "purple"}}))
         .await;
     assert_eq!((status, &body["deleted_count"]), (200, &json!(0)), "{body}");
     assert_eq!(body["seq"], before["namespaces"][0]["seq"], "{body} {before}");
 
     // A list of ids: those that exist are deleted, in one write.
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::DELETE,
-            "/v1/vectors/delete",
-            &key,
-            Some(json!({"namespace": "f", "ids": ["v1", "v2", "v3", "nope"]})),
-        )
+    let (status, body) = api
+        .delete(json!({"namespace": "f", "ids": ["v1", "v2", "v3", "nope"]}))
         .await;
     assert_eq!((status, &body["deleted_count"]), (200, &json!(2)), "v3 was red: {body}");
     assert_eq!(
@@ -1191,15 +921,7 @@ async fn filters_narrow_searches_and_deletes(app: TestApp) {
     );
     let too_many: Vec<String> = (0..1001).map(|i| format!("v{i}")).collect();
     for ids in [json!([]), json!(too_many)] {
-        let (status, body) = app
-            .data_call(
-                0,
-                Method::DELETE,
-                "/v1/vectors/delete",
-                &key,
-                Some(json!({"namespace": "f", "ids": ids})),
-            )
-            .await;
+        let (status, body) = api.delete(json!({"namespace": "f", "ids": ids})).await;
         assert_error(status, &body, 400, "VALIDATION_ERROR");
     }
     assert_eq!(upsert_count(&app, &key).await, 38);
@@ -1208,16 +930,11 @@ async fn filters_narrow_searches_and_deletes(app: TestApp) {
 async fn scopes_and_tenancy_hold_on_every_route(app: TestApp) {
     let alice = app.tenant(4, "cosine").await;
     let bob = app.tenant(4, "cosine").await;
+    let alice_reads = VectorApi::new(&app, &alice.readonly);
+    let alice_writes = VectorApi::new(&app, &alice.readwrite);
+    let bob_admin = VectorApi::new(&app, &bob.admin);
     let upsert = json!({"namespace": "private", "vectors": [{"id": "a", "values": [1, 2, 3, 4], "metadata": {"owner": "alice"}}]});
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &alice.readonly,
-            Some(upsert.clone()),
-        )
-        .await;
+    let (status, body) = alice_reads.upsert(upsert.clone()).await;
     assert_error(status, &body, 403, "FORBIDDEN");
     for (path, method, body) in [
         (
@@ -1231,22 +948,14 @@ async fn scopes_and_tenancy_hold_on_every_route(app: TestApp) {
             json!({"namespace": "private", "id": "a"}),
         ),
     ] {
-        let (status, response) = app.data_call(0, method, path, &alice.readonly, Some(body)).await;
+        let (status, response) = alice_reads.send(method, path, body).await;
         assert_error(status, &response, 403, "FORBIDDEN");
     }
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/upsert", &alice.readwrite, Some(upsert))
-        .await;
+    let (status, body) = alice_writes.upsert(upsert).await;
     assert_eq!((status, &body["upserted_count"]), (200, &json!(1)), "{body}");
     // The read-only key reads what the read-write key wrote.
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &alice.readonly,
-            Some(json!({"namespace": "private", "vector": [1, 2, 3, 4]})),
-        )
+    let (status, body) = alice_reads
+        .search(json!({"namespace": "private", "vector": [1, 2, 3, 4]}))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(match_ids(&body), ["a"], "{body}");
@@ -1275,18 +984,10 @@ async fn scopes_and_tenancy_hold_on_every_route(app: TestApp) {
             json!({"namespace": "private", "id": "a"}),
         ),
     ] {
-        let (status, response) = app.data_call(0, method, path, &bob.admin, Some(body)).await;
+        let (status, response) = bob_admin.send(method, path, body).await;
         assert_error(status, &response, 404, "NOT_FOUND");
     }
-    let (_, fetched) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &alice.readonly,
-            Some(json!({"namespace": "private", "id": "a"})),
-        )
-        .await;
+    let (_, fetched) = alice_reads.query(json!({"namespace": "private", "id": "a"})).await;
     assert_eq!(fetched["metadata"]["owner"], "alice");
     let (status, body) = read(
         app.data_request(0, Method::POST, "/v1/vectors/search")
@@ -1301,18 +1002,11 @@ async fn scopes_and_tenancy_hold_on_every_route(app: TestApp) {
 
 async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(2, "dotproduct").await;
+    let api = VectorApi::new(&app, &key);
     let vectors: Vec<Value> = (0..25)
         .map(|i| json!({"id": format!("doc#{i:02}"), "values": [1.0, i as f64]}))
         .collect();
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "l", "vectors": vectors})),
-        )
-        .await;
+    let (status, body) = api.upsert(json!({"namespace": "l", "vectors": vectors})).await;
     assert_eq!((status, &body["upserted_count"]), (200, &json!(25)), "{body}");
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -1321,7 +1015,7 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
             Some(c) => format!("/v1/vectors/list?namespace=l&prefix=doc%23&limit=10&cursor={c}"),
             None => "/v1/vectors/list?namespace=l&prefix=doc%23&limit=10".to_owned(),
         };
-        let (status, body) = app.data_call(0, Method::GET, &path, &key, None).await;
+        let (status, body) = api.get(&path).await;
         assert_eq!(status, 200, "{body}");
         seen.extend(
             body["ids"]
@@ -1348,7 +1042,7 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
         "limit=0",
     ] {
         let path = format!("/v1/vectors/list?namespace=l&{query}");
-        let (status, body) = app.data_call(0, Method::GET, &path, &key, None).await;
+        let (status, body) = api.get(&path).await;
         assert_error(status, &body, 400, "VALIDATION_ERROR");
     }
     // Bytes that are not UTF-8 are refused, not read as U+FFFD (another namespace).
@@ -1356,30 +1050,16 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
         "/v1/vectors/list?namespace=%FF",
         "/v1/vectors/list?namespace=l&prefix=%F0%9F",
     ] {
-        let (status, body) = app.data_call(0, Method::GET, path, &key, None).await;
+        let (status, body) = api.get(path).await;
         let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
         assert!(message.contains("UTF-8"), "{path}: {message}");
     }
     let long = "p".repeat(513);
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::GET,
-            &format!("/v1/vectors/list?namespace=l&prefix={long}"),
-            &key,
-            None,
-        )
-        .await;
+    let (status, body) = api.get(&format!("/v1/vectors/list?namespace=l&prefix={long}")).await;
     assert_error(status, &body, 400, "VALIDATION_ERROR");
 
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "l", "ids": ["doc#03", "missing", "doc#01"], "include_values": false})),
-        )
+    let (status, body) = api
+        .query(json!({"namespace": "l", "ids": ["doc#03", "missing", "doc#01"], "include_values": false}))
         .await;
     assert_eq!(status, 200, "{body}");
     let fetched: Vec<&str> = body["vectors"]
@@ -1390,9 +1070,7 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
         .collect();
     assert_eq!(fetched, ["doc#03", "doc#01"]);
     assert!(body["vectors"][0].get("values").is_none());
-    let (_, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(json!({"namespace": "l", "vector": [0.0, 1.0], "top_k": 2, "include_values": true, "include_metadata": false})))
-        .await;
+    let (_, body) = api.search(json!({"namespace": "l", "vector": [0.0, 1.0], "top_k": 2, "include_values": true, "include_metadata": false})).await;
     assert_eq!(
         body["matches"][0]["id"], "doc#24",
         "dotproduct ranks the largest inner product first"
@@ -1406,33 +1084,19 @@ async fn ids_are_listed_with_a_cursor_and_fetched_in_bulk(app: TestApp) {
     // null is the default for every optional member of a search.
     let nulls_everywhere = json!({"namespace": "l", "vector": [0.0, 1.0], "top_k": null, "filter": null,
         "include_values": null, "include_metadata": null, "consistency": null});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(nulls_everywhere))
-        .await;
+    let (status, body) = api.search(nulls_everywhere).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["matches"][0].get("values").is_none(), "{body}");
 
     // A null in metadata is no value: not stored, as an update's null removes a key.
     let nulls = json!({"namespace": "l", "vectors": [{"id": "nulls", "values": [0.5, 0.5], "metadata": {"gone": null, "kept": 1}}]});
-    let (status, _) = app
-        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(nulls))
-        .await;
+    let (status, _) = api.upsert(nulls).await;
     assert_eq!(status, 200);
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "l", "id": "nulls"})),
-        )
-        .await;
+    let (_, body) = api.query(json!({"namespace": "l", "id": "nulls"})).await;
     assert_eq!(body["metadata"], json!({"kept": 1}), "{body}");
     let filtered =
         json!({"namespace": "l", "vector": [0.5, 0.5], "top_k": 5, "filter": {"gone": {"$exists": false}, "kept": 1}});
-    let (_, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(filtered))
-        .await;
+    let (_, body) = api.search(filtered).await;
     assert_eq!(body["matches"][0]["id"], "nulls", "{body}");
 }
 
@@ -1446,26 +1110,17 @@ fn base64_of(values: &[f32]) -> String {
 
 async fn vectors_sent_as_base64_are_the_vectors_their_bytes_hold(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let api = VectorApi::new(&app, &key);
     // 0.1 has no exact f32 and 1e-45 is subnormal: the bytes arrive as they were sent.
     let exact = [0.1_f32, -2.5, 1e-45, 65504.0];
     let upsert = json!({"namespace": "b", "vectors": [
         {"id": "sent-as-base64", "values": base64_of(&exact), "metadata": {"via": "base64"}},
         {"id": "sent-as-numbers", "values": [0.9, 0.1, 0.0, 0.0]},
     ]});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert))
-        .await;
+    let (status, body) = api.upsert(upsert).await;
     assert_eq!((status, &body["upserted_count"]), (200, &json!(2)), "{body}");
 
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "b", "id": "sent-as-base64"})),
-        )
-        .await;
+    let (status, body) = api.query(json!({"namespace": "b", "id": "sent-as-base64"})).await;
     assert_eq!(status, 200, "{body}");
     let fetched: Vec<f32> = serde_json::from_value(body["values"].clone()).expect("values are numbers");
     assert_eq!(
@@ -1476,34 +1131,20 @@ async fn vectors_sent_as_base64_are_the_vectors_their_bytes_hold(app: TestApp) {
     // A query sent as base64 (unpadded too) finds what the same numbers find.
     let query = [0.9_f32, 0.1, 0.0, 0.0];
     let by_numbers = json!({"namespace": "b", "vector": query, "top_k": 2});
-    let (_, expected) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_numbers))
-        .await;
+    let (_, expected) = api.search(by_numbers).await;
     assert_eq!(expected["matches"][0]["id"], "sent-as-numbers", "{expected}");
     for encoded in [base64_of(&query), base64_of(&query).trim_end_matches('=').to_owned()] {
         let by_base64 = json!({"namespace": "b", "vector": encoded, "top_k": 2});
-        let (status, body) = app
-            .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_base64))
-            .await;
+        let (status, body) = api.search(by_base64).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["matches"], expected["matches"], "{encoded}");
     }
 
     // New values by update, as base64.
     let update = json!({"namespace": "b", "id": "sent-as-numbers", "values": base64_of(&[0.0, 0.0, 1.0, 0.0])});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/update", &key, Some(update))
-        .await;
+    let (status, body) = api.update(update).await;
     assert_eq!(status, 200, "{body}");
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "b", "id": "sent-as-numbers"})),
-        )
-        .await;
+    let (_, body) = api.query(json!({"namespace": "b", "id": "sent-as-numbers"})).await;
     assert_eq!(body["values"], json!([0.0, 0.0, 1.0, 0.0]), "{body}");
 
     // A string that is not the base64 of four floats is refused, naming what is wrong.
@@ -1515,21 +1156,11 @@ async fn vectors_sent_as_base64_are_the_vectors_their_bytes_hold(app: TestApp) {
         (json!("not base64!"), "which is not base64: character 3 is ' '"),
     ] {
         let update = json!({"namespace": "b", "id": "sent-as-numbers", "values": values});
-        let (status, body) = app
-            .data_call(0, Method::POST, "/v1/vectors/update", &key, Some(update))
-            .await;
+        let (status, body) = api.update(update).await;
         let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
         assert!(message.contains(needle), "{message}");
     }
-    let (_, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "b", "id": "sent-as-numbers"})),
-        )
-        .await;
+    let (_, body) = api.query(json!({"namespace": "b", "id": "sent-as-numbers"})).await;
     assert_eq!(
         body["values"],
         json!([0.0, 0.0, 1.0, 0.0]),
@@ -1541,58 +1172,36 @@ async fn vectors_sent_as_base64_are_the_vectors_their_bytes_hold(app: TestApp) {
 async fn writes_on_one_pod_are_seen_by_another() {
     let app = TestApp::cluster(2).await;
     let key = app.tenant(4, "cosine").await.readwrite;
+    let pod_0 = VectorApi::new(&app, &key);
+    let pod_1 = VectorApi::on_pod(&app, 1, &key);
     let search = json!({"namespace": "shared", "vector": [1, 0, 0, 0], "top_k": 5, "consistency": "strong"});
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "shared", "vectors": [{"id": "a", "values": [1, 0, 0, 0]}]})),
-        )
+    let (status, body) = pod_0
+        .upsert(json!({"namespace": "shared", "vectors": [{"id": "a", "values": [1, 0, 0, 0]}]}))
         .await;
     assert_eq!(
         (status, &body["upserted_count"], &body["seq"]),
         (200, &json!(1), &json!(1)),
         "{body}"
     );
-    let (status, body) = app
-        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
-        .await;
+    let (status, body) = pod_1.search(search.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(match_ids(&body), ["a"], "pod 1 loads the index from the store: {body}");
     assert_eq!(body["seq"], 1, "{body}");
 
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(json!({"namespace": "shared", "vectors": [{"id": "b", "values": [0.9, 0.1, 0, 0]}]})),
-        )
+    let (status, body) = pod_0
+        .upsert(json!({"namespace": "shared", "vectors": [{"id": "b", "values": [0.9, 0.1, 0, 0]}]}))
         .await;
     assert_eq!(
         (status, &body["upserted_count"], &body["seq"]),
         (200, &json!(1), &json!(2)),
         "{body}"
     );
-    let (status, body) = app
-        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search))
-        .await;
+    let (status, body) = pod_1.search(search).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(match_ids(&body), ["a", "b"], "a strong read catches up at once: {body}");
     assert_eq!(body["seq"], 2, "{body}");
 
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::DELETE,
-            "/v1/vectors/delete",
-            &key,
-            Some(json!({"namespace": "shared", "id": "a"})),
-        )
-        .await;
+    let (status, body) = pod_0.delete(json!({"namespace": "shared", "id": "a"})).await;
     assert_eq!(
         (status, &body["deleted_count"], &body["seq"]),
         (200, &json!(1), &json!(3)),
@@ -1604,9 +1213,7 @@ async fn writes_on_one_pod_are_seen_by_another() {
     let eventual = json!({"namespace": "shared", "vector": [1, 0, 0, 0], "top_k": 5});
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let body = loop {
-        let (status, body) = app
-            .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(eventual.clone()))
-            .await;
+        let (status, body) = pod_1.search(eventual.clone()).await;
         assert_eq!(status, 200, "{body}");
         if body["seq"].as_i64() >= Some(3) {
             break body;
@@ -1630,21 +1237,13 @@ async fn writes_on_one_pod_are_seen_by_another() {
 async fn a_pod_behind_serves_from_memory_when_the_store_is_gone() {
     let app = TestApp::cluster(2).await;
     let key = app.tenant(4, "cosine").await.readwrite;
+    let pod_0 = VectorApi::new(&app, &key);
+    let pod_1 = VectorApi::on_pod(&app, 1, &key);
     let upsert = |id: &str, values: [f32; 4]| json!({"namespace": "ns", "vectors": [{"id": id, "values": values}]});
     let search = json!({"namespace": "ns", "vector": [1, 0, 0, 0], "top_k": 5});
-    let (status, _) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(upsert("a", [1.0, 0.0, 0.0, 0.0])),
-        )
-        .await;
+    let (status, _) = pod_0.upsert(upsert("a", [1.0, 0.0, 0.0, 0.0])).await;
     assert_eq!(status, 200);
-    let (status, body) = app
-        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
-        .await;
+    let (status, body) = pod_1.search(search.clone()).await;
     assert_eq!(
         (status, body["matches"].as_array().map(Vec::len)),
         (200, Some(1)),
@@ -1652,29 +1251,17 @@ async fn a_pod_behind_serves_from_memory_when_the_store_is_gone() {
     );
 
     // Pod 1 hears of a write on pod 0, and loses the store before its next search.
-    let (status, _) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/upsert",
-            &key,
-            Some(upsert("b", [0.9, 0.1, 0.0, 0.0])),
-        )
-        .await;
+    let (status, _) = pod_0.upsert(upsert("b", [0.9, 0.1, 0.0, 0.0])).await;
     assert_eq!(status, 200);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await; // the notice, through Redis
     app.store.close().await;
     for _ in 0..3 {
-        let (status, body) = app
-            .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
-            .await;
+        let (status, body) = pod_1.search(search.clone()).await;
         assert_eq!(status, 200, "served from memory: {body}");
         assert_eq!(body["matches"][0]["id"], "a", "{body}");
     }
     let strong = json!({"namespace": "ns", "vector": [1, 0, 0, 0], "consistency": "strong"});
-    let (status, body) = app
-        .data_call(1, Method::POST, "/v1/vectors/search", &key, Some(strong))
-        .await;
+    let (status, body) = pod_1.search(strong).await;
     assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
 }
 
@@ -1685,6 +1272,7 @@ async fn recall_at_10_is_at_least_095_with_and_without_a_selective_filter() {
     use rand::{Rng as _, SeedableRng as _};
     let app = TestApp::start(Backend::Sqlite).await;
     let key = app.tenant(128, "cosine").await.readwrite;
+    let api = VectorApi::new(&app, &key);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let data: Vec<Vec<f32>> = (0..20_000)
         .map(|_| (0..128).map(|_| rng.random_range(-1.0f32..1.0)).collect())
@@ -1698,15 +1286,7 @@ async fn recall_at_10_is_at_least_095_with_and_without_a_selective_filter() {
                 json!({"id": format!("{n}"), "values": v, "metadata": {"bucket": n % 100}})
             })
             .collect();
-        let (status, body) = app
-            .data_call(
-                0,
-                Method::POST,
-                "/v1/vectors/upsert",
-                &key,
-                Some(json!({"namespace": "r", "vectors": vectors})),
-            )
-            .await;
+        let (status, body) = api.upsert(json!({"namespace": "r", "vectors": vectors})).await;
         assert_eq!(status, 200, "{body}");
     }
     let cosine = |a: &[f32], b: &[f32]| {
@@ -1743,9 +1323,7 @@ async fn recall_at_10_is_at_least_095_with_and_without_a_selective_filter() {
             if !filter.is_null() {
                 body["filter"] = filter.clone();
             }
-            let (status, response) = app
-                .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(body))
-                .await;
+            let (status, response) = api.search(body).await;
             assert_eq!(status, 200, "query {q}: {response}");
             let got = match_ids(&response);
             let distinct: std::collections::HashSet<&str> = got.iter().copied().collect();
@@ -1812,33 +1390,22 @@ async fn expired_idempotency_keys_are_deleted_in_the_background(app: TestApp) {
 /// written, as a query by id does.
 async fn a_search_gives_the_values_as_written(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let api = VectorApi::new(&app, &key);
     let values = json!([0.11, 0.22, 0.33, 0.44]);
     let upsert = json!({"namespace": "ns", "vectors": [
         {"id": "a", "values": values, "metadata": {"n": 1}},
         {"id": "b", "values": [0.9, -0.1, 0.2, 0.3]},
     ]});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert))
-        .await;
+    let (status, body) = api.upsert(upsert).await;
     assert_eq!(status, 200, "{body}");
     let search = json!({"namespace": "ns", "vector": values, "top_k": 2, "include_values": true});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(search))
-        .await;
+    let (status, body) = api.search(search).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["matches"][0]["id"], "a");
     assert_eq!(body["matches"][0]["values"], values, "{body}");
     assert_eq!(body["matches"][0]["metadata"], json!({"n": 1}));
     assert_eq!(body["matches"][1]["values"], json!([0.9, -0.1, 0.2, 0.3]), "{body}");
-    let (_, fetched) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/query",
-            &key,
-            Some(json!({"namespace": "ns", "id": "a"})),
-        )
-        .await;
+    let (_, fetched) = api.query(json!({"namespace": "ns", "id": "a"})).await;
     assert_eq!(fetched["values"], body["matches"][0]["values"]);
 }
 
@@ -1848,53 +1415,36 @@ async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(
         readonly: unchecked,
         ..
     } = app.tenant(4, "cosine").await;
+    let api = VectorApi::new(&app, &key);
     let upsert = json!({"namespace": "ns", "vectors": [{"id": "a", "values": [1, 2, 3, 4]}]});
     let search = json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 1});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert.clone()))
-        .await;
+    let (status, body) = api.upsert(upsert.clone()).await;
     assert_eq!((status, &body["upserted_count"]), (200, &json!(1)), "{body}");
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(search.clone()))
-        .await;
+    let (status, body) = api.search(search.clone()).await;
     assert_eq!(status, 200, "the index is loaded and the key cached: {body}");
     assert_eq!(match_ids(&body), ["a"], "{body}");
 
     // Every connection to the records store goes away.
     app.store.close().await;
 
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(search))
-        .await;
+    let (status, body) = api.search(search).await;
     assert_eq!(status, 200, "searches keep serving from memory: {body}");
     assert_eq!(body["matches"][0]["id"], "a");
     // A search by id reads its vector from the records store.
     let by_id = json!({"namespace": "ns", "id": "a", "top_k": 1});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_id))
-        .await;
+    let (status, body) = api.search(by_id).await;
     assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
     // A key this pod has not checked yet cannot be checked now: a 503, not a 401
     // that would tell the client its key is bad.
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &unchecked,
-            Some(json!({"namespace": "ns", "vector": [1, 2, 3, 4]})),
-        )
+    let (status, body) = VectorApi::new(&app, &unchecked)
+        .search(json!({"namespace": "ns", "vector": [1, 2, 3, 4]}))
         .await;
     assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
     // So does a search's include_values: the values as written are there.
     let with_values = json!({"namespace": "ns", "vector": [1, 2, 3, 4], "top_k": 1, "include_values": true});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(with_values))
-        .await;
+    let (status, body) = api.search(with_values).await;
     assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert))
-        .await;
+    let (status, body) = api.upsert(upsert).await;
     let message = assert_error(status, &body, 503, "DATABASE_UNAVAILABLE");
     assert!(
         !message.contains("sqlite") && !message.contains("postgres://"),
@@ -1915,55 +1465,34 @@ async fn with_the_records_store_gone_reads_serve_from_memory_and_writes_are_503(
 
 async fn a_search_by_id_searches_with_the_stored_vector(app: TestApp) {
     let Tenant { readwrite: key, .. } = app.tenant(4, "cosine").await;
+    let api = VectorApi::new(&app, &key);
     let upsert = json!({"namespace": "s", "vectors": [
         {"id": "a", "values": [1.0, 0.2, 0.0, 0.0], "metadata": {"side": "left"}},
         {"id": "b", "values": [0.9, 0.3, 0.1, 0.0], "metadata": {"side": "right"}},
         {"id": "c", "values": [0.0, 0.0, 1.0, 0.5], "metadata": {"side": "left"}},
     ]});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/upsert", &key, Some(upsert))
-        .await;
+    let (status, body) = api.upsert(upsert).await;
     assert_eq!(status, 200, "{body}");
 
     // The same answer as a search with the vector's values, the vector itself first.
     let by_values = json!({"namespace": "s", "vector": [1.0, 0.2, 0.0, 0.0], "top_k": 3});
-    let (_, expected) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_values))
-        .await;
+    let (_, expected) = api.search(by_values).await;
     let by_id = json!({"namespace": "s", "id": "a", "top_k": 3});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(by_id))
-        .await;
+    let (status, body) = api.search(by_id).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["matches"], expected["matches"], "{body}");
-    let ids: Vec<&str> = body["matches"]
-        .as_array()
-        .expect("matches")
-        .iter()
-        .map(|m| m["id"].as_str().expect("an id"))
-        .collect();
-    assert_eq!(ids, ["a", "b", "c"], "{body}");
+    assert_eq!(match_ids(&body), ["a", "b", "c"], "{body}");
     assert!(body["matches"][0]["score"].as_f64().expect("a score") > 0.999, "{body}");
 
     // With a filter, the stored vector need not pass it.
     let filtered = json!({"namespace": "s", "id": "a", "top_k": 3, "filter": {"side": "right"}});
-    let (status, body) = app
-        .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(filtered))
-        .await;
+    let (status, body) = api.search(filtered).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["matches"].as_array().map(Vec::len), Some(1), "{body}");
     assert_eq!(body["matches"][0]["id"], "b", "{body}");
 
     // An id that is not stored is a 404; an id that is not an id, both or neither, a 400.
-    let (status, body) = app
-        .data_call(
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &key,
-            Some(json!({"namespace": "s", "id": "nope"})),
-        )
-        .await;
+    let (status, body) = api.search(json!({"namespace": "s", "id": "nope"})).await;
     let message = assert_error(status, &body, 404, "NOT_FOUND");
     assert!(message.contains("\"nope\""), "{message}");
     for (request, says) in [
@@ -1975,9 +1504,7 @@ async fn a_search_by_id_searches_with_the_stored_vector(app: TestApp) {
         ),
         (json!({"namespace": "s", "top_k": 3}), "no vector"),
     ] {
-        let (status, body) = app
-            .data_call(0, Method::POST, "/v1/vectors/search", &key, Some(request.clone()))
-            .await;
+        let (status, body) = api.search(request.clone()).await;
         let message = assert_error(status, &body, 400, "VALIDATION_ERROR");
         assert!(message.contains(says), "{request}: {message}");
     }
