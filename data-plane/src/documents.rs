@@ -710,7 +710,7 @@ pub struct SearchResponse {
         (status = 404, description = "no such collection", body = quiver_common::error::ErrorEnvelope),
         (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
         (status = 502, description = "the embedding provider failed", body = quiver_common::error::ErrorEnvelope),
-        (status = 503, description = "the embedding model is unavailable", body = quiver_common::error::ErrorEnvelope),
+        (status = 503, description = "the records store is unreachable, or the embedding model is unavailable", body = quiver_common::error::ErrorEnvelope),
     )
 )]
 pub async fn search(

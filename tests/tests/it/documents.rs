@@ -1,7 +1,8 @@
 //! The document and query API: every request of
 //! `shared/seeds/document-and-query-api-reference.txt` as written, every error code
 //! it lists, embedding providers (a fake OpenAI-compatible server and the real local
-//! model), and NQL through HTTP.
+//! model), NQL through HTTP, and the page's rate limits (429, `X-RateLimit-*`) and
+//! 503 with the records store gone on its routes.
 
 use std::time::Duration;
 
@@ -1384,6 +1385,501 @@ async fn a_collection_keeps_the_model_that_embedded_it(backend: Backend) {
     .await;
     assert_eq!(body["query_embedding_model"], "openai/text-embedding-ada-002", "{body}");
 }
+
+// Rate limits and the records store's outages on the document and query routes: the
+// page's 429 `RATE_LIMITED` and 503 `DATABASE_UNAVAILABLE`, and its `X-RateLimit-*`
+// headers, as docs/rate-limits.md and docs/vector-api.md define them.
+
+/// Starter's quotas (docs/rate-limits.md): queries and documents a minute.
+const STARTER_QUERIES: u64 = 30;
+const STARTER_DOCUMENTS: u64 = 100;
+
+/// A Starter project of dimension 4 (`TestApp::project`): its id, and a read-write
+/// and a read-only key.
+async fn starter(app: &TestApp) -> (quiver_common::domain::ProjectId, String, String) {
+    let session = app.signup().await;
+    let project = app.project(&session).await;
+    let (readwrite, _) = app.key(&session, &project, "app_readwrite").await;
+    let (readonly, _) = app.key(&session, &project, "app_readonly").await;
+    (project.parse().expect("a project id"), readwrite, readonly)
+}
+
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// A response with its rate-limit headers read as numbers, and the epoch second (rounded
+/// down) just before it was sent and just after it came back.
+struct Limited {
+    status: u16,
+    body: Value,
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    reset: Option<u64>,
+    retry_after: Option<u64>,
+    sent: u64,
+    answered: u64,
+}
+
+impl Limited {
+    /// Asserts the headers of a budget of `quota` a minute and returns what is left:
+    /// the limit is the plan's, and the reset is the epoch second when the units it
+    /// misses (limit less remaining, a unit partly back counting as missing) are back,
+    /// one every `60 / quota` seconds.
+    fn budget(&self, quota: u64) -> u64 {
+        let context = format!("{} {}", self.status, self.body);
+        assert_eq!(self.limit, Some(quota), "X-RateLimit-Limit: {context}");
+        let remaining = self.remaining.expect("X-RateLimit-Remaining");
+        assert!(remaining <= quota, "X-RateLimit-Remaining {remaining}: {context}");
+        let reset = self.reset.expect("X-RateLimit-Reset") as f64;
+        let (missing, interval) = ((quota - remaining) as f64, 60.0 / quota as f64);
+        let earliest = self.sent as f64 + (missing - 1.0).max(0.0) * interval;
+        // The server's clock read the reset before `answered + 1`, and rounded it up.
+        let latest = (self.answered as f64 + 1.0 + missing * interval).ceil();
+        assert!(
+            (earliest..=latest).contains(&reset),
+            "X-RateLimit-Reset {reset} is not when {missing} units are back ({earliest}..={latest}): {context}"
+        );
+        remaining
+    }
+
+    /// Asserts a refusal of `n` units of a budget of `quota` `noun` a minute: a 429
+    /// `RATE_LIMITED` in the envelope whose `Retry-After` is when the `n` units will be
+    /// there, as its message says, and headers that say what is left. Returns what is left.
+    fn refused(&self, quota: u64, noun: &str, n: u64) -> u64 {
+        let message = assert_error(self.status, &self.body, 429, "RATE_LIMITED");
+        let retry = self.retry_after.expect("Retry-After");
+        assert_eq!(
+            message,
+            format!("rate limit reached: the plan allows {quota} {noun} a minute; retry in {retry} s")
+        );
+        let remaining = self.budget(quota);
+        assert!(remaining < n, "{n} units were refused with {remaining} left");
+        // The units still missing come back one every 60 / quota seconds; the one partly
+        // back may be all but there.
+        let interval = 60.0 / quota as f64;
+        let missing = (n - remaining) as f64;
+        let (earliest, latest) = (((missing - 1.0) * interval).floor(), (missing * interval).ceil());
+        assert!(
+            (earliest.max(1.0)..=latest.max(1.0)).contains(&(retry as f64)),
+            "Retry-After {retry} for {missing} missing units ({earliest}..={latest})"
+        );
+        remaining
+    }
+}
+
+async fn limited(app: &TestApp, method: Method, path: &str, key: &str, body: Option<Value>) -> Limited {
+    let mut request = app.data_request(0, method, path).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let sent = epoch_secs();
+    let response = request.send().await.expect("answer");
+    let answered = epoch_secs();
+    let header = |name: &str| {
+        response.headers().get(name).map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name}: {v:?} is not a number"))
+        })
+    };
+    let (limit, remaining, reset, retry_after) = (
+        header("x-ratelimit-limit"),
+        header("x-ratelimit-remaining"),
+        header("x-ratelimit-reset"),
+        header("retry-after"),
+    );
+    let (status, body) = read(response).await;
+    Limited {
+        status,
+        body,
+        limit,
+        remaining,
+        reset,
+        retry_after,
+        sent,
+        answered,
+    }
+}
+
+/// Sends `request(0)`, `request(1)`, … until one is a 429 (at most `at_most`), and
+/// returns how many were admitted before it and the refusal. For requests of one unit
+/// on a spent budget: units come back as time passes (one every 0.6 s or 2 s on
+/// Starter), so a slow machine may have one or two admitted first.
+async fn until_refused<F, R>(at_most: usize, mut request: F) -> (usize, Limited)
+where
+    F: FnMut(usize) -> R,
+    R: std::future::Future<Output = Limited>,
+{
+    for i in 0..at_most {
+        let answer = request(i).await;
+        if answer.status == 429 {
+            return (i, answer);
+        }
+        assert_eq!(answer.status, 200, "request {i}: {}", answer.body);
+    }
+    panic!("{at_most} requests and none was refused");
+}
+
+/// A document of the 4-dimensional Starter project.
+fn doc(id: &str, i: usize) -> Value {
+    json!({"id": id, "content": format!("text {i}"), "embedding": [1.0, 0.5, 0.25, i as f64 + 1.0]})
+}
+
+fn docs(prefix: &str, range: std::ops::Range<usize>) -> Value {
+    let documents: Vec<Value> = range.map(|i| doc(&format!("{prefix}{i}"), i)).collect();
+    json!({"documents": documents})
+}
+
+/// Document writes spend the documents budget, one a document: each route the page
+/// lists for writing (insert, batch, PUT, DELETE) is refused with the page's 429 once
+/// the budget is spent, with `Retry-After` and headers that say what is left, and a
+/// refused write writes nothing.
+async fn document_writes_past_the_documents_budget_are_429s_that_write_nothing(app: TestApp) {
+    let (_, key, _) = starter(&app).await;
+    let collection = "/api/v1/collections/c/documents";
+    let batch = "/api/v1/collections/c/documents/batch";
+    let post = async |path: &str, body: Value| limited(&app, Method::POST, path, &key, Some(body)).await;
+
+    // A batch larger than a whole minute's quota can never pass, says so, and takes nothing.
+    let too_big = post(batch, docs("x", 0..101)).await;
+    let message = assert_error(too_big.status, &too_big.body, 429, "RATE_LIMITED");
+    assert_eq!(
+        message,
+        "this request needs 101 documents and the plan allows 100 a minute: split it into smaller requests"
+    );
+    assert_eq!(too_big.retry_after, Some(60));
+    assert_eq!(too_big.budget(STARTER_DOCUMENTS), 100, "it took nothing");
+
+    let first = post(collection, docs("a", 0..60)).await;
+    assert_eq!(
+        (first.status, &first.body["inserted"]),
+        (200, &json!(60)),
+        "{}",
+        first.body
+    );
+    assert_eq!(first.budget(STARTER_DOCUMENTS), 40, "60 of 100 spent");
+
+    // 80 documents with 40 left: refused whole, and it takes nothing.
+    let refused = post(batch, docs("b", 0..80)).await;
+    let left = refused.refused(STARTER_DOCUMENTS, "documents", 80);
+    assert!(left >= 40, "the refused batch took nothing, {left} left");
+    assert!(
+        refused.reset.expect("reset").abs_diff(first.reset.expect("reset")) <= 1,
+        "the budget is full again when it was before the refusal: {:?} then {:?}",
+        first.reset,
+        refused.reset
+    );
+    let rest = post(batch, docs("c", 0..left as usize)).await;
+    assert_eq!(rest.status, 200, "what was left passes whole: {}", rest.body);
+    assert_eq!(rest.body["inserted"], left);
+    rest.budget(STARTER_DOCUMENTS);
+
+    // The budget spent, one more document is refused, on the insert route too.
+    let (singles, refused) = until_refused(10, |i| post(collection, docs("s", i..i + 1))).await;
+    assert_eq!(refused.refused(STARTER_DOCUMENTS, "documents", 1), 0);
+    assert_eq!(refused.retry_after, Some(1), "a document comes back every 0.6 s");
+    let send = async |method: Method, path: String, body: Option<Value>| limited(&app, method, &path, &key, body).await;
+    let (edits, refused) = until_refused(10, |i| {
+        send(
+            Method::PUT,
+            format!("{collection}/a0"),
+            Some(json!({"content": format!("edit {i}")})),
+        )
+    })
+    .await;
+    assert_eq!(refused.refused(STARTER_DOCUMENTS, "documents", 1), 0);
+    let (deletes, refused) =
+        until_refused(10, |i| send(Method::DELETE, format!("{collection}/a{}", i + 1), None)).await;
+    assert_eq!(refused.refused(STARTER_DOCUMENTS, "documents", 1), 0);
+
+    // Nothing refused was written (reads spend the queries budget, not this one).
+    let get = async |id: String| limited(&app, Method::GET, &format!("{collection}/{id}"), &key, None).await;
+    for id in ["x0".to_owned(), "b0".to_owned(), format!("s{singles}")] {
+        let answer = get(id.clone()).await;
+        assert_error(answer.status, &answer.body, 404, "NOT_FOUND");
+    }
+    let a0 = get("a0".into()).await;
+    let content = match edits {
+        0 => "text 0".to_owned(),
+        n => format!("edit {}", n - 1),
+    };
+    assert_eq!((a0.status, &a0.body["content"]), (200, &json!(content)), "{}", a0.body);
+    let kept = get(format!("a{}", deletes + 1)).await;
+    assert_eq!(kept.status, 200, "the refused delete deleted nothing: {}", kept.body);
+    let listed = limited(&app, Method::GET, collection, &key, None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(
+        listed.body["totalCount"],
+        60 + left as usize + singles - deletes,
+        "{}",
+        listed.body
+    );
+}
+
+fn took_one_query(answer: Limited, left: &mut u64, what: &str) -> Limited {
+    *left -= 1;
+    assert_eq!(
+        answer.budget(STARTER_QUERIES),
+        *left,
+        "{what} took one query: {}",
+        answer.body
+    );
+    answer
+}
+
+/// Reads spend the queries budget, one a request: the search, a document's GET, the
+/// list and an NQL statement each say where it stands on their 200s and 404s, a request
+/// refused before it counts (a 400, a 403) shows it untouched, and once it is spent each
+/// is the page's 429; an NQL write refused so writes nothing.
+async fn document_reads_and_statements_past_the_queries_budget_are_429s(app: TestApp) {
+    let (project, key, readonly) = starter(&app).await;
+    let collection = "/api/v1/collections/c/documents";
+    let first = limited(&app, Method::POST, collection, &key, Some(docs("d", 0..1))).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(
+        first.budget(STARTER_DOCUMENTS),
+        99,
+        "a write spends the documents budget"
+    );
+
+    let search = async || {
+        let body = json!({"vector": [1.0, 0.5, 0.25, 1.0], "limit": 1});
+        limited(&app, Method::POST, "/api/v1/collections/c/search", &key, Some(body)).await
+    };
+    let get = async |id: &str| limited(&app, Method::GET, &format!("{collection}/{id}"), &key, None).await;
+    let list = async || limited(&app, Method::GET, collection, &key, None).await;
+    let nql = async |query: String| {
+        let body = json!({"query": query, "params": [[1.0, 0.5, 0.25, 1.0]]});
+        limited(&app, Method::POST, "/api/v1/query", &key, Some(body)).await
+    };
+    let count = || "SELECT COUNT(*) FROM c".to_owned();
+    let insert = |i: usize| format!("INSERT INTO c (id, content, embedding) VALUES ('q{i}', 'by NQL', $1)");
+
+    // Before anything is spent the query budget is full, and a 403 or a 400 (refused
+    // before they count) shows it so: the budget of queries, even on a write route.
+    let forbidden = limited(&app, Method::POST, collection, &readonly, Some(docs("ro", 0..1))).await;
+    assert_error(forbidden.status, &forbidden.body, 403, "FORBIDDEN");
+    assert_eq!(
+        forbidden.budget(STARTER_QUERIES),
+        30,
+        "a 403 spends nothing, and shows the query budget"
+    );
+    // A key that is no key is refused before it names a budget, and spends nothing.
+    let unauthorized = limited(&app, Method::GET, collection, "qv_live_nosuchkey00000000_x", None).await;
+    assert_error(unauthorized.status, &unauthorized.body, 401, "UNAUTHORIZED");
+    let bad = limited(
+        &app,
+        Method::POST,
+        collection,
+        &key,
+        Some(json!({"documents": [{"id": "bad", "content": "x", "embedding": [1.0, 2.0]}]})),
+    )
+    .await;
+    assert_error(bad.status, &bad.body, 400, "VALIDATION_ERROR");
+    assert_eq!(
+        bad.budget(STARTER_QUERIES),
+        30,
+        "a 400 spends nothing, and shows the query budget"
+    );
+
+    // Each counted request takes one query: what is left goes down one at a time (a
+    // query comes back only every 2 s).
+    let mut left = STARTER_QUERIES;
+    let mut spend = |answer: Limited, what: &str| took_one_query(answer, &mut left, what);
+    let found = spend(search().await, "a search");
+    assert_eq!(
+        (found.status, &found.body["results"][0]["id"]),
+        (200, &json!("d0")),
+        "{}",
+        found.body
+    );
+    let fetched = spend(get("d0").await, "a GET");
+    assert_eq!(
+        (fetched.status, &fetched.body["content"]),
+        (200, &json!("text 0")),
+        "{}",
+        fetched.body
+    );
+    let missing = spend(get("nope").await, "a GET of no document");
+    assert_error(missing.status, &missing.body, 404, "NOT_FOUND");
+    let listed = spend(list().await, "a list");
+    assert_eq!(
+        (listed.status, &listed.body["totalCount"]),
+        (200, &json!(1)),
+        "{}",
+        listed.body
+    );
+    let counted = spend(nql(count()).await, "a SELECT");
+    assert_eq!(
+        (counted.status, &counted.body["rows"]),
+        (200, &json!([{"count": 1}])),
+        "{}",
+        counted.body
+    );
+    // An INSERT spends a query and a document; its headers give one of the two budgets.
+    let inserted = nql(insert(100)).await;
+    assert_eq!(
+        (inserted.status, &inserted.body["rowCount"]),
+        (200, &json!(1)),
+        "{}",
+        inserted.body
+    );
+    left -= 1;
+    match inserted.limit {
+        Some(STARTER_DOCUMENTS) => assert_eq!(inserted.budget(STARTER_DOCUMENTS), 98, "d0 and q100"),
+        _ => assert_eq!(inserted.budget(STARTER_QUERIES), left),
+    }
+    while left > 0 {
+        let answer = took_one_query(search().await, &mut left, "a search");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+
+    // Spent: every route is refused, a query at a time, until one comes back in 2 s.
+    let (_, refused) = until_refused(5, |_| search()).await;
+    assert_eq!(refused.refused(STARTER_QUERIES, "queries", 1), 0);
+    assert!((1..=2).contains(&refused.retry_after.expect("Retry-After")));
+    let (_, refused) = until_refused(5, |_| get("d0")).await;
+    assert_eq!(refused.refused(STARTER_QUERIES, "queries", 1), 0);
+    let (_, refused) = until_refused(5, |_| list()).await;
+    assert_eq!(refused.refused(STARTER_QUERIES, "queries", 1), 0);
+    let (_, refused) = until_refused(5, |_| nql(count())).await;
+    assert_eq!(refused.refused(STARTER_QUERIES, "queries", 1), 0);
+    let (admitted, refused) = until_refused(5, |i| nql(insert(i))).await;
+    assert_eq!(refused.refused(STARTER_QUERIES, "queries", 1), 0);
+
+    // The refused INSERT wrote nothing (read past the API: its budget is spent).
+    let ids: Vec<String> = (0..=admitted).map(|i| format!("q{i}")).collect();
+    let written: Vec<String> = app
+        .store
+        .fetch(project, "c", &ids)
+        .await
+        .expect("fetch")
+        .into_iter()
+        .map(|record| record.id)
+        .collect();
+    assert_eq!(written, ids[..admitted], "only the admitted INSERTs wrote");
+}
+
+/// With every connection to the records store gone, the document and query APIs
+/// refuse writes with the page's 503 `DATABASE_UNAVAILABLE` in the envelope and write
+/// nothing, not even to the index in memory; reads that need the records store (a
+/// document, a page of them, a search's contents, an NQL statement's rows) are 503s
+/// too, while the vector API's search keeps answering from memory
+/// (docs/vector-api.md, docs/operations.md).
+async fn with_the_records_store_gone_document_and_query_writes_are_503_and_write_nothing(app: TestApp) {
+    let t = app.tenant(4, "cosine").await;
+    let collection = "/api/v1/collections/c/documents";
+    let documents = json!({"documents": [
+        {"id": "a", "content": "first", "embedding": [1.0, 0.0, 0.0, 0.0]},
+        {"id": "b", "content": "second", "embedding": [0.0, 1.0, 0.0, 0.0]},
+    ]});
+    let (status, body) = app
+        .data_call(0, Method::POST, collection, &t.readwrite, Some(documents))
+        .await;
+    assert_eq!((status, &body["inserted"]), (200, &json!(2)), "{body}");
+    // The index is loaded and both keys are checked before the store goes.
+    let search = json!({"vector": [1.0, 0.0, 0.0, 0.0], "limit": 1});
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/c/search",
+            &t.readonly,
+            Some(search.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["results"][0]["id"], &body["results"][0]["content"]),
+        (&json!("a"), &json!("first")),
+        "{body}"
+    );
+    let nearest = async |vector: [f64; 4]| {
+        let search = json!({"namespace": "c", "vector": vector, "top_k": 3});
+        let (status, body) = app
+            .data_call(0, Method::POST, "/v1/vectors/search", &t.readwrite, Some(search))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["matches"]
+            .as_array()
+            .expect("matches")
+            .iter()
+            .map(|m| m["id"].as_str().expect("an id").to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(nearest([1.0, 0.0, 0.0, 0.0]).await, ["a", "b"]);
+
+    app.store.close().await;
+
+    // A 503 is an authenticated response too: it gives the state of a budget of the
+    // project's plan (Business Plus: 10,000 queries, 50,000 documents a minute).
+    let unavailable = |answer: Limited, what: &str| {
+        let message = assert_error(answer.status, &answer.body, 503, "DATABASE_UNAVAILABLE");
+        assert!(
+            !message.contains("sqlite") && !message.contains("postgres"),
+            "{what}: the message names no backend: {message}"
+        );
+        let quota = answer.limit.expect("X-RateLimit-Limit");
+        assert!([10_000, 50_000].contains(&quota), "{what}: X-RateLimit-Limit {quota}");
+        answer.budget(quota);
+    };
+    let new = json!({"documents": [{"id": "new", "content": "third", "embedding": [0.0, 0.0, 1.0, 0.0]}]});
+    let insert = json!({"query": "INSERT INTO c (id, content, embedding) VALUES ('new', 'third', $1)",
+        "params": [[0.0, 0.0, 1.0, 0.0]]});
+    let writes = [
+        (Method::POST, collection.to_owned(), Some(new.clone())),
+        (Method::POST, format!("{collection}/batch"), Some(new)),
+        (
+            Method::PUT,
+            format!("{collection}/a"),
+            Some(json!({"content": "changed", "embedding": [0.0, 0.0, 1.0, 0.0]})),
+        ),
+        (Method::DELETE, format!("{collection}/b"), None),
+        (Method::POST, "/api/v1/query".to_owned(), Some(insert)),
+        (
+            Method::POST,
+            "/api/v1/query".to_owned(),
+            Some(json!({"query": "DELETE FROM c WHERE id = 'b'"})),
+        ),
+    ];
+    for (method, path, body) in writes {
+        let what = format!("{method} {path}");
+        unavailable(limited(&app, method, &path, &t.readwrite, body).await, &what);
+    }
+    let reads = [
+        (Method::GET, format!("{collection}/a"), None),
+        (Method::GET, collection.to_owned(), None),
+        (Method::POST, "/api/v1/collections/c/search".to_owned(), Some(search)),
+        (
+            Method::POST,
+            "/api/v1/query".to_owned(),
+            Some(json!({"query": "SELECT id FROM c"})),
+        ),
+    ];
+    for (method, path, body) in reads {
+        let what = format!("{method} {path}");
+        unavailable(limited(&app, method, &path, &t.readonly, body).await, &what);
+    }
+
+    // The index in memory took none of the refused writes: "new" is not there, "a"
+    // kept its vector and "b" was not deleted.
+    assert_eq!(nearest([1.0, 0.0, 0.0, 0.0]).await, ["a", "b"]);
+    assert_eq!(nearest([0.0, 1.0, 0.0, 0.0]).await, ["b", "a"]);
+}
+
+// Standalone only: on a cluster, X-RateLimit-Reset counts the units the pod has leased
+// from Redis and not spent as spent, so it comes up to one slice (one unit on Starter)
+// later than the budget is full again, and `Limited::budget` refuses it.
+crate::support::on_both_backends!(
+    document_writes_past_the_documents_budget_are_429s_that_write_nothing,
+    document_reads_and_statements_past_the_queries_budget_are_429s,
+    with_the_records_store_gone_document_and_query_writes_are_503_and_write_nothing,
+);
 
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
