@@ -6,8 +6,15 @@
 //! (Redis pub/sub on one channel per deployment prefix); after any gap in its
 //! subscription it tells listeners [`BusEvent::MayHaveMissed`], and they must drop
 //! what they cached.
+//!
+//! Nothing waits long on Redis: every command of [`RedisBus`] gives up after
+//! [`BUS_WAIT`], and its connection reconnects with the short backoff of
+//! [`redis_connection_config`]. What a notice announces is already in the store, and
+//! pods find it there without the notice (revocations by polling, plans by reading
+//! projects again), so a publish that fails is logged by its caller, never fatal.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -148,6 +155,39 @@ impl ReadinessCheck for InProcessBus {
     }
 }
 
+/// How long one bus command may wait on Redis, reconnecting included. A request that
+/// publishes (a key revocation, a plan change, a write's notice) waits at most this
+/// per notice while Redis is away.
+pub const BUS_WAIT: Duration = Duration::from_millis(500);
+
+/// How long connecting and subscribing may take before the subscriber tries again.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+/// How Quiver's Redis connections reconnect: a few quick tries, each connection attempt
+/// bounded, so that a command sent while Redis is away fails within about a second
+/// instead of waiting out the client's default backoff (six retries, several seconds),
+/// which a command's response timeout does not cover. Callers still bound each command
+/// with a timeout of their own.
+pub fn redis_connection_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(200))
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_millis(500)))
+}
+
+/// Runs one Redis command, giving up after [`BUS_WAIT`].
+async fn within<T>(what: &str, command: impl Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {
+    match tokio::time::timeout(BUS_WAIT, command).await {
+        Ok(result) => result.map_err(|err| anyhow::anyhow!("{what} failed: {err}")),
+        Err(_) => Err(anyhow::anyhow!(
+            "{what} failed: Redis did not answer within {} ms",
+            BUS_WAIT.as_millis()
+        )),
+    }
+}
+
 /// A bus over Redis pub/sub. A background task keeps one subscription open,
 /// reconnecting with backoff, and calls the local listeners.
 pub struct RedisBus {
@@ -163,7 +203,7 @@ impl RedisBus {
     /// Connects to Redis at `url`; notices travel on `<prefix>notices`.
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url).map_err(|err| anyhow::anyhow!("invalid REDIS_URL: {err}"))?;
-        let connection = redis::aio::ConnectionManager::new(client.clone())
+        let connection = redis::aio::ConnectionManager::new_with_config(client.clone(), redis_connection_config())
             .await
             .map_err(|err| anyhow::anyhow!("cannot reach Redis: {err}; check REDIS_URL and that Redis is running"))?;
         let channel = format!("{prefix}notices");
@@ -201,31 +241,37 @@ async fn subscribe(
     let mut had_gap = false;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                Ok(()) => {
-                    if !subscribed.swap(true, Ordering::SeqCst) {
-                        tracing::info!(channel = %channel, "subscribed to bus notices");
-                    }
-                    backoff = Duration::from_millis(100);
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(());
-                    }
-                    if std::mem::take(&mut had_gap) {
-                        listeners.call(&BusEvent::MayHaveMissed);
-                    }
-                    let mut messages = pubsub.into_on_message();
-                    while let Some(message) = messages.next().await {
-                        let payload: Vec<u8> = message.get_payload_bytes().to_vec();
-                        match serde_json::from_slice::<Notice>(&payload) {
-                            Ok(notice) => listeners.call(&BusEvent::Notice(notice)),
-                            Err(err) => tracing::warn!(error = %err, "ignoring a malformed bus notice"),
-                        }
+        // Bounded: a Redis that accepts connections but does not answer must not keep
+        // the subscriber from trying again.
+        let connected = tokio::time::timeout(SUBSCRIBE_WAIT, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        match connected {
+            Ok(Ok(pubsub)) => {
+                if !subscribed.swap(true, Ordering::SeqCst) {
+                    tracing::info!(channel = %channel, "subscribed to bus notices");
+                }
+                backoff = Duration::from_millis(100);
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                if std::mem::take(&mut had_gap) {
+                    listeners.call(&BusEvent::MayHaveMissed);
+                }
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                    match serde_json::from_slice::<Notice>(&payload) {
+                        Ok(notice) => listeners.call(&BusEvent::Notice(notice)),
+                        Err(err) => tracing::warn!(error = %err, "ignoring a malformed bus notice"),
                     }
                 }
-                Err(err) => tracing::debug!(error = %err, "subscribing failed"),
-            },
-            Err(err) => tracing::debug!(error = %err, "connecting to Redis failed"),
+            }
+            Ok(Err(err)) => tracing::debug!(error = %err, "subscribing failed"),
+            Err(_) => tracing::debug!("subscribing timed out"),
         }
         had_gap = true;
         if subscribed.swap(false, Ordering::SeqCst) {
@@ -242,12 +288,14 @@ impl Bus for RedisBus {
     async fn publish(&self, notice: Notice) -> anyhow::Result<()> {
         let payload = serde_json::to_string(&notice)?;
         let mut connection = self.connection.clone();
-        redis::cmd("PUBLISH")
-            .arg(&self.channel)
-            .arg(payload)
-            .query_async::<i64>(&mut connection)
-            .await
-            .map_err(|err| anyhow::anyhow!("publishing a bus notice failed: {err}"))?;
+        within(
+            "publishing a bus notice",
+            redis::cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(payload)
+                .query_async::<i64>(&mut connection),
+        )
+        .await?;
         Ok(())
     }
 
@@ -256,35 +304,49 @@ impl Bus for RedisBus {
     }
 
     async fn publish_limits(&self, limits: ProjectLimits) -> anyhow::Result<()> {
+        let stored = serde_json::to_string(&limits)?;
+        let project = limits.project_id.to_string();
+        let notice = serde_json::to_string(&Notice::LimitsChanged { limits })?;
         let mut connection = self.connection.clone();
-        redis::cmd("HSET")
-            .arg(&self.limits_key)
-            .arg(limits.project_id.to_string())
-            .arg(serde_json::to_string(&limits)?)
-            .query_async::<i64>(&mut connection)
-            .await
-            .map_err(|err| anyhow::anyhow!("storing limits in Redis failed: {err}"))?;
-        self.publish(Notice::LimitsChanged { limits }).await
+        // One round trip: stored and announced together, or neither.
+        within(
+            "storing and announcing limits in Redis",
+            redis::pipe()
+                .atomic()
+                .cmd("HSET")
+                .arg(&self.limits_key)
+                .arg(project)
+                .arg(stored)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(notice)
+                .ignore()
+                .query_async::<()>(&mut connection),
+        )
+        .await
     }
 
     async fn withdraw_limits(&self, project: ProjectId) -> anyhow::Result<()> {
         let mut connection = self.connection.clone();
-        redis::cmd("HDEL")
-            .arg(&self.limits_key)
-            .arg(project.to_string())
-            .query_async::<i64>(&mut connection)
-            .await
-            .map_err(|err| anyhow::anyhow!("removing limits from Redis failed: {err}"))?;
+        within(
+            "removing limits from Redis",
+            redis::cmd("HDEL")
+                .arg(&self.limits_key)
+                .arg(project.to_string())
+                .query_async::<i64>(&mut connection),
+        )
+        .await?;
         Ok(())
     }
 
     async fn all_limits(&self) -> anyhow::Result<Vec<ProjectLimits>> {
         let mut connection = self.connection.clone();
-        let entries: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&self.limits_key)
-            .query_async(&mut connection)
-            .await
-            .map_err(|err| anyhow::anyhow!("loading limits from Redis failed: {err}"))?;
+        let entries: HashMap<String, String> = within(
+            "loading limits from Redis",
+            redis::cmd("HGETALL").arg(&self.limits_key).query_async(&mut connection),
+        )
+        .await?;
         Ok(entries
             .values()
             .filter_map(|json| match serde_json::from_str(json) {
@@ -309,11 +371,10 @@ impl ReadinessCheck for RedisBus {
             return Err("not subscribed to Redis; retrying".into());
         }
         let mut connection = self.connection.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
+        within("PING", redis::cmd("PING").query_async::<String>(&mut connection))
             .await
             .map(drop)
-            .map_err(|err| err.to_string())
+            .map_err(|err| format!("{err:#}"))
     }
 }
 

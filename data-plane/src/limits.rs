@@ -5,20 +5,23 @@
 //! start, updated by `LimitsChanged` notices; a project not heard of yet falls back
 //! to its plan in the store). Admission is GCRA: a budget of a minute's quota that
 //! refills continuously, so a Starter project may burst 30 queries and then gets one
-//! every two seconds.
+//! every two seconds. A new quota keeps the units spent of the old one.
 //!
 //! - Standalone (one process) keeps its budgets in memory with `governor`.
 //! - A cluster keeps one budget per project in Redis (a Lua GCRA script, atomic), and
-//!   each pod leases a slice of it at a time (one token at low rates, 1/200th of the
-//!   quota at high ones), so most requests are decided in memory and pods together
-//!   never admit more than the plan. When Redis cannot be reached, each pod enforces
-//!   its share (the quota divided by the live pods it last saw) with `governor`, logs
-//!   it once, reports it on `/readyz`, and goes back to Redis when it answers.
+//!   each pod leases a slice of it at a time (one unit at low rates, 1/200th of the
+//!   quota at high ones), so most requests are decided in memory. A leased unit is
+//!   spent only while Redis still counts it (until its budget would be full again),
+//!   so pods together never admit more than the plan.
+//! - When Redis does not answer within [`REDIS_WAIT`], each pod enforces its share
+//!   (the quota divided by the live pods it last saw) with `governor`, logs it once,
+//!   reports it on `/readyz`, and asks Redis again after a rest that grows while it
+//!   stays down; the heartbeat brings it back as soon as Redis answers.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -54,7 +57,8 @@ pub struct Decision {
     pub remaining: u64,
     /// When the budget will be full again, in epoch seconds.
     pub reset: u64,
-    /// `None` when admitted; otherwise how long until the request would be.
+    /// `None` when admitted; otherwise how long until the request would be
+    /// (`Duration::MAX`: never, it is larger than the quota).
     pub retry_after: Option<Duration>,
 }
 
@@ -70,6 +74,11 @@ pub trait Budget: ReadinessCheck + Send + Sync {
     /// Takes `n` units (all or none) from the budget of (`project`, `kind`), whose quota
     /// is `per_minute` with a burst of the same size.
     async fn take(&self, project: ProjectId, kind: Kind, per_minute: u32, n: u32) -> Decision;
+    /// [`Budget::take`] for a request the caller cannot split (a delete by filter): one
+    /// larger than the most the budget can ever hold takes all of it, once it is full.
+    async fn take_capped(&self, project: ProjectId, kind: Kind, per_minute: u32, n: u32) -> Decision {
+        self.take(project, kind, per_minute, n.min(per_minute)).await
+    }
     /// The budget's state, taking nothing.
     fn peek(&self, project: ProjectId, kind: Kind, per_minute: u32) -> Decision;
     /// Drops a deleted project's budgets.
@@ -91,12 +100,27 @@ fn reset_after(per_minute: u32, missing: u64) -> u64 {
     (epoch_now() + wait).as_secs_f64().ceil() as u64
 }
 
+/// Epoch seconds, rounded up, of the instant `at` (never before `now`).
+fn epoch_secs_at(at: Instant, now: Instant) -> u64 {
+    (epoch_now() + at.saturating_duration_since(now)).as_secs_f64().ceil() as u64
+}
+
+/// Units of a per-minute quota still missing when its budget is full after `wait`
+/// (one partly back counts as missing).
+fn missing_for(wait: Duration, per_minute: u32) -> u64 {
+    let missing = wait.as_nanos().div_ceil(interval(per_minute).as_nanos().max(1));
+    u64::try_from(missing).unwrap_or(u64::MAX).min(u64::from(per_minute))
+}
+
+/// Map sizes at which idle entries are swept out; doubled after a sweep.
+const FIRST_SWEEP: usize = 1024;
+
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 struct Bucket {
     per_minute: u32,
     limiter: Limiter,
-    /// What the last decision left, and when: what `peek` starts from.
+    /// What the last admission left, and when: what `peek` starts from.
     last: Mutex<(Instant, u64)>,
 }
 
@@ -123,34 +147,29 @@ impl Bucket {
 
     fn take(&self, n: u32) -> Decision {
         let per_minute = self.per_minute;
-        let denied = |retry_after: Duration| Decision {
-            limit: per_minute,
-            remaining: 0,
-            reset: reset_after(per_minute, u64::from(per_minute)),
-            retry_after: Some(retry_after),
-        };
         let cells = NonZeroU32::new(n.max(1)).expect("max(1) is non-zero");
-        match self.limiter.check_n(cells) {
+        let retry_after = match self.limiter.check_n(cells) {
             Ok(Ok(snapshot)) => {
                 let remaining = u64::from(snapshot.remaining_burst_capacity());
                 *self.last.lock().expect("never poisoned") = (Instant::now(), remaining);
-                Decision {
+                return Decision {
                     limit: per_minute,
                     remaining,
                     reset: reset_after(per_minute, u64::from(per_minute) - remaining.min(u64::from(per_minute))),
                     retry_after: None,
-                }
+                };
             }
-            Ok(Err(not_until)) => {
-                *self.last.lock().expect("never poisoned") = (Instant::now(), 0);
-                denied(
-                    not_until
-                        .wait_time_from(DefaultClock::default().now())
-                        .max(Duration::from_millis(1)),
-                )
-            }
+            Ok(Err(not_until)) => not_until
+                .wait_time_from(DefaultClock::default().now())
+                .max(Duration::from_millis(1)),
             // More than the whole burst: it would never be admitted at once.
-            Err(_) => denied(Duration::MAX),
+            Err(_) => Duration::MAX,
+        };
+        // A refusal takes nothing: the budget stands where the last admission left
+        // it, refilled since (a batch refused for being larger leaves what there was).
+        Decision {
+            retry_after: Some(retry_after),
+            ..self.peek()
         }
     }
 
@@ -165,24 +184,45 @@ impl Bucket {
             retry_after: None,
         }
     }
+
+    /// Full, and so no different from a new bucket.
+    fn is_full(&self) -> bool {
+        self.peek().remaining >= u64::from(self.per_minute)
+    }
+}
+
+#[derive(Default)]
+struct Buckets {
+    map: HashMap<(ProjectId, Kind), Arc<Bucket>>,
+    /// The size at which full buckets are swept out next.
+    sweep_at: usize,
 }
 
 /// Budgets in this process's memory: exact for standalone, and a cluster pod's
 /// fallback while Redis is away.
 #[derive(Default)]
 pub struct LocalBudget {
-    buckets: RwLock<HashMap<(ProjectId, Kind), Arc<Bucket>>>,
+    buckets: RwLock<Buckets>,
 }
 
 impl LocalBudget {
     fn bucket(&self, project: ProjectId, kind: Kind, per_minute: u32) -> Arc<Bucket> {
-        if let Some(bucket) = self.buckets.read().expect("never poisoned").get(&(project, kind))
+        if let Some(bucket) = self.buckets.read().expect("never poisoned").map.get(&(project, kind))
             && bucket.per_minute == per_minute
         {
             return Arc::clone(bucket);
         }
         let mut buckets = self.buckets.write().expect("never poisoned");
+        if buckets.map.len() >= buckets.sweep_at.max(FIRST_SWEEP) {
+            // A full bucket is no different from a new one. One only this map holds
+            // (buckets are handed out under its lock) cannot be in use meanwhile.
+            buckets
+                .map
+                .retain(|_, bucket| Arc::strong_count(bucket) > 1 || !bucket.is_full());
+            buckets.sweep_at = buckets.map.len() * 2;
+        }
         let bucket = buckets
+            .map
             .entry((project, kind))
             .or_insert_with(|| Arc::new(Bucket::new(per_minute)));
         if bucket.per_minute != per_minute {
@@ -215,6 +255,7 @@ impl Budget for LocalBudget {
         self.buckets
             .write()
             .expect("never poisoned")
+            .map
             .retain(|(p, _), _| *p != project);
     }
 }
@@ -231,35 +272,149 @@ impl ReadinessCheck for LocalBudget {
 }
 
 /// GCRA over `n` units in Redis, granting between `min` and `want` of them.
-/// KEYS[1]: the budget; ARGV: interval (ms per unit), burst (units), min, want.
-/// Returns {granted, remaining after, full-again time (epoch ms), retry after (ms)}.
+/// KEYS[1]: the budget, a hash of `tat` (the theoretical arrival time, epoch ms: when
+/// the budget is full again) and `burst` (the quota it was spent at).
+/// ARGV: burst (the per-minute quota, also the burst), min, want.
+/// Returns {granted, remaining after, ms until full again (rounded down), retry after
+/// (ms, rounded up)}.
+///
+/// A budget spent at another quota is first rescaled so that the units spent carry
+/// over (at most all of the new quota), as [`LocalBudget`] does: an exhausted Starter
+/// project that upgrades has the new quota less what it spent, at once.
 const GCRA: &str = r"
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local min = tonumber(ARGV[3])
-local want = tonumber(ARGV[4])
+local burst = tonumber(ARGV[1])
+local min = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local interval = 60000 / burst
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local stored = redis.call('HMGET', KEYS[1], 'tat', 'burst')
+local tat = tonumber(stored[1]) or now
 if tat < now then tat = now end
-local available = math.floor((now + burst * interval - tat) / interval)
+local was = tonumber(stored[2])
+local rescaled = false
+if was and was ~= burst then
+  local spent = math.min((tat - now) / (60000 / was), burst)
+  tat = now + spent * interval
+  rescaled = true
+end
+local function save()
+  redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat), 'burst', burst)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tat - now) + 1000)
+end
+-- The epsilon keeps a whole unit whole despite the float arithmetic.
+local available = math.floor((now + burst * interval - tat) / interval + 1e-6)
 if available < min then
-  return {0, available, tat, math.ceil(tat + min * interval - burst * interval - now)}
+  if rescaled then save() end
+  return {0, available, math.floor(tat - now), math.ceil(tat + (min - burst) * interval - now)}
 end
 local granted = math.min(available, want)
 tat = tat + granted * interval
-redis.call('SET', KEYS[1], tat, 'PX', math.ceil(tat - now) + 1000)
-return {granted, available - granted, tat, 0}
+save()
+return {granted, available - granted, math.floor(tat - now), 0}
 ";
+
+/// How long a request waits on Redis, reconnecting included, before it is decided on
+/// this pod alone.
+pub const REDIS_WAIT: Duration = Duration::from_millis(250);
+
+/// How long the heartbeat waits on Redis.
+const HEARTBEAT_WAIT: Duration = Duration::from_secs(1);
+
+/// After Redis failed, requests are decided on the pod alone for this long before one
+/// asks Redis again; the rest doubles with each failure up to [`LONGEST_REST`], and
+/// ends as soon as Redis answers (a request or the heartbeat, every two seconds).
+const FIRST_REST: Duration = Duration::from_secs(1);
+const LONGEST_REST: Duration = Duration::from_secs(30);
+
+/// Whether Redis answers, as requests and the heartbeat find it.
+struct RedisHealth {
+    rest: Mutex<Rest>,
+    degraded: AtomicBool,
+    /// Live pods as last counted from their heartbeats (at least 1).
+    pods: AtomicU32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rest {
+    /// Redis is not asked before this (`None`: it answers).
+    until: Option<Instant>,
+    /// The rest after the next failure.
+    next: Duration,
+}
+
+impl RedisHealth {
+    fn new() -> Self {
+        Self {
+            rest: Mutex::new(Rest {
+                until: None,
+                next: FIRST_REST,
+            }),
+            degraded: AtomicBool::new(false),
+            pods: AtomicU32::new(1),
+        }
+    }
+
+    /// Whether a request may ask Redis now. While Redis rests, the first request after
+    /// the rest asks, and pushes the next try out by another rest, so that the other
+    /// requests meanwhile do not all wait on a Redis that may still be down.
+    fn may_ask(&self, now: Instant) -> bool {
+        let mut rest = self.rest.lock().expect("never poisoned");
+        match rest.until {
+            None => true,
+            Some(until) if now < until => false,
+            Some(_) => {
+                rest.until = Some(now + rest.next);
+                true
+            }
+        }
+    }
+
+    /// How long until Redis is asked again (zero when it answers).
+    fn rest_left(&self, now: Instant) -> Duration {
+        let rest = self.rest.lock().expect("never poisoned");
+        rest.until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+    }
+
+    fn failed(&self, err: &dyn std::fmt::Display, now: Instant) {
+        {
+            let mut rest = self.rest.lock().expect("never poisoned");
+            rest.until = Some(now + rest.next);
+            rest.next = (rest.next * 2).min(LONGEST_REST);
+        }
+        if !self.degraded.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                error = %err,
+                pods = self.pods.load(Ordering::Relaxed),
+                "Redis is unreachable: enforcing each project's limits on this pod alone (its share of the plan) until it is back"
+            );
+        }
+    }
+
+    fn answered(&self) {
+        *self.rest.lock().expect("never poisoned") = Rest {
+            until: None,
+            next: FIRST_REST,
+        };
+        if self.degraded.swap(false, Ordering::SeqCst) {
+            tracing::info!("Redis is back: rate limits are shared across pods again");
+        }
+    }
+}
 
 /// Units this pod holds, taken from Redis ahead of use.
 #[derive(Debug, Clone, Copy)]
 struct Lease {
     per_minute: u32,
+    /// Units taken from Redis and not spent yet. Redis counts them as spent until its
+    /// budget would be full again (`full_at`); spent before then, they keep the cluster
+    /// within the plan, and at `full_at` they are dropped, since Redis has given them
+    /// back to everyone.
     held: u32,
-    /// Redis's remaining budget after the lease was taken, and when it is full again.
-    remaining: u64,
-    reset_ms: u64,
+    /// When Redis's budget, as it last answered, is full again (on this pod's clock,
+    /// measured from when the question was sent, so never late).
+    full_at: Instant,
     /// After Redis refused `need` units: until when it will go on refusing that many.
     /// Requests for as many are refused here meanwhile, so an exhausted project's
     /// traffic does not become one Redis round trip per request.
@@ -267,16 +422,87 @@ struct Lease {
 }
 
 impl Lease {
-    /// Nothing held yet, at a quota Redis is assumed to have whole.
-    fn fresh(per_minute: u32) -> Self {
+    /// Nothing held, at a quota Redis is assumed to have whole.
+    fn fresh(per_minute: u32, now: Instant) -> Self {
         Self {
             per_minute,
             held: 0,
-            remaining: u64::from(per_minute),
-            reset_ms: 0,
+            full_at: now,
             denied: None,
         }
     }
+
+    /// Drops held units once Redis has given them back.
+    fn expire(&mut self, now: Instant) {
+        if now >= self.full_at {
+            self.held = 0;
+        }
+    }
+
+    /// No different from a fresh lease.
+    fn is_idle(&self, now: Instant) -> bool {
+        now >= self.full_at && self.denied.is_none_or(|(until, _)| now >= until)
+    }
+
+    /// What could be spent now: Redis's budget as it last answered, refilled since,
+    /// and the units held here (which Redis counts as spent).
+    fn remaining(&self, now: Instant) -> u64 {
+        let per_minute = u64::from(self.per_minute);
+        let missing = missing_for(self.full_at.saturating_duration_since(now), self.per_minute);
+        let held = if now < self.full_at { u64::from(self.held) } else { 0 };
+        (per_minute - missing + held).min(per_minute)
+    }
+
+    fn decision(&self, now: Instant, retry_after: Option<Duration>) -> Decision {
+        // Redis's `full_at` counts the units held here as spent, which `remaining`
+        // counts as there: the budget as reported is full as many units' time sooner.
+        let held = if now < self.full_at { self.held } else { 0 };
+        let full = self
+            .full_at
+            .checked_sub(interval(self.per_minute).saturating_mul(held))
+            .unwrap_or(now);
+        Decision {
+            limit: self.per_minute,
+            remaining: self.remaining(now),
+            reset: epoch_secs_at(full, now),
+            retry_after,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Leases {
+    map: HashMap<(ProjectId, Kind), Lease>,
+    /// The size at which idle leases are swept out next.
+    sweep_at: usize,
+}
+
+impl Leases {
+    /// The lease of (`project`, `kind`) at `per_minute`, with units Redis has given
+    /// back dropped; a lease of another quota is dropped whole.
+    fn lease(&mut self, project: ProjectId, kind: Kind, per_minute: u32, now: Instant) -> &mut Lease {
+        if self.map.len() >= self.sweep_at.max(FIRST_SWEEP) {
+            self.map.retain(|_, lease| !lease.is_idle(now));
+            self.sweep_at = self.map.len() * 2;
+        }
+        let lease = self
+            .map
+            .entry((project, kind))
+            .or_insert_with(|| Lease::fresh(per_minute, now));
+        if lease.per_minute != per_minute {
+            *lease = Lease::fresh(per_minute, now);
+        }
+        lease.expire(now);
+        lease
+    }
+}
+
+/// What the GCRA script answered.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    granted: u32,
+    until_full: Duration,
+    retry_after: Duration,
 }
 
 /// The cluster's budgets: shared in Redis, leased a slice at a time.
@@ -284,37 +510,34 @@ pub struct RedisBudget {
     connection: redis::aio::ConnectionManager,
     prefix: String,
     script: redis::Script,
-    leases: Mutex<HashMap<(ProjectId, Kind), Lease>>,
+    leases: Mutex<Leases>,
     fallback: LocalBudget,
-    /// Redis is not asked again before this, after it failed.
-    retry_redis_at: Mutex<Option<Instant>>,
-    degraded: AtomicBool,
-    /// Live pods as last counted from their heartbeats (at least 1).
-    pods: Arc<AtomicU32>,
+    health: Arc<RedisHealth>,
 }
 
 impl RedisBudget {
     /// Connects, and starts this pod's heartbeat (which also counts the live pods).
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url).map_err(|err| anyhow::anyhow!("invalid REDIS_URL: {err}"))?;
-        let connection = redis::aio::ConnectionManager::new(client)
-            .await
-            .map_err(|err| anyhow::anyhow!("cannot reach Redis: {err}; check REDIS_URL and that Redis is running"))?;
-        let pods = Arc::new(AtomicU32::new(1));
+        let connection =
+            redis::aio::ConnectionManager::new_with_config(client, quiver_common::bus::redis_connection_config())
+                .await
+                .map_err(|err| {
+                    anyhow::anyhow!("cannot reach Redis: {err}; check REDIS_URL and that Redis is running")
+                })?;
+        let health = Arc::new(RedisHealth::new());
         tokio::spawn(heartbeat(
             connection.clone(),
             format!("{prefix}pods"),
-            Arc::clone(&pods),
+            Arc::downgrade(&health),
         ));
         Ok(Self {
             connection,
             prefix: prefix.to_owned(),
             script: redis::Script::new(GCRA),
-            leases: Mutex::new(HashMap::new()),
+            leases: Mutex::new(Leases::default()),
             fallback: LocalBudget::default(),
-            retry_redis_at: Mutex::new(None),
-            degraded: AtomicBool::new(false),
-            pods,
+            health,
         })
     }
 
@@ -330,175 +553,150 @@ impl RedisBudget {
             Kind::Queries => "queries",
             Kind::Documents => "documents",
         };
-        format!("{}rate:{project}:{kind}", self.prefix)
+        format!("{}budget:{project}:{kind}", self.prefix)
     }
 
-    async fn ask_redis(
-        &self,
-        key: &str,
-        per_minute: u32,
-        min: u32,
-        want: u32,
-    ) -> redis::RedisResult<(u32, u64, u64, u64)> {
-        let interval_ms = 60_000.0 / f64::from(per_minute.max(1));
+    async fn ask_redis(&self, key: &str, per_minute: u32, min: u32, want: u32) -> anyhow::Result<Answer> {
         let mut connection = self.connection.clone();
-        let (granted, remaining, tat, retry_ms): (i64, i64, f64, f64) = self
-            .script
-            .key(key)
-            .arg(interval_ms)
-            .arg(per_minute)
-            .arg(min)
-            .arg(want)
-            .invoke_async(&mut connection)
-            .await?;
-        Ok((
-            u32::try_from(granted).unwrap_or(0),
-            u64::try_from(remaining).unwrap_or(0),
-            tat.max(0.0) as u64,
-            retry_ms.max(1.0) as u64,
-        ))
-    }
-
-    fn redis_resting(&self) -> bool {
-        let retry_at = self.retry_redis_at.lock().expect("never poisoned");
-        retry_at.is_some_and(|at| Instant::now() < at)
-    }
-
-    fn redis_failed(&self, err: &redis::RedisError) {
-        *self.retry_redis_at.lock().expect("never poisoned") = Some(Instant::now() + Duration::from_secs(1));
-        if !self.degraded.swap(true, Ordering::SeqCst) {
-            tracing::warn!(
-                error = %err,
-                pods = self.pods.load(Ordering::Relaxed),
-                "Redis is unreachable: enforcing each project's limits on this pod alone (its share of the plan) until it is back"
-            );
-        }
-    }
-
-    fn redis_answered(&self) {
-        if self.degraded.swap(false, Ordering::SeqCst) {
-            tracing::info!("Redis is back: rate limits are shared across pods again");
-        }
-        *self.retry_redis_at.lock().expect("never poisoned") = None;
+        // Bounded as a whole: a command sent while the connection reconnects waits on
+        // the reconnection, which the connection's own response timeout does not cover.
+        let answer: redis::RedisResult<(i64, i64, i64, i64)> = tokio::time::timeout(
+            REDIS_WAIT,
+            self.script
+                .key(key)
+                .arg(per_minute.max(1))
+                .arg(min)
+                .arg(want)
+                .invoke_async(&mut connection),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("Redis did not answer within {} ms", REDIS_WAIT.as_millis()))?;
+        let (granted, _remaining, until_full_ms, retry_ms) = answer?;
+        Ok(Answer {
+            granted: u32::try_from(granted).unwrap_or(0),
+            until_full: Duration::from_millis(u64::try_from(until_full_ms).unwrap_or(0)),
+            retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0).max(1)),
+        })
     }
 
     fn share(&self, per_minute: u32) -> u32 {
-        per_minute.div_ceil(self.pods.load(Ordering::Relaxed).max(1))
+        per_minute.div_ceil(self.health.pods.load(Ordering::Relaxed).max(1))
+    }
+
+    /// A decision on this pod alone, from its share of the quota, while Redis is away.
+    /// The headers still speak of the plan's quota; a request the caller cannot split
+    /// takes at most the share; a batch within the plan but larger than the share is
+    /// told to retry (it may pass once Redis is back), never to split.
+    fn alone(&self, project: ProjectId, kind: Kind, per_minute: u32, n: u32, capped: bool) -> Decision {
+        let share = self.share(per_minute);
+        let n = if capped { n.min(share) } else { n };
+        let decision = self.fallback.take_now(project, kind, share, n);
+        let retry_after = match decision.retry_after {
+            Some(wait) if wait == Duration::MAX => {
+                Some(self.health.rest_left(Instant::now()).max(Duration::from_secs(1)))
+            }
+            other => other,
+        };
+        Decision {
+            limit: per_minute,
+            retry_after,
+            ..decision
+        }
+    }
+
+    async fn take_within(&self, project: ProjectId, kind: Kind, per_minute: u32, n: u32, capped: bool) -> Decision {
+        let asked = n.max(1);
+        let n = if capped { asked.min(per_minute) } else { asked };
+        let now = Instant::now();
+        let held = {
+            let mut leases = self.leases.lock().expect("never poisoned");
+            let lease = leases.lease(project, kind, per_minute, now);
+            if n > per_minute {
+                return lease.decision(now, Some(Duration::MAX));
+            }
+            if lease.held >= n {
+                lease.held -= n;
+                return lease.decision(now, None);
+            }
+            if let Some((until, refused)) = lease.denied
+                && now < until
+                && n - lease.held >= refused
+            {
+                return lease.decision(now, Some(until - now));
+            }
+            // Take what is held; ask Redis for the rest (and a slice more).
+            std::mem::take(&mut lease.held)
+        };
+        let give_back = |held: u32| {
+            let now = Instant::now();
+            let mut leases = self.leases.lock().expect("never poisoned");
+            let lease = leases.lease(project, kind, per_minute, now);
+            if now < lease.full_at {
+                lease.held += held;
+            }
+        };
+        if !self.health.may_ask(now) {
+            give_back(held);
+            return self.alone(project, kind, per_minute, asked, capped);
+        }
+        let need = n - held;
+        let want = need + Self::slice(per_minute);
+        let sent = Instant::now();
+        match self.ask_redis(&self.key(project, kind), per_minute, need, want).await {
+            Ok(answer) => {
+                self.health.answered();
+                let now = Instant::now();
+                let mut leases = self.leases.lock().expect("never poisoned");
+                let lease = leases.lease(project, kind, per_minute, now);
+                // Units granted before, still held, stay good until then too: Redis
+                // has counted them as spent without a break since they were granted.
+                lease.full_at = lease.full_at.max(sent + answer.until_full);
+                if answer.granted < need {
+                    lease.held += held;
+                    lease.denied = Some((now + answer.retry_after, need));
+                    return lease.decision(now, Some(answer.retry_after));
+                }
+                lease.denied = None;
+                lease.held += answer.granted - need;
+                lease.decision(now, None)
+            }
+            Err(err) => {
+                self.health.failed(&format!("{err:#}"), Instant::now());
+                give_back(held);
+                self.alone(project, kind, per_minute, asked, capped)
+            }
+        }
     }
 }
 
 #[async_trait]
 impl Budget for RedisBudget {
     async fn take(&self, project: ProjectId, kind: Kind, per_minute: u32, n: u32) -> Decision {
-        let n = n.max(1);
-        let held = {
-            let mut leases = self.leases.lock().expect("never poisoned");
-            let lease = leases.entry((project, kind)).or_insert(Lease::fresh(per_minute));
-            if lease.per_minute != per_minute {
-                *lease = Lease::fresh(per_minute);
-            }
-            if lease.held >= n {
-                lease.held -= n;
-                return Decision {
-                    limit: per_minute,
-                    remaining: lease.remaining + u64::from(lease.held),
-                    reset: lease.reset_ms.div_ceil(1000),
-                    retry_after: None,
-                };
-            }
-            if let Some((until, refused)) = lease.denied {
-                let now = Instant::now();
-                if now < until && n - lease.held >= refused {
-                    return Decision {
-                        limit: per_minute,
-                        remaining: u64::from(lease.held),
-                        reset: reset_after(per_minute, u64::from(per_minute)),
-                        retry_after: Some(until - now),
-                    };
-                }
-            }
-            // Take what is held; ask Redis for the rest (and a slice more).
-            std::mem::take(&mut lease.held)
-        };
-        let give_back = |held: u32| {
-            if held > 0
-                && let Some(lease) = self.leases.lock().expect("never poisoned").get_mut(&(project, kind))
-            {
-                lease.held += held;
-            }
-        };
-        if n > per_minute {
-            give_back(held);
-            return Decision {
-                limit: per_minute,
-                remaining: 0,
-                reset: reset_after(per_minute, u64::from(per_minute)),
-                retry_after: Some(Duration::MAX),
-            };
-        }
-        if self.redis_resting() {
-            give_back(held);
-            return self.fallback.take_now(project, kind, self.share(per_minute), n);
-        }
-        let need = n - held;
-        let want = need + Self::slice(per_minute);
-        match self.ask_redis(&self.key(project, kind), per_minute, need, want).await {
-            Ok((granted, remaining, reset_ms, retry_ms)) => {
-                self.redis_answered();
-                if granted < need {
-                    give_back(held);
-                    if let Some(lease) = self.leases.lock().expect("never poisoned").get_mut(&(project, kind)) {
-                        lease.denied = Some((Instant::now() + Duration::from_millis(retry_ms), need));
-                    }
-                    return Decision {
-                        limit: per_minute,
-                        remaining: remaining + u64::from(held),
-                        reset: reset_after(per_minute, u64::from(per_minute)),
-                        retry_after: Some(Duration::from_millis(retry_ms)),
-                    };
-                }
-                let mut leases = self.leases.lock().expect("never poisoned");
-                let lease = leases.entry((project, kind)).or_insert(Lease::fresh(per_minute));
-                lease.denied = None;
-                lease.held += granted - need;
-                lease.remaining = remaining;
-                lease.reset_ms = reset_ms;
-                Decision {
-                    limit: per_minute,
-                    remaining: remaining + u64::from(lease.held),
-                    reset: reset_ms.div_ceil(1000),
-                    retry_after: None,
-                }
-            }
-            Err(err) => {
-                self.redis_failed(&err);
-                give_back(held);
-                self.fallback.take_now(project, kind, self.share(per_minute), n)
-            }
-        }
+        self.take_within(project, kind, per_minute, n, false).await
+    }
+
+    async fn take_capped(&self, project: ProjectId, kind: Kind, per_minute: u32, n: u32) -> Decision {
+        self.take_within(project, kind, per_minute, n, true).await
     }
 
     fn peek(&self, project: ProjectId, kind: Kind, per_minute: u32) -> Decision {
-        match self.leases.lock().expect("never poisoned").get(&(project, kind)) {
-            Some(lease) if lease.per_minute == per_minute => Decision {
+        if self.health.degraded.load(Ordering::SeqCst) {
+            let decision = self.fallback.peek(project, kind, self.share(per_minute));
+            return Decision {
                 limit: per_minute,
-                remaining: lease.remaining + u64::from(lease.held),
-                reset: lease.reset_ms.div_ceil(1000).max(epoch_now().as_secs()),
-                retry_after: None,
-            },
-            _ => Decision {
-                limit: per_minute,
-                remaining: u64::from(per_minute),
-                reset: epoch_now().as_secs(),
-                retry_after: None,
-            },
+                ..decision
+            };
         }
+        let now = Instant::now();
+        let mut leases = self.leases.lock().expect("never poisoned");
+        leases.lease(project, kind, per_minute, now).decision(now, None)
     }
 
     fn forget(&self, project: ProjectId) {
         self.leases
             .lock()
             .expect("never poisoned")
+            .map
             .retain(|(p, _), _| *p != project);
         self.fallback.forget(project);
     }
@@ -511,7 +709,7 @@ impl ReadinessCheck for RedisBudget {
     }
 
     async fn check(&self) -> Result<(), String> {
-        if self.degraded.load(Ordering::SeqCst) {
+        if self.health.degraded.load(Ordering::SeqCst) {
             return Err("Redis is unreachable: enforcing the last known limits on this pod alone".into());
         }
         Ok(())
@@ -519,29 +717,40 @@ impl ReadinessCheck for RedisBudget {
 }
 
 /// Every two seconds: note this pod alive in a sorted set, drop pods not seen for
-/// six seconds, and count the rest.
-async fn heartbeat(connection: redis::aio::ConnectionManager, key: String, pods: Arc<AtomicU32>) {
+/// six seconds, and count the rest. It is also how a pod notices Redis coming back
+/// (or going away) without a request paying for the question. It ends with its budget.
+async fn heartbeat(connection: redis::aio::ConnectionManager, key: String, health: Weak<RedisHealth>) {
     let pod = uuid::Uuid::new_v4().to_string();
     loop {
         let now_ms = epoch_now().as_millis() as f64;
         let mut connection = connection.clone();
-        let counted: redis::RedisResult<(i64, i64, u32)> = redis::pipe()
-            .atomic()
-            .cmd("ZADD")
-            .arg(&key)
-            .arg(now_ms)
-            .arg(&pod)
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(now_ms - 6000.0)
-            .cmd("ZCARD")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await;
-        if let Ok((_, _, count)) = counted {
-            pods.store(count.max(1), Ordering::Relaxed);
+        let counted = tokio::time::timeout(
+            HEARTBEAT_WAIT,
+            redis::pipe()
+                .atomic()
+                .cmd("ZADD")
+                .arg(&key)
+                .arg(now_ms)
+                .arg(&pod)
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now_ms - 6000.0)
+                .cmd("ZCARD")
+                .arg(&key)
+                .query_async::<(i64, i64, u32)>(&mut connection),
+        )
+        .await;
+        let Some(health) = health.upgrade() else { return };
+        match counted {
+            Ok(Ok((_, _, count))) => {
+                health.pods.store(count.max(1), Ordering::Relaxed);
+                health.answered();
+            }
+            Ok(Err(err)) => health.failed(&err, Instant::now()),
+            Err(_) => health.failed(&"the heartbeat got no answer within a second", Instant::now()),
         }
+        drop(health);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
@@ -550,7 +759,16 @@ async fn heartbeat(connection: redis::aio::ConnectionManager, key: String, pods:
 pub struct Limits {
     store: Arc<dyn Store>,
     budget: Arc<dyn Budget>,
-    published: RwLock<HashMap<ProjectId, ProjectLimits>>,
+    published: RwLock<HashMap<ProjectId, Published>>,
+    /// Numbers each entry of `published` in the order it was set.
+    sets: AtomicU64,
+}
+
+/// A project's limits, and when they were set (see [`Limits::sets`]).
+#[derive(Debug, Clone)]
+struct Published {
+    limits: ProjectLimits,
+    set: u64,
 }
 
 impl Limits {
@@ -560,6 +778,7 @@ impl Limits {
             store,
             budget,
             published: RwLock::new(HashMap::new()),
+            sets: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&limits);
         let reload_bus = Arc::clone(&bus);
@@ -584,18 +803,29 @@ impl Limits {
     }
 
     fn set(&self, limits: ProjectLimits) {
+        let set = self.sets.fetch_add(1, Ordering::SeqCst);
         self.published
             .write()
             .expect("never poisoned")
-            .insert(limits.project_id, limits);
+            .insert(limits.project_id, Published { limits, set });
     }
 
+    /// Replaces what this pod knows with what the bus holds: after a gap in the bus,
+    /// notices of deleted projects may have been missed, so nothing is kept from
+    /// before but what was set while loading (a notice, or a plan read from the store).
     async fn load(&self, bus: &dyn Bus) {
+        let started = self.sets.load(Ordering::SeqCst);
         match bus.all_limits().await {
             Ok(all) => {
                 let count = all.len();
-                for limits in all {
-                    self.set(limits);
+                let mut published = self.published.write().expect("never poisoned");
+                let newer: Vec<Published> = published.values().filter(|p| p.set >= started).cloned().collect();
+                *published = all
+                    .into_iter()
+                    .map(|limits| (limits.project_id, Published { limits, set: started }))
+                    .collect();
+                for entry in newer {
+                    published.insert(entry.limits.project_id, entry);
                 }
                 tracing::debug!(projects = count, "loaded published limits");
             }
@@ -606,7 +836,12 @@ impl Limits {
 
     /// The project's per-minute quota of `kind`.
     async fn quota(&self, project: &quiver_store::Project, kind: Kind) -> Result<u32, ApiError> {
-        let published = self.published.read().expect("never poisoned").get(&project.id).cloned();
+        let published = self
+            .published
+            .read()
+            .expect("never poisoned")
+            .get(&project.id)
+            .map(|p| p.limits.clone());
         let limits = match published {
             // Limits of another plan than the project's (as this pod last read it from
             // the store) were published before a plan change whose own limits never
@@ -666,9 +901,12 @@ impl Limits {
         capped: bool,
     ) -> Result<(), ApiError> {
         let per_minute = self.quota(project, kind).await?;
-        let n = if capped { n.min(u64::from(per_minute)) } else { n };
         let units = u32::try_from(n).unwrap_or(u32::MAX);
-        let decision = self.budget.take(project.id, kind, per_minute, units).await;
+        let decision = if capped {
+            self.budget.take_capped(project.id, kind, per_minute, units).await
+        } else {
+            self.budget.take(project.id, kind, per_minute, units).await
+        };
         slot.record(decision);
         match decision.retry_after {
             None => Ok(()),
@@ -840,5 +1078,140 @@ mod tests {
         assert_eq!((peeked.limit, peeked.remaining), (30, 20));
         assert!(peeked.reset >= epoch_now().as_secs());
         assert_eq!(budget.peek(project, Kind::Queries, 30).remaining, 20);
+    }
+
+    #[test]
+    fn a_refused_batch_reports_what_is_left_and_when_the_budget_is_full_again() {
+        let budget = LocalBudget::default();
+        let project = ProjectId::new();
+        assert!(budget.take_now(project, Kind::Documents, 100, 60).admitted());
+        let refused = budget.take_now(project, Kind::Documents, 100, 60);
+        assert!(!refused.admitted());
+        assert_eq!(refused.remaining, 40, "the refused batch took nothing");
+        // 60 documents at 0.6 s each come back in 36 s, not in a whole minute.
+        let now = epoch_now().as_secs();
+        assert!(
+            (now + 35..=now + 37).contains(&refused.reset),
+            "reset {} is not about 36 s after {now}",
+            refused.reset
+        );
+        assert_eq!(budget.peek(project, Kind::Documents, 100).remaining, 40);
+    }
+
+    #[test]
+    fn full_buckets_are_swept_out_and_spent_ones_kept() {
+        let budget = LocalBudget::default();
+        let spent = ProjectId::new();
+        budget.take_now(spent, Kind::Queries, 30, 30);
+        for _ in 0..FIRST_SWEEP {
+            Budget::peek(&budget, ProjectId::new(), Kind::Queries, 30);
+        }
+        assert!(budget.buckets.read().expect("lock").map.len() < FIRST_SWEEP / 2);
+        assert!(
+            !budget.take_now(spent, Kind::Queries, 30, 1).admitted(),
+            "a spent budget survives the sweep"
+        );
+    }
+
+    fn lease(per_minute: u32, held: u32, full_in: Duration, now: Instant) -> Lease {
+        Lease {
+            per_minute,
+            held,
+            full_at: now + full_in,
+            denied: None,
+        }
+    }
+
+    #[test]
+    fn a_lease_reports_its_budget_refilling_while_idle() {
+        let now = Instant::now();
+        // Starter, just exhausted: full again in a minute, one query back every 2 s.
+        let exhausted = lease(30, 0, Duration::from_secs(60), now);
+        assert_eq!(exhausted.remaining(now), 0);
+        assert_eq!(exhausted.remaining(now + Duration::from_secs(2)), 1);
+        assert_eq!(exhausted.remaining(now + Duration::from_secs(59)), 29);
+        assert_eq!(
+            exhausted.remaining(now + Duration::from_secs(600)),
+            30,
+            "an idle budget is full again, whatever Redis last said"
+        );
+        // Units held here count as what could be spent.
+        assert_eq!(lease(30, 1, Duration::from_secs(4), now).remaining(now), 29);
+    }
+
+    #[test]
+    fn a_lease_never_reports_a_reset_in_the_past() {
+        let now = Instant::now();
+        let long_full = lease(30, 0, Duration::ZERO, now);
+        let later = now + Duration::from_secs(120);
+        let decision = long_full.decision(later, None);
+        assert!(decision.reset >= epoch_now().as_secs(), "{decision:?}");
+        assert_eq!(decision.remaining, 30);
+        let spent = lease(30, 0, Duration::from_secs(36), now).decision(now, None);
+        let expected = epoch_now().as_secs() + 36;
+        assert!((expected..=expected + 1).contains(&spent.reset), "{spent:?}");
+        // Units held here are there to spend: the budget as reported (29 of 30, one
+        // held) is full once one unit is back, not when Redis's is (two units' time).
+        let holding = lease(30, 1, Duration::from_secs(4), now).decision(now, None);
+        assert_eq!(holding.remaining, 29);
+        let expected = epoch_now().as_secs() + 2;
+        assert!((expected..=expected + 1).contains(&holding.reset), "{holding:?}");
+    }
+
+    #[test]
+    fn a_lease_drops_held_units_once_redis_has_given_them_back() {
+        let now = Instant::now();
+        let mut leases = Leases::default();
+        let project = ProjectId::new();
+        *leases.lease(project, Kind::Queries, 600, now) = lease(600, 3, Duration::from_millis(400), now);
+        assert_eq!(leases.lease(project, Kind::Queries, 600, now).held, 3);
+        let later = now + Duration::from_millis(400);
+        assert_eq!(
+            leases.lease(project, Kind::Queries, 600, later).held,
+            0,
+            "Redis's budget is full again: the units leased from it are spent or gone"
+        );
+        *leases.lease(project, Kind::Queries, 600, now) = lease(600, 3, Duration::from_secs(1), now);
+        assert_eq!(
+            leases.lease(project, Kind::Queries, 6000, now).held,
+            0,
+            "a new quota drops the lease"
+        );
+    }
+
+    #[test]
+    fn redis_rests_longer_while_it_stays_down_and_not_at_all_once_it_answers() {
+        let health = RedisHealth::new();
+        let mut now = Instant::now();
+        assert!(health.may_ask(now));
+        let mut rests = Vec::new();
+        for _ in 0..7 {
+            health.failed(&"down", now);
+            let rest = health.rest_left(now);
+            rests.push(rest.as_secs());
+            assert!(!health.may_ask(now + rest - Duration::from_millis(1)));
+            now += rest;
+            assert!(health.may_ask(now), "one request asks again after the rest");
+        }
+        assert_eq!(rests, [1, 2, 4, 8, 16, 30, 30]);
+        assert!(health.degraded.load(Ordering::SeqCst));
+        health.answered();
+        assert!(!health.degraded.load(Ordering::SeqCst));
+        assert!(health.may_ask(now));
+        health.failed(&"down again", now);
+        assert_eq!(health.rest_left(now), FIRST_REST, "the rest starts short again");
+    }
+
+    #[test]
+    fn while_redis_rests_only_one_request_asks_it_again() {
+        let health = RedisHealth::new();
+        let now = Instant::now();
+        health.failed(&"down", now);
+        let after = now + FIRST_REST;
+        assert!(health.may_ask(after));
+        assert!(
+            !health.may_ask(after),
+            "the next request does not wait on Redis while the first one asks"
+        );
     }
 }

@@ -7,6 +7,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::assert_error;
+use quiver_common::domain::ProjectId;
+use quiver_data_plane::limits::{Budget, Kind, LocalBudget, RedisBudget};
 use quiver_tests::app::{Backend, TestApp, read};
 use quiver_tests::redis::PrivateRedis;
 
@@ -151,6 +153,16 @@ async fn writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole(a
     assert_eq!((first.limit, first.remaining), (Some(100), Some(40)));
     let refused = upsert(&app, &key, 60, 60).await;
     assert_error(refused.status, &refused.body, 429, "RATE_LIMITED");
+    assert_eq!(refused.remaining, Some(40), "the refused batch took nothing");
+    // 60 documents at 0.6 s each are back in 36 s (36.6 in a cluster, with the unit a
+    // pod leases ahead): the budget is full again then, not a minute after the
+    // refusal. A second more allows for rounding both ways.
+    let reset = refused.reset.expect("reset");
+    assert!(
+        reset <= epoch_secs() + 38,
+        "reset {reset} is more than 38 s from now ({})",
+        epoch_secs()
+    );
     let rest = upsert(&app, &key, 40, 60).await;
     assert_eq!(rest.status, 200, "the refused batch took nothing: {}", rest.body);
     let listed = send(&app, 0, Method::GET, "/v1/namespaces", &key, Value::Null).await;
@@ -192,6 +204,61 @@ async fn a_plan_change_takes_effect_within_a_second(app: TestApp) {
             "still refused a second after the plan change"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A new plan keeps the units spent of the old one, not the fraction: an exhausted
+/// Starter project (30 queries spent) that upgrades to Developer (300) may spend the
+/// other 270 at once, the same standalone and across pods.
+async fn a_plan_change_keeps_the_units_spent_not_the_fraction(app: TestApp) {
+    let (session, project, key) = starter(&app).await;
+    assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
+    for _ in 0..30 {
+        assert_eq!(search(&app, 0, &key).await.status, 200);
+    }
+    assert_eq!(search(&app, 0, &key).await.status, 429);
+    let (status, body) = app
+        .control_call(
+            Method::PATCH,
+            &format!("/v1/projects/{project}"),
+            Some(&session),
+            Some(json!({"plan": "developer"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Wait for the pod to hear of the new plan, without spending: a request refused
+    // before admission still carries the headers.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let bad = send(
+            &app,
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &key,
+            json!({"vector": "nope"}),
+        )
+        .await;
+        if bad.limit == Some(300) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod still says {:?} after 2 s",
+            bad.limit
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = search(&app, 0, &key).await;
+    assert_eq!(first.status, 200, "the upgrade admits at once: {}", first.body);
+    let remaining = first.remaining.expect("remaining");
+    assert!(
+        (265..=269).contains(&remaining),
+        "300 less the 30 spent at Starter and this one, give or take what came back meanwhile: {remaining}"
+    );
+    for i in 0..100 {
+        let answer = search(&app, 0, &key).await;
+        assert_eq!(answer.status, 200, "query {i} after the upgrade: {}", answer.body);
     }
 }
 
@@ -394,6 +461,11 @@ mod standalone {
     async fn a_delete_by_filter_takes_at_most_a_minutes_budget() {
         super::a_delete_by_filter_takes_at_most_a_minutes_budget(TestApp::start(Backend::Sqlite).await).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plan_change_keeps_the_units_spent_not_the_fraction() {
+        super::a_plan_change_keeps_the_units_spent_not_the_fraction(TestApp::start(Backend::Sqlite).await).await;
+    }
 }
 
 mod cluster {
@@ -422,6 +494,80 @@ mod cluster {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn limits_of_another_plan_than_the_projects_give_way_to_its_plan() {
         super::limits_of_another_plan_than_the_projects_give_way_to_its_plan(TestApp::cluster(1).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plan_change_keeps_the_units_spent_not_the_fraction() {
+        super::a_plan_change_keeps_the_units_spent_not_the_fraction(TestApp::cluster(1).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_by_filter_takes_at_most_a_minutes_budget() {
+        super::a_delete_by_filter_takes_at_most_a_minutes_budget(TestApp::cluster(1).await).await;
+    }
+
+    /// A budget of its own in the machine's Redis, as a pod would have.
+    async fn redis_budget(prefix: &str) -> RedisBudget {
+        RedisBudget::connect(&quiver_tests::redis::url().await, prefix)
+            .await
+            .expect("Redis budget")
+    }
+
+    /// The Redis budget rescales a budget spent at another quota exactly as the local
+    /// one does: the units spent carry over, at most all of the new quota.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redis_budget_carries_the_units_spent_to_a_new_quota_as_a_local_one_does() {
+        let redis = redis_budget(&quiver_tests::redis::prefix()).await;
+        let local = LocalBudget::default();
+        let project = ProjectId::new();
+        let mut steps = Vec::new();
+        for (quota, n) in [(30, 30), (30, 1), (300, 1), (300, 200), (300, 70), (30, 1)] {
+            let (from_redis, from_local) = (
+                redis.take(project, Kind::Queries, quota, n).await,
+                local.take_now(project, Kind::Queries, quota, n),
+            );
+            steps.push((quota, n, from_redis.admitted(), from_redis.remaining));
+            assert_eq!(
+                (from_redis.admitted(), from_redis.remaining, from_redis.limit),
+                (from_local.admitted(), from_local.remaining, from_local.limit),
+                "taking {n} at {quota}/min; so far (quota, n, admitted, remaining): {steps:?}"
+            );
+        }
+        // 30 spent at Starter, then 1 + 200 of Developer's 300 (70 more are refused
+        // with 69 left); back at Starter, 231 spent are all of it.
+        assert_eq!(
+            steps,
+            [
+                (30, 30, true, 0),
+                (30, 1, false, 0),
+                (300, 1, true, 269),
+                (300, 200, true, 69),
+                (300, 70, false, 69),
+                (30, 1, false, 0),
+            ]
+        );
+    }
+
+    /// Units a pod leased are good only while Redis counts them as spent: once its
+    /// budget is full again, another pod may spend all of it, and the first pod's
+    /// leftover lease is gone rather than admitted on top.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leased_units_expire_once_redis_has_refilled_them() {
+        let prefix = quiver_tests::redis::prefix();
+        let (pod_a, pod_b) = (redis_budget(&prefix).await, redis_budget(&prefix).await);
+        let project = ProjectId::new();
+        // 600 a minute: one back every 100 ms; a request leases 3 more than it needs.
+        let first = pod_a.take(project, Kind::Queries, 600, 1).await;
+        assert_eq!((first.admitted(), first.remaining), (true, 599), "{first:?}");
+        // The 4 units are back in Redis after 400 ms.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let all = pod_b.take(project, Kind::Queries, 600, 600).await;
+        assert!(all.admitted(), "the whole budget is back: {all:?}");
+        let after = pod_a.take(project, Kind::Queries, 600, 1).await;
+        assert!(
+            !after.admitted(),
+            "pod A's old lease would make 601 in a burst of 600: {after:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,5 +690,173 @@ mod cluster {
         let answer = search(&app, 0, &key).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert_eq!(answer.limit, Some(30));
+    }
+
+    /// Sends what a Redis outage could hold up (a search, a write, a plan change) and
+    /// returns the longest any of them took; each must answer, limited or not.
+    async fn a_round_of_requests(app: &TestApp, session: &str, project: &str, key: &str, round: usize) -> Duration {
+        let mut longest = Duration::ZERO;
+        let started = Instant::now();
+        let answer = search(app, 0, key).await;
+        assert!(
+            matches!(answer.status, 200 | 429),
+            "search in round {round}: {}",
+            answer.body
+        );
+        longest = longest.max(started.elapsed());
+        let started = Instant::now();
+        let answer = upsert(app, key, 1, round).await;
+        assert!(
+            matches!(answer.status, 200 | 429),
+            "upsert in round {round}: {}",
+            answer.body
+        );
+        longest = longest.max(started.elapsed());
+        let started = Instant::now();
+        let plan = if round.is_multiple_of(2) {
+            "developer"
+        } else {
+            "starter"
+        };
+        let (status, body) = app
+            .control_call(
+                Method::PATCH,
+                &format!("/v1/projects/{project}"),
+                Some(session),
+                Some(json!({"plan": plan})),
+            )
+            .await;
+        assert_eq!(status, 200, "plan change in round {round}: {body}");
+        longest.max(started.elapsed())
+    }
+
+    /// While Redis hangs (it accepts connections and answers nothing) and then while it
+    /// is gone, requests neither wait out the Redis client's reconnection backoff nor
+    /// fail: the limiter decides on the pod alone, and announcements give up. The bound
+    /// is on hanging, not on speed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_answer_promptly_while_redis_hangs_or_is_down() {
+        let bound = Duration::from_secs(2);
+        let mut server = PrivateRedis::start().await;
+        let app = TestApp::cluster_on(1, server.url()).await;
+        let (session, project, key) = starter(&app).await;
+        let (_, revoked) = app.key(&session, &project, "app_readonly").await;
+        assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
+
+        let pauser = redis::Client::open(server.url()).expect("a Redis URL");
+        let mut pauser = pauser.get_multiplexed_async_connection().await.expect("Redis connects");
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(4000)
+            .arg("ALL")
+            .query_async::<()>(&mut pauser)
+            .await
+            .expect("CLIENT PAUSE");
+        let hung = Instant::now();
+        let mut round = 1;
+        while hung.elapsed() < Duration::from_secs(3) {
+            let longest = a_round_of_requests(&app, &session, &project, &key, round).await;
+            assert!(longest < bound, "round {round} with Redis hung took {longest:?}");
+            round += 1;
+        }
+
+        server.stop();
+        let down = Instant::now();
+        while down.elapsed() < Duration::from_secs(5) {
+            let longest = a_round_of_requests(&app, &session, &project, &key, round).await;
+            assert!(longest < bound, "round {round} with Redis down took {longest:?}");
+            round += 1;
+        }
+        // A revocation is done once the store has it: the announcement failing does not
+        // fail it, and pods find it by polling.
+        let started = Instant::now();
+        let (status, body) = app
+            .control_call(
+                Method::DELETE,
+                &format!("/v1/projects/{project}/keys/{revoked}"),
+                Some(&session),
+                None,
+            )
+            .await;
+        assert_eq!(status, 204, "{body}");
+        assert!(started.elapsed() < bound, "revoking took {:?}", started.elapsed());
+
+        server.resume().await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let response = app
+                .data_request(0, Method::GET, "/readyz")
+                .send()
+                .await
+                .expect("answer");
+            let (_, body) = read(response).await;
+            if body["status"] == "ready" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready 15 s after Redis came back: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// While Redis is down, each of two pods enforces half the plan; its headers still
+    /// speak of the plan, a batch the plan allows is told to retry rather than split,
+    /// and a delete by filter takes at most the pod's half.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_redis_is_down_a_pod_holds_its_share_and_speaks_of_the_plan() {
+        let mut server = PrivateRedis::start().await;
+        let app = TestApp::cluster_on(2, server.url()).await;
+        let (_, project, key) = starter(&app).await;
+        let records: Vec<quiver_store::RecordWrite> = (0..80)
+            .map(|i| quiver_store::RecordWrite {
+                id: format!("v{i}"),
+                vector: vec![0.1, 0.2, 0.3, i as f32 + 1.0],
+                metadata: json!({"old": true}).as_object().cloned().unwrap_or_default(),
+                content: None,
+            })
+            .collect();
+        let project_id = project.parse().expect("project id");
+        app.store.upsert(project_id, "default", &records).await.expect("upsert");
+        // Both pods count each other by their heartbeats, every two seconds.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        server.stop();
+
+        let query = search(&app, 1, &key).await;
+        assert_eq!((query.status, query.limit), (200, Some(30)), "{}", query.body);
+        // 60 documents: within Starter's 100, more than the pod's 50.
+        let vectors: Vec<Value> = (100..160)
+            .map(|i| json!({"id": format!("v{i}"), "values": [0.1, 0.2, 0.3, i as f64]}))
+            .collect();
+        let batch = send(
+            &app,
+            1,
+            Method::POST,
+            "/v1/vectors/upsert",
+            &key,
+            json!({"vectors": vectors}),
+        )
+        .await;
+        let message = assert_error(batch.status, &batch.body, 429, "RATE_LIMITED");
+        assert!(!message.contains("smaller"), "the plan allows the batch: {message}");
+        assert!(batch.retry_after.is_some_and(|secs| secs >= 1));
+        assert_eq!(batch.limit, Some(100));
+        let by_filter = send(
+            &app,
+            1,
+            Method::DELETE,
+            "/v1/vectors/delete",
+            &key,
+            json!({"filter": {"old": true}}),
+        )
+        .await;
+        assert_eq!(by_filter.status, 200, "{}", by_filter.body);
+        assert_eq!(by_filter.body["deleted_count"], 80);
+        assert_eq!(
+            (by_filter.limit, by_filter.remaining),
+            (Some(100), Some(0)),
+            "it took the pod's whole share"
+        );
     }
 }
