@@ -1872,14 +1872,26 @@ async fn with_the_records_store_gone_document_and_query_writes_are_503_and_write
     assert_eq!(nearest([0.0, 1.0, 0.0, 0.0]).await, ["b", "a"]);
 }
 
-// Standalone only: on a cluster, X-RateLimit-Reset counts the units the pod has leased
-// from Redis and not spent as spent, so it comes up to one slice (one unit on Starter)
-// later than the budget is full again, and `Limited::budget` refuses it.
 crate::support::on_both_backends!(
     document_writes_past_the_documents_budget_are_429s_that_write_nothing,
     document_reads_and_statements_past_the_queries_budget_are_429s,
     with_the_records_store_gone_document_and_query_writes_are_503_and_write_nothing,
 );
+
+/// The budgets of a cluster pod (leased from Redis) answer as standalone's do.
+mod cluster {
+    use quiver_tests::app::TestApp;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn document_writes_past_the_documents_budget_are_429s_that_write_nothing() {
+        super::document_writes_past_the_documents_budget_are_429s_that_write_nothing(TestApp::cluster(1).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn document_reads_and_statements_past_the_queries_budget_are_429s() {
+        super::document_reads_and_statements_past_the_queries_budget_are_429s(TestApp::cluster(1).await).await;
+    }
+}
 
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
