@@ -163,6 +163,13 @@ pub const BUS_WAIT: Duration = Duration::from_millis(500);
 /// How long connecting and subscribing may take before the subscriber tries again.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
+/// How often a subscription asks Redis for a PONG, and how long the answer may take. A
+/// subscriber only listens: across a network fault that leaves its connection open
+/// but dead (no FIN, no RST), it would hear nothing, report itself subscribed, and
+/// never know. Lenient, as each reconnection makes every pod drop its caches.
+const SUBSCRIPTION_PING_EVERY: Duration = Duration::from_secs(5);
+const SUBSCRIPTION_PING_WAIT: Duration = Duration::from_secs(3);
+
 /// How Quiver's Redis connections reconnect: a few quick tries, each connection attempt
 /// bounded, so that a command sent while Redis is away fails within about a second
 /// instead of waiting out the client's default backoff (six retries, several seconds),
@@ -261,12 +268,35 @@ async fn subscribe(
                 if std::mem::take(&mut had_gap) {
                     listeners.call(&BusEvent::MayHaveMissed);
                 }
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    let payload: Vec<u8> = message.get_payload_bytes().to_vec();
-                    match serde_json::from_slice::<Notice>(&payload) {
-                        Ok(notice) => listeners.call(&BusEvent::Notice(notice)),
-                        Err(err) => tracing::warn!(error = %err, "ignoring a malformed bus notice"),
+                let (mut sink, mut messages) = pubsub.split();
+                let mut ping = tokio::time::interval_at(
+                    tokio::time::Instant::now() + SUBSCRIPTION_PING_EVERY,
+                    SUBSCRIPTION_PING_EVERY,
+                );
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                            match serde_json::from_slice::<Notice>(&payload) {
+                                Ok(notice) => listeners.call(&BusEvent::Notice(notice)),
+                                Err(err) => tracing::warn!(error = %err, "ignoring a malformed bus notice"),
+                            }
+                        }
+                        _ = ping.tick() => {
+                            match tokio::time::timeout(SUBSCRIPTION_PING_WAIT, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(err)) => {
+                                    tracing::debug!(error = %err, "the subscription's ping failed");
+                                    break;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("the subscription did not answer a ping");
+                                    break;
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -200,3 +200,86 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// A TCP proxy in front of a Redis whose connections can go silent as across a network
+/// fault: they stay open (no FIN, no RST) and carry nothing, in either direction, for
+/// good ([`SilentProxy::go_silent`]). Connections made after that carry bytes.
+pub struct SilentProxy {
+    /// A Redis URL that reaches the server through the proxy.
+    pub url: String,
+    /// The generation whose connections may speak; older ones are silent for good.
+    speaking: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl SilentProxy {
+    /// A proxy to the Redis at `url`.
+    pub async fn start(url: &str) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        let mut proxied = url::Url::parse(url).expect("a Redis URL");
+        let target = format!(
+            "{}:{}",
+            proxied.host_str().expect("a host"),
+            proxied.port().unwrap_or(6379)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("an address").port();
+        proxied.set_host(Some("127.0.0.1")).expect("a host");
+        proxied.set_port(Some(port)).expect("a port");
+        let speaking = Arc::new(AtomicU64::new(1));
+        let generation = Arc::clone(&speaking);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let born = generation.load(Ordering::SeqCst);
+                let (generation, alive) = (Arc::clone(&generation), move |g: &AtomicU64| {
+                    g.load(Ordering::SeqCst) == born
+                });
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    // Bytes are read either way and, once the connection's generation
+                    // is past, dropped: the sockets stay open and carry nothing.
+                    let pump = async |from: &mut tokio::net::tcp::OwnedReadHalf,
+                                      to: &mut tokio::net::tcp::OwnedWriteHalf| {
+                        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        loop {
+                            let Ok(read) = from.read(&mut buffer).await else { return };
+                            if read == 0 {
+                                return;
+                            }
+                            if alive(&generation) && to.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::join!(
+                        pump(&mut client_read, &mut server_write),
+                        pump(&mut server_read, &mut client_write)
+                    );
+                });
+            }
+        });
+        Self {
+            url: proxied.to_string(),
+            speaking,
+            accept,
+        }
+    }
+
+    /// Every connection made so far goes silent for good.
+    pub fn go_silent(&self) {
+        self.speaking.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for SilentProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bus;
 mod control_plane;
 mod crash;
 mod data_plane_auth;
