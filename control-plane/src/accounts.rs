@@ -35,7 +35,9 @@ impl FromRequestParts<ControlPlane> for Client {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |info| info.0.ip());
-        Ok(Self(state.settings.trusted_proxies.client(peer, &parts.headers)))
+        let client = state.settings.trusted_proxies.client(peer, &parts.headers);
+        // An IPv6 host commonly holds a whole /64: it is one client.
+        Ok(Self(quiver_common::client::budget_holder(client)))
     }
 }
 
@@ -49,6 +51,10 @@ pub struct AccountThrottle {
     /// second. Each costs an argon2 hash, and one address trying many accounts is
     /// someone's list of leaked passwords.
     clients: Throttle<IpAddr>,
+    /// Sign-ins per email, whatever the client: a burst of 60, then one a second. A
+    /// backstop against guesses at one account spread over many addresses, loose
+    /// enough that holding an owner out this way takes as many.
+    emails: Throttle<String>,
 }
 
 impl Default for AccountThrottle {
@@ -56,6 +62,7 @@ impl Default for AccountThrottle {
         Self {
             sign_ins: Throttle::new(Quota::per_minute(NonZeroU32::new(5).expect("5 is not zero"))),
             clients: Throttle::new(Quota::per_minute(NonZeroU32::new(60).expect("60 is not zero"))),
+            emails: Throttle::new(Quota::per_minute(NonZeroU32::new(60).expect("60 is not zero"))),
         }
     }
 }
@@ -70,6 +77,9 @@ impl AccountThrottle {
             .map_err(|not_until| too_many("too many sign-in attempts from this address", &not_until))?;
         self.sign_ins
             .check(&(email.to_owned(), client))
+            .map_err(|not_until| too_many("too many sign-in attempts for this email", &not_until))?;
+        self.emails
+            .check(&email.to_owned())
             .map_err(|not_until| too_many("too many sign-in attempts for this email", &not_until))
     }
 

@@ -472,7 +472,7 @@ pub struct ReplaceResponse {
         (status = 400, body = quiver_common::error::ErrorEnvelope),
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
-        (status = 409, description = "the same idempotency key is in flight", body = quiver_common::error::ErrorEnvelope),
+        (status = 409, description = "the same idempotency key is in flight, or the text kept changing while it was embedded again", body = quiver_common::error::ErrorEnvelope),
         (status = 422, description = "the idempotency key was used with another request", body = quiver_common::error::ErrorEnvelope),
         (status = 404, description = "no such collection or document", body = quiver_common::error::ErrorEnvelope),
         (status = 429, description = "the project's rate limit is spent", body = quiver_common::error::ErrorEnvelope),
@@ -559,7 +559,24 @@ pub async fn replace(
                 patch.vector = embeddings::embed(&state, project, model, vec![text]).await?.pop();
             }
             match records::patch(&state, &principal, &collection, &id, &patch).await {
-                Err(ApiError::Conflict(_)) if patch.embedded_content.is_some() && tries < 3 => continue,
+                // Another write changed the text while it was embedded: embed the new
+                // text. Not another conflict (the collection took another model).
+                Err(ApiError::Conflict(message)) if patch.embedded_content.is_some() => {
+                    let stored = state
+                        .store
+                        .fetch(principal.project_id, &collection, std::slice::from_ref(&id))
+                        .await?
+                        .pop()
+                        .and_then(|record| record.content);
+                    if stored == patch.embedded_content {
+                        return Err(ApiError::Conflict(message));
+                    }
+                    if tries == 3 {
+                        return Err(ApiError::Conflict(format!(
+                            "the text of {what} kept changing while it was embedded; retry"
+                        )));
+                    }
+                }
                 other => break other?,
             }
         };

@@ -292,11 +292,9 @@ local stored = redis.call('HMGET', KEYS[1], 'tat', 'burst')
 local tat = tonumber(stored[1]) or now
 if tat < now then tat = now end
 local was = tonumber(stored[2])
-local rescaled = false
 if was and was ~= burst then
   local spent = math.min((tat - now) / (60000 / was), burst)
   tat = now + spent * interval
-  rescaled = true
 end
 local function save()
   redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat), 'burst', burst)
@@ -304,8 +302,9 @@ local function save()
 end
 -- The epsilon keeps a whole unit whole despite the float arithmetic.
 local available = math.floor((now + burst * interval - tat) / interval + 1e-6)
+-- A refusal stores nothing: a budget rescaled to a smaller quota has its units spent
+-- capped, and stored, a pod still at the larger quota would find them refilled.
 if available < min then
-  if rescaled then save() end
   return {0, available, math.floor(tat - now), math.ceil(tat + (min - burst) * interval - now)}
 end
 local granted = math.min(available, want)
@@ -624,9 +623,11 @@ impl RedisBudget {
             {
                 return lease.decision(now, Some(until - now));
             }
-            // Take what is held; ask Redis for the rest (and a slice more).
-            std::mem::take(&mut lease.held)
+            // Take what is held (good until `full_at`); ask Redis for the rest (and a
+            // slice more).
+            (std::mem::take(&mut lease.held), lease.full_at)
         };
+        let (held, held_until) = held;
         let give_back = |held: u32| {
             let now = Instant::now();
             let mut leases = self.leases.lock().expect("never poisoned");
@@ -652,7 +653,10 @@ impl RedisBudget {
                 // has counted them as spent without a break since they were granted.
                 lease.full_at = lease.full_at.max(sent + answer.until_full);
                 if answer.granted < need {
-                    lease.held += held;
+                    // Back, unless Redis gave them back meanwhile.
+                    if now < held_until {
+                        lease.held += held;
+                    }
                     lease.denied = Some((now + answer.retry_after, need));
                     return lease.decision(now, Some(answer.retry_after));
                 }

@@ -631,7 +631,7 @@ impl IndexManager {
                 namespace,
                 bytes = loaded.index.memory_bytes(),
                 budget = self.budget,
-                "an index larger than the memory budget (--index-memory) is held alone, every other index evicted"
+                "an index larger than the memory budget (--index-memory) is held alone, every other index evicted for it (and it for the next one used); it cannot be rebuilt aside"
             );
         }
         tracing::info!(
@@ -1392,6 +1392,16 @@ impl IndexManager {
     }
 
     /// Whether a namespace's index is in memory.
+    /// Whether the namespace's index is being loaded now, past reading the namespace's
+    /// state: the index is made and taking the records.
+    pub fn is_loading(&self, project: ProjectId, namespace: &str) -> bool {
+        self.loading
+            .lock()
+            .expect("never poisoned")
+            .get(&(project, namespace.to_owned()))
+            .is_some_and(|news| news.index.is_some())
+    }
+
     pub async fn is_loaded(&self, project: ProjectId, namespace: &str) -> bool {
         self.cache.contains_key(&(project, namespace.to_owned()))
     }

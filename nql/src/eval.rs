@@ -608,7 +608,7 @@ pub(crate) fn sort_order(a: &Datum, b: &Datum, nulls_first: bool) -> Ordering {
             }
         }
         _ => match (number_key(a), number_key(b)) {
-            (Some(x), Some(y)) => x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)),
+            (Some(x), Some(y)) => number_order(x, y),
             _ => match compare(a, b) {
                 Ok(Some(o)) => o,
                 _ => rank(a).cmp(&rank(b)),
@@ -617,20 +617,48 @@ pub(crate) fn sort_order(a: &Datum, b: &Datum, nulls_first: bool) -> Ordering {
     }
 }
 
-/// A number's place in ORDER BY: by its value as a 64-bit float, then floats before
-/// integers, then integers exactly. A sort needs a total order, and comparison is
-/// not one: it takes integers exactly and an integer against a float by value, so
-/// beyond 2^53 an integer can be less than another while both equal one float.
-fn number_key(d: &Datum) -> Option<(f64, u8, i128)> {
-    let integer = |i: i128| (i as f64, 1, i);
+/// A number as ORDER BY sorts it.
+#[derive(Clone, Copy)]
+enum SortNumber {
+    Integer(i128),
+    Float(f64),
+}
+
+fn number_key(d: &Datum) -> Option<SortNumber> {
     match d {
-        Datum::Int(i) => Some(integer(i128::from(*i))),
-        Datum::Num(x) => Some((*x, 0, 0)),
+        Datum::Int(i) => Some(SortNumber::Integer(i128::from(*i))),
+        Datum::Num(x) => Some(SortNumber::Float(*x)),
         Datum::Json(Value::Number(n)) => match quiver_common::json::integer_of(n) {
-            Some(i) => Some(integer(i)),
-            None => n.as_f64().map(|x| (x, 0, 0)),
+            Some(i) => Some(SortNumber::Integer(i)),
+            None => n.as_f64().map(SortNumber::Float),
         },
         _ => None,
+    }
+}
+
+/// Numbers' order in ORDER BY, a total one: by exact value (as `compare` has it), a
+/// float before an integer of the same value, `-0.0` before `0.0`, NaN after all.
+fn number_order(a: SortNumber, b: SortNumber) -> Ordering {
+    use SortNumber::{Float, Integer};
+    match (a, b) {
+        (Integer(x), Integer(y)) => x.cmp(&y),
+        (Float(x), Float(y)) => match (x.is_nan(), y.is_nan()) {
+            (false, false) => x.partial_cmp(&y).unwrap_or(Ordering::Equal).then(x.total_cmp(&y)),
+            (true, true) => x.total_cmp(&y),
+            (x_nan, _) => {
+                if x_nan {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
+        },
+        (Integer(i), Float(f)) => compare_integer_float(i, f)
+            .unwrap_or(Ordering::Less)
+            .then(Ordering::Greater),
+        (Float(f), Integer(i)) => compare_integer_float(i, f)
+            .map_or(Ordering::Greater, Ordering::reverse)
+            .then(Ordering::Less),
     }
 }
 

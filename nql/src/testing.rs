@@ -297,11 +297,11 @@ pub fn filter_matches(filter: &Value, metadata: &Map<String, Value>) -> bool {
 fn holds(op: &str, operand: &Value, value: Option<&Value>) -> bool {
     use std::cmp::Ordering;
     let equal = |a: &Value, b: &Value| match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => quiver_common::json::compare_numbers(x, y) == Some(Ordering::Equal),
         _ => a == b,
     };
     let compare = |a: &Value, b: &Value| match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64().and_then(|x| x.partial_cmp(&y.as_f64()?)),
+        (Value::Number(x), Value::Number(y)) => quiver_common::json::compare_numbers(x, y),
         (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
         _ => None,
     };

@@ -1024,19 +1024,22 @@ async fn numbers_sort_in_one_order_and_pages_fit_together() {
         ("d", json!(1)),
         ("e", json!(1.0)),
         ("f", json!(-2.5)),
+        // 2^53 + 3 is less than the float 2^53 + 4, which it rounds to as a float.
+        ("g", json!(9007199254740995u64)),
+        ("h", json!(9007199254740996.0)),
     ] {
         b.put("mix", row(id, Some("t"), json!({"x": x}), [1.0, 0.0, 0.0], 0));
     }
     let whole = ids(&run(&b, "SELECT id FROM mix ORDER BY x", json!([])).await);
-    assert_eq!(whole, ["f", "e", "d", "b", "c", "a"]);
+    assert_eq!(whole, ["f", "e", "d", "b", "c", "a", "g", "h"]);
     let mut paged = Vec::new();
-    for offset in 0..6 {
+    for offset in 0..8 {
         let mut req = request("SELECT id FROM mix ORDER BY x DESC", json!([]));
         req.offset = Some(offset);
         req.limit = Some(1);
         paged.extend(ids(&execute(&b, &req, KEY).await.expect("runs")));
     }
-    assert_eq!(paged, ["a", "c", "b", "d", "e", "f"]);
+    assert_eq!(paged, ["h", "g", "a", "c", "b", "d", "e", "f"]);
 
     // Compared by exact value: 2^53 + 1 is more than the float 2^53, not equal to it.
     let above = ids(&run(
@@ -1045,7 +1048,7 @@ async fn numbers_sort_in_one_order_and_pages_fit_together() {
         json!([]),
     )
     .await);
-    assert_eq!(above, ["a"]);
+    assert_eq!(above, ["a", "g", "h"]);
     let equal = ids(&run(
         &b,
         "SELECT id FROM mix WHERE x = 9007199254740992.0 ORDER BY id",
@@ -1054,7 +1057,7 @@ async fn numbers_sort_in_one_order_and_pages_fit_together() {
     .await);
     assert_eq!(equal, ["b", "c"]);
     let literals = "SELECT id FROM mix WHERE 9007199254740993 > 9007199254740992.0 AND -3 < -2.5 ORDER BY id";
-    assert_eq!(ids(&run(&b, literals, json!([])).await).len(), 6);
+    assert_eq!(ids(&run(&b, literals, json!([])).await).len(), 8);
 }
 
 #[tokio::test]

@@ -157,6 +157,13 @@ async fn sign_ins_are_throttled_per_client_behind_a_trusted_proxy() {
     assert_error(status, &body, 429, "RATE_LIMITED");
     // The owner, elsewhere, still gets an answer on the merits.
     assert_eq!(from("198.51.100.7", &guess).await.0, 401);
+    // An IPv6 host holds its /64: another address in it is the same client.
+    for _ in 0..5 {
+        assert_eq!(from("2001:db8:7:7::1", &guess).await.0, 401);
+    }
+    let (status, body) = from("2001:db8:7:7::2", &guess).await;
+    assert_error(status, &body, 429, "RATE_LIMITED");
+    assert_eq!(from("2001:db8:7:8::1", &guess).await.0, 401, "another /64");
 
     // One address trying account after account: 60 attempts (and one more for each
     // second they took), then refused.

@@ -619,7 +619,11 @@ async fn loading(
         let (manager, project) = (Arc::clone(manager), project.clone());
         tokio::spawn(async move { manager.open(&project, "ns").await.expect("open") })
     };
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !manager.is_loading(project.id, "ns") && !task.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "the load never started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     assert!(
         !manager.is_loaded(project.id, "ns").await && !task.is_finished(),
         "the load ended before the test could write beside it: give it more records"
