@@ -109,6 +109,14 @@ pub struct InProcessBus {
     limits: Arc<RwLock<HashMap<ProjectId, ProjectLimits>>>,
 }
 
+impl InProcessBus {
+    /// Tells every listener it may have missed notices, as [`RedisBus`] does after a
+    /// gap in its subscription (this bus never has one: for tests).
+    pub fn tell_of_a_gap(&self) {
+        self.listeners.call(&BusEvent::MayHaveMissed);
+    }
+}
+
 #[async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, notice: Notice) -> anyhow::Result<()> {

@@ -93,6 +93,8 @@ struct VerifiedKey {
     project_id: ProjectId,
     scopes: BTreeSet<Scope>,
     expires_at: Option<DateTime<Utc>>,
+    /// The bus gaps counted when the key was last checked against the database.
+    gaps: u64,
 }
 
 /// Who a credential belongs to, before its project is looked up.
@@ -121,6 +123,9 @@ pub struct Authenticator {
     failures_per_peer: governor::DefaultKeyedRateLimiter<IpAddr>,
     /// Addresses whose refused checks spent their budget, and until when.
     blocked_peers: Mutex<HashMap<IpAddr, Instant>>,
+    /// Gaps the bus has had: a cached key checked before the last one is read from the
+    /// database again on its next use (a notice that deleted it may be lost).
+    gaps: std::sync::atomic::AtomicU64,
 }
 
 /// Refused key checks one address may cause: a burst of 30, then 10 a second.
@@ -159,6 +164,7 @@ impl Authenticator {
                     .allow_burst(NonZeroU32::new(FAILURE_BURST).expect("non-zero")),
             ),
             blocked_peers: Mutex::new(HashMap::new()),
+            gaps: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -224,8 +230,11 @@ impl Authenticator {
                 | Notice::LimitsChanged { .. },
             ) => {}
             BusEvent::MayHaveMissed => {
-                tracing::warn!("the bus had a gap; dropping every cached key");
-                self.verified.invalidate_all();
+                // Not dropped: each would cost an argon2 check (~13 ms of CPU) on its
+                // next use, every pod at once after a Redis blip. The database says
+                // whether a key is still there; its secret was checked already.
+                tracing::warn!("the bus had a gap; cached keys are read from the database again on their next use");
+                self.gaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
     }
@@ -309,6 +318,18 @@ impl Authenticator {
         let (key_id, secret) = parse_api_key(presented).ok_or(Refusal::Unknown)?;
         let fingerprint = fingerprint(presented);
         let key = match self.verified.get(&fingerprint).await {
+            Some(hit) if hit.gaps < self.gaps.load(std::sync::atomic::Ordering::SeqCst) => {
+                match self.recheck(&hit).await {
+                    Ok(fresh) => {
+                        self.verified.insert(fingerprint, Arc::clone(&fresh)).await;
+                        fresh
+                    }
+                    Err(refusal) => {
+                        self.verified.invalidate(&fingerprint).await;
+                        return Err(refusal);
+                    }
+                }
+            }
             Some(hit) => hit,
             None => {
                 // An IPv6 client spends the budget of its /64.
@@ -357,7 +378,25 @@ impl Authenticator {
         }
     }
 
-    async fn load_key(&self, key_id: &str, secret: &str) -> Result<Arc<VerifiedKey>, Refusal> {
+    /// A cached key as the database has it now, without checking its secret again
+    /// (the fingerprint that found it in the cache is of the secret that checked out).
+    async fn recheck(&self, cached: &VerifiedKey) -> Result<Arc<VerifiedKey>, Refusal> {
+        let gaps = self.gaps.load(std::sync::atomic::Ordering::SeqCst);
+        let stored = self.stored_key(&cached.key_id).await?;
+        if stored.project_id != cached.project_id {
+            return Err(Refusal::Unknown);
+        }
+        Ok(Arc::new(VerifiedKey {
+            key_id: stored.id,
+            project_id: stored.project_id,
+            scopes: stored.role.scopes().iter().copied().collect(),
+            expires_at: stored.expires_at,
+            gaps,
+        }))
+    }
+
+    /// A key's row, if it is there and not revoked.
+    async fn stored_key(&self, key_id: &str) -> Result<quiver_store::ApiKey, Refusal> {
         let stored = match self.store.api_key(key_id).await {
             Ok(Some(stored)) => stored,
             Ok(None) => return Err(Refusal::Unknown),
@@ -370,6 +409,12 @@ impl Authenticator {
         if stored.revoked_at.is_some() {
             return Err(Refusal::Revoked);
         }
+        Ok(stored)
+    }
+
+    async fn load_key(&self, key_id: &str, secret: &str) -> Result<Arc<VerifiedKey>, Refusal> {
+        let gaps = self.gaps.load(std::sync::atomic::Ordering::SeqCst);
+        let stored = self.stored_key(key_id).await?;
         let (secret, hash) = (secret.to_owned(), stored.secret_hash.clone());
         let matches = verify_secret_bounded(HashQueue::Keys, secret, Some(hash))
             .await
@@ -382,6 +427,7 @@ impl Authenticator {
             project_id: stored.project_id,
             scopes: stored.role.scopes().iter().copied().collect(),
             expires_at: stored.expires_at,
+            gaps,
         }))
     }
 

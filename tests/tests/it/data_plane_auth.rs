@@ -661,3 +661,85 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_budget_of_refused_keys()
     let (status, body) = list(&app, 0, &quiver_common::secrets::generate_api_key().full).await;
     assert_error(status, &body, 401, "UNAUTHORIZED");
 }
+
+/// After a gap in the bus (notices may be lost), a cached key is read from the
+/// database again on its next use, but its secret is not hashed again: a Redis blip
+/// would otherwise cost every pod an argon2 check (~13 ms of CPU) per active key at
+/// once. A key deleted or revoked meanwhile is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_bus_gap_cached_keys_are_read_again_not_hashed_again() {
+    use quiver_common::bus::InProcessBus;
+    use quiver_common::domain::Role;
+    use quiver_common::secrets::{generate_api_key, hash_secret};
+    use quiver_data_plane::auth::Authenticator;
+    use quiver_store::NewApiKey;
+
+    let fixture = quiver_tests::stores::SqliteFixture::new().await;
+    let store = std::sync::Arc::clone(&fixture.store);
+    let user = store.create_user("gap@example.com", "h").await.expect("user");
+    let project = store
+        .create_project(NewProject {
+            owner_id: user.id,
+            name: "gap".into(),
+            dimension: 4,
+            metric: Metric::Cosine,
+            plan_id: "starter".into(),
+        })
+        .await
+        .expect("project");
+    let mut keys = Vec::new();
+    for label in ["kept", "rehashed", "deleted", "revoked"] {
+        let key = generate_api_key();
+        store
+            .create_api_key(NewApiKey {
+                id: key.id.clone(),
+                project_id: project.id,
+                label: label.into(),
+                role: Role::Admin,
+                secret_hash: hash_secret(&key.secret),
+                expires_at: None,
+            })
+            .await
+            .expect("key");
+        keys.push(key);
+    }
+    let bus = InProcessBus::default();
+    let jwt = quiver_common::token::JwtKeys::new(JWT_SECRET).expect("secret");
+    let auth = std::sync::Arc::new(Authenticator::new(std::sync::Arc::clone(&store), jwt));
+    auth.spawn_watchers(&bus);
+    for key in &keys {
+        auth.authenticate(&key.full).await.expect("verified and cached");
+    }
+
+    // Behind the cache's back: one key's stored hash replaced (only a fresh argon2
+    // check would notice), one deleted, one revoked, and no notice of any of it.
+    let [_, rehashed, deleted, revoked] = &keys[..] else {
+        unreachable!()
+    };
+    let other = hash_secret("not the key's secret at all");
+    fixture
+        .execute(&format!(
+            "UPDATE api_keys SET secret_hash = '{other}' WHERE id = '{}'",
+            rehashed.id
+        ))
+        .await;
+    fixture
+        .execute(&format!("DELETE FROM api_keys WHERE id = '{}'", deleted.id))
+        .await;
+    fixture
+        .execute(&format!(
+            "UPDATE api_keys SET revoked_at = '2026-01-01T00:00:00+00:00' WHERE id = '{}'",
+            revoked.id
+        ))
+        .await;
+    bus.tell_of_a_gap();
+
+    auth.authenticate(&keys[0].full).await.expect("still a key");
+    auth.authenticate(&rehashed.full)
+        .await
+        .expect("read again, not hashed again");
+    let refused = auth.authenticate(&deleted.full).await.expect_err("gone");
+    assert!(refused.to_string().contains("invalid"), "{refused}");
+    let refused = auth.authenticate(&revoked.full).await.expect_err("revoked");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+}
