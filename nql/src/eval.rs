@@ -79,6 +79,8 @@ impl Datum {
             Value::Bool(b) => Datum::Bool(*b),
             Value::Number(n) => match n.as_i64() {
                 Some(i) => Datum::Int(i),
+                // Beyond i64 (up to u64::MAX), kept exact: a 64-bit id compares as itself.
+                None if n.is_u64() => Datum::Json(value.clone()),
                 None => Datum::Num(n.as_f64().unwrap_or(f64::NAN)),
             },
             Value::String(s) => Datum::Text(s.clone()),
@@ -101,6 +103,10 @@ impl Datum {
     pub(crate) fn number(text: &str) -> Option<Datum> {
         if let Ok(i) = text.parse::<i64>() {
             return Some(Datum::Int(i));
+        }
+        // Beyond i64 (up to u64::MAX), kept exact: a 64-bit id compares as itself.
+        if let Ok(u) = text.parse::<u64>() {
+            return Some(Datum::Json(Value::from(u)));
         }
         text.parse::<f64>().ok().filter(|x| x.is_finite()).map(Datum::Num)
     }

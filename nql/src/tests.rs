@@ -1056,8 +1056,18 @@ async fn numbers_sort_in_one_order_and_pages_fit_together() {
     )
     .await);
     assert_eq!(equal, ["b", "c"]);
+    // Integers beyond i64, as literals and parameters, stay exact too.
+    b.put("mix", row("max", Some("t"), json!({"x": u64::MAX}), [1.0, 0.0, 0.0], 0));
+    b.put(
+        "mix",
+        row("max-1", Some("t"), json!({"x": u64::MAX - 1}), [1.0, 0.0, 0.0], 0),
+    );
+    let literal = ids(&run(&b, "SELECT id FROM mix WHERE x = 18446744073709551615", json!([])).await);
+    assert_eq!(literal, ["max"]);
+    let param = ids(&run(&b, "SELECT id FROM mix WHERE x = $1", json!([u64::MAX])).await);
+    assert_eq!(param, ["max"]);
     let literals = "SELECT id FROM mix WHERE 9007199254740993 > 9007199254740992.0 AND -3 < -2.5 ORDER BY id";
-    assert_eq!(ids(&run(&b, literals, json!([])).await).len(), 8);
+    assert_eq!(ids(&run(&b, literals, json!([])).await).len(), 10);
 }
 
 #[tokio::test]
