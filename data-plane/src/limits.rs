@@ -7,19 +7,19 @@
 //! refills continuously, so a Starter project may burst 30 queries and then gets one
 //! every two seconds. A new quota keeps the units spent of the old one.
 //!
-//! - Standalone (one process) keeps its budgets in memory with `governor`.
+//! - Standalone (one process) keeps its budgets in memory, with the same GCRA as the
+//!   Redis script (`governor` cannot carry the units spent over to a new quota).
 //! - A cluster keeps one budget per project in Redis (a Lua GCRA script, atomic), and
 //!   each pod leases a slice of it at a time (one unit at low rates, 1/200th of the
 //!   quota at high ones), so most requests are decided in memory. A leased unit is
 //!   spent only while Redis still counts it (until its budget would be full again),
 //!   so pods together never admit more than the plan.
 //! - When Redis does not answer within [`REDIS_WAIT`], each pod enforces its share
-//!   (the quota divided by the live pods it last saw) with `governor`, logs it once,
+//!   (the quota divided by the live pods it last saw) in memory, logs it once,
 //!   reports it on `/readyz`, and asks Redis again after a rest that grows while it
 //!   stays down; the heartbeat brings it back as soon as Redis answers.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,10 +29,6 @@ use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use quiver_common::ApiError;
 use quiver_common::bus::{Bus, BusEvent, Notice, ProjectLimits};
 use quiver_common::domain::ProjectId;
@@ -94,12 +90,6 @@ fn interval(per_minute: u32) -> Duration {
     Duration::from_secs(60) / per_minute.max(1)
 }
 
-/// Epoch seconds, rounded up, when `missing` units will have come back.
-fn reset_after(per_minute: u32, missing: u64) -> u64 {
-    let wait = interval(per_minute).saturating_mul(u32::try_from(missing).unwrap_or(u32::MAX));
-    (epoch_now() + wait).as_secs_f64().ceil() as u64
-}
-
 /// Epoch seconds, rounded up, of the instant `at` (never before `now`).
 fn epoch_secs_at(at: Instant, now: Instant) -> u64 {
     (epoch_now() + at.saturating_duration_since(now)).as_secs_f64().ceil() as u64
@@ -115,79 +105,106 @@ fn missing_for(wait: Duration, per_minute: u32) -> u64 {
 /// Map sizes at which idle entries are swept out; doubled after a sweep.
 const FIRST_SWEEP: usize = 1024;
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
-
+/// One budget in memory: GCRA, as the Redis script runs it. It keeps when the budget
+/// is full again and the quota it was spent at, and takes the quota with each call: a
+/// call at another quota sees the units spent carried over (at most all of the new
+/// quota) and stores that view only when it admits, so callers that disagree on a
+/// quota (a plan change not yet heard of everywhere; a pod's share as pods come and
+/// go) cannot refill the budget by taking turns.
 struct Bucket {
+    state: Mutex<Gcra>,
+}
+
+#[derive(Clone, Copy)]
+struct Gcra {
+    /// When the budget is full again.
+    full_at: Instant,
+    /// The quota it was spent at.
     per_minute: u32,
-    limiter: Limiter,
-    /// What the last admission left, and when: what `peek` starts from.
-    last: Mutex<(Instant, u64)>,
+}
+
+const MINUTE_NANOS: u128 = 60_000_000_000;
+
+impl Gcra {
+    /// Nanoseconds until full again, as at `per_minute`: the units spent carried over,
+    /// at most all of the quota.
+    fn missing_nanos(&self, now: Instant, per_minute: u32) -> u128 {
+        let missing = self.full_at.saturating_duration_since(now).as_nanos();
+        if self.per_minute == per_minute {
+            return missing;
+        }
+        // Units spent at the old quota, as a fraction, then timed at the new one.
+        let spent_units_x_minute = missing * u128::from(self.per_minute.max(1));
+        (spent_units_x_minute / u128::from(per_minute.max(1))).min(MINUTE_NANOS)
+    }
+}
+
+fn units_nanos(units: u64, per_minute: u32) -> u128 {
+    (u128::from(units) * MINUTE_NANOS).div_ceil(u128::from(per_minute.max(1)))
 }
 
 impl Bucket {
     fn new(per_minute: u32) -> Self {
-        let quota = NonZeroU32::new(per_minute.max(1)).expect("max(1) is non-zero");
         Self {
-            per_minute,
-            limiter: RateLimiter::direct(Quota::per_minute(quota).allow_burst(quota))
-                .with_middleware::<StateInformationMiddleware>(),
-            last: Mutex::new((Instant::now(), u64::from(quota.get()))),
+            state: Mutex::new(Gcra {
+                full_at: Instant::now(),
+                per_minute,
+            }),
         }
     }
 
-    /// A bucket of `per_minute` with `spent` of it already taken (at most all of it).
-    fn spent(per_minute: u32, spent: u64) -> Self {
-        let bucket = Self::new(per_minute);
-        let spent = u32::try_from(spent).unwrap_or(u32::MAX).min(per_minute.max(1));
-        if let Some(spent) = NonZeroU32::new(spent) {
-            bucket.take(spent.get());
+    fn decision(per_minute: u32, missing: u128, retry_after: Option<Duration>) -> Decision {
+        let per = u128::from(per_minute.max(1));
+        // Units missing, a unit partly back counting as missing.
+        let missing_units = (missing * per).div_ceil(MINUTE_NANOS).min(per);
+        Decision {
+            limit: per_minute,
+            remaining: u64::try_from(per - missing_units).unwrap_or(0),
+            reset: (epoch_now() + Duration::from_nanos(u64::try_from(missing).unwrap_or(u64::MAX)))
+                .as_secs_f64()
+                .ceil() as u64,
+            retry_after,
         }
-        bucket
     }
 
-    fn take(&self, n: u32) -> Decision {
-        let per_minute = self.per_minute;
-        let cells = NonZeroU32::new(n.max(1)).expect("max(1) is non-zero");
-        let retry_after = match self.limiter.check_n(cells) {
-            Ok(Ok(snapshot)) => {
-                let remaining = u64::from(snapshot.remaining_burst_capacity());
-                *self.last.lock().expect("never poisoned") = (Instant::now(), remaining);
-                return Decision {
-                    limit: per_minute,
-                    remaining,
-                    reset: reset_after(per_minute, u64::from(per_minute) - remaining.min(u64::from(per_minute))),
-                    retry_after: None,
-                };
-            }
-            Ok(Err(not_until)) => not_until
-                .wait_time_from(DefaultClock::default().now())
-                .max(Duration::from_millis(1)),
+    fn take(&self, per_minute: u32, n: u32) -> Decision {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("never poisoned");
+        let missing = state.missing_nanos(now, per_minute);
+        if n > per_minute.max(1) {
             // More than the whole burst: it would never be admitted at once.
-            Err(_) => Duration::MAX,
-        };
-        // A refusal takes nothing: the budget stands where the last admission left
-        // it, refilled since (a batch refused for being larger leaves what there was).
-        Decision {
-            retry_after: Some(retry_after),
-            ..self.peek()
+            return Self::decision(per_minute, missing, Some(Duration::MAX));
         }
+        let needed = units_nanos(u64::from(n.max(1)), per_minute);
+        // Admitted while what is missing leaves room for `n` more in a minute's burst
+        // (give or take a nanosecond a unit: `units_nanos` rounds each unit up).
+        if missing + needed <= MINUTE_NANOS + u128::from(per_minute.max(1)) {
+            let missing = missing + needed;
+            *state = Gcra {
+                full_at: now + Duration::from_nanos(u64::try_from(missing).unwrap_or(u64::MAX)),
+                per_minute,
+            };
+            return Self::decision(per_minute, missing, None);
+        }
+        // A refusal takes nothing and stores nothing.
+        let wait = missing + needed - MINUTE_NANOS;
+        let wait = Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX)).max(Duration::from_millis(1));
+        Self::decision(per_minute, missing, Some(wait))
     }
 
-    fn peek(&self) -> Decision {
-        let (at, remaining) = *self.last.lock().expect("never poisoned");
-        let refilled = at.elapsed().as_nanos() / interval(self.per_minute).as_nanos().max(1);
-        let remaining = (u128::from(remaining) + refilled).min(u128::from(self.per_minute)) as u64;
-        Decision {
-            limit: self.per_minute,
-            remaining,
-            reset: reset_after(self.per_minute, u64::from(self.per_minute) - remaining),
-            retry_after: None,
-        }
+    fn peek(&self, per_minute: u32) -> Decision {
+        let now = Instant::now();
+        let missing = self
+            .state
+            .lock()
+            .expect("never poisoned")
+            .missing_nanos(now, per_minute);
+        Self::decision(per_minute, missing, None)
     }
 
     /// Full, and so no different from a new bucket.
     fn is_full(&self) -> bool {
-        self.peek().remaining >= u64::from(self.per_minute)
+        self.state.lock().expect("never poisoned").full_at <= Instant::now()
     }
 }
 
@@ -207,9 +224,7 @@ pub struct LocalBudget {
 
 impl LocalBudget {
     fn bucket(&self, project: ProjectId, kind: Kind, per_minute: u32) -> Arc<Bucket> {
-        if let Some(bucket) = self.buckets.read().expect("never poisoned").map.get(&(project, kind))
-            && bucket.per_minute == per_minute
-        {
+        if let Some(bucket) = self.buckets.read().expect("never poisoned").map.get(&(project, kind)) {
             return Arc::clone(bucket);
         }
         let mut buckets = self.buckets.write().expect("never poisoned");
@@ -221,23 +236,18 @@ impl LocalBudget {
                 .retain(|_, bucket| Arc::strong_count(bucket) > 1 || !bucket.is_full());
             buckets.sweep_at = buckets.map.len() * 2;
         }
+        // A new quota (a plan change, or a pod's share of it changing) is the bucket's
+        // to carry over: see `Bucket`.
         let bucket = buckets
             .map
             .entry((project, kind))
             .or_insert_with(|| Arc::new(Bucket::new(per_minute)));
-        if bucket.per_minute != per_minute {
-            // A new quota (a plan change, or a pod's share of it changing) keeps what
-            // was spent of the old one: switching plans back and forth must not
-            // refill the budget each time.
-            let spent = u64::from(bucket.per_minute).saturating_sub(bucket.peek().remaining);
-            *bucket = Arc::new(Bucket::spent(per_minute, spent));
-        }
         Arc::clone(bucket)
     }
 
     /// [`Budget::take`] without the async wrapper.
     pub fn take_now(&self, project: ProjectId, kind: Kind, per_minute: u32, n: u32) -> Decision {
-        self.bucket(project, kind, per_minute).take(n)
+        self.bucket(project, kind, per_minute).take(per_minute, n)
     }
 }
 
@@ -248,7 +258,7 @@ impl Budget for LocalBudget {
     }
 
     fn peek(&self, project: ProjectId, kind: Kind, per_minute: u32) -> Decision {
-        self.bucket(project, kind, per_minute).peek()
+        self.bucket(project, kind, per_minute).peek(per_minute)
     }
 
     fn forget(&self, project: ProjectId) {
@@ -1071,6 +1081,15 @@ mod tests {
             !budget.take_now(project, Kind::Queries, 30, 1).admitted(),
             "the starter budget spent before the switches is still spent"
         );
+
+        // A request at the smaller quota (a caller still at the old plan) is refused
+        // without storing its capped view: back at the larger one, nothing refilled.
+        let budget = LocalBudget::default();
+        assert!(budget.take_now(project, Kind::Queries, 300, 231).admitted());
+        assert!(!budget.take_now(project, Kind::Queries, 30, 1).admitted());
+        let back = budget.take_now(project, Kind::Queries, 300, 1);
+        assert!(back.admitted());
+        assert_eq!(back.remaining, 68, "{back:?}");
     }
 
     #[test]

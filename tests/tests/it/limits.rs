@@ -554,6 +554,10 @@ mod cluster {
         let back = redis.take(project, Kind::Queries, 300, 1).await;
         assert!(back.admitted());
         assert!((66..=70).contains(&back.remaining), "{back:?}");
+        // Standalone's budget the same (without the leased unit).
+        let back = local.take_now(project, Kind::Queries, 300, 1);
+        assert!(back.admitted());
+        assert!((67..=70).contains(&back.remaining), "{back:?}");
     }
 
     /// Units a pod leased are good only while Redis counts them as spent: once its
