@@ -97,6 +97,19 @@ struct VerifiedKey {
     gaps: u64,
 }
 
+impl VerifiedKey {
+    /// A key as its row has it, checked against the database after `gaps` bus gaps.
+    fn of(stored: quiver_store::ApiKey, gaps: u64) -> Self {
+        Self {
+            key_id: stored.id,
+            project_id: stored.project_id,
+            scopes: stored.role.scopes().iter().copied().collect(),
+            expires_at: stored.expires_at,
+            gaps,
+        }
+    }
+}
+
 /// Who a credential belongs to, before its project is looked up.
 #[derive(Debug, Clone)]
 pub struct Credential {
@@ -386,13 +399,7 @@ impl Authenticator {
         if stored.project_id != cached.project_id {
             return Err(Refusal::Unknown);
         }
-        Ok(Arc::new(VerifiedKey {
-            key_id: stored.id,
-            project_id: stored.project_id,
-            scopes: stored.role.scopes().iter().copied().collect(),
-            expires_at: stored.expires_at,
-            gaps,
-        }))
+        Ok(Arc::new(VerifiedKey::of(stored, gaps)))
     }
 
     /// A key's row, if it is there and not revoked.
@@ -422,13 +429,7 @@ impl Authenticator {
         if !matches {
             return Err(Refusal::Unknown);
         }
-        Ok(Arc::new(VerifiedKey {
-            key_id: stored.id,
-            project_id: stored.project_id,
-            scopes: stored.role.scopes().iter().copied().collect(),
-            expires_at: stored.expires_at,
-            gaps,
-        }))
+        Ok(Arc::new(VerifiedKey::of(stored, gaps)))
     }
 
     /// Writes `last_used_at` at most once a minute per key, off the request path.
