@@ -942,6 +942,12 @@ pub async fn snapshots_of_a_gone_or_recreated_namespace_are_refused_and_deleted_
         None,
         "deleted with the project"
     );
+    // A write that arrives after its project's delete is refused as that, not with
+    // the schema's words for it.
+    match store.upsert(p, "other", &[write("a", 1.0, json!({}))]).await {
+        Err(StoreError::Invalid(message)) => assert_eq!(message, format!("project {p} was deleted")),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 pub async fn snapshots_saved_while_records_are_written_keep_the_horizon_at_the_stored_seq(store: Arc<dyn Store>) {

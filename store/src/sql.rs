@@ -141,7 +141,14 @@ macro_rules! sql_store {
                 .bind(Uuid::now_v7())
                 .bind(Utc::now())
                 .fetch_optional(&mut **tx)
-                .await?
+                .await
+                .map_err(|err| match err {
+                    // The project's row is gone: deleted while this write was on its way.
+                    sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                        StoreError::Invalid(format!("project {project} was deleted"))
+                    }
+                    other => other.into(),
+                })?
             } else {
                 sqlx::query(
                     "UPDATE namespaces SET seq = seq + 1 WHERE project_id = $1 AND name = $2 RETURNING epoch, seq",
