@@ -77,3 +77,27 @@ impl StoreFixture for PostgresFixture {
         Arc::clone(&self.store)
     }
 }
+
+/// A project of `dimension`-d vectors by `metric` on `plan`, owned by an account of its
+/// own, made in the store directly.
+pub async fn project(
+    store: &dyn Store,
+    dimension: u32,
+    metric: quiver_common::domain::Metric,
+    plan: &str,
+) -> quiver_store::Project {
+    let user = store
+        .create_user(&format!("{}@example.com", uuid::Uuid::now_v7()), "h")
+        .await
+        .expect("user");
+    store
+        .create_project(quiver_store::NewProject {
+            owner_id: user.id,
+            name: format!("{dimension}-d {metric}"),
+            dimension,
+            metric,
+            plan_id: plan.to_owned(),
+        })
+        .await
+        .expect("project")
+}

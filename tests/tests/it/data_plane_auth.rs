@@ -676,17 +676,7 @@ async fn after_a_bus_gap_cached_keys_are_read_again_not_hashed_again() {
 
     let fixture = quiver_tests::stores::SqliteFixture::new().await;
     let store = std::sync::Arc::clone(&fixture.store);
-    let user = store.create_user("gap@example.com", "h").await.expect("user");
-    let project = store
-        .create_project(NewProject {
-            owner_id: user.id,
-            name: "gap".into(),
-            dimension: 4,
-            metric: Metric::Cosine,
-            plan_id: "starter".into(),
-        })
-        .await
-        .expect("project");
+    let project = quiver_tests::stores::project(&*store, 4, Metric::Cosine, "starter").await;
     let mut keys = Vec::new();
     for label in ["kept", "rehashed", "deleted", "revoked"] {
         let key = generate_api_key();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use quiver_common::domain::Metric;
 use quiver_engine::{Filter, IndexManager, Query};
-use quiver_store::{NewProject, RecordWrite};
+use quiver_store::RecordWrite;
 use quiver_tests::stores::SqliteFixture;
 
 fn query(vector: Vec<f32>) -> Query {
@@ -22,17 +22,7 @@ fn query(vector: Vec<f32>) -> Query {
 async fn indexes_beyond_the_memory_budget_are_evicted_and_reload_on_use() {
     let fixture = SqliteFixture::new().await;
     let store = Arc::clone(&fixture.store);
-    let user = store.create_user("lru@example.com", "h").await.expect("user");
-    let project = store
-        .create_project(NewProject {
-            owner_id: user.id,
-            name: "lru".into(),
-            dimension: 64,
-            metric: Metric::Euclidean,
-            plan_id: "business".into(),
-        })
-        .await
-        .expect("project");
+    let project = quiver_tests::stores::project(&*store, 64, Metric::Euclidean, "business").await;
     for (n, namespace) in ["a", "b", "c"].iter().enumerate() {
         let records: Vec<RecordWrite> = (0..2_000)
             .map(|i| RecordWrite {
@@ -108,17 +98,7 @@ async fn indexes_beyond_the_memory_budget_are_evicted_and_reload_on_use() {
 async fn an_index_larger_than_the_budget_is_held_alone() {
     let fixture = SqliteFixture::new().await;
     let store = Arc::clone(&fixture.store);
-    let user = store.create_user("big@example.com", "h").await.expect("user");
-    let project = store
-        .create_project(NewProject {
-            owner_id: user.id,
-            name: "big".into(),
-            dimension: 64,
-            metric: Metric::Euclidean,
-            plan_id: "business".into(),
-        })
-        .await
-        .expect("project");
+    let project = quiver_tests::stores::project(&*store, 64, Metric::Euclidean, "business").await;
     for namespace in ["small", "big"] {
         let records: Vec<RecordWrite> = (0..if namespace == "big" { 2_000 } else { 10 })
             .map(|i| RecordWrite {
@@ -159,17 +139,7 @@ async fn an_index_larger_than_the_budget_is_held_alone() {
 async fn an_index_caught_up_with_other_pods_writes_is_weighed_again() {
     let fixture = SqliteFixture::new().await;
     let store = Arc::clone(&fixture.store);
-    let user = store.create_user("grow@example.com", "h").await.expect("user");
-    let project = store
-        .create_project(NewProject {
-            owner_id: user.id,
-            name: "grow".into(),
-            dimension: 64,
-            metric: Metric::Euclidean,
-            plan_id: "business".into(),
-        })
-        .await
-        .expect("project");
+    let project = quiver_tests::stores::project(&*store, 64, Metric::Euclidean, "business").await;
     let records = |range: std::ops::Range<usize>| -> Vec<RecordWrite> {
         range
             .map(|i| RecordWrite {
@@ -226,17 +196,7 @@ async fn an_index_caught_up_with_other_pods_writes_is_weighed_again() {
 async fn a_resync_makes_up_for_notices_missed() {
     let fixture = SqliteFixture::new().await;
     let store = Arc::clone(&fixture.store);
-    let user = store.create_user("resync@example.com", "h").await.expect("user");
-    let project = store
-        .create_project(NewProject {
-            owner_id: user.id,
-            name: "resync".into(),
-            dimension: 2,
-            metric: Metric::Euclidean,
-            plan_id: "business".into(),
-        })
-        .await
-        .expect("project");
+    let project = quiver_tests::stores::project(&*store, 2, Metric::Euclidean, "business").await;
     let write = |id: &str, x: f32| RecordWrite {
         id: id.to_owned(),
         vector: vec![x, 0.0],

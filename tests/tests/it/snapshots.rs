@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use quiver_common::domain::Metric;
 use quiver_engine::{Filter, IndexManager, LoadedFrom, Query, SnapshotPolicy};
-use quiver_store::{NewProject, Project, RecordWrite, Snapshot, Store};
+use quiver_store::{Project, RecordWrite, Snapshot, Store};
 use quiver_tests::stores::SqliteFixture;
 
 use crate::support::on_both_stores;
@@ -64,20 +64,7 @@ fn nearest(vector: Vec<f32>, strong: bool) -> Query {
 }
 
 async fn project(store: &dyn Store) -> Project {
-    let user = store
-        .create_user(&format!("{}@example.com", uuid::Uuid::now_v7()), "h")
-        .await
-        .expect("user");
-    store
-        .create_project(NewProject {
-            owner_id: user.id,
-            name: "snapshots".into(),
-            dimension: DIM as u32,
-            metric: Metric::Euclidean,
-            plan_id: "business".into(),
-        })
-        .await
-        .expect("project")
+    quiver_tests::stores::project(store, DIM as u32, Metric::Euclidean, "business").await
 }
 
 /// The id a manager finds nearest to record `i`'s own vector.

@@ -16,22 +16,12 @@ async fn writes_waiting_on_a_lock_leave_reads_their_connections() {
     use std::sync::Arc;
 
     use quiver_common::domain::Metric;
-    use quiver_store::{NewProject, RecordWrite};
+    use quiver_store::RecordWrite;
     use sqlx::Connection;
 
     let fixture = quiver_tests::stores::PostgresFixture::new().await;
     let store = Arc::clone(&fixture.store);
-    let user = store.create_user("pools@example.com", "h").await.expect("user");
-    let project = store
-        .create_project(NewProject {
-            owner_id: user.id,
-            name: "pools".into(),
-            dimension: 2,
-            metric: Metric::Euclidean,
-            plan_id: "business".into(),
-        })
-        .await
-        .expect("project");
+    let project = quiver_tests::stores::project(&*store, 2, Metric::Euclidean, "business").await;
     let write = |i: usize| RecordWrite {
         id: format!("r{i}"),
         vector: vec![i as f32, 1.0],
