@@ -1880,17 +1880,10 @@ crate::support::on_both_backends!(
 
 /// The budgets of a cluster pod (leased from Redis) answer as standalone's do.
 mod cluster {
-    use quiver_tests::app::TestApp;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn document_writes_past_the_documents_budget_are_429s_that_write_nothing() {
-        super::document_writes_past_the_documents_budget_are_429s_that_write_nothing(TestApp::cluster(1).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn document_reads_and_statements_past_the_queries_budget_are_429s() {
-        super::document_reads_and_statements_past_the_queries_budget_are_429s(TestApp::cluster(1).await).await;
-    }
+    crate::support::on_a_cluster_pod!(
+        document_writes_past_the_documents_budget_are_429s_that_write_nothing,
+        document_reads_and_statements_past_the_queries_budget_are_429s,
+    );
 }
 
 macro_rules! both {

@@ -88,6 +88,26 @@ async fn upsert(app: &TestApp, key: &str, count: usize, offset: usize) -> Answer
     .await
 }
 
+/// Writes one vector, then spends a Starter project's 30 queries: the next is refused.
+async fn spend_the_starter_queries(app: &TestApp, key: &str) {
+    assert_eq!(upsert(app, key, 1, 0).await.status, 200);
+    for _ in 0..30 {
+        assert_eq!(search(app, 0, key).await.status, 200);
+    }
+    assert_eq!(search(app, 0, key).await.status, 429);
+}
+
+/// Moves the project to `plan` through the control plane.
+async fn change_plan(app: &TestApp, session: &str, project: &str, plan: &str) -> (u16, Value) {
+    app.control_call(
+        Method::PATCH,
+        &format!("/v1/projects/{project}"),
+        Some(session),
+        Some(json!({"plan": plan})),
+    )
+    .await
+}
+
 fn epoch_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -178,19 +198,8 @@ async fn writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole(a
 
 async fn a_plan_change_takes_effect_within_a_second(app: TestApp) {
     let (session, project, key) = starter(&app).await;
-    assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
-    for _ in 0..30 {
-        assert_eq!(search(&app, 0, &key).await.status, 200);
-    }
-    assert_eq!(search(&app, 0, &key).await.status, 429);
-    let (status, body) = app
-        .control_call(
-            Method::PATCH,
-            &format!("/v1/projects/{project}"),
-            Some(&session),
-            Some(json!({"plan": "developer"})),
-        )
-        .await;
+    spend_the_starter_queries(&app, &key).await;
+    let (status, body) = change_plan(&app, &session, &project, "developer").await;
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
@@ -212,19 +221,8 @@ async fn a_plan_change_takes_effect_within_a_second(app: TestApp) {
 /// other 270 at once, the same standalone and across pods.
 async fn a_plan_change_keeps_the_units_spent_not_the_fraction(app: TestApp) {
     let (session, project, key) = starter(&app).await;
-    assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
-    for _ in 0..30 {
-        assert_eq!(search(&app, 0, &key).await.status, 200);
-    }
-    assert_eq!(search(&app, 0, &key).await.status, 429);
-    let (status, body) = app
-        .control_call(
-            Method::PATCH,
-            &format!("/v1/projects/{project}"),
-            Some(&session),
-            Some(json!({"plan": "developer"})),
-        )
-        .await;
+    spend_the_starter_queries(&app, &key).await;
+    let (status, body) = change_plan(&app, &session, &project, "developer").await;
     assert_eq!(status, 200, "{body}");
     // Wait for the pod to hear of the new plan, without spending: a request refused
     // before admission still carries the headers.
@@ -471,40 +469,15 @@ mod standalone {
 mod cluster {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writes_cannot_pass_the_namespace_cap_together() {
-        super::concurrent_writes_cannot_pass_the_namespace_cap_together(TestApp::cluster(1).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next() {
-        super::a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next(TestApp::cluster(1).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole() {
-        super::writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole(TestApp::cluster(1).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_plan_change_takes_effect_within_a_second() {
-        super::a_plan_change_takes_effect_within_a_second(TestApp::cluster(1).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn limits_of_another_plan_than_the_projects_give_way_to_its_plan() {
-        super::limits_of_another_plan_than_the_projects_give_way_to_its_plan(TestApp::cluster(1).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_plan_change_keeps_the_units_spent_not_the_fraction() {
-        super::a_plan_change_keeps_the_units_spent_not_the_fraction(TestApp::cluster(1).await).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_delete_by_filter_takes_at_most_a_minutes_budget() {
-        super::a_delete_by_filter_takes_at_most_a_minutes_budget(TestApp::cluster(1).await).await;
-    }
+    crate::support::on_a_cluster_pod!(
+        concurrent_writes_cannot_pass_the_namespace_cap_together,
+        a_starter_project_admits_a_burst_of_30_queries_and_refuses_the_next,
+        writes_count_documents_and_a_batch_beyond_the_budget_is_refused_whole,
+        a_plan_change_takes_effect_within_a_second,
+        limits_of_another_plan_than_the_projects_give_way_to_its_plan,
+        a_plan_change_keeps_the_units_spent_not_the_fraction,
+        a_delete_by_filter_takes_at_most_a_minutes_budget,
+    );
 
     /// A budget of its own in the machine's Redis, as a pod would have.
     async fn redis_budget(prefix: &str) -> RedisBudget {
@@ -732,14 +705,7 @@ mod cluster {
         } else {
             "starter"
         };
-        let (status, body) = app
-            .control_call(
-                Method::PATCH,
-                &format!("/v1/projects/{project}"),
-                Some(session),
-                Some(json!({"plan": plan})),
-            )
-            .await;
+        let (status, body) = change_plan(app, session, project, plan).await;
         assert_eq!(status, 200, "plan change in round {round}: {body}");
         longest.max(started.elapsed())
     }

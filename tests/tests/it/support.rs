@@ -24,6 +24,22 @@ macro_rules! on_both_backends {
 
 pub(crate) use on_both_backends;
 
+/// `on_a_cluster_pod!(name, ...)`, inside a module beside the bodies: for each `name`,
+/// a test `name` that calls `super::name(TestApp::cluster(1))` (one pod, its budgets
+/// leased from Redis, its notices over Redis).
+macro_rules! on_a_cluster_pod {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(quiver_tests::app::TestApp::cluster(1).await).await;
+            }
+        )*
+    };
+}
+
+pub(crate) use on_a_cluster_pod;
+
 /// `on_both_stores!(name, ...)`: like [`on_both_backends`], for bodies that take a
 /// fresh, migrated store (`name(store: Arc<dyn Store>)`) rather than a whole app.
 macro_rules! on_both_stores {
