@@ -1462,12 +1462,17 @@ pub async fn a_large_batch_is_written_whole(store: Arc<dyn Store>) {
     assert_eq!(listed, 5_000);
 }
 
-/// The claim of a request [`Idempotency::begin`] started.
-fn claim_of(begun: IdempotencyBegin) -> Claim {
+/// When a request [`Idempotency::begin`] started first started, and its claim.
+fn started_with(begun: IdempotencyBegin) -> (chrono::DateTime<Utc>, Claim) {
     match begun {
-        IdempotencyBegin::Started { claim, .. } => claim,
+        IdempotencyBegin::Started { first_started, claim } => (first_started, claim),
         other => panic!("expected a start, got {other:?}"),
     }
+}
+
+/// The claim of a request [`Idempotency::begin`] started.
+fn claim_of(begun: IdempotencyBegin) -> Claim {
+    started_with(begun).1
 }
 
 pub async fn idempotency_claims_replays_and_refuses(store: Arc<dyn Store>) {
@@ -1565,12 +1570,8 @@ pub async fn a_claim_taken_over_is_no_longer_its_first_requests(store: Arc<dyn S
 pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Arc<dyn Store>) {
     let p = project(store.as_ref()).await.id;
     let ttl = Duration::hours(24);
-    let first_started = |begun: IdempotencyBegin| match begun {
-        IdempotencyBegin::Started { first_started, claim } => (first_started, claim),
-        other => panic!("expected a start, got {other:?}"),
-    };
     // A claim whose lease already ran out (its pod died) can be taken by the same request…
-    let (first, _) = first_started(
+    let (first, _) = started_with(
         store
             .begin(p, "k", "h", Duration::milliseconds(-1), ttl)
             .await
@@ -1585,7 +1586,7 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
         IdempotencyBegin::Mismatch,
         "…but not by another request"
     );
-    let (taken, _) = first_started(
+    let (taken, _) = started_with(
         store
             .begin(p, "k", "h", Duration::seconds(30), ttl)
             .await
@@ -1606,7 +1607,7 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
 
     // A released claim (its request failed) may be taken by any request; the same
     // request keeps its first start, as its write may have committed before it failed.
-    let (failed, claim) = first_started(
+    let (failed, claim) = started_with(
         store
             .begin(p, "released", "h", Duration::seconds(30), ttl)
             .await
@@ -1614,7 +1615,7 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
     );
     store.abort(p, "released", claim).await.expect("abort");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let (retried, claim) = first_started(
+    let (retried, claim) = started_with(
         store
             .begin(p, "released", "h", Duration::seconds(30), ttl)
             .await
@@ -1622,7 +1623,7 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
     );
     assert_eq!(retried.timestamp_millis(), failed.timestamp_millis());
     store.abort(p, "released", claim).await.expect("abort");
-    let (corrected, _) = first_started(
+    let (corrected, _) = started_with(
         store
             .begin(p, "released", "h2", Duration::seconds(30), ttl)
             .await
@@ -1635,14 +1636,14 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
         status: 200,
         body: b"{}".to_vec(),
     };
-    let (old, _) = first_started(
+    let (old, _) = started_with(
         store
             .begin(p, "old", "h", Duration::seconds(30), Duration::milliseconds(-1))
             .await
             .expect("begin"),
     );
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let (again, claim) = first_started(
+    let (again, claim) = started_with(
         store
             .begin(p, "old", "h", Duration::seconds(30), ttl)
             .await
@@ -1653,7 +1654,7 @@ pub async fn abandoned_or_expired_idempotency_claims_can_be_taken_over(store: Ar
         "an expired entry taken over is a new request, starting now"
     );
     assert!(store.complete(p, "old", claim, &done).await.expect("complete"));
-    let (_, claim) = first_started(
+    let (_, claim) = started_with(
         store
             .begin(p, "expiring", "h", Duration::seconds(30), Duration::milliseconds(-1))
             .await
