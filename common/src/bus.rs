@@ -192,6 +192,17 @@ pub fn redis_connection_config() -> redis::aio::ConnectionManagerConfig {
         .set_response_timeout(Some(Duration::from_millis(500)))
 }
 
+/// A client for `url`, and a connection manager over it that connects on first use and
+/// again after each failure ([`redis_connection_config`]). Only a malformed URL is an
+/// error: a Redis that is away when a process starts is waited for as through any
+/// outage, so pods can start, restart or scale out while it is down.
+pub fn redis_connection(url: &str) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
+    let client = redis::Client::open(url).map_err(|err| anyhow::anyhow!("invalid REDIS_URL: {err}"))?;
+    let connection = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), redis_connection_config())
+        .map_err(|err| anyhow::anyhow!("invalid REDIS_URL: {err}"))?;
+    Ok((client, connection))
+}
+
 /// Runs one Redis command, giving up after [`BUS_WAIT`].
 async fn within<T>(what: &str, command: impl Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {
     match tokio::time::timeout(BUS_WAIT, command).await {
@@ -215,12 +226,13 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// Connects to Redis at `url`; notices travel on `<prefix>notices`.
+    /// Connects to Redis at `url`; notices travel on `<prefix>notices`. Waits for the
+    /// first try to subscribe, so that notices published right after start-up are not
+    /// missed; when Redis is away, the bus starts unsubscribed and subscribes when it
+    /// answers (its listeners then hear [`BusEvent::MayHaveMissed`]). Only a malformed
+    /// URL is an error.
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|err| anyhow::anyhow!("invalid REDIS_URL: {err}"))?;
-        let connection = redis::aio::ConnectionManager::new_with_config(client.clone(), redis_connection_config())
-            .await
-            .map_err(|err| anyhow::anyhow!("cannot reach Redis: {err}; check REDIS_URL and that Redis is running"))?;
+        let (client, connection) = redis_connection(url)?;
         let channel = format!("{prefix}notices");
         let listeners = Listeners::default();
         let subscribed = Arc::new(AtomicBool::new(false));
@@ -232,15 +244,30 @@ impl RedisBus {
             Arc::clone(&subscribed),
             ready_tx,
         ));
-        // Wait for the first subscription so that notices published right after
-        // start-up are not missed; give up waiting after a few seconds.
-        let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
+        // The first try is bounded by SUBSCRIBE_WAIT.
+        if !ready_rx.await.unwrap_or(false) {
+            tracing::warn!(channel = %channel,
+                "Redis did not answer at start: serving without bus notices until it does, and dropping caches then");
+        }
         Ok(Self {
             channel,
             limits_key: format!("{prefix}limits"),
             connection,
             listeners,
             subscribed,
+        })
+    }
+
+    /// A bus that publishes and hears nothing (its listeners are never called), for a
+    /// one-shot command: it neither subscribes nor waits to.
+    pub fn publisher(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let (_, connection) = redis_connection(url)?;
+        Ok(Self {
+            channel: format!("{prefix}notices"),
+            limits_key: format!("{prefix}limits"),
+            connection,
+            listeners: Listeners::default(),
+            subscribed: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -250,7 +277,7 @@ async fn subscribe(
     channel: String,
     listeners: Listeners,
     subscribed: Arc<AtomicBool>,
-    ready: tokio::sync::oneshot::Sender<()>,
+    ready: tokio::sync::oneshot::Sender<bool>,
 ) {
     let mut ready = Some(ready);
     let mut had_gap = false;
@@ -271,7 +298,7 @@ async fn subscribe(
                 }
                 backoff = Duration::from_millis(100);
                 if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
+                    let _ = ready.send(true);
                 }
                 if std::mem::take(&mut had_gap) {
                     listeners.call(&BusEvent::MayHaveMissed);
@@ -312,6 +339,9 @@ async fn subscribe(
             Err(_) => tracing::debug!("subscribing timed out"),
         }
         had_gap = true;
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(false);
+        }
         if subscribed.swap(false, Ordering::SeqCst) {
             // Log once per outage, not once per retry.
             tracing::warn!(channel = %channel, "lost the bus subscription; reconnecting");

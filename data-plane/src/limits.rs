@@ -525,15 +525,11 @@ pub struct RedisBudget {
 }
 
 impl RedisBudget {
-    /// Connects, and starts this pod's heartbeat (which also counts the live pods).
+    /// Starts this pod's heartbeat (which also counts the live pods) over a connection
+    /// made on first use: while Redis is away, at start as later, the pod enforces its
+    /// share of each quota alone. Only a malformed URL is an error.
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|err| anyhow::anyhow!("invalid REDIS_URL: {err}"))?;
-        let connection =
-            redis::aio::ConnectionManager::new_with_config(client, quiver_common::bus::redis_connection_config())
-                .await
-                .map_err(|err| {
-                    anyhow::anyhow!("cannot reach Redis: {err}; check REDIS_URL and that Redis is running")
-                })?;
+        let (_, connection) = quiver_common::bus::redis_connection(url)?;
         let health = Arc::new(RedisHealth::new());
         tokio::spawn(heartbeat(
             connection.clone(),

@@ -619,6 +619,34 @@ mod cluster {
         assert!(per_pod.iter().all(|n| *n > 0), "both pods served: {per_pod:?}");
     }
 
+    /// Pod `pod`'s `/readyz`: its status and body.
+    async fn readyz(app: &TestApp, pod: usize) -> (u16, Value) {
+        read(
+            app.data_request(pod, Method::GET, "/readyz")
+                .send()
+                .await
+                .expect("answer"),
+        )
+        .await
+    }
+
+    /// Waits for pod `pod` to say it is `ready` (Redis answering again: the limiter's
+    /// heartbeat finds it, the bus subscribes by itself), 15 s at most.
+    async fn ready_within_15_s(app: &TestApp, pod: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, body) = readyz(app, pod).await;
+            if body["status"] == "ready" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod {pod} not ready 15 s after Redis came: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pods_keep_enforcing_limits_while_redis_is_down_and_recover_when_it_returns() {
         let mut redis = PrivateRedis::start().await;
@@ -644,12 +672,7 @@ mod cluster {
             (29..=31).contains(&admitted),
             "admitted {admitted} of 40 while Redis was down"
         );
-        let response = app
-            .data_request(0, Method::GET, "/readyz")
-            .send()
-            .await
-            .expect("answer");
-        let (status, body) = read(response).await;
+        let (status, body) = readyz(&app, 0).await;
         assert_eq!((status, &body["status"]), (200, &json!("degraded")), "{body}");
         assert!(
             body["checks"]["rate_limits"].as_str().is_some_and(|why| why != "ok"),
@@ -657,26 +680,54 @@ mod cluster {
         );
 
         redis.resume().await;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            // A request brings the limiter back to Redis; the bus reconnects by itself.
-            let _ = search(&app, 0, &key).await;
-            let response = app
-                .data_request(0, Method::GET, "/readyz")
-                .send()
-                .await
-                .expect("answer");
-            let (_, body) = read(response).await;
-            if body["status"] == "ready" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not ready 15 s after Redis came back");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        ready_within_15_s(&app, 0).await;
         // Redis came back empty: a fresh shared budget.
         let answer = search(&app, 0, &key).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert_eq!(answer.limit, Some(30));
+    }
+
+    /// Pods can start, restart or scale out while Redis is down: each serves, enforcing
+    /// the plan by itself and saying so on `/readyz`, and joins the cluster's shared
+    /// budget and bus when Redis comes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pods_start_while_redis_is_down_and_join_it_when_it_comes() {
+        let mut redis = PrivateRedis::start().await;
+        redis.stop();
+        let app = TestApp::cluster_on(2, redis.url()).await;
+        let (_, _, key) = starter(&app).await;
+        assert_eq!(upsert(&app, &key, 1, 0).await.status, 200);
+        for pod in 0..2 {
+            let answer = search(&app, pod, &key).await;
+            assert_eq!(answer.status, 200, "pod {pod} serves without Redis: {}", answer.body);
+            let (status, body) = readyz(&app, pod).await;
+            assert_eq!((status, &body["status"]), (200, &json!("degraded")), "{body}");
+            for check in ["bus", "rate_limits"] {
+                assert!(
+                    body["checks"][check].as_str().is_some_and(|why| why != "ok"),
+                    "pod {pod}'s readyz names the {check}: {body}"
+                );
+            }
+        }
+
+        redis.resume().await;
+        for pod in 0..2 {
+            ready_within_15_s(&app, pod).await;
+        }
+        // One budget for both pods now: the Starter plan's 30-query burst, shared (give
+        // or take a unit leased or refilled meanwhile), where each pod alone allows 30.
+        let mut admitted = 0;
+        for i in 0..60 {
+            match search(&app, i % 2, &key).await.status {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        assert!(
+            (28..=33).contains(&admitted),
+            "admitted {admitted} of 60 across the two pods"
+        );
     }
 
     /// Sends what a Redis outage could hold up (a search, a write, a plan change) and
@@ -762,23 +813,7 @@ mod cluster {
         assert!(started.elapsed() < bound, "revoking took {:?}", started.elapsed());
 
         server.resume().await;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let response = app
-                .data_request(0, Method::GET, "/readyz")
-                .send()
-                .await
-                .expect("answer");
-            let (_, body) = read(response).await;
-            if body["status"] == "ready" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready 15 s after Redis came back: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        ready_within_15_s(&app, 0).await;
     }
 
     /// While Redis is down, each of two pods enforces half the plan; its headers still
