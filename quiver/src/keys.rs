@@ -4,6 +4,7 @@
 use clap::{Args, Subcommand};
 use quiver_common::bus::{Bus, InProcessBus, RedisBus};
 use quiver_common::domain::{ProjectId, Role};
+use quiver_common::secrets::KEY_PREFIX;
 use quiver_control_plane::keys::{CreateKey, KeyView, mint, revoke_key};
 
 use crate::cli::StorageArgs;
@@ -47,7 +48,8 @@ pub struct CreateArgs {
 pub struct RevokeArgs {
     #[command(flatten)]
     pub target: ProjectArgs,
-    /// The key's id (the part after qv_live_ and before the next _).
+    /// The key's id, as `keys list` shows it (the part after qv_live_ and before the
+    /// next _); its prefix `qv_live_<id>` works too.
     #[arg(long)]
     pub key: String,
     /// In a cluster, the Redis to tell pods through at once (pods also poll every second).
@@ -82,8 +84,8 @@ impl KeysCommand {
                 let keys = store.api_keys_of(args.project).await?;
                 store.close().await;
                 println!(
-                    "{:<26} {:<14} {:<20} {:<26} {:<10}",
-                    "PREFIX", "ROLE", "LABEL", "CREATED", "STATE"
+                    "{:<18} {:<14} {:<20} {:<26} {:<10}",
+                    "ID", "ROLE", "LABEL", "CREATED", "STATE"
                 );
                 for key in keys.into_iter().map(KeyView::from) {
                     let state = match (key.revoked_at, key.expires_at) {
@@ -92,8 +94,8 @@ impl KeysCommand {
                         _ => "active",
                     };
                     println!(
-                        "{:<26} {:<14} {:<20} {:<26} {:<10}",
-                        key.prefix,
+                        "{:<18} {:<14} {:<20} {:<26} {:<10}",
+                        key.id,
                         key.role,
                         key.label,
                         key.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -105,19 +107,14 @@ impl KeysCommand {
             KeysCommand::Revoke(args) => {
                 let store = serve::open_store(&args.target.storage.url()?).await?;
                 // The bus only hastens the news: pods poll for revoked keys every second
-                // anyway, so a revocation during a Redis outage still goes through.
+                // anyway, so a revocation during a Redis outage still goes through (the
+                // announcement's failure is logged).
                 let bus: Box<dyn Bus> = match &args.redis_url {
-                    Some(url) => match RedisBus::connect(url, &args.bus_prefix).await {
-                        Ok(bus) => Box::new(bus),
-                        Err(err) => {
-                            tracing::warn!(error = %format!("{err:#}"),
-                                "Redis is unreachable: revoking without telling pods at once (they find the revocation within seconds by polling)");
-                            Box::new(InProcessBus::default())
-                        }
-                    },
+                    Some(url) => Box::new(RedisBus::publisher(url, &args.bus_prefix)?),
                     None => Box::new(InProcessBus::default()),
                 };
-                revoke_key(store.as_ref(), bus.as_ref(), args.target.project, &args.key)
+                let id = args.key.strip_prefix(KEY_PREFIX).unwrap_or(&args.key);
+                revoke_key(store.as_ref(), bus.as_ref(), args.target.project, id)
                     .await
                     .map_err(api_error)?;
                 store.close().await;

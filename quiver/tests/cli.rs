@@ -389,6 +389,67 @@ async fn provision(
     (project_id, key["key"].as_str().expect("key").to_owned())
 }
 
+/// `keys list` shows each key's id, and `keys revoke` takes it (or the key's prefix,
+/// `qv_live_<id>`): the running server refuses the key within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_listed_by_the_cli_is_revoked_by_the_id_it_shows() {
+    let server = Standalone::start();
+    let http = reqwest::Client::new();
+    let (project_id, api_key) = provision(
+        &http,
+        &server.control,
+        "revoke@example.com",
+        "correct horse battery staple",
+        serde_json::json!({"name": "p", "dimension": 4, "metric": "cosine"}),
+    )
+    .await;
+    let listed = quiver()
+        .args(["keys", "list", "--project", &project_id, "--data-dir"])
+        .arg(server.dir.path())
+        .output()
+        .expect("quiver keys list runs");
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listing = String::from_utf8(listed.stdout).expect("utf-8");
+    let row = listing
+        .lines()
+        .find(|line| line.contains(" api "))
+        .expect("the key's row");
+    let id = row.split_whitespace().next().expect("an id column");
+    assert!(
+        api_key.starts_with(&format!("qv_live_{id}_")),
+        "{id} is {api_key}'s id: {listing}"
+    );
+
+    let status = |key: String| {
+        let request = http
+            .get(format!("{}/v1/namespaces", server.data))
+            .header("x-api-key", key);
+        async move { request.send().await.expect("the data plane answers").status().as_u16() }
+    };
+    assert_eq!(status(api_key.clone()).await, 200);
+    for key in [format!("qv_live_{id}"), id.to_owned()] {
+        let revoked = quiver()
+            .args(["keys", "revoke", "--project", &project_id, "--key", &key, "--data-dir"])
+            .arg(server.dir.path())
+            .output()
+            .expect("quiver keys revoke runs");
+        if key == id {
+            // Revoked already, by its prefix: a second revocation says so.
+            assert_fails_with_one_line(revoked, &[id]);
+        } else {
+            assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(api_key.clone()).await != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked key still works after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The answer to a top-1 search for `vector` in namespace `n`, over HTTP.
 async fn nearest(http: &reqwest::Client, data: &str, key: &str, vector: [f32; 3]) -> Value {
     let response = http
