@@ -16,6 +16,8 @@ pub mod every;
 pub mod http;
 /// JSON values compared.
 pub mod json;
+/// What both planes' OpenAPI documents declare beyond their handlers' annotations.
+pub mod openapi;
 /// URLs with their secrets replaced, for messages and logs.
 pub mod redact;
 /// Passwords and API keys: generation, argon2id hashing, parsing.

@@ -26,7 +26,7 @@ use utoipa::{Modify, OpenApi};
         crate::keys::revoke,
         crate::tokens::mint,
     ),
-    modifiers(&SessionAuth),
+    modifiers(&SessionAuth, &STANDARD),
     tags(
         (name = "accounts", description = "Sign up and sign in"),
         (name = "plans", description = "The plan catalog"),
@@ -37,6 +37,9 @@ use utoipa::{Modify, OpenApi};
     )
 )]
 pub struct ControlPlaneApi;
+
+/// The control plane's requests spend no project's rate limit.
+const STANDARD: quiver_common::openapi::Standard = quiver_common::openapi::Standard { rate_limited: false };
 
 struct SessionAuth;
 

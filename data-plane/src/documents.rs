@@ -658,7 +658,7 @@ pub async fn remove(
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     /// Text to embed and search for (or send `vector`).
-    #[schema(example = "AI-native database for semantic search")]
+    #[schema(value_type = Option<String>, min_length = 1, example = "AI-native database for semantic search")]
     query: Option<Value>,
     /// A query vector, as numbers or base64, instead of `query`.
     #[schema(value_type = Option<crate::vectors::VectorData>)]

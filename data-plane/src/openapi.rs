@@ -1,3 +1,5 @@
+use quiver_common::openapi::{Alias, Standard};
+use utoipa::openapi::path::HttpMethod;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -32,7 +34,7 @@ use utoipa::{Modify, OpenApi};
         crate::query::query,
     ),
     components(schemas(crate::vectors::VectorInput, crate::vectors::VectorView, crate::documents::DocumentInput)),
-    modifiers(&KeyAuth),
+    modifiers(&KeyAuth, &STANDARD, &POST_DELETE, &SHORT_QUERY),
     tags(
         (name = "vectors", description = "Upsert, search, fetch, update, delete and list vectors"),
         (name = "namespaces", description = "Namespaces of the key's project"),
@@ -44,6 +46,19 @@ use utoipa::{Modify, OpenApi};
 pub struct DataPlaneApi;
 
 struct KeyAuth;
+
+const STANDARD: Standard = Standard { rate_limited: true };
+/// For clients that cannot send a body with DELETE.
+const POST_DELETE: Alias = Alias {
+    from: ("/v1/vectors/delete", HttpMethod::Delete),
+    to: ("/v1/vectors/delete", HttpMethod::Post),
+    operation_id: "delete_vectors_post",
+};
+const SHORT_QUERY: Alias = Alias {
+    from: ("/api/v1/query", HttpMethod::Post),
+    to: ("/query", HttpMethod::Post),
+    operation_id: "query_short",
+};
 
 impl Modify for KeyAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

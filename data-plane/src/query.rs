@@ -212,6 +212,7 @@ fn elapsed_ms(started: Instant) -> f64 {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u64>,
     /// Documents to skip.
     offset: Option<u64>,

@@ -953,7 +953,7 @@ pub struct QueryRequest {
     #[schema(value_type = Option<String>, example = "sku-1")]
     id: Option<Value>,
     /// Up to 1,000 ids: the answer lists those that exist.
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 1000)]
     ids: Option<Vec<Value>>,
     include_values: Option<bool>,
     include_metadata: Option<bool>,
@@ -1001,7 +1001,7 @@ pub struct VectorView {
     security(("api_key_header" = []), ("bearer" = []), ("api_key_query" = [])),
     request_body = QueryRequest,
     responses(
-        (status = 200, description = "the vector (for `id`) or `{vectors, namespace}` (for `ids`)", body = Object),
+        (status = 200, description = "the vector (for `id`) or `{vectors, namespace}` (for `ids`)", body = FetchResponse),
         (status = 400, body = quiver_common::error::ErrorEnvelope),
         (status = 401, body = quiver_common::error::ErrorEnvelope),
         (status = 403, body = quiver_common::error::ErrorEnvelope),
@@ -1041,19 +1041,28 @@ pub async fn query(
         .collect();
     // Written straight from the structs: through a serde_json::Value each f32 would
     // widen to an f64 and print as 0.550000011920929 rather than 0.55.
-    if single {
+    let answer = if single {
         let view = views.pop().ok_or_else(|| no_vector(&ids[0], &namespace))?;
-        return Ok(Json(Fetched { view, namespace }).into_response());
-    }
-    Ok(Json(FetchedMany {
-        vectors: views,
-        namespace,
-    })
-    .into_response())
+        FetchResponse::One(Fetched { view, namespace })
+    } else {
+        FetchResponse::Many(FetchedMany {
+            vectors: views,
+            namespace,
+        })
+    };
+    Ok(Json(answer).into_response())
+}
+
+/// What a query answers: for `id`, the vector; for `ids`, the vectors found.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum FetchResponse {
+    One(Fetched),
+    Many(FetchedMany),
 }
 
 /// What a query by `id` answers: the vector and its namespace.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Fetched {
     #[serde(flatten)]
     view: VectorView,
@@ -1061,7 +1070,7 @@ struct Fetched {
 }
 
 /// What a query by `ids` answers.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct FetchedMany {
     vectors: Vec<VectorView>,
     namespace: String,
@@ -1169,7 +1178,8 @@ pub struct DeleteRequest {
     namespace: Option<String>,
     #[schema(value_type = Option<String>, example = "sku-1")]
     id: Option<Value>,
-    #[schema(value_type = Option<Vec<String>>)]
+    /// Up to 1,000 ids.
+    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 1000)]
     ids: Option<Vec<Value>>,
     /// Delete every vector whose metadata matches (not empty).
     #[schema(value_type = Option<Object>)]
@@ -1271,6 +1281,8 @@ pub async fn remove(
 pub struct ListQuery {
     namespace: Option<String>,
     prefix: Option<String>,
+    /// Page size, 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     cursor: Option<String>,
     /// Accepted here only so the key is not refused as an unknown parameter.
