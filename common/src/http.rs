@@ -122,24 +122,32 @@ fn set_nodelay(stream: &mut TcpStream) {
 /// on every request and response, and a tracing span per request that records the
 /// path but never the query string (it may carry `api_key`).
 pub fn finish_router(router: Router) -> Router {
+    finish_router_with(router, |router| router)
+}
+
+/// [`finish_router`], with `inner` layering the router and its fallbacks inside the
+/// request id and the log line: what it answers by itself (a CORS preflight) has both.
+pub fn finish_router_with(router: Router, inner: impl FnOnce(Router) -> Router) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-    router
-        .fallback(route_not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_request(())
-                        .on_response(log_response),
-                )
-                .layer(PropagateRequestIdLayer::new(request_id))
-                // Inside the trace: a handler that panics is a 500 in the envelope,
-                // logged with its request, not a connection dropped without a word.
-                .layer(CatchPanicLayer::custom(panic_response)),
-        )
+    inner(
+        router
+            .fallback(route_not_found)
+            .method_not_allowed_fallback(method_not_allowed),
+    )
+    .layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_request(())
+                    .on_response(log_response),
+            )
+            .layer(PropagateRequestIdLayer::new(request_id))
+            // Inside the trace: a handler that panics is a 500 in the envelope,
+            // logged with its request, not a connection dropped without a word.
+            .layer(CatchPanicLayer::custom(panic_response)),
+    )
 }
 
 fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {

@@ -8,7 +8,7 @@ use quiver_common::ApiError;
 use quiver_common::bus::Bus;
 use quiver_common::bus::{BusEvent, Notice};
 use quiver_common::domain::Plan;
-use quiver_common::http::{ReadinessCheck, Weight, finish_router, health_router};
+use quiver_common::http::{ReadinessCheck, Weight, finish_router_with, health_router};
 use quiver_common::token::JwtKeys;
 use quiver_engine::IndexManager;
 use quiver_store::{NamespaceState, Store};
@@ -285,13 +285,12 @@ impl DataPlane {
             ))
             .layer(axum::middleware::from_fn_with_state(limits, limits::headers))
             .with_state(self);
-        let router = finish_router(api.merge(health_router(checks)));
-        // Outside everything else, so that it answers preflights (before any route's
-        // 405 for OPTIONS) and refusals (401, 429) carry the headers a browser needs to
-        // read them.
-        match cors {
+        // Outside the routes and their fallbacks, so that it answers preflights (before
+        // any route's 405 for OPTIONS) and refusals (401, 429) carry the headers a
+        // browser needs to read them; inside the request id and the log line.
+        finish_router_with(api.merge(health_router(checks)), |router| match cors {
             Some(cors) => router.layer(axum::middleware::from_fn_with_state(Arc::new(cors), cors::for_browsers)),
             None => router,
-        }
+        })
     }
 }

@@ -310,6 +310,10 @@ async fn project_tokens_carry_scopes_and_namespaces(app: TestApp) {
     assert_eq!(allowed("access-control-allow-origin"), "*");
     assert!(allowed("access-control-allow-methods").contains("post"));
     assert!(allowed("access-control-allow-headers").contains("authorization"));
+    assert!(
+        preflight.headers().contains_key("x-request-id"),
+        "a preflight has a request id (and a log line) as every request does"
+    );
     // A refusal carries the headers too, so the page can read why.
     let refused = app
         .data_request(0, Method::GET, "/v1/namespaces")
