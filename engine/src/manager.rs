@@ -61,13 +61,21 @@ pub enum EngineError {
     /// was being read from the store: that index is of a life that has ended.
     #[error("the namespace was deleted or made again while its index was read; retry")]
     Stale,
+    /// The namespace's index is larger than the pod's whole memory budget: holding it
+    /// could take the pod, and every tenant it serves, down for memory.
+    #[error(
+        "the namespace's index needs about {} MiB, more than this pod's index memory ({} MiB, --index-memory); it cannot be searched until an operator raises that",
+        bytes.div_ceil(1 << 20),
+        budget >> 20
+    )]
+    TooLarge { bytes: u64, budget: u64 },
 }
 
 impl From<EngineError> for quiver_common::ApiError {
     fn from(err: EngineError) -> Self {
         match err {
             EngineError::Store(store) => store.into(),
-            EngineError::Stale => quiver_common::ApiError::Unavailable(EngineError::Stale.to_string()),
+            EngineError::Stale | EngineError::TooLarge { .. } => quiver_common::ApiError::Unavailable(err.to_string()),
             other => quiver_common::ApiError::Internal(other.into()),
         }
     }
@@ -81,6 +89,10 @@ type Key = (ProjectId, String);
 fn shared_load_error(err: &EngineError) -> EngineError {
     match err {
         EngineError::Stale => EngineError::Stale,
+        EngineError::TooLarge { bytes, budget } => EngineError::TooLarge {
+            bytes: *bytes,
+            budget: *budget,
+        },
         EngineError::Store(StoreError::Unavailable(reason)) => {
             EngineError::Store(StoreError::Unavailable(reason.clone()))
         }
@@ -398,6 +410,8 @@ pub struct IndexManager {
     /// the load applies it once it is in the cache.
     loading: Arc<std::sync::Mutex<HashMap<Key, News>>>,
     permits: Arc<Semaphore>,
+    /// MiB of the memory budget, taken by restores while they run ([`Self::restore`]).
+    restoring: Arc<Semaphore>,
     /// The memory budget, in bytes.
     budget: u64,
     /// Held by the rebuild running, so one runs at a time.
@@ -428,9 +442,9 @@ impl IndexManager {
             // to admit a new entry used less often than the one it would evict: a
             // namespace new to a full pod would load again on every use.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            // An index larger than the whole budget weighs the budget: it is kept alone
-            // (all others evicted) rather than refused, which would load it again from
-            // the store for every search and never snapshot it.
+            // An index of about the whole budget (none grows past it: `TooLarge`)
+            // weighs at most the budget, so moka keeps it alone (all others evicted)
+            // rather than refusing it, which would load it again for every search.
             .weigher(move |_, loaded: &Arc<Loaded>| {
                 let kib = (loaded.index.memory_bytes() as u64 / 1024).clamp(1, capacity_kib);
                 u32::try_from(kib).unwrap_or(u32::MAX)
@@ -448,6 +462,7 @@ impl IndexManager {
             cache,
             loading: Arc::new(std::sync::Mutex::new(HashMap::new())),
             permits: Arc::new(Semaphore::new(THREADS)),
+            restoring: Arc::new(Semaphore::new(Self::mib(memory_budget) as usize)),
             budget: memory_budget,
             rebuilding: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -625,14 +640,13 @@ impl IndexManager {
         let loaded = Arc::new(Loaded::new(index, state.seq, from));
         self.loading_into(&(project.id, namespace.to_owned()), &loaded);
         self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?;
-        if loaded.index.memory_bytes() as u64 > self.budget {
-            tracing::warn!(
-                project_id = %project.id,
-                namespace,
-                bytes = loaded.index.memory_bytes(),
-                budget = self.budget,
-                "an index larger than the memory budget (--index-memory) is held alone, every other index evicted for it (and it for the next one used); it cannot be rebuilt aside"
-            );
+        // A restored index takes other room than its snapshot's bytes.
+        let bytes = loaded.index.memory_bytes() as u64;
+        if bytes > self.budget {
+            return Err(EngineError::TooLarge {
+                bytes,
+                budget: self.budget,
+            });
         }
         tracing::info!(
             project_id = %project.id,
@@ -657,6 +671,26 @@ impl IndexManager {
         metric: Metric,
         epoch: uuid::Uuid,
     ) -> Result<Option<(NamespaceIndex, i64)>, EngineError> {
+        // A restore holds the snapshot's bytes and the index made from them, twice the
+        // snapshot's size, before the cache can weigh the index and evict others for
+        // it. Restores running together hold at most the memory budget that way, so a
+        // pod all of whose tenants search at once (just started, say) is not killed
+        // for memory. A snapshot larger than the budget is not read at all.
+        let Some(size) = self.store.snapshot_size(project, namespace).await? else {
+            return Ok(None);
+        };
+        if size > self.budget {
+            return Err(EngineError::TooLarge {
+                bytes: size,
+                budget: self.budget,
+            });
+        }
+        let weight = Self::mib(size.saturating_mul(2)).min(Self::mib(self.budget));
+        let _restoring = self
+            .restoring
+            .acquire_many(weight)
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?;
         let Some(snapshot) = self.store.snapshot(project, namespace).await? else {
             return Ok(None);
         };
@@ -686,6 +720,13 @@ impl IndexManager {
         }
     }
 
+    /// `bytes` in whole MiB, at least 1 (and at most what a semaphore counts).
+    fn mib(bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(1 << 20))
+            .unwrap_or(u32::MAX)
+            .clamp(1, 1 << 28)
+    }
+
     /// Replays changes from the store until the index has applied at least `target`
     /// (or everything the store has, when `None`).
     async fn catch_up(
@@ -711,10 +752,11 @@ impl IndexManager {
         let before = loaded.index.seq();
         let caught_up = self.replay(loaded, project, namespace, target).await;
         let key = (project, namespace.to_owned());
-        if let Err(EngineError::Index(_) | EngineError::Task(_)) = &caught_up {
+        if let Err(EngineError::Index(_) | EngineError::Task(_) | EngineError::TooLarge { .. }) = &caught_up {
             // A change that failed part way may leave the index out of step with the
             // records: it loads again from the store on its next use (as after a
-            // failed apply of a write this pod made).
+            // failed apply of a write this pod made). One grown past the budget goes
+            // too, and is refused when next used.
             self.drop_if_cached(&key, loaded).await;
             return caught_up;
         }
@@ -795,6 +837,14 @@ impl IndexManager {
                 changes.truncate(whole);
             }
             self.apply(loaded, changes).await?;
+            // Checked page by page, so a load stops before it holds much more.
+            let bytes = loaded.index.memory_bytes() as u64;
+            if bytes > self.budget {
+                return Err(EngineError::TooLarge {
+                    bytes,
+                    budget: self.budget,
+                });
+            }
             if !full_page {
                 return Ok(());
             }
@@ -953,6 +1003,13 @@ impl IndexManager {
     /// it left the cache meanwhile (evicted, or its namespace deleted: a deleted
     /// namespace's index must not come back).
     async fn reweigh(&self, key: Key, loaded: Arc<Loaded>) {
+        let bytes = loaded.index.memory_bytes() as u64;
+        if bytes > self.budget {
+            tracing::warn!(project_id = %key.0, namespace = %key.1, bytes, budget = self.budget,
+                "an index grew larger than the whole memory budget (--index-memory): dropped, and refused until the budget is raised");
+            self.drop_if_cached(&key, &loaded).await;
+            return;
+        }
         self.if_still_cached(key, &loaded, Op::Put(Arc::clone(&loaded))).await;
     }
 

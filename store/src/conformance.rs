@@ -790,6 +790,7 @@ pub async fn changes_since_pages_in_seq_order(store: Arc<dyn Store>) {
 pub async fn snapshots_replace_older_ones_and_purge_the_tombstones_they_cover(store: Arc<dyn Store>) {
     let p = project(store.as_ref()).await.id;
     assert_eq!(store.snapshot(p, "ns").await.expect("read"), None);
+    assert_eq!(store.snapshot_size(p, "ns").await.expect("size"), None);
     store
         .upsert(p, "ns", &[write("a", 1.0, json!({})), write("b", 2.0, json!({}))])
         .await
@@ -806,6 +807,11 @@ pub async fn snapshots_replace_older_ones_and_purge_the_tombstones_they_cover(st
     let big = Snapshot { epoch, seq: 2, bytes };
     assert!(store.save_snapshot(p, "ns", &big).await.expect("save"));
     assert_eq!(store.snapshot(p, "ns").await.expect("read"), Some(big.clone()));
+    assert_eq!(
+        store.snapshot_size(p, "ns").await.expect("size"),
+        Some(big.bytes.len() as u64),
+        "its size, read without it"
+    );
     let stale = Snapshot {
         seq: 1,
         bytes: vec![1],

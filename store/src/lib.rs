@@ -409,6 +409,9 @@ pub trait Snapshots: Send + Sync {
     async fn save_snapshot(&self, project: ProjectId, namespace: &str, snapshot: &Snapshot) -> StoreResult<bool>;
     /// The namespace's snapshot, if one is stored.
     async fn snapshot(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<Snapshot>>;
+    /// The size in bytes of the namespace's snapshot, if one is stored, without
+    /// reading it.
+    async fn snapshot_size(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<u64>>;
     /// Deletes the chunks of uploads begun more than `older_than` ago that no snapshot
     /// points to (a pod died between its upload and its switch); returns how many
     /// uploads' chunks it deleted.

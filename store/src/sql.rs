@@ -975,6 +975,17 @@ macro_rules! sql_store {
                 )))
             }
 
+            async fn snapshot_size(&self, project: ProjectId, namespace: &str) -> StoreResult<Option<u64>> {
+                let size: Option<i64> =
+                    sqlx::query_scalar("SELECT size FROM snapshots WHERE project_id = $1 AND namespace = $2")
+                        .bind(project.0)
+                        .bind(namespace)
+                        .fetch_optional(self.reader())
+                        .await?;
+                size.map(|size| u64::try_from(size).map_err(|e| corrupt("snapshot size", e)))
+                    .transpose()
+            }
+
             async fn discard_snapshot(&self, project: ProjectId, namespace: &str, seq: i64) -> StoreResult<bool> {
                 let mut tx = self.begin_write().await?;
                 // The namespace's row first, as every writer of its snapshot takes it

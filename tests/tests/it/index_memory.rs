@@ -92,44 +92,112 @@ async fn indexes_beyond_the_memory_budget_are_evicted_and_reload_on_use() {
     assert_eq!(loaded(&manager).await, ["a"], "the index just loaded stays in memory");
 }
 
-/// An index larger than the whole budget is held alone rather than refused: refused,
-/// it would load again from the store for every search, and never be snapshotted.
+/// An index larger than the whole budget is refused, a 503 saying so, rather than
+/// held: held, it could take the pod, and every tenant it serves, down for memory. The
+/// pod keeps what it holds for others, whether the index would come from the records,
+/// from a snapshot (refused unread) or grow past the budget by catching up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_index_larger_than_the_budget_is_held_alone() {
+async fn an_index_larger_than_the_budget_is_refused_and_the_others_kept() {
     let fixture = SqliteFixture::new().await;
     let store = Arc::clone(&fixture.store);
     let project = quiver_tests::stores::project(&*store, 64, Metric::Euclidean, "business").await;
-    for namespace in ["small", "big"] {
-        let records: Vec<RecordWrite> = (0..if namespace == "big" { 2_000 } else { 10 })
+    let records = |namespace: &str, range: std::ops::Range<usize>| -> Vec<RecordWrite> {
+        range
             .map(|i| RecordWrite {
                 id: format!("{namespace}{i}"),
                 vector: (0..64).map(|d| (i + d) as f32).collect(),
                 metadata: Default::default(),
                 content: None,
             })
-            .collect();
-        store.upsert(project.id, namespace, &records).await.expect("upsert");
-    }
-    let manager = IndexManager::new(Arc::clone(&store), 64 * 1024);
-    for namespace in ["small", "big"] {
-        manager
+            .collect()
+    };
+    store
+        .upsert(project.id, "small", &records("small", 0..10))
+        .await
+        .expect("upsert");
+    store
+        .upsert(project.id, "big", &records("big", 0..20_000))
+        .await
+        .expect("upsert");
+    // A budget between the two indexes' sizes, measured.
+    let weigh = async |namespace: &str| {
+        let probe = IndexManager::new(Arc::clone(&store), 1 << 30);
+        probe
             .search(&project, namespace, query(vec![0.0; 64]))
             .await
-            .expect("search")
-            .expect("namespace");
-        manager.settle().await;
-    }
-    assert!(manager.is_loaded(project.id, "big").await, "held, not refused");
+            .expect("search");
+        probe.settle().await;
+        probe.memory_bytes()
+    };
+    let (small, big) = (weigh("small").await, weigh("big").await);
+    assert!(
+        big > small + (1 << 20),
+        "the big index is bigger: {big} against {small} bytes"
+    );
+    let manager = IndexManager::new(Arc::clone(&store), (small + big) / 2);
+    let refused = async |manager: &IndexManager, namespace: &str, strong: bool| {
+        let outcome = manager
+            .search(
+                &project,
+                namespace,
+                Query {
+                    strong,
+                    ..query(vec![0.0; 64])
+                },
+            )
+            .await;
+        let Err(err @ quiver_engine::EngineError::TooLarge { .. }) = outcome else {
+            panic!("{namespace} is refused, got {outcome:?}");
+        };
+        let answer = quiver_common::ApiError::from(err);
+        assert_eq!(answer.status(), 503);
+        assert!(answer.to_string().contains("--index-memory"), "{answer}");
+    };
+
+    let found = manager
+        .search(&project, "small", query(vec![0.0; 64]))
+        .await
+        .expect("search");
+    assert!(found.is_some_and(|f| f.matches.len() == 1));
+    refused(&manager, "big", false).await;
+    manager.settle().await;
+    assert!(
+        manager.is_loaded(project.id, "small").await,
+        "kept, not evicted for a refused index"
+    );
+    assert!(!manager.is_loaded(project.id, "big").await);
+
+    // From a snapshot a roomier pod stored: as restored, still too large; and a
+    // snapshot itself larger than the budget is refused unread.
+    let roomy = IndexManager::new(Arc::clone(&store), 1 << 30);
+    roomy
+        .search(&project, "big", query(vec![0.0; 64]))
+        .await
+        .expect("search");
+    assert!(roomy.snapshot_now(project.id, "big").await.expect("snapshot").is_some());
+    refused(&manager, "big", false).await;
+    let size = store
+        .snapshot_size(project.id, "big")
+        .await
+        .expect("size")
+        .expect("stored");
+    let tight = IndexManager::new(Arc::clone(&store), size - 1);
+    let outcome = tight.search(&project, "big", query(vec![0.0; 64])).await;
+    assert!(
+        matches!(outcome, Err(quiver_engine::EngineError::TooLarge { bytes, .. }) if bytes == size),
+        "refused for the snapshot's size: {outcome:?}"
+    );
+
+    // Grown past the budget by writes another pod made, heard of on a strong read.
+    store
+        .upsert(project.id, "small", &records("small", 10..20_000))
+        .await
+        .expect("upsert");
+    refused(&manager, "small", true).await;
+    manager.settle().await;
     assert!(
         !manager.is_loaded(project.id, "small").await,
-        "evicted to make what room there is"
-    );
-    let status = manager.status(project.id, "big").await.expect("loaded");
-    assert_eq!(status.records, 2_000);
-    assert_eq!(
-        manager.snapshot_now(project.id, "big").await.expect("snapshot"),
-        Some(status.seq),
-        "held, so it is snapshotted"
+        "dropped once it outgrew the budget"
     );
 }
 

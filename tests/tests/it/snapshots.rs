@@ -885,3 +885,109 @@ async fn chunks_of_abandoned_uploads_are_deleted() {
     );
     pool.close().await;
 }
+
+/// A restore holds a snapshot's bytes and the index made from them at once, outside
+/// the cache's budget: restores running together stay within the budget. With room
+/// in it for two restores' worth, four namespaces searched at once restore two at a
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_running_together_stay_within_the_memory_budget() {
+    use sqlx::Connection as _;
+    const WIDE: usize = 1024;
+    let fixture = quiver_tests::stores::PostgresFixture::new().await;
+    let store = Arc::clone(&fixture.store);
+    let project = quiver_tests::stores::project(store.as_ref(), WIDE as u32, Metric::Euclidean, "business").await;
+    let wide = |i: usize| -> Vec<f32> { (0..WIDE).map(|d| ((i * 31 + d * 7) % 1000 + i) as f32).collect() };
+    let search = |i: usize| Query {
+        vector: wide(i),
+        ..nearest(vector(i), false)
+    };
+    let namespaces = ["a", "b", "c", "d"];
+    let writer = IndexManager::new(Arc::clone(&store), 1 << 30);
+    let mut restored = 0;
+    for namespace in namespaces {
+        let records: Vec<RecordWrite> = (0..2_000)
+            .map(|i| RecordWrite {
+                id: format!("r{i}"),
+                vector: wide(i),
+                metadata: Default::default(),
+                content: None,
+            })
+            .collect();
+        store.upsert(project.id, namespace, &records).await.expect("upsert");
+        writer
+            .search(&project, namespace, search(1))
+            .await
+            .expect("search")
+            .expect("namespace");
+        assert!(
+            writer
+                .snapshot_now(project.id, namespace)
+                .await
+                .expect("snapshot")
+                .is_some()
+        );
+        // As a pod restores it: what its index takes in memory then.
+        let probe = IndexManager::new(Arc::clone(&store), 1 << 30);
+        probe
+            .search(&project, namespace, search(1))
+            .await
+            .expect("search")
+            .expect("namespace");
+        probe.settle().await;
+        restored = restored.max(probe.memory_bytes());
+    }
+    let size = store
+        .snapshot_size(project.id, "a")
+        .await
+        .expect("size")
+        .expect("a snapshot");
+    // A budget that holds any one of the indexes, and two restores' worth (each takes
+    // twice its snapshot's size, in whole MiB) but not three.
+    let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+    let budget = restored.max((mib(2 * size) * 2) << 20) + (1 << 20);
+    let at_once = mib(budget) / mib(2 * size);
+    assert!(
+        at_once == 2,
+        "{at_once} restores fit {budget} bytes ({size}-byte snapshots, {restored} bytes restored)"
+    );
+
+    // The snapshots' chunks locked away: each restore begun waits on the lock in
+    // Postgres, where the waiting can be counted.
+    let mut lock = sqlx::PgConnection::connect(fixture.database.url())
+        .await
+        .expect("connects");
+    sqlx::query("BEGIN").execute(&mut lock).await.expect("begin");
+    sqlx::query("LOCK TABLE snapshot_chunks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .expect("the lock");
+    let pod = IndexManager::new(Arc::clone(&store), budget);
+    let searches: Vec<_> = namespaces
+        .into_iter()
+        .map(|namespace| {
+            let (pod, project, query) = (pod.clone(), project.clone(), search(1));
+            tokio::spawn(async move { pod.search(&project, namespace, query).await })
+        })
+        .collect();
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let (mut most, deadline) = (0, std::time::Instant::now() + Duration::from_millis(1_500));
+    while std::time::Instant::now() < deadline {
+        let now: i64 = sqlx::query_scalar(waiting).fetch_one(&mut lock).await.expect("count");
+        most = most.max(now);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // None would be no restore at all (a replay reads no chunks); four, no bound.
+    assert_eq!(most, 2, "restores waiting on the snapshots' chunks at once");
+    sqlx::query("COMMIT").execute(&mut lock).await.expect("commit");
+
+    for (namespace, search) in namespaces.into_iter().zip(searches) {
+        let outcome = search
+            .await
+            .expect("the search's task")
+            .expect("search")
+            .expect("namespace");
+        assert_eq!(outcome.matches[0].id, "r1", "{namespace}");
+    }
+}
