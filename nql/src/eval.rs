@@ -3,8 +3,14 @@
 //! Metadata values stay JSON ([`Datum::Json`]); comparing one with a literal compares
 //! JSON values (numbers numerically, strings by bytes), so `price > 5` and
 //! `source = 'web'` mean what they say. JSON `null` and a missing key are both NULL.
+//!
+//! Evaluating a literal borrows it ([`eval`] returns a [`Cow`]), so a parameter
+//! referenced in every row costs nothing per row; what an expression makes (`||`,
+//! `::text`) is held to [`MAX_VALUE_BYTES`].
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use quiver_common::ApiError;
@@ -12,6 +18,7 @@ use quiver_common::json::{compare_integer_float, compare_numbers};
 use serde_json::{Map, Number, Value};
 
 use crate::Row;
+use crate::budget::{MAX_VALUE_BYTES, json_len_within, over_value_limit, within_value_limit};
 use crate::error::query_error;
 use crate::plan::{BinOp, Column, Expr, JsonKey, parse_timestamp};
 
@@ -24,7 +31,8 @@ pub(crate) enum Datum {
     Num(f64),
     Text(String),
     Json(Value),
-    Vector(Vec<f32>),
+    /// Shared: a vector parameter is read once, however often the statement uses it.
+    Vector(Arc<[f32]>),
     Time(DateTime<Utc>),
 }
 
@@ -72,8 +80,10 @@ fn short(text: &str) -> String {
 }
 
 impl Datum {
-    /// A request parameter: arrays of numbers are vectors.
+    /// A request parameter: arrays of numbers are vectors. One larger than
+    /// [`MAX_VALUE_BYTES`] is refused before it is copied.
     pub(crate) fn from_param(value: &Value) -> Result<Datum, String> {
+        let too_large = || Err(format!("{}: pass a smaller value", over_value_limit()));
         Ok(match value {
             Value::Null => Datum::Null,
             Value::Bool(b) => Datum::Bool(*b),
@@ -83,8 +93,12 @@ impl Datum {
                 None if n.is_u64() => Datum::Json(value.clone()),
                 None => Datum::Num(n.as_f64().unwrap_or(f64::NAN)),
             },
+            Value::String(s) if s.len() > MAX_VALUE_BYTES => return too_large(),
             Value::String(s) => Datum::Text(s.clone()),
             Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => {
+                if items.len().saturating_mul(4) > MAX_VALUE_BYTES {
+                    return too_large();
+                }
                 let mut vector = Vec::with_capacity(items.len());
                 for item in items {
                     let x = item.as_f64().unwrap_or(f64::NAN) as f32;
@@ -93,8 +107,9 @@ impl Datum {
                     }
                     vector.push(x);
                 }
-                Datum::Vector(vector)
+                Datum::Vector(vector.into())
             }
+            other if json_len_within(other, MAX_VALUE_BYTES).is_none() => return too_large(),
             other => Datum::Json(other.clone()),
         })
     }
@@ -127,12 +142,20 @@ impl Datum {
     /// `::text`, as Postgres casts: NULL stays NULL, jsonb is its JSON (a string
     /// quoted), a timestamp as Postgres writes one (`2026-12-05 16:33:06.123+00`),
     /// everything else as [`Datum::to_text`] writes it.
-    pub(crate) fn cast_text(self) -> Datum {
+    pub(crate) fn cast_text(&self) -> Datum {
         match self {
             Datum::Null => Datum::Null,
-            Datum::Json(value) => Datum::Text(jsonb_text(&value)),
-            Datum::Time(t) => Datum::Text(postgres_time(&t)),
+            Datum::Json(value) => Datum::Text(jsonb_text(value)),
+            Datum::Time(t) => Datum::Text(postgres_time(t)),
             other => Datum::Text(other.to_text()),
+        }
+    }
+
+    /// The text form, borrowed where the value already is text.
+    fn text(&self) -> Cow<'_, str> {
+        match self {
+            Datum::Text(s) | Datum::Json(Value::String(s)) => Cow::Borrowed(s),
+            other => Cow::Owned(other.to_text()),
         }
     }
 
@@ -212,7 +235,7 @@ pub(crate) fn type_oid(expr: &Expr) -> u32 {
         Expr::Column(Column::CreatedAt | Column::UpdatedAt) => 1184,
         Expr::Json { text: true, .. } => 25,
         Expr::Json { text: false, .. } => 3802,
-        Expr::Lit(datum) => match datum {
+        Expr::Lit(datum) => match &**datum {
             Datum::Null | Datum::Text(_) => 25,
             Datum::Bool(_) => 16,
             Datum::Int(i) if i32::try_from(*i).is_ok() => 23,
@@ -275,7 +298,7 @@ pub(crate) fn truth(datum: &Datum, what: &str) -> Result<Option<bool>, ApiError>
 pub(crate) fn matches(filter: Option<&Expr>, row: &Row) -> Result<bool, ApiError> {
     match filter {
         None => Ok(true),
-        Some(expr) => Ok(truth(&eval(expr, Some(row))?, "WHERE")? == Some(true)),
+        Some(expr) => Ok(truth(&*eval(expr, Some(row))?, "WHERE")? == Some(true)),
     }
 }
 
@@ -287,7 +310,31 @@ fn json_null_to_null(value: Option<&Value>) -> Datum {
 }
 
 /// Evaluates an expression against a row (`None` where there is none, as in VALUES).
-pub(crate) fn eval(expr: &Expr, row: Option<&Row>) -> Result<Datum, ApiError> {
+/// A literal is borrowed, not copied: a statement may name a large parameter many
+/// times, and every row evaluates each.
+pub(crate) fn eval<'e>(expr: &'e Expr, row: Option<&Row>) -> Result<Cow<'e, Datum>, ApiError> {
+    match expr {
+        Expr::Lit(datum) => Ok(Cow::Borrowed(&**datum)),
+        other => compute(other, row).map(Cow::Owned),
+    }
+}
+
+/// A value a statement makes, refused past [`MAX_VALUE_BYTES`]; `what` names the
+/// expression, `instead` says how to stay within the limit.
+pub(crate) fn bounded(datum: Datum, what: &str, instead: &str) -> Result<Datum, ApiError> {
+    if within_value_limit(&datum) {
+        Ok(datum)
+    } else {
+        Err(too_large(what, instead))
+    }
+}
+
+fn too_large(what: &str, instead: &str) -> ApiError {
+    query_error(format!("{what} {}: {instead}", over_value_limit()))
+}
+
+/// Evaluates anything but a literal.
+fn compute(expr: &Expr, row: Option<&Row>) -> Result<Datum, ApiError> {
     let need_row = || row.ok_or_else(|| query_error("column references are not allowed here"));
     Ok(match expr {
         Expr::Column(column) => {
@@ -296,7 +343,7 @@ pub(crate) fn eval(expr: &Expr, row: Option<&Row>) -> Result<Datum, ApiError> {
                 Column::Id => Datum::Text(row.id.clone()),
                 Column::Content => row.content.clone().map_or(Datum::Null, Datum::Text),
                 Column::Metadata => Datum::Json(Value::Object(row.metadata.clone())),
-                Column::Embedding => Datum::Vector(row.embedding.clone()),
+                Column::Embedding => Datum::Vector(row.embedding.as_slice().into()),
                 Column::CreatedAt => Datum::Time(row.created_at),
                 Column::UpdatedAt => Datum::Time(row.updated_at),
             }
@@ -315,10 +362,10 @@ pub(crate) fn eval(expr: &Expr, row: Option<&Row>) -> Result<Datum, ApiError> {
                 }
                 other => eval(other, row)?,
             };
-            let Datum::Json(base) = base else {
+            let Datum::Json(base) = &*base else {
                 return Ok(Datum::Null);
             };
-            let value = match (key, &base) {
+            let value = match (key, base) {
                 (JsonKey::Key(k), Value::Object(map)) => map.get(k),
                 (JsonKey::Index(i), Value::Array(items)) => {
                     let len = items.len() as i64;
@@ -329,7 +376,7 @@ pub(crate) fn eval(expr: &Expr, row: Option<&Row>) -> Result<Datum, ApiError> {
             };
             json_access_result(value, *text)
         }
-        Expr::Lit(datum) => datum.clone(),
+        Expr::Lit(datum) => (**datum).clone(),
         Expr::Distance { op, vector } => {
             let row = need_row()?;
             if row.embedding.len() != vector.len() {
@@ -342,25 +389,29 @@ pub(crate) fn eval(expr: &Expr, row: Option<&Row>) -> Result<Datum, ApiError> {
             Datum::Num(f32_to_f64(op.distance(&row.embedding, vector)))
         }
         Expr::Binary { op, left, right } => binary(*op, left, right, row)?,
-        Expr::Not(inner) => match truth(&eval(inner, row)?, "NOT")? {
+        Expr::Not(inner) => match truth(&*eval(inner, row)?, "NOT")? {
             None => Datum::Null,
             Some(b) => Datum::Bool(!b),
         },
-        Expr::Neg(inner) => match numeric(eval(inner, row)?, "-")? {
+        Expr::Neg(inner) => match numeric(&*eval(inner, row)?, "-")? {
             Datum::Int(i) => Datum::Int(i.checked_neg().ok_or_else(|| query_error("bigint out of range"))?),
             Datum::Num(x) => Datum::Num(-x),
             other => other,
         },
-        Expr::IsNull { expr, negated } => Datum::Bool((eval(expr, row)? == Datum::Null) != *negated),
-        Expr::Text(inner) => eval(inner, row)?.cast_text(),
+        Expr::IsNull { expr, negated } => Datum::Bool((*eval(expr, row)? == Datum::Null) != *negated),
+        Expr::Text(inner) => bounded(
+            eval(inner, row)?.cast_text(),
+            "the text of a ::text cast",
+            "cast a smaller value",
+        )?,
         Expr::InList { expr, list, negated } => {
             let value = eval(expr, row)?;
-            if value == Datum::Null {
+            if *value == Datum::Null {
                 return Ok(Datum::Null);
             }
             let mut unknown = false;
             for item in list {
-                match equals(&value, &eval(item, row)?)? {
+                match equals(&value, &*eval(item, row)?)? {
                     Some(true) => return Ok(Datum::Bool(!negated)),
                     Some(false) => {}
                     None => unknown = true,
@@ -377,10 +428,10 @@ pub(crate) fn eval(expr: &Expr, row: Option<&Row>) -> Result<Datum, ApiError> {
         } => {
             let value = eval(expr, row)?;
             let pattern = eval(pattern, row)?;
-            if value == Datum::Null || pattern == Datum::Null {
+            if *value == Datum::Null || *pattern == Datum::Null {
                 return Ok(Datum::Null);
             }
-            let matched = like(&value.to_text(), &pattern.to_text(), *case_insensitive, *escape)?;
+            let matched = like(&value.text(), &pattern.text(), *case_insensitive, *escape)?;
             Datum::Bool(matched != *negated)
         }
         Expr::Count => return Err(query_error("COUNT(*) is only allowed as a select-list item")),
@@ -399,13 +450,13 @@ fn json_access_result(value: Option<&Value>, text: bool) -> Datum {
 fn binary(op: BinOp, left: &Expr, right: &Expr, row: Option<&Row>) -> Result<Datum, ApiError> {
     match op {
         BinOp::And | BinOp::Or => {
-            let l = truth(&eval(left, row)?, op.symbol())?;
+            let l = truth(&*eval(left, row)?, op.symbol())?;
             // Short-circuit like Postgres may: FALSE AND x is FALSE, TRUE OR x is TRUE.
             let decided = if op == BinOp::And { Some(false) } else { Some(true) };
             if l == decided {
                 return Ok(Datum::Bool(l == Some(true)));
             }
-            let r = truth(&eval(right, row)?, op.symbol())?;
+            let r = truth(&*eval(right, row)?, op.symbol())?;
             Ok(match (op, l, r) {
                 (_, _, r) if r == decided => Datum::Bool(r == Some(true)),
                 (_, Some(l), Some(r)) => Datum::Bool(if op == BinOp::And { l && r } else { l || r }),
@@ -415,15 +466,16 @@ fn binary(op: BinOp, left: &Expr, right: &Expr, row: Option<&Row>) -> Result<Dat
         _ => {
             let l = eval(left, row)?;
             let r = eval(right, row)?;
-            if l == Datum::Null || r == Datum::Null {
+            let (l, r) = (&*l, &*r);
+            if *l == Datum::Null || *r == Datum::Null {
                 return Ok(Datum::Null);
             }
             let ordering = |want: fn(Ordering) -> bool| -> Result<Datum, ApiError> {
-                Ok(compare(&l, &r)?.map_or(Datum::Null, |o| Datum::Bool(want(o))))
+                Ok(compare(l, r)?.map_or(Datum::Null, |o| Datum::Bool(want(o))))
             };
             match op {
-                BinOp::Eq => Ok(equals(&l, &r)?.map_or(Datum::Null, Datum::Bool)),
-                BinOp::Ne => Ok(equals(&l, &r)?.map_or(Datum::Null, |e| Datum::Bool(!e))),
+                BinOp::Eq => Ok(equals(l, r)?.map_or(Datum::Null, Datum::Bool)),
+                BinOp::Ne => Ok(equals(l, r)?.map_or(Datum::Null, |e| Datum::Bool(!e))),
                 BinOp::Lt => ordering(|o| o == Ordering::Less),
                 BinOp::Le => ordering(|o| o != Ordering::Greater),
                 BinOp::Gt => ordering(|o| o == Ordering::Greater),
@@ -435,23 +487,23 @@ fn binary(op: BinOp, left: &Expr, right: &Expr, row: Option<&Row>) -> Result<Dat
     }
 }
 
-fn numeric(datum: Datum, op: &str) -> Result<Datum, ApiError> {
+fn numeric(datum: &Datum, op: &str) -> Result<Datum, ApiError> {
     match datum {
-        Datum::Null | Datum::Int(_) | Datum::Num(_) => Ok(datum),
+        Datum::Null | Datum::Int(_) | Datum::Num(_) => Ok(datum.clone()),
         Datum::Json(Value::Number(n)) => Ok(match n.as_i64() {
             Some(i) => Datum::Int(i),
             None => Datum::Num(n.as_f64().unwrap_or(f64::NAN)),
         }),
-        Datum::Text(ref s) => Datum::number(s.trim())
+        Datum::Text(s) => Datum::number(s.trim())
             .ok_or_else(|| query_error(format!("invalid input syntax for type double precision: \"{s}\""))),
         other => Err(query_error(format!(
             "operator does not exist: {op} applied to {}",
-            type_name(&other)
+            type_name(other)
         ))),
     }
 }
 
-fn arithmetic(op: BinOp, l: Datum, r: Datum) -> Result<Datum, ApiError> {
+fn arithmetic(op: BinOp, l: &Datum, r: &Datum) -> Result<Datum, ApiError> {
     let symbol = op.symbol();
     let (l, r) = (numeric(l, symbol)?, numeric(r, symbol)?);
     if let (Datum::Int(a), Datum::Int(b)) = (&l, &r) {
@@ -486,20 +538,26 @@ fn arithmetic(op: BinOp, l: Datum, r: Datum) -> Result<Datum, ApiError> {
     }))
 }
 
-/// `||`: jsonb concatenation (objects merge, right wins) or text concatenation.
-fn concat(l: Datum, r: Datum) -> Result<Datum, ApiError> {
-    let as_json = |d: Datum| -> Result<Value, ApiError> {
+/// `||`: jsonb concatenation (objects merge, right wins) or text concatenation. The
+/// result is held to [`MAX_VALUE_BYTES`]: `$1 || $1 || …` would otherwise make a value
+/// as many times the size of `$1` as it names it, for every row.
+fn concat(l: &Datum, r: &Datum) -> Result<Datum, ApiError> {
+    const WHAT: &str = "the result of ||";
+    const INSTEAD: &str = "concatenate fewer or smaller values";
+    let as_json = |d: &Datum| -> Result<Value, ApiError> {
         match d {
-            Datum::Json(v) => Ok(v),
+            Datum::Json(v) => Ok(v.clone()),
             Datum::Text(t) => {
-                serde_json::from_str(&t).map_err(|e| query_error(format!("invalid input syntax for type json: {e}")))
+                serde_json::from_str(t).map_err(|e| query_error(format!("invalid input syntax for type json: {e}")))
             }
             other => Ok(other.to_json()),
         }
     };
     if let Datum::Json(_) = l {
+        // Each side is a value within the limit or a row's own, so the merge is made
+        // before it is measured.
         let (l, r) = (as_json(l)?, as_json(r)?);
-        return Ok(Datum::Json(match (l, r) {
+        let merged = Datum::Json(match (l, r) {
             (Value::Object(mut a), Value::Object(b)) => {
                 a.extend(b);
                 Value::Object(a)
@@ -517,9 +575,18 @@ fn concat(l: Datum, r: Datum) -> Result<Datum, ApiError> {
                 Value::Array(b)
             }
             (a, b) => Value::Array(vec![a, b]),
-        }));
+        });
+        return bounded(merged, WHAT, INSTEAD);
     }
-    Ok(Datum::Text(l.to_text() + &r.to_text()))
+    let (l, r) = (l.text(), r.text());
+    // Measured before the text is made.
+    if l.len().saturating_add(r.len()) > MAX_VALUE_BYTES {
+        return Err(too_large(WHAT, INSTEAD));
+    }
+    let mut text = String::with_capacity(l.len() + r.len());
+    text.push_str(&l);
+    text.push_str(&r);
+    Ok(Datum::Text(text))
 }
 
 /// jsonb's equality: numbers by value (`1` equals `1.0`) at any depth.
@@ -579,9 +646,9 @@ pub(crate) fn compare(a: &Datum, b: &Datum) -> Result<Option<Ordering>, ApiError
         (Datum::Time(x), Datum::Text(y)) => Some(x.cmp(&time(y)?)),
         (Datum::Text(x), Datum::Time(y)) => Some(time(x)?.cmp(y)),
         (Datum::Bool(x), Datum::Bool(y)) => Some(x.cmp(y)),
-        (Datum::Vector(x), Datum::Vector(y)) => x.as_slice().partial_cmp(y.as_slice()),
-        (Datum::Vector(x), Datum::Text(y)) => parse_vector(y).ok().and_then(|y| x.as_slice().partial_cmp(&y)),
-        (Datum::Text(x), Datum::Vector(y)) => parse_vector(x).ok().and_then(|x| x.as_slice().partial_cmp(y)),
+        (Datum::Vector(x), Datum::Vector(y)) => x[..].partial_cmp(&y[..]),
+        (Datum::Vector(x), Datum::Text(y)) => parse_vector(y).ok().and_then(|y| x[..].partial_cmp(&y[..])),
+        (Datum::Text(x), Datum::Vector(y)) => parse_vector(x).ok().and_then(|x| x[..].partial_cmp(&y[..])),
         _ => None,
     })
 }

@@ -9,6 +9,7 @@
 //! The crate knows nothing about HTTP: the handler authorizes (a write scope when
 //! [`Statement::is_write`]), applies the timeout, and shapes the response.
 
+mod budget;
 mod cursor;
 mod error;
 mod eval;
@@ -25,6 +26,7 @@ use quiver_common::ApiError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use budget::{MAX_STATEMENT_BYTES, MAX_VALUE_BYTES};
 pub use exec::{execute, execute_parsed};
 pub use plan::{Statement, parse};
 

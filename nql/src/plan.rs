@@ -2,6 +2,14 @@
 //! supported subset into this crate's own AST with every `$n` bound. Anything outside
 //! the grammar is refused here, naming the construct, so the executor only ever sees
 //! what it can run.
+//!
+//! Each parameter is bound once and shared by every `$n` that names it, and literals
+//! are shared by the copies planning makes (BETWEEN, ORDER BY an output name): a plan
+//! costs memory for its distinct values, not for how often it names them. What it does
+//! make is counted against [`MAX_STATEMENT_BYTES`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -14,6 +22,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Span, Token, Tokenizer};
 
+use crate::budget::{MAX_STATEMENT_BYTES, MAX_VALUE_BYTES, bytes_text, datum_bytes, metadata_bytes, over_value_limit};
 use crate::error::{Pos, parser_error, query_error, query_error_at, span_pos, unsupported};
 use crate::eval::{self, Datum};
 use crate::{DistanceOp, NewRow};
@@ -129,11 +138,12 @@ pub(crate) enum Expr {
         key: JsonKey,
         text: bool,
     },
-    Lit(Datum),
+    /// A literal or a parameter's value, shared by every place that names it.
+    Lit(Arc<Datum>),
     /// `embedding <op> vector`.
     Distance {
         op: DistanceOp,
-        vector: Vec<f32>,
+        vector: Arc<[f32]>,
     },
     Binary {
         op: BinOp,
@@ -174,6 +184,28 @@ impl Expr {
             Expr::Not(inner) | Expr::Neg(inner) | Expr::IsNull { expr: inner, .. } | Expr::Text(inner) => inner.size(),
             Expr::InList { expr, list, .. } => expr.size() + list.iter().map(Expr::size).sum::<usize>(),
             Expr::Like { expr, pattern, .. } => expr.size() + pattern.size(),
+        }
+    }
+
+    /// Bytes of text this expression owns, as a copy of it makes them again: metadata
+    /// key names (literals and vectors are shared, not copied).
+    fn owned_bytes(&self) -> usize {
+        match self {
+            Expr::MetaKey(key) => key.len(),
+            Expr::Column(_) | Expr::Lit(_) | Expr::Distance { .. } | Expr::Count => 0,
+            Expr::Json { base, key, .. } => {
+                base.owned_bytes()
+                    + match key {
+                        JsonKey::Key(key) => key.len(),
+                        JsonKey::Index(_) => 0,
+                    }
+            }
+            Expr::Binary { left, right, .. } => left.owned_bytes() + right.owned_bytes(),
+            Expr::Not(inner) | Expr::Neg(inner) | Expr::IsNull { expr: inner, .. } | Expr::Text(inner) => {
+                inner.owned_bytes()
+            }
+            Expr::InList { expr, list, .. } => expr.owned_bytes() + list.iter().map(Expr::owned_bytes).sum::<usize>(),
+            Expr::Like { expr, pattern, .. } => expr.owned_bytes() + pattern.owned_bytes(),
         }
     }
 }
@@ -335,6 +367,9 @@ fn parse_here(query: &str, params: &[Value]) -> Result<Statement, ApiError> {
         vectors: Vec::new(),
         allow_columns: true,
         nodes: 0,
+        bound: HashMap::new(),
+        folds: HashMap::new(),
+        bytes: 0,
     };
     let kind = planner.statement(statement)?;
     Ok(Statement {
@@ -353,6 +388,23 @@ struct Planner<'a> {
     allow_columns: bool,
     /// Expression nodes made so far, copies included (see [`MAX_PLAN_NODES`]).
     nodes: usize,
+    /// Each parameter bound so far (by its 1-based number), bound once: every `$n`
+    /// naming it shares the value.
+    bound: HashMap<usize, Arc<Datum>>,
+    /// Constants made from a literal or parameter (`$1::jsonb`, a `'[1,2]'` read as a
+    /// vector), once per source and kind, keyed by the source's address; the source is
+    /// kept with its result, so the address cannot be reused by another value.
+    folds: HashMap<(usize, Fold), (Arc<Datum>, Arc<Datum>)>,
+    /// Bytes of values planned so far, against [`MAX_STATEMENT_BYTES`].
+    bytes: usize,
+}
+
+/// What a constant is made into while planning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Fold {
+    Vector,
+    Jsonb,
+    Text,
 }
 
 /// The name of an unquoted identifier as Postgres folds it.
@@ -683,7 +735,7 @@ impl<'a> Planner<'a> {
         let saved = std::mem::replace(&mut self.allow_columns, false);
         let converted = self.expr(expr, 0);
         self.allow_columns = saved;
-        match eval::eval(&converted?, None)? {
+        match eval::eval(&converted?, None)?.into_owned() {
             Datum::Null => Ok(None),
             Datum::Int(n) if n >= 0 => Ok(Some(n as u64)),
             Datum::Int(_) => Err(query_error(format!("{clause} must not be negative"))),
@@ -724,7 +776,7 @@ impl<'a> Planner<'a> {
         Ok(Expr::MetaKey(ident.value.clone()))
     }
 
-    fn param(&mut self, name: &str, span: Span) -> Result<Datum, ApiError> {
+    fn param(&mut self, name: &str, span: Span) -> Result<Arc<Datum>, ApiError> {
         let index = name
             .strip_prefix('$')
             .and_then(|n| n.parse::<usize>().ok())
@@ -745,33 +797,105 @@ impl<'a> Planner<'a> {
                 self.pos(span),
             ));
         };
-        Datum::from_param(value).map_err(|why| query_error(format!("parameter ${index} {why}")))
+        if let Some(datum) = self.bound.get(&index) {
+            return Ok(Arc::clone(datum));
+        }
+        let datum = Datum::from_param(value).map_err(|why| query_error(format!("parameter ${index} {why}")))?;
+        self.charge_bytes(datum_bytes(&datum))?;
+        let datum = Arc::new(datum);
+        self.bound.insert(index, Arc::clone(&datum));
+        Ok(datum)
     }
 
-    fn literal(&mut self, value: &ast::ValueWithSpan) -> Result<Datum, ApiError> {
-        match &value.value {
+    fn literal(&mut self, value: &ast::ValueWithSpan) -> Result<Arc<Datum>, ApiError> {
+        let datum = match &value.value {
             ast::Value::Number(text, _) => Datum::number(text)
-                .ok_or_else(|| query_error_at(format!("invalid number {text}"), self.pos(value.span))),
+                .ok_or_else(|| query_error_at(format!("invalid number {text}"), self.pos(value.span)))?,
             ast::Value::SingleQuotedString(s)
             | ast::Value::EscapedStringLiteral(s)
             | ast::Value::UnicodeStringLiteral(s)
-            | ast::Value::NationalStringLiteral(s) => Ok(Datum::Text(s.clone())),
-            ast::Value::DollarQuotedString(s) => Ok(Datum::Text(s.value.clone())),
-            ast::Value::Boolean(b) => Ok(Datum::Bool(*b)),
-            ast::Value::Null => Ok(Datum::Null),
-            ast::Value::Placeholder(name) => self.param(name, value.span),
-            ast::Value::DoubleQuotedString(s) => Err(query_error_at(
-                format!("column \"{s}\" does not exist"),
-                self.pos(value.span),
-            )),
-            _ => Err(unsupported(format!("the literal {}", self.snippet(value.span)))),
+            | ast::Value::NationalStringLiteral(s) => self.text_literal(s, value.span)?,
+            ast::Value::DollarQuotedString(s) => self.text_literal(&s.value, value.span)?,
+            ast::Value::Boolean(b) => Datum::Bool(*b),
+            ast::Value::Null => Datum::Null,
+            ast::Value::Placeholder(name) => return self.param(name, value.span),
+            ast::Value::DoubleQuotedString(s) => {
+                return Err(query_error_at(
+                    format!("column \"{s}\" does not exist"),
+                    self.pos(value.span),
+                ));
+            }
+            _ => return Err(unsupported(format!("the literal {}", self.snippet(value.span)))),
+        };
+        self.charge_bytes(datum_bytes(&datum))?;
+        Ok(Arc::new(datum))
+    }
+
+    /// A string literal, refused past [`MAX_VALUE_BYTES`] as a parameter is.
+    fn text_literal(&self, text: &str, span: Span) -> Result<Datum, ApiError> {
+        if text.len() > MAX_VALUE_BYTES {
+            return Err(query_error_at(
+                format!(
+                    "the string literal {} {}: use a shorter one",
+                    self.snippet(span),
+                    over_value_limit()
+                ),
+                self.pos(span),
+            ));
         }
+        Ok(Datum::Text(text.to_owned()))
+    }
+
+    /// A constant made from `source` (a literal or parameter) by `make`, made once
+    /// however often the statement names the source, and counted against
+    /// [`MAX_STATEMENT_BYTES`].
+    fn fold(
+        &mut self,
+        source: &Arc<Datum>,
+        kind: Fold,
+        make: impl FnOnce(&Datum) -> Result<Datum, ApiError>,
+    ) -> Result<Arc<Datum>, ApiError> {
+        let key = (Arc::as_ptr(source) as usize, kind);
+        if let Some((_, made)) = self.folds.get(&key) {
+            return Ok(Arc::clone(made));
+        }
+        let made = make(source)?;
+        self.charge_bytes(datum_bytes(&made))?;
+        let made = Arc::new(made);
+        self.folds.insert(key, (Arc::clone(source), Arc::clone(&made)));
+        Ok(made)
+    }
+
+    /// A `'[1, 2, 3]'` literal or parameter read as a vector (once), and noted for the
+    /// dimension check.
+    fn text_vector(&mut self, source: &Arc<Datum>) -> Result<Arc<[f32]>, ApiError> {
+        let Datum::Text(text) = &**source else {
+            return Err(query_error("only a '[1, 2, 3]' string can be read as a vector"));
+        };
+        let label = format!("vector '{}'", truncate(text, 30));
+        let made = self.fold(source, Fold::Vector, |datum| match datum {
+            Datum::Text(text) => Ok(Datum::Vector(eval::parse_vector(text).map_err(query_error)?.into())),
+            _ => Err(query_error("only a '[1, 2, 3]' string can be read as a vector")),
+        })?;
+        let Datum::Vector(vector) = &*made else {
+            return Err(query_error("only a '[1, 2, 3]' string can be read as a vector"));
+        };
+        self.vectors.push((label, vector.len()));
+        Ok(Arc::clone(vector))
     }
 
     /// A vector operand: a vector parameter, or a `'[1, 2, 3]'` string.
-    fn vector(&mut self, expr: Expr, label: &str, source: &ast::Expr) -> Result<Vec<f32>, ApiError> {
-        match expr {
-            Expr::Lit(Datum::Vector(v)) => {
+    fn vector(&mut self, expr: Expr, label: &str, source: &ast::Expr) -> Result<Arc<[f32]>, ApiError> {
+        let wrong = || {
+            query_error(format!(
+                "the distance operator {label} compares the embedding column with a vector ($n or '[1,2,3]')"
+            ))
+        };
+        let Expr::Lit(lit) = expr else {
+            return Err(wrong());
+        };
+        match &*lit {
+            Datum::Vector(v) => {
                 let name = match source {
                     ast::Expr::Value(ast::ValueWithSpan {
                         value: ast::Value::Placeholder(name),
@@ -780,18 +904,25 @@ impl<'a> Planner<'a> {
                     _ => "the vector".to_owned(),
                 };
                 self.vectors.push((format!("vector {name}"), v.len()));
-                Ok(v)
+                Ok(Arc::clone(v))
             }
-            Expr::Lit(Datum::Text(text)) => {
-                let v = eval::parse_vector(&text).map_err(query_error)?;
-                self.vectors
-                    .push((format!("vector '{}'", truncate(&text, 30)), v.len()));
-                Ok(v)
-            }
-            _ => Err(query_error(format!(
-                "the distance operator {label} compares the embedding column with a vector ($n or '[1,2,3]')"
-            ))),
+            Datum::Text(_) => self.text_vector(&lit),
+            _ => Err(wrong()),
         }
+    }
+
+    /// Counts `more` bytes of planned values against [`MAX_STATEMENT_BYTES`].
+    fn charge_bytes(&mut self, more: usize) -> Result<(), ApiError> {
+        self.bytes = self.bytes.saturating_add(more);
+        if self.bytes > MAX_STATEMENT_BYTES {
+            return Err(query_error(format!(
+                "the statement's parameters and literals come to more than {} once planned (each parameter \
+                 counts once however often it is named; what BETWEEN, ORDER BY an output name and ->/->> keys \
+                 copy counts again): pass fewer or smaller values",
+                bytes_text(MAX_STATEMENT_BYTES)
+            )));
+        }
+        Ok(())
     }
 
     /// Counts `more` expression nodes against [`MAX_PLAN_NODES`].
@@ -806,9 +937,11 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
-    /// A copy of `expr`, counted against [`MAX_PLAN_NODES`] before it is made.
+    /// A copy of `expr`, counted against [`MAX_PLAN_NODES`] and, for the text it
+    /// owns, [`MAX_STATEMENT_BYTES`], before it is made.
     fn copy(&mut self, expr: &Expr) -> Result<Expr, ApiError> {
         self.charge(expr.size())?;
+        self.charge_bytes(expr.owned_bytes())?;
         Ok(expr.clone())
     }
 
@@ -840,8 +973,11 @@ impl<'a> Planner<'a> {
                     UnaryOperator::Not => Expr::Not(Box::new(inner)),
                     UnaryOperator::Plus => inner,
                     UnaryOperator::Minus => match inner {
-                        Expr::Lit(Datum::Int(n)) if n != i64::MIN => Expr::Lit(Datum::Int(-n)),
-                        Expr::Lit(Datum::Num(n)) => Expr::Lit(Datum::Num(-n)),
+                        Expr::Lit(lit) => match &*lit {
+                            Datum::Int(n) if *n != i64::MIN => Expr::Lit(Arc::new(Datum::Int(-n))),
+                            Datum::Num(n) => Expr::Lit(Arc::new(Datum::Num(-n))),
+                            _ => Expr::Neg(Box::new(Expr::Lit(lit))),
+                        },
                         other => Expr::Neg(Box::new(other)),
                     },
                     other => return Err(unsupported(format!("the operator {other}"))),
@@ -911,11 +1047,21 @@ impl<'a> Planner<'a> {
                 }
                 let escape = match escape_char {
                     None => Some('\\'),
-                    Some(e) => match self.expr(e, d)? {
-                        Expr::Lit(Datum::Text(s)) if s.is_empty() => None,
-                        Expr::Lit(Datum::Text(s)) if s.chars().count() == 1 => s.chars().next(),
-                        _ => return Err(query_error("invalid escape string: it must be one character")),
-                    },
+                    Some(e) => {
+                        let escape = self.expr(e, d)?;
+                        let mut chars = match &escape {
+                            Expr::Lit(lit) => match &**lit {
+                                Datum::Text(s) => s.chars(),
+                                _ => return Err(query_error("invalid escape string: it must be one character")),
+                            },
+                            _ => return Err(query_error("invalid escape string: it must be one character")),
+                        };
+                        match (chars.next(), chars.next()) {
+                            (None, _) => None,
+                            (Some(c), None) => Some(c),
+                            _ => return Err(query_error("invalid escape string: it must be one character")),
+                        }
+                    }
                 };
                 Expr::Like {
                     expr: Box::new(self.expr(inner, d)?),
@@ -941,22 +1087,33 @@ impl<'a> Planner<'a> {
                     ast::DataType::Text => "text",
                     _ => return Err(unsupported("this cast: only ::vector, ::jsonb and ::text")),
                 };
-                match (target, inner) {
-                    ("vector", Expr::Lit(Datum::Text(text))) => {
-                        let v = eval::parse_vector(&text).map_err(query_error)?;
-                        self.vectors
-                            .push((format!("vector '{}'", truncate(&text, 30)), v.len()));
-                        Expr::Lit(Datum::Vector(v))
-                    }
-                    ("vector", v @ Expr::Lit(Datum::Vector(_))) => v,
-                    ("jsonb", Expr::Lit(Datum::Text(text))) => {
-                        Expr::Lit(Datum::Json(serde_json::from_str(&text).map_err(|e| {
-                            query_error(format!("invalid input syntax for type json: {e}"))
-                        })?))
-                    }
-                    ("jsonb", j @ Expr::Lit(Datum::Json(_))) => j,
-                    ("text", Expr::Lit(datum)) => Expr::Lit(datum.cast_text()),
-                    ("text", other) => Expr::Text(Box::new(other)),
+                // Casts of a literal or parameter are made once, however often the
+                // statement names it.
+                let lit = match inner {
+                    Expr::Lit(lit) => lit,
+                    other if target == "text" => return Ok(Expr::Text(Box::new(other))),
+                    _ => return Err(unsupported(format!("a cast to {target} of anything but a literal"))),
+                };
+                let (text, vector, json) = (
+                    matches!(*lit, Datum::Text(_)),
+                    matches!(*lit, Datum::Vector(_)),
+                    matches!(*lit, Datum::Json(_)),
+                );
+                match target {
+                    "vector" if text => Expr::Lit(Arc::new(Datum::Vector(self.text_vector(&lit)?))),
+                    "vector" if vector => Expr::Lit(lit),
+                    "jsonb" if text => Expr::Lit(self.fold(&lit, Fold::Jsonb, |datum| {
+                        match datum {
+                            Datum::Text(text) => serde_json::from_str(text)
+                                .map(Datum::Json)
+                                .map_err(|e| query_error(format!("invalid input syntax for type json: {e}"))),
+                            _ => Err(unsupported("a cast to jsonb of anything but a string")),
+                        }
+                    })?),
+                    "jsonb" if json => Expr::Lit(lit),
+                    "text" => Expr::Lit(self.fold(&lit, Fold::Text, |datum| {
+                        eval::bounded(datum.cast_text(), "the text of a ::text cast", "cast a smaller value")
+                    })?),
                     _ => return Err(unsupported(format!("a cast to {target} of anything but a literal"))),
                 }
             }
@@ -1002,14 +1159,22 @@ impl<'a> Planner<'a> {
                     type_name(&l)
                 )));
             }
-            let key = match r {
-                Expr::Lit(Datum::Text(key)) => JsonKey::Key(key),
-                Expr::Lit(Datum::Int(index)) => JsonKey::Index(index),
-                _ => {
-                    return Err(query_error(format!(
-                        "the right side of {op} must be a key string or an index"
-                    )));
-                }
+            let key = match &r {
+                Expr::Lit(lit) => match &**lit {
+                    Datum::Text(key) => {
+                        // The key is copied out of a value others may share.
+                        self.charge_bytes(key.len())?;
+                        Some(JsonKey::Key(key.clone()))
+                    }
+                    Datum::Int(index) => Some(JsonKey::Index(*index)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(key) = key else {
+                return Err(query_error(format!(
+                    "the right side of {op} must be a key string or an index"
+                )));
             };
             return Ok(Expr::Json {
                 base: Box::new(l),
@@ -1117,6 +1282,8 @@ impl<'a> Planner<'a> {
         };
         self.allow_columns = false;
         let mut rows = Vec::with_capacity(values.rows.len());
+        // Bytes of the rows made so far: each holds its own copy of its values.
+        let mut inserted = 0usize;
         for (index, row) in values.rows.iter().enumerate() {
             let exprs = &row.content;
             if exprs.len() > columns.len() {
@@ -1133,7 +1300,8 @@ impl<'a> Planner<'a> {
             };
             for (column, expr) in columns.iter().zip(exprs) {
                 let value = self.expr(expr, 0)?;
-                let datum = eval::eval(&value, None)?;
+                // A copy, even of a shared parameter: a row owns its values.
+                let datum = eval::eval(&value, None)?.into_owned();
                 let row_label = format!("row {}", index + 1);
                 match column {
                     Column::Id => new.id = id_value(datum, &row_label)?,
@@ -1147,6 +1315,14 @@ impl<'a> Planner<'a> {
                     }
                     Column::CreatedAt | Column::UpdatedAt => {}
                 }
+            }
+            inserted = inserted.saturating_add(new_row_bytes(&new));
+            if inserted > MAX_STATEMENT_BYTES {
+                return Err(query_error(format!(
+                    "the INSERT's rows come to more than {}, the most one statement writes: insert them in \
+                     several statements",
+                    bytes_text(MAX_STATEMENT_BYTES)
+                )));
             }
             rows.push(new);
         }
@@ -1383,7 +1559,7 @@ pub(crate) fn metadata_value(datum: Datum, row: &str) -> Result<Option<Map<Strin
 pub(crate) fn embedding_value(datum: Datum, row: &str) -> Result<Option<Vec<f32>>, ApiError> {
     match datum {
         Datum::Null => Ok(None),
-        Datum::Vector(v) => Ok(Some(v)),
+        Datum::Vector(v) => Ok(Some(v.to_vec())),
         Datum::Text(text) => eval::parse_vector(&text)
             .map(Some)
             .map_err(|why| query_error(format!("{row}: {why}"))),
@@ -1392,6 +1568,15 @@ pub(crate) fn embedding_value(datum: Datum, row: &str) -> Result<Option<Vec<f32>
             other.kind()
         ))),
     }
+}
+
+/// About the memory a row to insert takes.
+fn new_row_bytes(row: &NewRow) -> usize {
+    size_of::<NewRow>()
+        + row.id.as_ref().map_or(0, String::len)
+        + row.content.as_ref().map_or(0, String::len)
+        + metadata_bytes(&row.metadata)
+        + row.embedding.as_ref().map_or(0, |v| v.len() * 4)
 }
 
 /// Parses an RFC 3339 timestamp, or `YYYY-MM-DD[ HH:MM:SS]` in UTC.

@@ -1502,3 +1502,333 @@ async fn jsonb_equality_compares_numbers_by_value_inside_arrays_and_objects() {
         assert_eq!(ids(&run(&b, query, json!([])).await), expected, "{query}");
     }
 }
+
+/// Runs a request within `budget` bytes in place of `MAX_STATEMENT_BYTES`, so a few
+/// rows take the paths a full budget takes only over tens of megabytes.
+async fn run_within(b: &MemoryBackend, req: &QueryRequest, budget: usize) -> Result<QueryResult, ApiError> {
+    let statement = parse(&req.query, &req.params)?;
+    crate::exec::execute_within(b, &statement, req, KEY, budget).await
+}
+
+fn query_message(outcome: Result<QueryResult, ApiError>) -> String {
+    match outcome {
+        Err(ApiError::Query { message, .. }) => message,
+        other => panic!("expected a QUERY_ERROR, got {other:?}"),
+    }
+}
+
+/// A parameter is bound once: every `$1` in the plan, and every distance to a vector
+/// parameter, is the same value in memory, so naming a large one thousands of times
+/// costs nothing more than naming it once.
+#[test]
+fn a_parameter_named_many_times_is_bound_once_and_shared_by_every_reference() {
+    use crate::plan::{Expr, Kind};
+    let names = vec!["$1"; 4_990].join(", ");
+    let text = json!("t".repeat(200 * 1024));
+    let statement = parse(&format!("SELECT {names} FROM documents"), &[text]).expect("plans");
+    let Kind::Select(select) = &statement.kind else {
+        panic!("a SELECT");
+    };
+    let values: Vec<_> = select
+        .items
+        .iter()
+        .map(|item| match &item.expr {
+            Expr::Lit(value) => value.clone(),
+            other => panic!("a literal, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(values.len(), 4_990);
+    assert!(
+        values.iter().all(|v| std::sync::Arc::ptr_eq(v, &values[0])),
+        "one value"
+    );
+
+    let distances = vec!["embedding <=> $1"; 1_000].join(", ");
+    let statement = parse(&format!("SELECT {distances} FROM documents"), &[json!([1.0, 0.0, 0.0])]).expect("plans");
+    let Kind::Select(select) = &statement.kind else {
+        panic!("a SELECT");
+    };
+    let vectors: Vec<_> = select
+        .items
+        .iter()
+        .map(|item| match &item.expr {
+            Expr::Distance { vector, .. } => vector.clone(),
+            other => panic!("a distance, got {other:?}"),
+        })
+        .collect();
+    assert!(
+        vectors.iter().all(|v| std::sync::Arc::ptr_eq(v, &vectors[0])),
+        "one vector"
+    );
+
+    // A cast of a parameter is made once too.
+    let casts = vec!["$1::jsonb"; 1_000].join(", ");
+    let statement = parse(&format!("SELECT {casts} FROM documents"), &[json!("{\"a\": 1}")]).expect("plans");
+    let Kind::Select(select) = &statement.kind else {
+        panic!("a SELECT");
+    };
+    let made: Vec<_> = select
+        .items
+        .iter()
+        .map(|item| match &item.expr {
+            Expr::Lit(value) => value.clone(),
+            other => panic!("a literal, got {other:?}"),
+        })
+        .collect();
+    assert!(made.iter().all(|v| std::sync::Arc::ptr_eq(v, &made[0])), "one cast");
+}
+
+#[tokio::test]
+async fn values_over_the_value_limit_are_refused_naming_the_limit() {
+    let b = backend();
+    let limit = crate::MAX_VALUE_BYTES;
+    let at_limit = run(
+        &b,
+        "SELECT id FROM documents WHERE content = $1",
+        json!(["a".repeat(limit)]),
+    )
+    .await;
+    assert_eq!(at_limit.row_count, 0, "a value at the limit runs");
+
+    for (what, param) in [
+        ("text", json!("a".repeat(limit + 1))),
+        ("a JSON object", json!({"k": "a".repeat(limit)})),
+        ("a vector", json!(vec![0.5; limit / 4 + 1])),
+    ] {
+        let (message, _) = fail(&b, "SELECT id FROM documents WHERE content = $1", json!([param])).await;
+        assert!(
+            message.starts_with("parameter $1 is more than 262144 bytes (256 KiB)") && message.contains("smaller"),
+            "{what}: {message}"
+        );
+    }
+    let literal = format!("SELECT id FROM documents WHERE content = '{}'", "a".repeat(limit + 1));
+    let (message, _) = fail(&b, &literal, json!([])).await;
+    assert!(message.contains("is more than 262144 bytes (256 KiB)"), "{message}");
+}
+
+/// `||` and `::text` make values; none past the limit is made, so `$1 || $1 || …`
+/// cannot build gigabytes per row out of a small parameter.
+#[tokio::test]
+async fn concatenation_and_casts_past_the_value_limit_are_refused() {
+    let b = backend();
+    let small = run(
+        &b,
+        "SELECT $1 || $1 || $1 AS t FROM documents WHERE id = 'a'",
+        json!(["ab"]),
+    )
+    .await;
+    assert_eq!(small.rows[0]["t"], json!("ababab"));
+
+    // A chain nests one level a link, a balanced tree one level a doubling: 100 links
+    // of 4 KiB, and 2,048 references to 1 KiB, are each past the limit.
+    let chain = vec!["$1"; 100].join(" || ");
+    let mut tree = "$1".to_owned();
+    for _ in 0..11 {
+        tree = format!("({tree} || {tree})");
+    }
+    for (expression, param) in [(chain, "x".repeat(4096)), (tree, "x".repeat(1024))] {
+        let (message, _) = fail(&b, &format!("SELECT {expression} FROM documents"), json!([param])).await;
+        assert!(
+            message.starts_with("the result of || is more than 262144 bytes (256 KiB)")
+                && message.ends_with("concatenate fewer or smaller values"),
+            "{message}"
+        );
+    }
+
+    // JSON merges are held to the limit as text is.
+    let half = json!(vec!["y".repeat(1000); 150]);
+    let (message, _) = fail(&b, "SELECT $1 || $1 FROM documents", json!([half])).await;
+    assert!(message.starts_with("the result of || is more than"), "{message}");
+
+    // In an UPDATE, nothing is written.
+    let (message, _) = fail(
+        &b,
+        "UPDATE documents SET content = $1 || $1",
+        json!(["z".repeat(200 * 1024)]),
+    )
+    .await;
+    assert!(message.starts_with("the result of || is more than"), "{message}");
+    assert_eq!(b.rows("documents")[0].content.as_deref(), Some("First document"));
+
+    // jsonb's text puts a space after each comma: within the limit as JSON, not as text.
+    let wide = json!(vec![""; 70_000]);
+    let (message, _) = fail(&b, "SELECT $1::text FROM documents", json!([wide])).await;
+    assert!(
+        message.starts_with("the text of a ::text cast is more than"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_insert_whose_rows_copy_a_parameter_past_the_budget_is_refused() {
+    let b = backend();
+    let rows = vec!["($1)"; 260].join(", ");
+    let (message, _) = fail(
+        &b,
+        &format!("INSERT INTO documents (content) VALUES {rows}"),
+        json!(["c".repeat(crate::MAX_VALUE_BYTES)]),
+    )
+    .await;
+    assert!(
+        message.contains("the INSERT's rows come to more than 67108864 bytes (64 MiB)")
+            && message.contains("several statements"),
+        "{message}"
+    );
+    assert_eq!(b.rows("documents").len(), 5, "nothing was inserted");
+}
+
+/// The index filter and a plan's text quote each literal, so a statement naming a
+/// large parameter many times would write it as often: the filter pushes down no more
+/// than a value's worth (WHERE is checked on every row anyway), and a plan shows the
+/// start of each literal.
+#[tokio::test]
+async fn a_plan_names_a_large_parameter_in_its_filter_and_text_only_briefly() {
+    let b = backend();
+    let names = vec!["$1"; 1_000].join(", ");
+    let mut req = request(
+        &format!("SELECT id FROM documents WHERE source IN ({names}) ORDER BY embedding <=> $2 LIMIT 5"),
+        json!(["w".repeat(100 * 1024), [1.0, 0.0, 0.0]]),
+    );
+    req.explain = true;
+    let plan = execute(&b, &req, KEY).await.expect("explains").plan.expect("a plan");
+    assert!(plan.to_string().len() < 200_000, "{} bytes", plan.to_string().len());
+    assert_eq!(plan["strategy"], "exact_scan", "too large to push down");
+    assert!(
+        plan["where"]
+            .as_str()
+            .is_some_and(|w| w.contains("'wwww") && w.contains('…'))
+    );
+
+    // The same statement runs, and answers as WHERE says.
+    req.explain = false;
+    assert_eq!(execute(&b, &req, KEY).await.expect("runs").row_count, 0);
+    // A small filter is still pushed down whole.
+    let mut small = request(
+        "SELECT id FROM documents WHERE source IN ($1, $1) ORDER BY embedding <=> $2 LIMIT 5",
+        json!(["web", [1.0, 0.0, 0.0]]),
+    );
+    small.explain = true;
+    let plan = execute(&b, &small, KEY).await.expect("explains").plan.expect("a plan");
+    assert_eq!(plan["filter"], json!({"source": {"$in": ["web", "web"]}}));
+}
+
+/// 3,000 rows with 400 bytes of content each, scores repeating (ties go by id).
+fn scored_backend() -> MemoryBackend {
+    let b = MemoryBackend::new(3, DistanceOp::Cosine);
+    for i in 0..3_000 {
+        let id = format!("r{:04}", (i * 7_919) % 3_000);
+        b.put(
+            "big",
+            row(
+                &id,
+                Some(&"c".repeat(400)),
+                json!({"score": i % 37}),
+                [1.0, 0.0, 0.0],
+                0,
+            ),
+        );
+    }
+    b
+}
+
+/// Past the budget, a sorted scan drops the rows it holds, keeps only their sort keys
+/// and ids, and reads the page's rows again at the end: it answers as a sort of every
+/// row does. Where even keys and ids would not fit, it is refused and says how to page.
+#[tokio::test]
+async fn a_scan_past_its_budget_keeps_keys_and_ids_and_answers_as_a_whole_sort_does() {
+    let b = scored_backend();
+    let budget = 1 << 20;
+    for (statement, page_offset, page_limit) in [
+        ("SELECT id, content FROM big ORDER BY score DESC", 1_400, 100),
+        (
+            "SELECT id, content FROM big ORDER BY score, id DESC OFFSET 5 LIMIT 2000",
+            1_990,
+            20,
+        ),
+        (
+            "SELECT id, content FROM big ORDER BY score",
+            9_000_000_000_000_000_000,
+            10,
+        ),
+        ("SELECT id, content FROM big OFFSET 2990", 0, 100),
+    ] {
+        let mut req = request(statement, json!([]));
+        req.offset = Some(page_offset);
+        req.limit = Some(page_limit);
+        let whole = execute(&b, &req, KEY).await.expect("runs");
+        let within = run_within(&b, &req, budget).await.expect("runs within the budget");
+        assert_eq!(ids(&within), ids(&whole), "{statement}");
+        assert_eq!(within.rows, whole.rows, "{statement}");
+        assert_eq!(
+            (within.total_count, within.has_more, &within.next_cursor),
+            (whole.total_count, whole.has_more, &whole.next_cursor),
+            "{statement}"
+        );
+    }
+    let mut deep = request("SELECT id FROM big ORDER BY score", json!([]));
+    deep.offset = Some(2_500);
+    deep.limit = Some(10);
+    let message = query_message(run_within(&b, &deep, 64 << 10).await);
+    assert!(
+        message
+            .starts_with("the SELECT cannot sort the rows before the end of its page within the 65536 bytes (64 KiB)"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_limit_of_ten_thousand_over_large_rows_is_refused_past_the_result_budget() {
+    let b = MemoryBackend::new(3, DistanceOp::Cosine);
+    for i in 0..300 {
+        b.put(
+            "big",
+            row(
+                &format!("r{i:03}"),
+                Some(&"c".repeat(8 * 1024)),
+                json!({}),
+                [1.0, 0.0, 0.0],
+                i,
+            ),
+        );
+    }
+    let budget = 1 << 20;
+    let all = request("SELECT * FROM big ORDER BY created_at LIMIT 10000", json!([]));
+    let outcome = run_within(&b, &all, budget).await;
+    let Err(ApiError::Query { message, detail }) = outcome else {
+        panic!("expected a QUERY_ERROR, got {outcome:?}");
+    };
+    assert_eq!(
+        message,
+        "the SELECT's rows come to more than 1048576 bytes (1 MiB), the most a statement returns at once"
+    );
+    assert!(detail.is_some_and(|d| d.contains("nextCursor")));
+    // Smaller columns, or a smaller page, fit.
+    let ids_only = request("SELECT id FROM big ORDER BY created_at LIMIT 10000", json!([]));
+    assert_eq!(run_within(&b, &ids_only, budget).await.expect("runs").row_count, 300);
+    let mut page = all.clone();
+    page.limit = Some(50);
+    let first = run_within(&b, &page, budget).await.expect("runs");
+    assert_eq!((first.row_count, first.total_count), (50, Some(300)));
+}
+
+#[tokio::test]
+async fn an_update_rewriting_more_than_its_budget_is_refused_and_writes_nothing() {
+    let b = scored_backend();
+    let req = request(
+        "UPDATE big SET content = $1 WHERE score < 10",
+        json!(["n".repeat(2048)]),
+    );
+    let message = query_message(run_within(&b, &req, 1 << 20).await);
+    assert!(
+        message.starts_with("the UPDATE's new values come to more than 1048576 bytes (1 MiB)")
+            && message.ends_with("narrow its WHERE and run it in parts"),
+        "{message}"
+    );
+    assert!(
+        b.rows("big")
+            .iter()
+            .all(|r| r.content.as_deref().is_some_and(|c| c.starts_with('c')))
+    );
+    let narrow = request("UPDATE big SET content = $1 WHERE score = 0", json!(["n".repeat(2048)]));
+    assert_eq!(run_within(&b, &narrow, 1 << 20).await.expect("runs").row_count, 82);
+}
