@@ -59,6 +59,8 @@ pub fn router() -> Router<DataPlane> {
 
 /// Longest document content, in bytes.
 pub const MAX_CONTENT_BYTES: usize = 256 * 1024;
+// NQL refuses values past its own limit as ones no document can hold: the two agree.
+const _: () = assert!(MAX_CONTENT_BYTES == quiver_nql::MAX_VALUE_BYTES);
 /// Most documents one insert may carry.
 pub const MAX_DOCUMENTS: usize = 1000;
 

@@ -374,6 +374,26 @@ struct ProjectBackend<'a> {
     writing: tokio::sync::watch::Sender<bool>,
 }
 
+/// About the memory a record takes as a row: its text, metadata and vector.
+fn record_bytes(record: &Record) -> usize {
+    /// Counts what JSON would be written, writing nothing.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut metadata = Count(0);
+    // Writing to a counter fails only on a value serde cannot write, which a stored
+    // map never is.
+    let _ = serde_json::to_writer(&mut metadata, &record.metadata);
+    record.id.len() + record.content.as_ref().map_or(0, String::len) + metadata.0 + record.vector.len() * 4
+}
+
 fn row(record: Record) -> Row {
     Row {
         id: record.id,
@@ -540,6 +560,9 @@ impl Backend for ProjectBackend<'_> {
         let ids: Vec<String> = outcome.matches.into_iter().map(|m| m.id).collect();
         let found = ids.len();
         let mut rows = Vec::with_capacity(ids.len());
+        // Read a page at a time, within the statement's byte budget (10,000 matches
+        // of large documents would be gigabytes).
+        let mut held = 0;
         for chunk in ids.chunks(MAX_SCAN_PAGE) {
             // `fetch` answers in the order asked, skipping what was deleted meanwhile.
             let records = self
@@ -547,6 +570,16 @@ impl Backend for ProjectBackend<'_> {
                 .store
                 .fetch(self.principal.project_id, collection, chunk)
                 .await?;
+            held += records.iter().map(record_bytes).sum::<usize>();
+            if held > quiver_nql::MAX_STATEMENT_BYTES {
+                return Err(ApiError::Query {
+                    message: format!(
+                        "the {k} nearest rows come to more than the {} MiB a statement may hold: ask for fewer (a smaller LIMIT) and page with nextCursor",
+                        quiver_nql::MAX_STATEMENT_BYTES >> 20
+                    ),
+                    detail: None,
+                });
+            }
             rows.extend(records.into_iter().map(row));
         }
         // A match deleted since the index saw it (another pod's delete on its way
