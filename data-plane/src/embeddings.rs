@@ -109,37 +109,43 @@ pub(crate) enum Source {
 
 /// One vector per source, in order: given ones as they are, and every text embedded
 /// with `model` ([`text_model`]; the deployment's default if none) in one call (none
-/// when there is no text).
+/// when there is no text). A text that comes more than once is embedded once (an NQL
+/// `UPDATE … SET content = $1` gives every row the same).
 pub(crate) async fn complete(
     state: &DataPlane,
     project: &Project,
     model: Option<&str>,
     sources: Vec<Source>,
 ) -> Result<Vec<Vec<f32>>, ApiError> {
+    enum Slot {
+        Given(Vec<f32>),
+        /// The index of its text among the distinct ones.
+        Text(usize),
+    }
     let model = model.unwrap_or(&state.default_model);
     let mut texts = Vec::new();
-    let given: Vec<Option<Vec<f32>>> = sources
+    let mut distinct = std::collections::HashMap::new();
+    let slots: Vec<Slot> = sources
         .into_iter()
         .map(|source| match source {
-            Source::Given(vector) => Some(vector),
-            Source::Text(text) => {
-                texts.push(text);
-                None
-            }
+            Source::Given(vector) => Slot::Given(vector),
+            Source::Text(text) => Slot::Text(*distinct.entry(text).or_insert_with_key(|text| {
+                texts.push(text.clone());
+                texts.len() - 1
+            })),
         })
         .collect();
-    let mut embedded = if texts.is_empty() {
+    drop(distinct);
+    let embedded = if texts.is_empty() {
         Vec::new()
     } else {
         embed(state, project, model, texts).await?
-    }
-    .into_iter();
-    Ok(given
+    };
+    Ok(slots
         .into_iter()
-        .map(|vector| {
-            vector
-                .or_else(|| embedded.next())
-                .expect("embed answers one vector per text")
+        .map(|slot| match slot {
+            Slot::Given(vector) => vector,
+            Slot::Text(i) => embedded[i].clone(),
         })
         .collect())
 }

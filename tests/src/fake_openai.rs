@@ -23,6 +23,8 @@ pub struct FakeOpenAi {
 
 struct FakeState {
     calls: AtomicUsize,
+    /// Texts embedded, over every call.
+    inputs: AtomicUsize,
     /// Answer this many coming calls with a 503 before serving again.
     fail_next: AtomicUsize,
     /// Milliseconds the next call waits before it answers.
@@ -114,6 +116,7 @@ async fn embeddings(State(state): State<Arc<FakeState>>, headers: HeaderMap, Jso
         Value::Array(items) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
         _ => Vec::new(),
     };
+    state.inputs.fetch_add(inputs.len(), Ordering::SeqCst);
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
@@ -127,6 +130,7 @@ impl FakeOpenAi {
     pub async fn start() -> Self {
         let state = Arc::new(FakeState {
             calls: AtomicUsize::new(0),
+            inputs: AtomicUsize::new(0),
             fail_next: AtomicUsize::new(0),
             hold_next_ms: AtomicU64::new(0),
             serve_before_failing: AtomicU64::new(u64::MAX),
@@ -148,6 +152,11 @@ impl FakeOpenAi {
     /// How many embeddings calls it has had.
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// How many texts it has embedded, over every call.
+    pub fn inputs(&self) -> usize {
+        self.state.inputs.load(Ordering::SeqCst)
     }
 
     /// Makes the next call wait this long before it answers.

@@ -1962,3 +1962,44 @@ async fn an_nql_index_search_holds_its_matches_within_the_statement_budget() {
         "{body}"
     );
 }
+
+/// A text that several rows are given at once is embedded once: an NQL `UPDATE … SET
+/// content = $1` over many documents asks the model for one embedding, and every row
+/// gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_given_to_many_rows_at_once_is_embedded_once() {
+    let (app, fake) = app_with_openai(Backend::Sqlite).await;
+    let t = app.tenant_named("mydb", 1536, "cosine").await;
+    let documents: Vec<Value> = (0..50)
+        .map(|i| json!({"id": format!("d{i}"), "content": format!("draft {i}")}))
+        .collect();
+    insert_batch(&app, &t.readwrite, documents).await;
+    let before = fake.inputs();
+    let body =
+        json!({"query": "UPDATE documents SET content = $1", "params": ["a vector database for semantic search"]});
+    let (status, body) = app
+        .data_call(0, Method::POST, "/api/v1/query", &t.readwrite, Some(body))
+        .await;
+    assert_eq!((status, body["rowCount"].as_u64()), (200, Some(50)), "{body}");
+    assert_eq!(fake.inputs() - before, 1, "one text, embedded once");
+    // Every row has the embedding of its new text.
+    let search = json!({"query": "a vector database for semantic search", "limit": 50});
+    let (status, body) = app
+        .data_call(
+            0,
+            Method::POST,
+            "/api/v1/collections/documents/search",
+            &t.readonly,
+            Some(search),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 50, "{body}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["similarity"].as_f64().is_some_and(|s| s > 0.999)),
+        "{body}"
+    );
+}
