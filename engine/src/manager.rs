@@ -640,8 +640,10 @@ impl IndexManager {
         let loaded = Arc::new(Loaded::new(index, state.seq, from));
         self.loading_into(&(project.id, namespace.to_owned()), &loaded);
         self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?;
-        // A restored index takes other room than its snapshot's bytes.
-        let bytes = loaded.index.memory_bytes() as u64;
+        // A restored index takes other room than its snapshot's bytes. Judged on the
+        // bytes in use: usearch's reserve grows in doubling blocks, so what it has set
+        // aside may be twice what the index holds.
+        let bytes = loaded.index.used_bytes() as u64;
         if bytes > self.budget {
             return Err(EngineError::TooLarge {
                 bytes,
@@ -838,7 +840,7 @@ impl IndexManager {
             }
             self.apply(loaded, changes).await?;
             // Checked page by page, so a load stops before it holds much more.
-            let bytes = loaded.index.memory_bytes() as u64;
+            let bytes = loaded.index.used_bytes() as u64;
             if bytes > self.budget {
                 return Err(EngineError::TooLarge {
                     bytes,
@@ -1003,7 +1005,7 @@ impl IndexManager {
     /// it left the cache meanwhile (evicted, or its namespace deleted: a deleted
     /// namespace's index must not come back).
     async fn reweigh(&self, key: Key, loaded: Arc<Loaded>) {
-        let bytes = loaded.index.memory_bytes() as u64;
+        let bytes = loaded.index.used_bytes() as u64;
         if bytes > self.budget {
             tracing::warn!(project_id = %key.0, namespace = %key.1, bytes, budget = self.budget,
                 "an index grew larger than the whole memory budget (--index-memory): dropped, and refused until the budget is raised");

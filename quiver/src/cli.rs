@@ -61,7 +61,7 @@ pub struct StandaloneArgs {
     #[arg(long, env = "QUIVER_CONTROL_ADDR", default_value = "127.0.0.1:8081")]
     pub control_addr: SocketAddr,
     /// Memory for vector indexes (e.g. 512MiB, 4GiB); the least used are evicted beyond it.
-    #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_index_memory)]
     pub index_memory: u64,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
@@ -220,6 +220,21 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("\"{text}\" is not a usable size"))
 }
 
+/// The least `--index-memory` a data plane takes: the budget weighs every index at
+/// what usearch has set aside for it, about 17 MiB (its first blocks) however few
+/// vectors it holds.
+const MIN_INDEX_MEMORY: u64 = 64 << 20;
+
+fn parse_index_memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
+    if bytes < MIN_INDEX_MEMORY {
+        return Err(format!(
+            "{text} is too little for vector indexes: give at least 64MiB (every index weighs about 17 MiB in it, however few vectors it holds)"
+        ));
+    }
+    Ok(bytes)
+}
+
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
     /// The Postgres database that holds the catalog and the records.
@@ -238,7 +253,7 @@ pub struct ClusterArgs {
     #[arg(long, env = "QUIVER_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
     /// Memory for vector indexes on a data-plane pod (e.g. 512MiB, 4GiB).
-    #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_index_memory)]
     pub index_memory: u64,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,

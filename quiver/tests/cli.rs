@@ -62,6 +62,23 @@ fn an_unusable_data_dir_exits_non_zero_with_one_line_naming_the_flag() {
     assert_fails_with_one_line(output, &["cannot create the data directory", "--data-dir"]);
 }
 
+/// An index memory too small for any index is refused at start, saying how much to give.
+#[test]
+fn an_index_memory_too_small_for_any_index_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = quiver()
+        .args(["--index-memory", "16MiB", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("quiver runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--index-memory") && stderr.contains("at least 64MiB"),
+        "{stderr}"
+    );
+}
+
 /// Embedding settings every request would fail on, and a console directory with no
 /// console in it, are refused at start.
 #[test]
