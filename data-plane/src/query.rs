@@ -406,6 +406,9 @@ fn row(record: Record) -> Row {
     }
 }
 
+/// About how many bytes of whole records an index search reads at a time.
+const PAGE_BYTES: usize = 8 << 20;
+
 /// Largest page the executor may ask a scan for.
 const MAX_SCAN_PAGE: usize = 1000;
 
@@ -560,25 +563,31 @@ impl Backend for ProjectBackend<'_> {
         let ids: Vec<String> = outcome.matches.into_iter().map(|m| m.id).collect();
         let found = ids.len();
         let mut rows = Vec::with_capacity(ids.len());
-        // Read a page at a time, within the statement's byte budget (10,000 matches
-        // of large documents would be gigabytes).
-        let mut held = 0;
-        for chunk in ids.chunks(MAX_SCAN_PAGE) {
+        // Whole records, within the statement's byte budget (10,000 matches of large
+        // documents would be gigabytes), in pages sized by the largest record seen so
+        // far (about 8 MiB each). Past the budget the executor scans instead: it keeps
+        // only the columns the statement returns.
+        let (mut held, mut largest, mut next) = (0, 0, 0);
+        while next < ids.len() {
+            // 32 records first, then as many of the largest seen as make a page.
+            let page = match largest {
+                0 => 32,
+                largest => (PAGE_BYTES / largest).clamp(1, MAX_SCAN_PAGE),
+            };
+            let chunk = &ids[next..(next + page).min(ids.len())];
+            next += chunk.len();
             // `fetch` answers in the order asked, skipping what was deleted meanwhile.
             let records = self
                 .state
                 .store
                 .fetch(self.principal.project_id, collection, chunk)
                 .await?;
-            held += records.iter().map(record_bytes).sum::<usize>();
+            for record in &records {
+                let bytes = record_bytes(record);
+                (held, largest) = (held + bytes, largest.max(bytes));
+            }
             if held > quiver_nql::MAX_STATEMENT_BYTES {
-                return Err(ApiError::Query {
-                    message: format!(
-                        "the {k} nearest rows come to more than the {} MiB a statement may hold: ask for fewer (a smaller LIMIT) and page with nextCursor",
-                        quiver_nql::MAX_STATEMENT_BYTES >> 20
-                    ),
-                    detail: None,
-                });
+                return Ok(None);
             }
             rows.extend(records.into_iter().map(row));
         }
