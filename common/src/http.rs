@@ -132,7 +132,11 @@ pub fn finish_router_with(router: Router, inner: impl FnOnce(Router) -> Router) 
     inner(
         router
             .fallback(route_not_found)
-            .method_not_allowed_fallback(method_not_allowed),
+            .method_not_allowed_fallback(method_not_allowed)
+            // A handler that panics is a 500 in the envelope, logged with its request,
+            // not a connection dropped without a word; inside `inner`, so that a
+            // browser page can read it too.
+            .layer(CatchPanicLayer::custom(panic_response)),
     )
     .layer(
         ServiceBuilder::new()
@@ -143,10 +147,7 @@ pub fn finish_router_with(router: Router, inner: impl FnOnce(Router) -> Router) 
                     .on_request(())
                     .on_response(log_response),
             )
-            .layer(PropagateRequestIdLayer::new(request_id))
-            // Inside the trace: a handler that panics is a 500 in the envelope,
-            // logged with its request, not a connection dropped without a word.
-            .layer(CatchPanicLayer::custom(panic_response)),
+            .layer(PropagateRequestIdLayer::new(request_id)),
     )
 }
 

@@ -11,19 +11,24 @@ change. Included (rendering nothing) by data-plane.yaml. */}}
 {{- end -}}
 
 {{- /* Memory: a pod holds about 256 MiB of its own, about 100 MiB for the local model
-and its index budget; snapshotting an index copies it outside the budget
-(docs/operations.md, "Index snapshots"), and the largest may be as large as the budget. */ -}}
+and its index budget; restores from snapshots take up to as much again while they run,
+and snapshotting an index copies it outside the budget (docs/operations.md, "Index
+snapshots"), the largest as large as the budget. The binary refuses a budget under
+64 MiB. */ -}}
 {{- $limit := ((.Values.dataPlane.resources | default dict).limits | default dict).memory -}}
 {{- if $limit -}}
 {{- $mib := 1048576 -}}
 {{- $overhead := mul 356 $mib -}}
 {{- $limitBytes := include "quiver.quantityBytes" (dict "name" "dataPlane.resources.limits.memory" "value" $limit) | int64 -}}
 {{- $index := include "quiver.sizeBytes" (dict "name" "dataPlane.indexMemory" "value" .Values.dataPlane.indexMemory) | int64 -}}
-{{- $needed := add (mul 2 $index) $overhead -}}
+{{- if lt $index (mul 64 $mib) -}}
+{{- fail (printf "dataPlane.indexMemory %v is too little for vector indexes: Quiver takes at least 64MiB (every index weighs about 17 MiB in it)" .Values.dataPlane.indexMemory) -}}
+{{- end -}}
+{{- $needed := add (mul 3 $index) $overhead -}}
 {{- if gt $needed $limitBytes -}}
-{{- $fits := div (sub $limitBytes $overhead) (mul 2 $mib) -}}
-{{- $lower := ternary (printf "Lower dataPlane.indexMemory to at most %dMiB, or raise" $fits) "Raise" (gt $fits 0) -}}
-{{- fail (printf "dataPlane.indexMemory %v does not fit dataPlane.resources.limits.memory %v: a data-plane pod needs twice its index memory (snapshotting its largest index copies it outside the budget) plus about 356 MiB (256 MiB for the process, 100 MiB for the local model), or it is OOM-killed. %s the memory limit (and request) to at least %dMi"
+{{- $fits := div (sub $limitBytes $overhead) (mul 3 $mib) -}}
+{{- $lower := ternary (printf "Lower dataPlane.indexMemory to at most %dMiB, or raise" $fits) "Raise" (ge $fits 64) -}}
+{{- fail (printf "dataPlane.indexMemory %v does not fit dataPlane.resources.limits.memory %v: a data-plane pod needs three times its index memory (the indexes it holds, restores from snapshots taking up to as much again, and a snapshot's copy of its largest index) plus about 356 MiB (256 MiB for the process, 100 MiB for the local model), or it is OOM-killed. %s the memory limit (and request) to at least %dMi"
     .Values.dataPlane.indexMemory $limit $lower (div (add $needed (sub $mib 1)) $mib)) -}}
 {{- end -}}
 {{- end -}}
