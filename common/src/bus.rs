@@ -192,13 +192,33 @@ pub fn redis_connection_config() -> redis::aio::ConnectionManagerConfig {
         .set_response_timeout(Some(Duration::from_millis(500)))
 }
 
-/// A client for `url`, and a connection manager over it that connects on first use and
-/// again after each failure ([`redis_connection_config`]). Only a malformed URL is an
-/// error: a Redis that is away when a process starts is waited for as through any
-/// outage, so pods can start, restart or scale out while it is down.
-pub fn redis_connection(url: &str) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
+/// A client for `url`, and a connection manager over it ([`redis_connection_config`]).
+/// A Redis that cannot be reached when a process starts is waited for as through any
+/// outage (the manager connects on first use, and again after each failure), so pods
+/// can start, restart or scale out while it is down. A Redis that answers and refuses
+/// (a wrong password) is an error, as is a malformed URL: no retry would mend either,
+/// and the manager would not retry a refusal.
+pub async fn redis_connection(url: &str) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
     let client = redis::Client::open(url).map_err(|err| anyhow::anyhow!("invalid REDIS_URL: {err}"))?;
-    let connection = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), redis_connection_config())
+    let config = redis_connection_config();
+    match tokio::time::timeout(
+        BUS_WAIT * 2,
+        redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone()),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => return Ok((client, connection)),
+        Ok(Err(err)) if !err.is_io_error() => {
+            return Err(anyhow::anyhow!(
+                "Redis refused the connection: {err}; check REDIS_URL (its user and password)"
+            ));
+        }
+        // Logged by what waits on Redis (the bus, the limiter's health), or by a
+        // one-shot command's publish, when it matters.
+        Ok(Err(err)) => tracing::debug!(error = %err, "Redis is unreachable: connecting on first use"),
+        Err(_) => tracing::debug!("Redis did not answer: connecting on first use"),
+    }
+    let connection = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
         .map_err(|err| anyhow::anyhow!("invalid REDIS_URL: {err}"))?;
     Ok((client, connection))
 }
@@ -230,9 +250,9 @@ impl RedisBus {
     /// first try to subscribe, so that notices published right after start-up are not
     /// missed; when Redis is away, the bus starts unsubscribed and subscribes when it
     /// answers (its listeners then hear [`BusEvent::MayHaveMissed`]). Only a malformed
-    /// URL is an error.
+    /// URL, or a Redis that refuses the connection, is an error ([`redis_connection`]).
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let (client, connection) = redis_connection(url)?;
+        let (client, connection) = redis_connection(url).await?;
         let channel = format!("{prefix}notices");
         let listeners = Listeners::default();
         let subscribed = Arc::new(AtomicBool::new(false));
@@ -260,8 +280,8 @@ impl RedisBus {
 
     /// A bus that publishes and hears nothing (its listeners are never called), for a
     /// one-shot command: it neither subscribes nor waits to.
-    pub fn publisher(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let (_, connection) = redis_connection(url)?;
+    pub async fn publisher(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let (_, connection) = redis_connection(url).await?;
         Ok(Self {
             channel: format!("{prefix}notices"),
             limits_key: format!("{prefix}limits"),

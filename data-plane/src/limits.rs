@@ -526,10 +526,10 @@ pub struct RedisBudget {
 
 impl RedisBudget {
     /// Starts this pod's heartbeat (which also counts the live pods) over a connection
-    /// made on first use: while Redis is away, at start as later, the pod enforces its
-    /// share of each quota alone. Only a malformed URL is an error.
+    /// that waits for Redis when it is away ([`quiver_common::bus::redis_connection`]):
+    /// meanwhile, at start as later, the pod enforces its share of each quota alone.
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let (_, connection) = quiver_common::bus::redis_connection(url)?;
+        let (_, connection) = quiver_common::bus::redis_connection(url).await?;
         let health = Arc::new(RedisHealth::new());
         tokio::spawn(heartbeat(
             connection.clone(),

@@ -110,7 +110,7 @@ impl KeysCommand {
                 // anyway, so a revocation during a Redis outage still goes through (the
                 // announcement's failure is logged).
                 let bus: Box<dyn Bus> = match &args.redis_url {
-                    Some(url) => Box::new(RedisBus::publisher(url, &args.bus_prefix)?),
+                    Some(url) => Box::new(RedisBus::publisher(url, &args.bus_prefix).await?),
                     None => Box::new(InProcessBus::default()),
                 };
                 let id = args.key.strip_prefix(KEY_PREFIX).unwrap_or(&args.key);

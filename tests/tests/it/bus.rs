@@ -57,3 +57,23 @@ async fn a_subscription_gone_silent_is_noticed_and_made_again() {
     )
     .await;
 }
+
+/// A Redis that answers and refuses the connection (a wrong password) stops a pod at
+/// start, saying what to check: no retry would mend it. (One that cannot be reached is
+/// waited for: `limits::cluster::pods_start_while_redis_is_down_and_join_it_when_it_comes`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_the_connection_stops_a_pod_at_start() {
+    let mut url = url::Url::parse(&quiver_tests::redis::url().await).expect("a URL");
+    url.set_username("quiver-no-such-user").expect("a user");
+    url.set_password(Some("wrong")).expect("a password");
+    let prefix = quiver_tests::redis::prefix();
+    for refused in [
+        RedisBus::connect(url.as_str(), &prefix).await.err(),
+        quiver_data_plane::limits::RedisBudget::connect(url.as_str(), &prefix)
+            .await
+            .err(),
+    ] {
+        let err = refused.expect("refused at start");
+        assert!(format!("{err:#}").contains("check REDIS_URL"), "{err:#}");
+    }
+}
