@@ -1055,9 +1055,19 @@ impl Executor<'_> {
 
     async fn delete(&self, delete: &Delete) -> Result<QueryResult, ApiError> {
         self.until_written("DELETE", || async {
-            let mut rows = Vec::new();
+            // The ids of the rows it deletes, within the statement's budget (a million
+            // rows' come to some 70 MB).
+            let (mut rows, mut bytes) = (Vec::new(), 0usize);
             self.scan_all(|row| {
                 if eval::matches(delete.filter.as_ref(), &row)? {
+                    bytes = bytes.saturating_add(row.id.len() + std::mem::size_of::<RowVersion>());
+                    if bytes > self.budget {
+                        return Err(query_error(format!(
+                            "the DELETE matches more rows than one statement deletes: their ids come to more than {} \
+                             (all of its rows or none): narrow its WHERE and run it in parts",
+                            bytes_text(self.budget)
+                        )));
+                    }
                     rows.push(RowVersion {
                         id: row.id,
                         version: row.version,

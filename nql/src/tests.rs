@@ -1731,6 +1731,24 @@ fn scored_backend() -> MemoryBackend {
     b
 }
 
+/// A DELETE holds the ids of the rows it deletes within the statement's budget:
+/// past it, it is refused, deletes nothing, and says to run it in parts.
+#[tokio::test]
+async fn a_delete_matching_more_ids_than_its_budget_is_refused_and_deletes_nothing() {
+    let b = scored_backend();
+    let all = request("DELETE FROM big", json!([]));
+    let message = query_message(run_within(&b, &all, 64 << 10).await);
+    assert!(
+        message.starts_with("the DELETE matches more rows than one statement deletes")
+            && message.ends_with("narrow its WHERE and run it in parts"),
+        "{message}"
+    );
+    assert_eq!(b.rows("big").len(), 3_000, "nothing deleted");
+    let narrow = request("DELETE FROM big WHERE score = 0", json!([]));
+    assert_eq!(run_within(&b, &narrow, 64 << 10).await.expect("runs").row_count, 82);
+    assert_eq!(b.rows("big").len(), 3_000 - 82);
+}
+
 /// Past the budget, a sorted scan drops the rows it holds, keeps only their sort keys
 /// and ids, and reads the page's rows again at the end: it answers as a sort of every
 /// row does. Where even keys and ids would not fit, it is refused and says how to page.
