@@ -975,13 +975,18 @@ async fn restores_running_together_stay_within_the_memory_budget() {
             tokio::spawn(async move { pod.search(&project, namespace, query).await })
         })
         .collect();
+    // Counted from a connection of its own: inside the lock's transaction,
+    // pg_stat_activity would answer the same snapshot every time.
+    let mut watch = sqlx::PgConnection::connect(fixture.database.url())
+        .await
+        .expect("connects");
     let waiting =
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
     // Until two restores wait (on a busy machine they may take a while to get there),
     // then a second more: none beyond them starts.
     let (mut most, mut settled, deadline) = (0, None, std::time::Instant::now() + Duration::from_secs(30));
     loop {
-        let now: i64 = sqlx::query_scalar(waiting).fetch_one(&mut lock).await.expect("count");
+        let now: i64 = sqlx::query_scalar(waiting).fetch_one(&mut watch).await.expect("count");
         most = most.max(now);
         let at = std::time::Instant::now();
         match settled {
