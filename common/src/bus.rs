@@ -253,42 +253,39 @@ impl RedisBus {
     /// URL, or a Redis that refuses the connection, is an error ([`redis_connection`]).
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
         let (client, connection) = redis_connection(url).await?;
-        let channel = format!("{prefix}notices");
-        let listeners = Listeners::default();
-        let subscribed = Arc::new(AtomicBool::new(false));
+        let bus = Self::over(connection, prefix);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(subscribe(
             client,
-            channel.clone(),
-            listeners.clone(),
-            Arc::clone(&subscribed),
+            bus.channel.clone(),
+            bus.listeners.clone(),
+            Arc::clone(&bus.subscribed),
             ready_tx,
         ));
         // The first try is bounded by SUBSCRIBE_WAIT.
         if !ready_rx.await.unwrap_or(false) {
-            tracing::warn!(channel = %channel,
+            tracing::warn!(channel = %bus.channel,
                 "Redis did not answer at start: serving without bus notices until it does, and dropping caches then");
         }
-        Ok(Self {
-            channel,
-            limits_key: format!("{prefix}limits"),
-            connection,
-            listeners,
-            subscribed,
-        })
+        Ok(bus)
     }
 
     /// A bus that publishes and hears nothing (its listeners are never called), for a
     /// one-shot command: it neither subscribes nor waits to.
     pub async fn publisher(url: &str, prefix: &str) -> anyhow::Result<Self> {
         let (_, connection) = redis_connection(url).await?;
-        Ok(Self {
+        Ok(Self::over(connection, prefix))
+    }
+
+    /// A bus over `connection`, not subscribed: notices travel on `<prefix>notices`.
+    fn over(connection: redis::aio::ConnectionManager, prefix: &str) -> Self {
+        Self {
             channel: format!("{prefix}notices"),
             limits_key: format!("{prefix}limits"),
             connection,
             listeners: Listeners::default(),
             subscribed: Arc::new(AtomicBool::new(false)),
-        })
+        }
     }
 }
 

@@ -374,26 +374,6 @@ struct ProjectBackend<'a> {
     writing: tokio::sync::watch::Sender<bool>,
 }
 
-/// About the memory a record takes as a row: its text, metadata and vector.
-fn record_bytes(record: &Record) -> usize {
-    /// Counts what JSON would be written, writing nothing.
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut metadata = Count(0);
-    // Writing to a counter fails only on a value serde cannot write, which a stored
-    // map never is.
-    let _ = serde_json::to_writer(&mut metadata, &record.metadata);
-    record.id.len() + record.content.as_ref().map_or(0, String::len) + metadata.0 + record.vector.len() * 4
-}
-
 fn row(record: Record) -> Row {
     Row {
         id: record.id,
@@ -582,14 +562,14 @@ impl Backend for ProjectBackend<'_> {
                 .store
                 .fetch(self.principal.project_id, collection, chunk)
                 .await?;
-            for record in &records {
-                let bytes = record_bytes(record);
+            for row in records.into_iter().map(row) {
+                let bytes = quiver_nql::row_bytes(&row);
                 (held, largest) = (held + bytes, largest.max(bytes));
+                rows.push(row);
             }
             if held > quiver_nql::MAX_STATEMENT_BYTES {
                 return Ok(None);
             }
-            rows.extend(records.into_iter().map(row));
         }
         // A match deleted since the index saw it (another pod's delete on its way
         // here, or one between the search and this read) leaves the answer short, which

@@ -640,16 +640,8 @@ impl IndexManager {
         let loaded = Arc::new(Loaded::new(index, state.seq, from));
         self.loading_into(&(project.id, namespace.to_owned()), &loaded);
         self.catch_up(&loaded, project.id, namespace, Some(state.seq)).await?;
-        // A restored index takes other room than its snapshot's bytes. Judged on the
-        // bytes in use: usearch's reserve grows in doubling blocks, so what it has set
-        // aside may be twice what the index holds.
-        let bytes = loaded.index.used_bytes() as u64;
-        if bytes > self.budget {
-            return Err(EngineError::TooLarge {
-                bytes,
-                budget: self.budget,
-            });
-        }
+        // A restored index takes other room than its snapshot's bytes.
+        self.within_budget(&loaded.index)?;
         tracing::info!(
             project_id = %project.id,
             namespace,
@@ -720,6 +712,20 @@ impl IndexManager {
                 Ok(None)
             }
         }
+    }
+
+    /// [`EngineError::TooLarge`] for an index larger than the whole budget, judged on
+    /// the bytes it uses: usearch's reserve grows in doubling blocks, so what it has set
+    /// aside may be twice what the index holds.
+    fn within_budget(&self, index: &NamespaceIndex) -> Result<(), EngineError> {
+        let bytes = index.used_bytes() as u64;
+        if bytes > self.budget {
+            return Err(EngineError::TooLarge {
+                bytes,
+                budget: self.budget,
+            });
+        }
+        Ok(())
     }
 
     /// `bytes` in whole MiB, at least 1 (and at most what a semaphore counts).
@@ -840,13 +846,7 @@ impl IndexManager {
             }
             self.apply(loaded, changes).await?;
             // Checked page by page, so a load stops before it holds much more.
-            let bytes = loaded.index.used_bytes() as u64;
-            if bytes > self.budget {
-                return Err(EngineError::TooLarge {
-                    bytes,
-                    budget: self.budget,
-                });
-            }
+            self.within_budget(&loaded.index)?;
             if !full_page {
                 return Ok(());
             }
@@ -1005,10 +1005,9 @@ impl IndexManager {
     /// it left the cache meanwhile (evicted, or its namespace deleted: a deleted
     /// namespace's index must not come back).
     async fn reweigh(&self, key: Key, loaded: Arc<Loaded>) {
-        let bytes = loaded.index.used_bytes() as u64;
-        if bytes > self.budget {
-            tracing::warn!(project_id = %key.0, namespace = %key.1, bytes, budget = self.budget,
-                "an index grew larger than the whole memory budget (--index-memory): dropped, and refused until the budget is raised");
+        if let Err(err) = self.within_budget(&loaded.index) {
+            tracing::warn!(project_id = %key.0, namespace = %key.1, error = %err,
+                "an index grew larger than the whole memory budget: dropped, and refused until the budget is raised");
             self.drop_if_cached(&key, &loaded).await;
             return;
         }

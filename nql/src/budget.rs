@@ -143,7 +143,7 @@ pub(crate) fn metadata_bytes(metadata: &serde_json::Map<String, Value>) -> usize
 }
 
 /// About the memory a row takes, itself included.
-pub(crate) fn row_bytes(row: &Row) -> usize {
+pub fn row_bytes(row: &Row) -> usize {
     size_of::<Row>()
         + row.id.len()
         + row.content.as_ref().map_or(0, String::len)

@@ -26,7 +26,7 @@ use quiver_common::ApiError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use budget::{MAX_STATEMENT_BYTES, MAX_VALUE_BYTES};
+pub use budget::{MAX_STATEMENT_BYTES, MAX_VALUE_BYTES, row_bytes};
 pub use exec::{execute, execute_parsed};
 pub use plan::{Statement, parse};
 
