@@ -201,8 +201,46 @@ struct State {
     slot_bytes: usize,
 }
 
+/// What usearch keeps for an index beside what its `memory_usage` counts, by its
+/// structures (usearch 2.26 as vendored): for each slot of capacity, a pointer to the
+/// slot's vector (8 bytes) and entries of the key-to-slot hash table (16 bytes each,
+/// a power of two of them from 1.5 to 3 times the capacity).
+const LOOKUP_BYTES_PER_SLOT: usize = 56;
+/// For each reserved thread context, its fixed buffers (the vector cast to f16 is
+/// counted beside it, by dimension).
+const CONTEXT_BYTES: usize = 1 << 10;
+/// For each thread that can run at once: the node locks' stripes (M 32 gives 256 of
+/// 128 bytes), and the search buffers of a context in use (a visited set grows to the
+/// nodes a walk visits: tens of KB at ef 512). Contexts are taken last-released first,
+/// so about as many are in use as threads run.
+const STRIPE_BYTES_PER_THREAD: usize = 32 << 10;
+const SEARCH_BUFFER_BYTES: usize = 64 << 10;
+/// usearch's arenas: the first of 8 MiB, each next twice the last; from 16 MiB on
+/// they are advised for huge pages (vendor/usearch/QUIVER.md).
+const FIRST_ARENA_BYTES: usize = 8 << 20;
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+
+/// What the kernel may back of `unused` bytes of room in a tape of arenas of
+/// `allocated` bytes in all: the rest of the huge page last written into in each arena
+/// advised for them (of a 4 KiB page, a rounding left out).
+fn arena_tails(allocated: usize, unused: usize) -> usize {
+    // Arenas of 8, 16, 32 … MiB: n of them make 8 MiB × (2ⁿ − 1).
+    let arenas = (allocated / FIRST_ARENA_BYTES + 1).ilog2() as usize;
+    (arenas.saturating_sub(1) * HUGE_PAGE_BYTES).min(unused)
+}
+
+/// Bytes a record's slot holds, estimated: its entry in `slots` (a Vec, up to twice as
+/// long as it holds) and in `by_id` (a hash table, up to about 2.3 times), its id twice
+/// (the slot's, and `by_id`'s key), each a heap block of at least 32 bytes, and its
+/// metadata in an `Arc`.
 fn slot_bytes(slot: &Slot) -> usize {
-    std::mem::size_of::<Option<Slot>>() + 48 + slot.id.len() * 2 + approx_json_bytes(&slot.metadata)
+    use std::mem::size_of;
+    let id = (slot.id.len() + 16).max(32);
+    2 * size_of::<Option<Slot>>()
+        + (size_of::<(String, u64)>() + 1) * 7 / 3
+        + 2 * id
+        + 48
+        + approx_json_bytes(&slot.metadata)
 }
 
 /// An in-memory index of one namespace.
@@ -445,11 +483,29 @@ impl NamespaceIndex {
         self.len() == 0
     }
 
-    /// Bytes this index holds: usearch's allocations (graph and vectors, including
-    /// reserved room to grow) plus the slot table.
+    /// Bytes this index keeps in memory, as the pod's memory budget weighs it: the bytes
+    /// it uses ([`NamespaceIndex::used_bytes`]), what usearch keeps beside them that its
+    /// own count leaves out, and the part of its arenas' room to grow that the kernel
+    /// may back. usearch maps its arenas (8 MiB, then doubling) and the kernel backs a
+    /// page at its first write, so the room not yet written costs nothing, but for the
+    /// last huge page of an arena advised for them (vendor/usearch/QUIVER.md).
+    /// `index-density` (quiver-bench) measures this against the process's resident
+    /// memory.
     pub fn memory_bytes(&self) -> usize {
         let state = self.read();
-        state.index.memory_usage() + state.slot_bytes
+        let stats = state.index.memory_stats();
+        // What usearch counts wasted is mostly padding between its nodes, which is
+        // written around; the rest, an arena's end too short for the next node or
+        // vector, is at most a few KB an arena.
+        let unused = stats.graph_reserved + stats.vectors_reserved;
+        let threads = cores().min(contexts());
+        state.index.memory_usage().saturating_sub(unused)
+            + state.slot_bytes
+            + arena_tails(stats.graph_allocated, stats.graph_reserved)
+            + arena_tails(stats.vectors_allocated, stats.vectors_reserved)
+            + state.index.capacity() * LOOKUP_BYTES_PER_SLOT
+            + contexts() * (CONTEXT_BYTES + self.dimension * 2)
+            + threads * (STRIPE_BYTES_PER_THREAD + SEARCH_BUFFER_BYTES)
     }
 
     /// Bytes in use, without usearch's reserved-but-unused room: what the index would
@@ -1930,15 +1986,17 @@ mod tests {
         }
     }
 
-    /// usearch's arenas, which hold the vectors and the graph, are advised for
-    /// transparent huge pages (vendor/usearch/QUIVER.md). The kernel records the advice
-    /// on the mapping as the `hg` flag whatever the machine's THP mode, and nothing else
-    /// in this process asks for it.
+    /// usearch's arenas past its first, which hold the vectors and the graph, are
+    /// advised for transparent huge pages (vendor/usearch/QUIVER.md). The kernel records
+    /// the advice on the mapping as the `hg` flag whatever the machine's THP mode, and
+    /// nothing else in this process asks for it.
     #[cfg(target_os = "linux")]
     #[test]
-    fn index_memory_is_advised_for_huge_pages() {
-        let index = NamespaceIndex::new(64, Metric::Cosine, uuid::Uuid::nil()).expect("index");
-        index.apply(&[upsert("a", 1, vec![1.0; 64], json!({}))]).expect("apply");
+    fn index_memory_past_the_first_arena_is_advised_for_huge_pages() {
+        let index = NamespaceIndex::new(2, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        // Graph nodes of about 300 bytes at M 32: 30,000 pass the first arena's 8 MiB.
+        let mut rng = rand::rng();
+        index.apply(&random_upserts(&mut rng, 30_000, 2, "r")).expect("apply");
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
         let (mut kib, mut size) = (0u64, 0u64);
         for line in smaps.lines() {
@@ -1950,9 +2008,51 @@ mod tests {
                 kib += size;
             }
         }
-        // The first arena usearch maps is 8 MiB.
-        assert!(kib >= 8 << 10, "{kib} KiB of this process is advised for huge pages");
-        assert_eq!(index.len(), 1);
+        // The second arena usearch maps for a tape is 16 MiB.
+        assert!(kib >= 16 << 10, "{kib} KiB of this process is advised for huge pages");
+        assert_eq!(index.len(), 30_000);
+    }
+
+    /// The memory budget weighs an index at what it keeps in memory, not at usearch's
+    /// arenas (8 MiB for its vectors and 8 for its graph however few it holds, mapped
+    /// and backed only where written): a pod holds many small namespaces.
+    #[test]
+    fn a_small_index_weighs_what_it_keeps_not_its_arenas() {
+        let index = NamespaceIndex::new(384, Metric::Cosine, uuid::Uuid::nil()).expect("index");
+        let mut rng = rand::rng();
+        index.apply(&random_upserts(&mut rng, 10, 384, "r")).expect("apply");
+        let weighed = index.memory_bytes();
+        assert!(
+            index.used_bytes() < weighed && weighed < 1 << 20,
+            "{weighed} bytes weighed, {} in use",
+            index.used_bytes()
+        );
+        let more: Vec<Change> = (0..2_000)
+            .map(|i| {
+                let vector = (0..384).map(|_| rng.random_range(-1.0..1.0)).collect();
+                upsert(&format!("s{i}"), 2, vector, json!({}))
+            })
+            .collect();
+        index.apply(&more).expect("apply");
+        // 2,010 vectors of 768 bytes and their graph nodes, within the arenas' first 8 MiB.
+        let grown = index.memory_bytes();
+        assert!(
+            grown > weighed + 2_010 * 768 && grown < 8 << 20,
+            "{grown} bytes weighed for 2,010 vectors"
+        );
+    }
+
+    #[test]
+    fn arenas_advised_for_huge_pages_may_have_a_huge_page_backed_past_their_use() {
+        const MIB: usize = 1 << 20;
+        // One arena of 8 MiB, on 4 KiB pages.
+        assert_eq!(arena_tails(8 * MIB, 5 * MIB), 0);
+        // 8 + 16: the second advised.
+        assert_eq!(arena_tails(24 * MIB, 10 * MIB), 2 * MIB);
+        // 8 + 16 + 32 + 64: three advised, but never more than is unused.
+        assert_eq!(arena_tails(120 * MIB, 50 * MIB), 6 * MIB);
+        assert_eq!(arena_tails(120 * MIB, MIB), MIB);
+        assert_eq!(arena_tails(0, 0), 0);
     }
 
     #[test]

@@ -714,11 +714,10 @@ impl IndexManager {
         }
     }
 
-    /// [`EngineError::TooLarge`] for an index larger than the whole budget, judged on
-    /// the bytes it uses: usearch's reserve grows in doubling blocks, so what it has set
-    /// aside may be twice what the index holds.
+    /// [`EngineError::TooLarge`] for an index larger than the whole budget, weighed as
+    /// the cache weighs it ([`NamespaceIndex::memory_bytes`]).
     fn within_budget(&self, index: &NamespaceIndex) -> Result<(), EngineError> {
-        let bytes = index.used_bytes() as u64;
+        let bytes = index.memory_bytes() as u64;
         if bytes > self.budget {
             return Err(EngineError::TooLarge {
                 bytes,

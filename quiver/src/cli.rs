@@ -220,16 +220,15 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("\"{text}\" is not a usable size"))
 }
 
-/// The least `--index-memory` a data plane takes: the budget weighs every index at
-/// what usearch has set aside for it, about 17 MiB (its first blocks) however few
-/// vectors it holds.
+/// The least `--index-memory` a data plane takes: less is more likely a unit left off
+/// than a plan (a namespace of 10,000 384-d vectors weighs about 14 MiB in it).
 const MIN_INDEX_MEMORY: u64 = 64 << 20;
 
 fn parse_index_memory(text: &str) -> Result<u64, String> {
     let bytes = parse_bytes(text)?;
     if bytes < MIN_INDEX_MEMORY {
         return Err(format!(
-            "{text} is too little for vector indexes: give at least 64MiB (every index weighs about 17 MiB in it, however few vectors it holds)"
+            "{text} is too little for vector indexes: give at least 64MiB (a namespace of 10,000 384-d vectors weighs about 14 MiB in it)"
         ));
     }
     Ok(bytes)

@@ -653,7 +653,7 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
     };
     let recall = searches.recall(&data, &queries[..args.recall_queries]).await?;
 
-    let (allocated, used) = (indexes.memory_bytes(), indexes.used_bytes());
+    let (weighed, used) = (indexes.memory_bytes(), indexes.used_bytes());
     let ef = indexes.status(project.id, "bench").await.map_or(0, |status| status.ef);
 
     // Snapshot the served index, then load it on a fresh manager (a new pod) from it.
@@ -941,9 +941,9 @@ async fn run(args: Args, cpus: Vec<usize>) -> anyhow::Result<()> {
         100.0 * stolen
     );
     println!(
-        "| index memory | {:.0} bytes/vector in use, {:.0} reserved (usearch grows its arenas by doubling); {:.0} resident (the process's growth as a fresh manager loads it from the snapshot) |",
+        "| index memory | {:.0} bytes/vector in use, {:.0} weighed by the memory budget; {:.0} resident (the process's growth as a fresh manager loads it from the snapshot) |",
         used as f64 / args.vectors as f64,
-        allocated as f64 / args.vectors as f64,
+        weighed as f64 / args.vectors as f64,
         resident / args.vectors as f64
     );
     Ok(())

@@ -119,7 +119,7 @@ async fn an_index_larger_than_the_budget_is_refused_and_the_others_kept() {
         .upsert(project.id, "big", &records("big", 0..20_000))
         .await
         .expect("upsert");
-    // A budget between the two indexes' sizes in use, measured.
+    // A budget between the two indexes' weights, measured.
     let weigh = async |namespace: &str| {
         let probe = IndexManager::new(Arc::clone(&store), 1 << 30);
         probe
@@ -127,7 +127,7 @@ async fn an_index_larger_than_the_budget_is_refused_and_the_others_kept() {
             .await
             .expect("search");
         probe.settle().await;
-        probe.used_bytes()
+        probe.memory_bytes()
     };
     let (small, big) = (weigh("small").await, weigh("big").await);
     assert!(

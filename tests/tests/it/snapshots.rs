@@ -935,7 +935,7 @@ async fn restores_running_together_stay_within_the_memory_budget() {
             .expect("search")
             .expect("namespace");
         probe.settle().await;
-        restored = restored.max(probe.used_bytes());
+        restored = restored.max(probe.memory_bytes());
     }
     // A restore takes twice its snapshot's size, in whole MiB; the four graphs differ a
     // little, and so may their snapshots' sizes.

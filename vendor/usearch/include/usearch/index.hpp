@@ -714,9 +714,12 @@ class striped_locks_gt {
         shift_ = 64;
     }
 
-    striped_locks_gt(std::size_t threads, std::size_t connectivity) noexcept {
+    striped_locks_gt(std::size_t threads, std::size_t connectivity, std::size_t members) noexcept {
         checked_size_result_t desired = checked_mul(threads, connectivity);
         desired = desired ? checked_mul(desired.value, std::size_t{4}) : desired;
+        // Quiver: no more stripes than nodes to lock (at least 256, below).
+        if (desired && desired.value > members)
+            desired.value = members;
         if (!desired) {
             shift_ = 64;
             return;
@@ -1596,6 +1599,18 @@ class ring_gt {
 
         value = std::move(elements_[tail_]);
         tail_ = (tail_ + 1) % capacity_;
+        empty_ = head_ == tail_;
+        return true;
+    }
+
+    /// Quiver: takes the element pushed last (a stack's pop), where `try_pop` takes the
+    /// one pushed first.
+    bool try_pop_back(element_t& value) noexcept {
+        if (empty_)
+            return false;
+
+        head_ = (head_ + capacity_ - 1) % capacity_;
+        value = elements_[head_];
         empty_ = head_ == tail_;
         return true;
     }
@@ -2939,7 +2954,13 @@ class index_gt {
         }
 
         std::size_t connectivity_max = (std::max)(config_.connectivity_base, config_.connectivity);
-        nodes_mutexes_t new_mutexes(limits.threads(), connectivity_max);
+        // Quiver: node locks are striped by how many threads can run at once (the cores),
+        // not by how many contexts are reserved, and never more stripes than nodes. A node
+        // lock is held alone and briefly, so contention grows with threads running, and
+        // each stripe is a 128-byte line written when made: 66 contexts at M 32 made
+        // 32,768 stripes, 4 MiB in every index however few vectors it held.
+        std::size_t const running = (std::max)(std::size_t{1}, std::size_t{std::thread::hardware_concurrency()});
+        nodes_mutexes_t new_mutexes((std::min)(limits.threads(), running), connectivity_max, limits.members);
         buffer_gt<node_t, nodes_allocator_t> new_nodes(limits.members);
         buffer_gt<context_t, contexts_allocator_t> new_contexts(limits.threads());
         if (!new_nodes || !new_contexts || !new_mutexes)

@@ -1637,7 +1637,10 @@ class page_allocator_t {
         // pages. A search reads a vector at a random address for every node it visits;
         // on 4 KiB pages nearly each one misses the TLB (see vendor/usearch/QUIVER.md).
         // Advice only: where THP is off, or no huge page is free, the kernel uses 4 KiB.
-        if (count_bytes >= huge_page_size())
+        // Not an index's first arenas (8 MiB each, for its vectors and for its graph):
+        // a huge page is backed whole at its first write, so advised, an index of ten
+        // vectors kept 4 MiB; and 8 MiB of vectors is about what 4 KiB pages' TLB reaches.
+        if (count_bytes >= 8 * huge_page_size())
             madvise(result, count_bytes, MADV_HUGEPAGE);
 #endif
         return (byte_t*)result;
