@@ -216,8 +216,7 @@ pub async fn serve(
     dim: usize,
 ) -> anyhow::Result<Served> {
     use std::sync::Arc;
-    let store = quiver_store::connect(&quiver_store::sqlite::SqliteStore::url_for_data_dir(dir)).await?;
-    store.migrate().await?;
+    let store = sqlite_store(dir).await?;
     let bus: Arc<dyn quiver_common::bus::Bus> = Arc::new(quiver_common::bus::InProcessBus::default());
     let jwt = quiver_common::token::JwtKeys::new(&[9u8; 32]).map_err(anyhow::Error::msg)?;
     let settings = quiver_data_plane::Settings {
@@ -245,16 +244,7 @@ pub async fn serve(
         .await
     });
 
-    let user = store.create_user("bench@example.com", "unused").await?;
-    let project = store
-        .create_project(quiver_store::NewProject {
-            owner_id: user.id,
-            name: "bench".into(),
-            dimension: dim as u32,
-            metric: quiver_common::domain::Metric::Cosine,
-            plan_id: "business_plus".into(),
-        })
-        .await?;
+    let project = create_project(store.as_ref(), dim).await?;
     let request = quiver_control_plane::keys::CreateKey {
         label: "bench".into(),
         role: quiver_common::domain::Role::Admin,
@@ -271,6 +261,28 @@ pub async fn serve(
         project,
         key,
     })
+}
+
+/// A records store on SQLite in `dir`, migrated.
+pub async fn sqlite_store(dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn quiver_store::Store>> {
+    let store = quiver_store::connect(&quiver_store::sqlite::SqliteStore::url_for_data_dir(dir)).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// A project of `dim`-d cosine vectors on Business Plus, owned by a user made for it.
+pub async fn create_project(store: &dyn quiver_store::Store, dim: usize) -> anyhow::Result<quiver_store::Project> {
+    let user = store.create_user("bench@example.com", "unused").await?;
+    let project = store
+        .create_project(quiver_store::NewProject {
+            owner_id: user.id,
+            name: "bench".into(),
+            dimension: dim as u32,
+            metric: quiver_common::domain::Metric::Cosine,
+            plan_id: "business_plus".into(),
+        })
+        .await?;
+    Ok(project)
 }
 
 /// Where a load client's response starts its body and how long the body is, once

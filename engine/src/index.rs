@@ -33,6 +33,18 @@ fn contexts() -> usize {
     THREADS + cores()
 }
 
+/// Makes room in `index` for `capacity` vectors, with a thread context for each of
+/// [`contexts`], and its node locks striped for the [`cores`] that run them (usearch
+/// would count the host's cores, however few of them the process may use). Call it
+/// with no other call on the index.
+fn reserve(index: &usearch::Index, capacity: usize) -> Result<(), IndexError> {
+    index
+        .reserve_capacity_threads_running(capacity, contexts(), cores())
+        .map_err(|e| IndexError(e.to_string()))
+}
+
+/// HNSW's M: the links of a node above the base level (twice as many on it).
+const CONNECTIVITY: usize = 32;
 /// When a filter is estimated to match at most this many records, or this small a
 /// share of them, search scans the matches exactly instead of walking the graph.
 const EXACT_MAX_MATCHES: f64 = 4096.0;
@@ -209,11 +221,9 @@ const LOOKUP_BYTES_PER_SLOT: usize = 56;
 /// For each reserved thread context, its fixed buffers (the vector cast to f16 is
 /// counted beside it, by dimension).
 const CONTEXT_BYTES: usize = 1 << 10;
-/// For each thread that can run at once: the node locks' stripes (M 32 gives 256 of
-/// 128 bytes), and the search buffers of a context in use (a visited set grows to the
-/// nodes a walk visits: tens of KB at ef 512). Contexts are taken last-released first,
-/// so about as many are in use as threads run.
-const STRIPE_BYTES_PER_THREAD: usize = 32 << 10;
+/// For each thread that can run at once, the search buffers of a context in use (a
+/// visited set grows to the nodes a walk visits: tens of KB at ef 512). Contexts are
+/// taken last-released first, so about as many are in use as threads run.
 const SEARCH_BUFFER_BYTES: usize = 64 << 10;
 /// usearch's arenas: the first of 8 MiB, each next twice the last; from 16 MiB on
 /// they are advised for huge pages (vendor/usearch/QUIVER.md).
@@ -406,15 +416,13 @@ impl NamespaceIndex {
             dimensions: dimension,
             metric: usearch_metric(metric),
             quantization: ScalarKind::F16,
-            connectivity: 32,
+            connectivity: CONNECTIVITY,
             expansion_add: 128,
             expansion_search: DEFAULT_EF,
             multi: false,
         };
         let index = usearch::Index::new(&options).map_err(|e| IndexError(e.to_string()))?;
-        index
-            .reserve_capacity_and_threads(1024, contexts())
-            .map_err(|e| IndexError(e.to_string()))?;
+        reserve(&index, 1024)?;
         Ok(Self {
             metric,
             dimension,
@@ -484,8 +492,9 @@ impl NamespaceIndex {
     }
 
     /// Bytes this index keeps in memory, as the pod's memory budget weighs it: the bytes
-    /// it uses ([`NamespaceIndex::used_bytes`]), what usearch keeps beside them that its
-    /// own count leaves out, and the part of its arenas' room to grow that the kernel
+    /// usearch has written (those it uses, [`NamespaceIndex::used_bytes`], and the
+    /// padding between its nodes), what it keeps beside them that its own count leaves
+    /// out, and the part of its arenas' room to grow that the kernel
     /// may back. usearch maps its arenas (8 MiB, then doubling) and the kernel backs a
     /// page at its first write, so the room not yet written costs nothing, but for the
     /// last huge page of an arena advised for them (vendor/usearch/QUIVER.md).
@@ -498,14 +507,13 @@ impl NamespaceIndex {
         // written around; the rest, an arena's end too short for the next node or
         // vector, is at most a few KB an arena.
         let unused = stats.graph_reserved + stats.vectors_reserved;
-        let threads = cores().min(contexts());
         state.index.memory_usage().saturating_sub(unused)
             + state.slot_bytes
             + arena_tails(stats.graph_allocated, stats.graph_reserved)
             + arena_tails(stats.vectors_allocated, stats.vectors_reserved)
             + state.index.capacity() * LOOKUP_BYTES_PER_SLOT
             + contexts() * (CONTEXT_BYTES + self.dimension * 2)
-            + threads * (STRIPE_BYTES_PER_THREAD + SEARCH_BUFFER_BYTES)
+            + cores() * SEARCH_BUFFER_BYTES
     }
 
     /// Bytes in use, without usearch's reserved-but-unused room: what the index would
@@ -684,10 +692,7 @@ impl NamespaceIndex {
             // Exclusive access (we hold the write lock): safe to grow. 1.5× keeps the
             // unused reserve small without growing on every write.
             let capacity = needed.max(state.index.capacity() * 3 / 2).max(1024);
-            state
-                .index
-                .reserve_capacity_and_threads(capacity, contexts())
-                .map_err(|e| IndexError(e.to_string()))?;
+            reserve(&state.index, capacity)?;
         }
         let adds: Vec<(u64, &'c [f32])> = adds.into_iter().collect();
         state.adding = adds.iter().enumerate().map(|(at, &(key, _))| (key, at)).collect();
@@ -813,10 +818,7 @@ impl NamespaceIndex {
                 )));
             }
             let capacity = state.index.size().max(1024);
-            state
-                .index
-                .reserve_capacity_and_threads(capacity, contexts())
-                .map_err(|e| IndexError(e.to_string()))?;
+            reserve(&state.index, capacity)?;
             state.index.change_expansion_search(parts.header.ef as usize);
             *state.seq.get_mut() = parts.header.seq;
             state.churn = usize::try_from(parts.header.churn).unwrap_or(usize::MAX);
@@ -875,10 +877,7 @@ impl NamespaceIndex {
         {
             let mut guard = fresh.state.write();
             let state = &mut *guard;
-            state
-                .index
-                .reserve_capacity_and_threads(records.len().max(1024), contexts())
-                .map_err(|e| IndexError(e.to_string()))?;
+            reserve(&state.index, records.len().max(1024))?;
             let mut adds = Vec::with_capacity(records.len());
             for (key, (id, metadata, vector)) in records.iter().enumerate() {
                 let slot = Slot {
@@ -2040,6 +2039,32 @@ mod tests {
             grown > weighed + 2_010 * 768 && grown < 8 << 20,
             "{grown} bytes weighed for 2,010 vectors"
         );
+    }
+
+    /// The node locks' stripes are sized by the threads the caller says run at once
+    /// (the cores this process may use, which a container's CPU limit makes fewer than
+    /// the host's), and usearch's own count of its memory holds them: the budget's
+    /// weight follows what a pod's CPUs make, on any host.
+    #[test]
+    fn node_lock_stripes_follow_the_threads_running_and_are_counted() {
+        let usage = |running: usize| {
+            let options = IndexOptions {
+                dimensions: 8,
+                metric: MetricKind::L2sq,
+                quantization: ScalarKind::F16,
+                connectivity: CONNECTIVITY,
+                ..IndexOptions::default()
+            };
+            let index = usearch::Index::new(&options).expect("index");
+            index
+                .reserve_capacity_threads_running(4096, 66, running)
+                .expect("reserve");
+            index.memory_usage()
+        };
+        // Four stripes of 128 bytes for each thread running and base-level link (64):
+        // 256 for one thread, 1,024 for four, 4,096 (the capacity) for sixty-four.
+        assert_eq!(usage(4) - usage(1), (1_024 - 256) * 128);
+        assert_eq!(usage(64) - usage(1), (4_096 - 256) * 128);
     }
 
     #[test]

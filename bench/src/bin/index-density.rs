@@ -35,18 +35,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let store = quiver_store::connect(&quiver_store::sqlite::SqliteStore::url_for_data_dir(dir.path())).await?;
-    store.migrate().await?;
-    let user = store.create_user("density@example.com", "unused").await?;
-    let project = store
-        .create_project(quiver_store::NewProject {
-            owner_id: user.id,
-            name: "density".into(),
-            dimension: args.dim as u32,
-            metric: quiver_common::domain::Metric::Cosine,
-            plan_id: "business_plus".into(),
-        })
-        .await?;
+    let store = quiver_bench::sqlite_store(dir.path()).await?;
+    let project = quiver_bench::create_project(store.as_ref(), args.dim).await?;
 
     eprintln!(
         "writing {} namespaces of {} × {}-d vectors…",
@@ -69,8 +59,9 @@ async fn main() -> anyhow::Result<()> {
             store.upsert(project.id, namespace, batch).await?;
         }
     }
+    let vector = quiver_bench::clustered_unit_vectors(1, args.dim, 10, u64::MAX).remove(0);
     let query = || Query {
-        vector: quiver_bench::clustered_unit_vectors(1, args.dim, 10, u64::MAX).remove(0),
+        vector: vector.clone(),
         k: 10,
         filter: Arc::new(Filter::All),
         include_values: false,

@@ -174,6 +174,12 @@ void NativeIndex::reserve(size_t capacity) const { index_->reserve(capacity); }
 void NativeIndex::reserve_capacity_and_threads(size_t capacity, size_t threads) const {
     index_->reserve({capacity, threads});
 }
+// Quiver: see `index_limits_t::threads_running`.
+void NativeIndex::reserve_capacity_threads_running(size_t capacity, size_t threads, size_t running) const {
+    index_limits_t limits(capacity, threads);
+    limits.threads_running = running;
+    index_->reserve(limits);
+}
 
 size_t NativeIndex::expansion_add() const { return index_->expansion_add(); }
 size_t NativeIndex::expansion_search() const { return index_->expansion_search(); }

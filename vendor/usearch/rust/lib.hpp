@@ -53,6 +53,7 @@ class NativeIndex {
 
     void reserve(size_t) const;
     void reserve_capacity_and_threads(size_t, size_t) const;
+    void reserve_capacity_threads_running(size_t, size_t, size_t) const;
 
     void add_b1x8(vector_key_t key, rust::Slice<uint8_t const> vector) const;
     void add_i8(vector_key_t key, rust::Slice<int8_t const> vector) const;

@@ -442,6 +442,12 @@ pub mod ffi {
             capacity: usize,
             threads: usize,
         ) -> Result<()>;
+        pub fn reserve_capacity_threads_running(
+            self: &NativeIndex,
+            capacity: usize,
+            threads: usize,
+            running: usize,
+        ) -> Result<()>;
 
         pub fn dimensions(self: &NativeIndex) -> usize;
         pub fn connectivity(self: &NativeIndex) -> usize;
@@ -1568,6 +1574,24 @@ impl Index {
         threads: usize,
     ) -> Result<(), cxx::Exception> {
         self.inner.reserve_capacity_and_threads(capacity, threads)
+    }
+
+    /// Quiver: as [`Index::reserve_capacity_and_threads`], and says how many threads
+    /// can run at once (the cores the process may use), which sizes the node locks'
+    /// stripes; without it usearch takes the host's count of cores.
+    ///
+    /// # Arguments
+    ///
+    /// * `capacity` - The desired total capacity, including the current size.
+    /// * `threads` - The number of threads to use for the operation.
+    /// * `running` - How many of them can run at once.
+    pub fn reserve_capacity_threads_running(
+        self: &Index,
+        capacity: usize,
+        threads: usize,
+        running: usize,
+    ) -> Result<(), cxx::Exception> {
+        self.inner.reserve_capacity_threads_running(capacity, threads, running)
     }
 
     /// Retrieves the number of dimensions in the vectors indexed.

@@ -701,6 +701,9 @@ class striped_locks_gt {
 
     explicit operator bool() const noexcept { return stripes_; }
 
+    /// Quiver: the bytes the stripes take, for `index_gt::memory_usage`.
+    std::size_t bytes() const noexcept { return raw_bytes_; }
+
     void reset() noexcept {
         if (stripes_)
             for (std::size_t i = 0; i < count_; i++)
@@ -1708,6 +1711,10 @@ struct index_limits_t {
     std::size_t threads_add;
     /// @brief Max number of threads simultaneously searching entries.
     std::size_t threads_search;
+    /// @brief Quiver: how many threads can run at once (the cores the process may use),
+    ///        which sizes the node locks' stripes; 0 keeps the last reserve's, or else
+    ///        takes `std::thread::hardware_concurrency`.
+    std::size_t threads_running = 0;
 
     inline index_limits_t(std::size_t n, std::size_t t) noexcept : members(n), threads_add(t), threads_search(t) {}
     inline index_limits_t(std::size_t n = 0) noexcept
@@ -2941,9 +2948,13 @@ class index_gt {
         limits.threads_add = (std::max)(limits.threads_add, limits_.threads_add);
         limits.threads_search = (std::max)(limits.threads_search, limits_.threads_search);
 
+        if (!limits.threads_running)
+            limits.threads_running = limits_.threads_running;
+
         if (limits.threads_add <= limits_.threads_add          //
             && limits.threads_search <= limits_.threads_search //
-            && limits.members <= limits_.members)
+            && limits.members <= limits_.members               //
+            && limits.threads_running == limits_.threads_running)
             return true;
 
         // In some cases, we don't want to update the number of members,
@@ -2958,8 +2969,12 @@ class index_gt {
         // not by how many contexts are reserved, and never more stripes than nodes. A node
         // lock is held alone and briefly, so contention grows with threads running, and
         // each stripe is a 128-byte line written when made: 66 contexts at M 32 made
-        // 32,768 stripes, 4 MiB in every index however few vectors it held.
-        std::size_t const running = (std::max)(std::size_t{1}, std::size_t{std::thread::hardware_concurrency()});
+        // 32,768 stripes, 4 MiB in every index however few vectors it held. The caller
+        // says how many threads run (`threads_running`): the host's count of cores
+        // overstates it for a process held to a few of them (a container's CPU limit).
+        std::size_t const running = limits.threads_running
+                                        ? limits.threads_running
+                                        : (std::max)(std::size_t{1}, std::size_t{std::thread::hardware_concurrency()});
         nodes_mutexes_t new_mutexes((std::min)(limits.threads(), running), connectivity_max, limits.members);
         buffer_gt<node_t, nodes_allocator_t> new_nodes(limits.members);
         buffer_gt<context_t, contexts_allocator_t> new_contexts(limits.threads());
@@ -3746,6 +3761,8 @@ class index_gt {
 
         // Temporary data-structures, proportional to the number of threads:
         total += limits_.threads() * sizeof(context_t) + allocator_entry_bytes * 3;
+        // Quiver: and the node locks' stripes, by the threads running (`try_reserve`).
+        total += nodes_mutexes_.bytes() + allocator_entry_bytes;
         return total;
     }
 
