@@ -17,20 +17,27 @@ use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
 use crate::filter::Filter;
 use crate::snapshot;
 
-/// How many callers may use one index at once; the manager's semaphore keeps
-/// concurrent callers within it (usearch fails calls beyond its reserved slots).
-pub const THREADS: usize = 64;
+/// How many callers may use the indexes at once: eight for each core, at least 16 and
+/// at most 64. The manager's semaphore keeps concurrent callers within it (usearch
+/// fails calls beyond the thread contexts an index reserved). A search or a write's
+/// vectors are CPU work: more callers at once than this would only take turns on the
+/// cores, while every index reserves a context for each (about 1 KiB and the query
+/// cast to f16: 1.8 KiB at 384-d, some 115 KiB for 64 of them in an index of ten
+/// vectors weighing 397 KiB).
+pub fn callers() -> usize {
+    (8 * cores()).clamp(16, 64)
+}
 
 /// The cores of this machine: as many threads as an apply adds vectors from.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// The usearch thread contexts an index reserves: one for each of [`THREADS`] callers
-/// (an apply among them) and one for each thread an apply adds vectors from, since
-/// those adds run beside searches.
+/// The usearch thread contexts an index reserves: one for each of [`callers`] (an
+/// apply among them) and one for each thread an apply adds vectors from, since those
+/// adds run beside searches.
 fn contexts() -> usize {
-    THREADS + cores()
+    callers() + cores()
 }
 
 /// Makes room in `index` for `capacity` vectors, with a thread context for each of

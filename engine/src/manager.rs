@@ -27,7 +27,7 @@ use quiver_store::{Change, NamespaceState, Project, Snapshot, Store, StoreError}
 use tokio::sync::Semaphore;
 
 use crate::filter::Filter;
-use crate::index::{IndexError, NamespaceIndex, RestoreError, SearchOutcome, THREADS};
+use crate::index::{IndexError, NamespaceIndex, RestoreError, SearchOutcome, callers};
 
 /// Changes read from the store per round trip while loading or catching up.
 const PAGE: u32 = 2_000;
@@ -461,7 +461,7 @@ impl IndexManager {
             store,
             cache,
             loading: Arc::new(std::sync::Mutex::new(HashMap::new())),
-            permits: Arc::new(Semaphore::new(THREADS)),
+            permits: Arc::new(Semaphore::new(callers())),
             restoring: Arc::new(Semaphore::new(Self::mib(memory_budget) as usize)),
             budget: memory_budget,
             rebuilding: Arc::new(tokio::sync::Mutex::new(())),
