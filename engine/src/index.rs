@@ -35,7 +35,11 @@ fn cores() -> usize {
 
 /// The usearch thread contexts an index reserves: one for each of [`callers`] (an
 /// apply among them) and one for each thread an apply adds vectors from, since those
-/// adds run beside searches.
+/// adds run beside searches. That is enough: an index takes one apply at a time (the
+/// manager's `applying` lock), which holds one permit and adds from at most
+/// [`cores`] threads; the other permit holders take a context each; and the one
+/// tuning an index runs at a time, which searches outside the permits, takes the
+/// context the apply's own permit leaves.
 fn contexts() -> usize {
     callers() + cores()
 }
