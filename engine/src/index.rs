@@ -28,9 +28,13 @@ pub fn callers() -> usize {
     (8 * cores()).clamp(16, 64)
 }
 
-/// The cores of this machine: as many threads as an apply adds vectors from.
+/// The cores this process may use: as many threads as an apply adds vectors from.
+/// Found once: `available_parallelism` reads the cgroup's CPU limit from files on each
+/// call, and the memory budget weighs an index by this after each write; one figure
+/// also keeps that weight in step with the contexts and stripes reserved.
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// The usearch thread contexts an index reserves: one for each of [`callers`] (an
