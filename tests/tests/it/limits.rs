@@ -276,8 +276,40 @@ async fn limits_of_another_plan_than_the_projects_give_way_to_its_plan(app: Test
         })
         .await
         .expect("publish");
-    // Give the pod time to hear it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Then limits for another project, which the pod does apply: once it says so, it
+    // has heard the stale ones too (the bus delivers notices in order).
+    let (_, other, other_key) = starter(&app).await;
+    app.bus
+        .publish_limits(quiver_common::bus::ProjectLimits {
+            project_id: other.parse().expect("project id"),
+            plan_id: "starter".into(),
+            queries_per_minute: 7,
+            documents_per_minute: 7,
+        })
+        .await
+        .expect("publish");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        // Refused before admission, so nothing is spent, but the headers are there.
+        let bad = send(
+            &app,
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            &other_key,
+            json!({"vector": "nope"}),
+        )
+        .await;
+        if bad.limit == Some(7) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod still says {:?} after 2 s",
+            bad.limit
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for i in 0..30 {
         let answer = search(&app, 0, &key).await;
         assert_eq!(
