@@ -1093,6 +1093,10 @@ pub async fn namespaces_are_listed_with_live_counts_and_usage_adds_up(store: Arc
         .await
         .expect("b again");
     store.delete(p, "b", &ids(&["2"])).await.expect("delete");
+    // Byte order, whatever the database's collation: upper case first, then `_`.
+    for name in ["é", "_c", "B"] {
+        store.upsert(p, name, &[write("1", 1.0, json!({}))]).await.expect(name);
+    }
 
     let listed: Vec<(String, u64, i64)> = store
         .namespaces(p)
@@ -1101,9 +1105,18 @@ pub async fn namespaces_are_listed_with_live_counts_and_usage_adds_up(store: Arc
         .into_iter()
         .map(|n| (n.name, n.count, n.seq))
         .collect();
-    assert_eq!(listed, [("a".into(), 1, 1), ("b".into(), 3, 3)]);
+    assert_eq!(
+        listed,
+        [
+            ("B".into(), 1, 1),
+            ("_c".into(), 1, 1),
+            ("a".into(), 1, 1),
+            ("b".into(), 3, 3),
+            ("é".into(), 1, 1)
+        ]
+    );
     let usage = store.project_usage(p).await.expect("usage");
-    assert_eq!((usage.vectors, usage.namespaces), (4, 2));
+    assert_eq!((usage.vectors, usage.namespaces), (7, 5));
 }
 
 pub async fn a_deleted_namespace_loses_its_records_and_comes_back_with_a_new_epoch(store: Arc<dyn Store>) {

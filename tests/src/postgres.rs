@@ -64,10 +64,18 @@ impl TestDatabase {
         let admin = sqlx::PgPool::connect(&admin_url)
             .await
             .unwrap_or_else(|err| panic!("cannot connect to {admin_url} ({err}); {NO_POSTGRES}"));
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&admin)
-            .await
-            .expect("CREATE DATABASE");
+        // Text sorts by a language's rules here, as on most managed servers (en_US.UTF-8
+        // or ICU), not byte by byte as on a server initialised with the C locale, so a
+        // query that depends on byte order without asking for it fails its test. A
+        // server without ICU (or older than Postgres 15) gets its own default.
+        let icu = format!("CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'");
+        if let Err(err) = sqlx::query(&icu).execute(&admin).await {
+            eprintln!("no ICU collation ({err}); the server's default it is");
+            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&admin)
+                .await
+                .expect("CREATE DATABASE");
+        }
         admin.close().await;
         let mut url = Url::parse(&admin_url).expect("DATABASE_URL is a URL");
         url.set_path(&name);
