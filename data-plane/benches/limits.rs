@@ -28,7 +28,7 @@ fn bench(c: &mut Criterion) {
     };
     let prefix = format!("quiver-bench:{}:", uuid::Uuid::new_v4().simple());
     let redis = runtime
-        .block_on(RedisBudget::connect(&url, &prefix))
+        .block_on(RedisBudget::connect(&url, &prefix, 1))
         .expect("Redis budget");
     let project = ProjectId::new();
     // A quota the benchmark cannot spend (it would then measure refusals, each a round

@@ -340,7 +340,8 @@ const LONGEST_REST: Duration = Duration::from_secs(30);
 struct RedisHealth {
     rest: Mutex<Rest>,
     degraded: AtomicBool,
-    /// Live pods as last counted from their heartbeats (at least 1).
+    /// Live pods as last counted from their heartbeats (at least 1); until the first
+    /// count, the pods the deployment runs, as it told this one.
     pods: AtomicU32,
 }
 
@@ -353,14 +354,14 @@ struct Rest {
 }
 
 impl RedisHealth {
-    fn new() -> Self {
+    fn new(expected_pods: u32) -> Self {
         Self {
             rest: Mutex::new(Rest {
                 until: None,
                 next: FIRST_REST,
             }),
             degraded: AtomicBool::new(false),
-            pods: AtomicU32::new(1),
+            pods: AtomicU32::new(expected_pods.max(1)),
         }
     }
 
@@ -528,9 +529,12 @@ impl RedisBudget {
     /// Starts this pod's heartbeat (which also counts the live pods) over a connection
     /// that waits for Redis when it is away ([`quiver_common::bus::redis_connection`]):
     /// meanwhile, at start as later, the pod enforces its share of each quota alone.
-    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+    /// Until the heartbeats have counted the pods, the share is taken over
+    /// `expected_pods`, the pods the deployment runs: a pod that starts while Redis is
+    /// away would otherwise take itself to be alone and admit a whole quota.
+    pub async fn connect(url: &str, prefix: &str, expected_pods: u32) -> anyhow::Result<Self> {
         let (_, connection) = quiver_common::bus::redis_connection(url).await?;
-        let health = Arc::new(RedisHealth::new());
+        let health = Arc::new(RedisHealth::new(expected_pods));
         tokio::spawn(heartbeat(
             connection.clone(),
             format!("{prefix}pods"),
@@ -1200,7 +1204,7 @@ mod tests {
 
     #[test]
     fn redis_rests_longer_while_it_stays_down_and_not_at_all_once_it_answers() {
-        let health = RedisHealth::new();
+        let health = RedisHealth::new(1);
         let mut now = Instant::now();
         assert!(health.may_ask(now));
         let mut rests = Vec::new();
@@ -1223,7 +1227,7 @@ mod tests {
 
     #[test]
     fn while_redis_rests_only_one_request_asks_it_again() {
-        let health = RedisHealth::new();
+        let health = RedisHealth::new(1);
         let now = Instant::now();
         health.failed(&"down", now);
         let after = now + FIRST_REST;

@@ -251,6 +251,11 @@ pub struct ClusterArgs {
     /// Address to listen on.
     #[arg(long, env = "QUIVER_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
+    /// The data-plane pods the deployment runs: until a pod has counted the live pods by
+    /// their heartbeats in Redis (a pod that starts while Redis is away), it enforces
+    /// this share of each project's quota alone.
+    #[arg(long, env = "QUIVER_EXPECTED_PODS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub expected_pods: u32,
     /// Memory for vector indexes on a data-plane pod (e.g. 512MiB, 4GiB).
     #[arg(long, env = "QUIVER_INDEX_MEMORY", default_value = "1GiB", value_parser = parse_index_memory)]
     pub index_memory: u64,

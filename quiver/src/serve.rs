@@ -278,7 +278,7 @@ pub async fn cluster(plane: Plane, args: ClusterArgs) -> anyhow::Result<()> {
                 trusted_proxies: args.proxies.trusted_proxies.clone(),
                 cors_origins: args.proxies.cors_origins.clone(),
             };
-            let budget = Arc::new(RedisBudget::connect(&args.redis_url, &args.bus_prefix).await?);
+            let budget = Arc::new(RedisBudget::connect(&args.redis_url, &args.bus_prefix, args.expected_pods).await?);
             let data_plane = DataPlane::new(Arc::clone(&store), bus, budget, jwt, settings);
             writes = Some(data_plane.writes());
             data_plane.router()

@@ -155,9 +155,11 @@ impl TestApp {
     ) -> Self {
         let jwt = JwtKeys::new(JWT_SECRET).expect("test secret is long enough");
         let mut data = Vec::new();
+        let pods = u32::try_from(pod_buses.len()).expect("a few pods");
         for bus in pod_buses {
             let budget: Arc<dyn Budget> = match &redis {
-                Some((url, prefix)) => Arc::new(RedisBudget::connect(url, prefix).await.expect("Redis budget")),
+                // Told how many pods there are, as the Helm chart tells each pod.
+                Some((url, prefix)) => Arc::new(RedisBudget::connect(url, prefix, pods).await.expect("Redis budget")),
                 None => Arc::new(LocalBudget::default()),
             };
             data.push(serve(DataPlane::new(Arc::clone(&store), bus, budget, jwt.clone(), pod.clone()).router()).await);

@@ -69,7 +69,7 @@ async fn a_redis_that_refuses_the_connection_stops_a_pod_at_start() {
     let prefix = quiver_tests::redis::prefix();
     for refused in [
         RedisBus::connect(url.as_str(), &prefix).await.err(),
-        quiver_data_plane::limits::RedisBudget::connect(url.as_str(), &prefix)
+        quiver_data_plane::limits::RedisBudget::connect(url.as_str(), &prefix, 1)
             .await
             .err(),
     ] {

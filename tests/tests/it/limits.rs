@@ -513,7 +513,7 @@ mod cluster {
 
     /// A budget of its own in the machine's Redis, as a pod would have.
     async fn redis_budget(prefix: &str) -> RedisBudget {
-        RedisBudget::connect(&quiver_tests::redis::url().await, prefix)
+        RedisBudget::connect(&quiver_tests::redis::url().await, prefix, 1)
             .await
             .expect("Redis budget")
     }
@@ -741,13 +741,27 @@ mod cluster {
                 );
             }
         }
+        // Never having counted the pods, each takes the two it was told of: half of the
+        // Starter plan's 30 queries each (one spent above), not all 30.
+        for pod in 0..2 {
+            let mut admitted = 1;
+            for _ in 0..30 {
+                let answer = search(&app, pod, &key).await;
+                match answer.status {
+                    200 => admitted += 1,
+                    429 => assert_eq!(answer.limit, Some(30), "the headers speak of the plan"),
+                    other => panic!("unexpected status {other}: {}", answer.body),
+                }
+            }
+            assert!((15..=16).contains(&admitted), "pod {pod} admitted {admitted} alone");
+        }
 
         redis.resume().await;
         for pod in 0..2 {
             ready_within_15_s(&app, pod).await;
         }
         // One budget for both pods now: the Starter plan's 30-query burst, shared (give
-        // or take a unit leased or refilled meanwhile), where each pod alone allows 30.
+        // or take a unit leased or refilled meanwhile).
         let mut admitted = 0;
         for i in 0..60 {
             match search(&app, i % 2, &key).await.status {
