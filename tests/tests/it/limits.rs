@@ -98,6 +98,32 @@ async fn spend_the_starter_queries(app: &TestApp, key: &str) {
 }
 
 /// Moves the project to `plan` through the control plane.
+/// Waits up to 2 s for pod 0 to give `key`'s project a query limit of `limit`, without
+/// spending: a request refused before admission still carries the headers.
+async fn wait_for_the_pod_to_say(app: &TestApp, key: &str, limit: u64) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let bad = send(
+            app,
+            0,
+            Method::POST,
+            "/v1/vectors/search",
+            key,
+            json!({"vector": "nope"}),
+        )
+        .await;
+        if bad.limit == Some(limit) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod still says {:?} after 2 s",
+            bad.limit
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn change_plan(app: &TestApp, session: &str, project: &str, plan: &str) -> (u16, Value) {
     app.control_call(
         Method::PATCH,
@@ -224,29 +250,7 @@ async fn a_plan_change_keeps_the_units_spent_not_the_fraction(app: TestApp) {
     spend_the_starter_queries(&app, &key).await;
     let (status, body) = change_plan(&app, &session, &project, "developer").await;
     assert_eq!(status, 200, "{body}");
-    // Wait for the pod to hear of the new plan, without spending: a request refused
-    // before admission still carries the headers.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let bad = send(
-            &app,
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &key,
-            json!({"vector": "nope"}),
-        )
-        .await;
-        if bad.limit == Some(300) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pod still says {:?} after 2 s",
-            bad.limit
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_the_pod_to_say(&app, &key, 300).await;
     let first = search(&app, 0, &key).await;
     assert_eq!(first.status, 200, "the upgrade admits at once: {}", first.body);
     let remaining = first.remaining.expect("remaining");
@@ -288,28 +292,7 @@ async fn limits_of_another_plan_than_the_projects_give_way_to_its_plan(app: Test
         })
         .await
         .expect("publish");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        // Refused before admission, so nothing is spent, but the headers are there.
-        let bad = send(
-            &app,
-            0,
-            Method::POST,
-            "/v1/vectors/search",
-            &other_key,
-            json!({"vector": "nope"}),
-        )
-        .await;
-        if bad.limit == Some(7) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pod still says {:?} after 2 s",
-            bad.limit
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_the_pod_to_say(&app, &other_key, 7).await;
     for i in 0..30 {
         let answer = search(&app, 0, &key).await;
         assert_eq!(
