@@ -97,7 +97,6 @@ async fn spend_the_starter_queries(app: &TestApp, key: &str) {
     assert_eq!(search(app, 0, key).await.status, 429);
 }
 
-/// Moves the project to `plan` through the control plane.
 /// Waits up to 2 s for pod 0 to give `key`'s project a query limit of `limit`, without
 /// spending: a request refused before admission still carries the headers.
 async fn wait_for_the_pod_to_say(app: &TestApp, key: &str, limit: u64) {
@@ -124,6 +123,7 @@ async fn wait_for_the_pod_to_say(app: &TestApp, key: &str, limit: u64) {
     }
 }
 
+/// Moves the project to `plan` through the control plane.
 async fn change_plan(app: &TestApp, session: &str, project: &str, plan: &str) -> (u16, Value) {
     app.control_call(
         Method::PATCH,
